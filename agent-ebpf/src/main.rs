@@ -1,2 +1,240 @@
+//! pidmap's kernel programs.
+//!
+//! Four BTF tracepoints report every process's life into one ring buffer:
+//! fork (new processes only, not threads), exec, exit (once the whole thread
+//! group is dead) and cgroup attach (the moved task is the subject, whatever
+//! task wrote to `cgroup.procs`). Every event carries the subject's key
+//! (tgid + group leader start time), parent, comm and cgroup ids, so any one
+//! event is enough to put a process into the agent's table.
+//!
+//! Rust eBPF has no CO-RE, so kernel structures are read with
+//! `bpf_probe_read_kernel` at offsets that the agent took from the running
+//! kernel's BTF and stored in the read-only global `CONFIG`.
+//!
+//! # Minimum kernel version
+//!
+//! 5.8 (BPF ring buffer; BTF tracepoints need 5.5).
 #![no_std]
 #![no_main]
+
+use agent_common::{EventKind, KernelConfig, RawEvent, COMM_LEN, FLAG_MEMORY_CGROUP};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map},
+    maps::{PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+};
+use aya_log_ebpf::warn;
+
+/// Process events for the agent.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::DEFAULT_RING_BYTES, 0);
+
+/// Count of events lost because the ring buffer was full (index 0).
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Offsets and settings; overridden by the agent at load time.
+#[unsafe(no_mangle)]
+static CONFIG: KernelConfig = KernelConfig::zeroed();
+
+/// Error from a kernel read: the helper's negative return value.
+type ReadError = i32;
+
+#[inline(always)]
+fn config() -> KernelConfig {
+    // SAFETY: CONFIG is a plain static; the volatile read keeps the compiler
+    // from constant-folding the zeroed initialiser the agent overrides.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+fn read<T>(base: *const u8, offset: u32) -> Result<T, ReadError> {
+    if base.is_null() {
+        return Err(-14); // EFAULT
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an Err.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
+}
+
+/// Reads `cgroup->kn->id`.
+#[inline(always)]
+fn cgroup_id(cfg: &KernelConfig, cgroup: *const u8) -> Result<u64, ReadError> {
+    let kn: *const u8 = read(cgroup, cfg.cgroup_kn)?;
+    read(kn, cfg.kernfs_node_id)
+}
+
+/// Fills `ev` with everything about `task`'s thread group.
+#[inline(always)]
+fn fill(cfg: &KernelConfig, ev: &mut RawEvent, task: *const u8) -> Result<(), ReadError> {
+    ev.tgid = read(task, cfg.task_tgid)?;
+    let leader: *const u8 = read(task, cfg.task_group_leader)?;
+    ev.start_boottime_ns = read(leader, cfg.task_start_boottime)?;
+    ev.comm = read::<[u8; COMM_LEN]>(leader, cfg.task_comm)?;
+
+    let parent: *const u8 = read(task, cfg.task_real_parent)?;
+    ev.ppid = read(parent, cfg.task_tgid)?;
+    let parent_leader: *const u8 = read(parent, cfg.task_group_leader)?;
+    ev.parent_start_boottime_ns = read(parent_leader, cfg.task_start_boottime)?;
+
+    let css_set: *const u8 = read(task, cfg.task_cgroups)?;
+    let dfl: *const u8 = read(css_set, cfg.css_set_dfl_cgrp)?;
+    ev.cgroup_id = cgroup_id(cfg, dfl)?;
+    if cfg.memory_subsys_index != u32::MAX {
+        let slot = cfg.css_set_subsys + cfg.memory_subsys_index * 8;
+        let css: *const u8 = read(css_set, slot)?;
+        if !css.is_null() {
+            let cgroup: *const u8 = read(css, cfg.css_cgroup)?;
+            ev.memory_cgroup_id = cgroup_id(cfg, cgroup)?;
+            ev.flags |= FLAG_MEMORY_CGROUP;
+        }
+    }
+    ev.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    Ok(())
+}
+
+/// Puts `ev` into the ring buffer, counting a drop when it is full.
+#[inline(always)]
+fn submit(cfg: &KernelConfig, ev: &RawEvent) {
+    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
+        if let Some(count) = DROPS.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *count += 1 };
+        }
+        return;
+    };
+    entry.write(*ev);
+    let flags = if cfg.wakeup_bytes == 0 {
+        0
+    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(cfg.wakeup_bytes) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    };
+    entry.submit(flags);
+}
+
+#[inline(always)]
+fn report(cfg: &KernelConfig, kind: EventKind, task: *const u8) -> Result<(), ReadError> {
+    let mut ev = RawEvent::zeroed();
+    ev.kind = kind as u32;
+    fill(cfg, &mut ev, task)?;
+    submit(cfg, &ev);
+    Ok(())
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn pidmap_fork(ctx: BtfTracePointContext) -> i32 {
+    if let Err(err) = try_fork(&ctx) {
+        warn!(&ctx, "pidmap: fork event not reported: read error {}", err);
+    }
+    0
+}
+
+fn try_fork(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
+    let cfg = config();
+    if cfg.ready == 0 {
+        return Ok(());
+    }
+    let child: *const u8 = ctx.arg(1);
+    let pid: i32 = read(child, cfg.task_pid)?;
+    let tgid: i32 = read(child, cfg.task_tgid)?;
+    if pid != tgid {
+        return Ok(()); // a new thread, not a new process
+    }
+    // The child's own cgroups: clone3(CLONE_INTO_CGROUP) places it without
+    // any attach event.
+    report(&cfg, EventKind::Fork, child)
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn pidmap_exec(ctx: BtfTracePointContext) -> i32 {
+    if let Err(err) = try_exec(&ctx) {
+        warn!(&ctx, "pidmap: exec event not reported: read error {}", err);
+    }
+    0
+}
+
+fn try_exec(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
+    let cfg = config();
+    if cfg.ready == 0 {
+        return Ok(());
+    }
+    let task: *const u8 = ctx.arg(0);
+    report(&cfg, EventKind::Exec, task)
+}
+
+/// `sched_process_exit(struct task_struct *p, ...)`: reported only when the
+/// whole thread group is dead (`signal->live` already dropped to 0).
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn pidmap_exit(ctx: BtfTracePointContext) -> i32 {
+    if let Err(err) = try_exit(&ctx) {
+        warn!(&ctx, "pidmap: exit event not reported: read error {}", err);
+    }
+    0
+}
+
+fn try_exit(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
+    let cfg = config();
+    if cfg.ready == 0 {
+        return Ok(());
+    }
+    let task: *const u8 = ctx.arg(0);
+    let signal: *const u8 = read(task, cfg.task_signal)?;
+    let live: i32 = read(signal, cfg.signal_live)?;
+    if live != 0 {
+        return Ok(()); // other threads of the group still run
+    }
+    let mut ev = RawEvent::zeroed();
+    ev.kind = EventKind::Exit as u32;
+    fill(&cfg, &mut ev, task)?;
+    ev.exit_code = read(task, cfg.task_exit_code)?;
+    submit(&cfg, &ev);
+    Ok(())
+}
+
+/// `cgroup_attach_task(struct cgroup *dst_cgrp, const char *path,
+/// struct task_struct *task, bool threadgroup)`: runs in the writer's
+/// context after the move, once per hierarchy.
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn pidmap_cgroup_attach(ctx: BtfTracePointContext) -> i32 {
+    if let Err(err) = try_cgroup_attach(&ctx) {
+        warn!(
+            &ctx,
+            "pidmap: cgroup attach event not reported: read error {}", err
+        );
+    }
+    0
+}
+
+fn try_cgroup_attach(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
+    let cfg = config();
+    if cfg.ready == 0 {
+        return Ok(());
+    }
+    let dst: *const u8 = ctx.arg(0);
+    let task: *const u8 = ctx.arg(2);
+    let mut ev = RawEvent::zeroed();
+    ev.kind = EventKind::CgroupAttach as u32;
+    fill(&cfg, &mut ev, task)?;
+    ev.attach_cgroup_id = cgroup_id(&cfg, dst)?;
+    let root: *const u8 = read(dst, cfg.cgroup_root)?;
+    let hierarchy: i32 = read(root, cfg.cgroup_root_hierarchy_id)?;
+    ev.hierarchy_id = hierarchy as u32;
+    submit(&cfg, &ev);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
