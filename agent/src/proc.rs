@@ -1,1 +1,598 @@
-//! placeholder
+//! `/proc` scanning: the snapshot that seeds the process table at start and
+//! after lost events.
+//!
+//! Each process is read through a file descriptor of its `/proc/PID`
+//! directory, so `stat` and `cgroup` are guaranteed to come from the same
+//! process: once it exits, reads through that descriptor fail even if the
+//! PID is reused meanwhile.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cgroup::{is_gone, proc_pid_dir, read_all, CgroupError, CgroupFs, CgroupPaths, Scratch};
+use crate::types::{CgroupIds, Comm, ProcKey, StartTime};
+
+/// One process found by a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedProcess {
+    /// Its identity: PID plus start time.
+    pub key: ProcKey,
+    /// Its parent's PID (0 for PID 1 and kthreadd).
+    pub ppid: u32,
+    /// Its command name.
+    pub comm: Comm,
+    /// Its cgroup ids.
+    pub cgroups: CgroupIds,
+    /// Its cgroup paths, as `/proc/PID/cgroup` shows them.
+    pub cgroup_paths: CgroupPaths,
+}
+
+/// The outcome of one scan of `/proc`.
+#[derive(Debug, Clone)]
+pub struct ScanResult {
+    /// Every thread-group leader that could be read.
+    pub processes: Vec<ScannedProcess>,
+    /// Processes that exited while the scan read them. Processes skipped
+    /// for any other reason are only logged, at debug level.
+    pub skipped_vanished: usize,
+    /// `CLOCK_MONOTONIC` in nanoseconds (the clock of `bpf_ktime_get_ns`),
+    /// read before `/proc` was listed: events stamped later than this may
+    /// be newer than the snapshot.
+    pub started_at_monotonic_ns: u64,
+    /// How long the scan took.
+    pub elapsed: Duration,
+}
+
+/// The fields pidmap needs from a `/proc/PID/stat` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFields {
+    /// Field 1, the PID.
+    pub pid: u32,
+    /// Field 2, the command name (without the parentheses).
+    pub comm: Comm,
+    /// Field 4, the parent's PID.
+    pub ppid: u32,
+    /// Field 22, the start time in clock ticks since boot.
+    pub start_time: StartTime,
+}
+
+/// A field of a `/proc/PID/stat` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatField {
+    /// Field 1, `pid`.
+    Pid,
+    /// Field 2, `comm`, in parentheses.
+    Comm,
+    /// Field 3, `state`.
+    State,
+    /// Field 4, `ppid`.
+    Ppid,
+    /// Field 22, `starttime`.
+    StartTime,
+}
+
+impl fmt::Display for StatField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pid => "pid",
+            Self::Comm => "comm",
+            Self::State => "state",
+            Self::Ppid => "ppid",
+            Self::StartTime => "starttime",
+        })
+    }
+}
+
+/// Errors from reading processes out of `/proc`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// The process exited while it was being read.
+    #[error("process {pid} is gone")]
+    ProcessGone {
+        /// The process id.
+        pid: u32,
+    },
+    /// The procfs directory could not be listed.
+    #[error("failed to list {}", path.display())]
+    List {
+        /// The directory that was listed.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A procfs file or directory could not be read for a reason other
+    /// than the process having exited.
+    #[error("failed to read {}", path.display())]
+    Read {
+        /// The file or directory that was read.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A `stat` line lacks a field or has a malformed one.
+    #[error("malformed stat line: missing or invalid {field}")]
+    MalformedStat {
+        /// The first field that could not be parsed.
+        field: StatField,
+    },
+    /// The process's cgroups could not be resolved.
+    #[error("failed to resolve the cgroups of process {pid}")]
+    Cgroup {
+        /// The process id.
+        pid: u32,
+        /// What went wrong.
+        #[source]
+        source: CgroupError,
+    },
+}
+
+impl ProcError {
+    /// Whether the error only means that the process (or its cgroup) went
+    /// away while it was being read: an expected race, skipped quietly.
+    pub fn is_vanished(&self) -> bool {
+        match self {
+            Self::ProcessGone { .. } => true,
+            Self::Cgroup { source, .. } => source.is_vanished(),
+            _ => false,
+        }
+    }
+}
+
+/// Reads every thread-group leader under `root` (normally `/proc`), with
+/// its cgroups resolved through `fs`.
+///
+/// Processes that exit meanwhile are counted in
+/// [`ScanResult::skipped_vanished`]; processes that fail otherwise are
+/// skipped and logged at debug level. If `root` itself cannot be listed,
+/// logs a warning and returns an empty result: callers that must tell an
+/// unreadable `/proc` from an empty one use [`try_scan`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use pidmap::cgroup::CgroupFs;
+///
+/// let fs = CgroupFs::discover()?;
+/// let scan = pidmap::proc::scan(&fs, "/proc".as_ref());
+/// println!("{} processes in {:?}", scan.processes.len(), scan.elapsed);
+/// # Ok::<(), pidmap::cgroup::CgroupError>(())
+/// ```
+pub fn scan(fs: &CgroupFs, root: &Path) -> ScanResult {
+    let started_at_monotonic_ns = monotonic_ns();
+    let started = Instant::now();
+    try_scan_since(fs, root, started_at_monotonic_ns, started).unwrap_or_else(|err| {
+        tracing::warn!(
+            error = &err as &(dyn std::error::Error + 'static),
+            "cannot scan processes"
+        );
+        ScanResult {
+            processes: Vec::new(),
+            skipped_vanished: 0,
+            started_at_monotonic_ns,
+            elapsed: started.elapsed(),
+        }
+    })
+}
+
+/// [`scan`], failing when `root` cannot be listed.
+///
+/// # Errors
+///
+/// [`ProcError::List`] if `root` cannot be listed; errors of single
+/// processes only skip those processes.
+pub fn try_scan(fs: &CgroupFs, root: &Path) -> Result<ScanResult, ProcError> {
+    try_scan_since(fs, root, monotonic_ns(), Instant::now())
+}
+
+fn try_scan_since(
+    fs: &CgroupFs,
+    root: &Path,
+    started_at_monotonic_ns: u64,
+    started: Instant,
+) -> Result<ScanResult, ProcError> {
+    let entries = std::fs::read_dir(root).map_err(|source| ProcError::List {
+        path: root.to_owned(),
+        source,
+    })?;
+    let mut result = ScanResult {
+        processes: Vec::new(),
+        skipped_vanished: 0,
+        started_at_monotonic_ns,
+        elapsed: Duration::ZERO,
+    };
+    let mut scratch = Scratch::default();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                tracing::debug!(root = %root.display(), error = %err, "cannot read procfs entry");
+                continue;
+            }
+        };
+        let Some(pid) = parse_u64(entry.file_name().as_bytes()).and_then(|n| u32::try_from(n).ok())
+        else {
+            continue;
+        };
+        match read_with(fs, root, pid, &mut scratch) {
+            Ok(process) => result.processes.push(process),
+            Err(err) if err.is_vanished() => result.skipped_vanished += 1,
+            Err(err) => {
+                tracing::debug!(
+                    pid,
+                    error = &err as &(dyn std::error::Error + 'static),
+                    "skipping process"
+                );
+            }
+        }
+    }
+    result.elapsed = started.elapsed();
+    Ok(result)
+}
+
+/// Reads one process from the procfs at `root`. `pid` should be a thread
+/// group id: procfs also answers for thread ids, and then reads the thread.
+///
+/// # Errors
+///
+/// A process that exits meanwhile gives an error whose
+/// [`is_vanished`](ProcError::is_vanished) is true; otherwise
+/// [`ProcError::Read`], [`ProcError::MalformedStat`] or
+/// [`ProcError::Cgroup`].
+pub fn read_process(fs: &CgroupFs, root: &Path, pid: u32) -> Result<ScannedProcess, ProcError> {
+    read_with(fs, root, pid, &mut Scratch::default())
+}
+
+fn read_with(
+    fs: &CgroupFs,
+    root: &Path,
+    pid: u32,
+    scratch: &mut Scratch,
+) -> Result<ScannedProcess, ProcError> {
+    proc_pid_dir(&mut scratch.path, root, pid);
+    let read_error = |path: &Path, name: &str, source: io::Error| {
+        if is_gone(&source) {
+            ProcError::ProcessGone { pid }
+        } else {
+            ProcError::Read {
+                path: path.join(name),
+                source,
+            }
+        }
+    };
+    let dir = ProcDir::open(&scratch.path).map_err(|e| read_error(&scratch.path, "", e))?;
+    dir.read(c"stat", &mut scratch.data)
+        .map_err(|e| read_error(&scratch.path, "stat", e))?;
+    let stat = parse_stat_bytes(&scratch.data)?;
+    let (cgroups, cgroup_paths) = fs
+        .ids_of_pid_with(root, pid, |data| dir.read(c"cgroup", data), scratch)
+        .map_err(|source| ProcError::Cgroup { pid, source })?;
+    Ok(ScannedProcess {
+        key: ProcKey::new(pid, stat.start_time),
+        ppid: stat.ppid,
+        comm: stat.comm,
+        cgroups,
+        cgroup_paths,
+    })
+}
+
+/// Parses a `/proc/PID/stat` line.
+///
+/// `comm` is everything between the first `(` and the **last** `)`, since a
+/// command name may itself contain spaces and parentheses.
+///
+/// # Errors
+///
+/// [`ProcError::MalformedStat`] naming the first field that is missing or
+/// not a number.
+pub fn parse_stat(line: &str) -> Result<StatFields, ProcError> {
+    parse_stat_bytes(line.as_bytes())
+}
+
+/// [`parse_stat`] for raw bytes (a command name need not be UTF-8).
+///
+/// # Errors
+///
+/// As [`parse_stat`].
+pub fn parse_stat_bytes(line: &[u8]) -> Result<StatFields, ProcError> {
+    let malformed = |field| ProcError::MalformedStat { field };
+    let open = line
+        .iter()
+        .position(|&b| b == b'(')
+        .ok_or(malformed(StatField::Comm))?;
+    let close = line
+        .iter()
+        .rposition(|&b| b == b')')
+        .filter(|&close| close > open)
+        .ok_or(malformed(StatField::Comm))?;
+    let pid = parse_u64(line[..open].trim_ascii())
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or(malformed(StatField::Pid))?;
+    let comm = Comm::from_bytes(&line[open + 1..close]);
+    let mut fields = line[close + 1..]
+        .split(|&b| b == b' ' || b == b'\n')
+        .filter(|f| !f.is_empty());
+    fields.next().ok_or(malformed(StatField::State))?;
+    let ppid = fields
+        .next()
+        .and_then(parse_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or(malformed(StatField::Ppid))?;
+    // Fields 5 to 21 lie between ppid and starttime.
+    let start_time = fields
+        .nth(17)
+        .and_then(parse_u64)
+        .ok_or(malformed(StatField::StartTime))?;
+    Ok(StatFields {
+        pid,
+        comm,
+        ppid,
+        start_time: StartTime(start_time),
+    })
+}
+
+/// A decimal number made only of ASCII digits, without overflow.
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if d.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// An open `/proc/PID` directory: files opened through it belong to that
+/// process or to none.
+struct ProcDir(OwnedFd);
+
+impl ProcDir {
+    fn open(path: &Path) -> io::Result<Self> {
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(path)?;
+        Ok(Self(OwnedFd::from(dir)))
+    }
+
+    /// Replaces the contents of `data` with the contents of file `name`.
+    fn read(&self, name: &CStr, data: &mut Vec<u8>) -> io::Result<()> {
+        // SAFETY: the directory fd is open for as long as `self` lives and
+        // `name` is NUL-terminated; the result is checked before use.
+        let fd = unsafe {
+            libc::openat(
+                self.0.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened by us and is owned by nothing else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        read_all(file, data)
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (0 if the clock cannot be read, which
+/// Linux never does for this clock).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::cgroup::testutil::TempDir;
+    use crate::types::CgroupId;
+
+    const SLEEP: &str = "4501 (sleep) S 4489 4489 3672 0 -1 4194304 98 0 0 0 0 0 0 0 20 0 1 0 183108 3133440 407 18446744073709551615 94714710106112 94714710125993 140733245053120 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 94714710142000 94714710143616 94715035693056 140733245061856 140733245061876 140733245061876 140733245063147 0\n";
+
+    #[test]
+    fn parses_a_normal_line() {
+        let stat = parse_stat(SLEEP).unwrap();
+        assert_eq!(stat.pid, 4501);
+        assert_eq!(stat.comm.as_string(), "sleep");
+        assert_eq!(stat.ppid, 4489);
+        assert_eq!(stat.start_time, StartTime(183108));
+    }
+
+    #[test]
+    fn comm_may_hold_spaces_and_parens() {
+        let line = "77 (a) b) (c ) R 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 999 0 0";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(stat.comm.as_string(), "a) b) (c ");
+        assert_eq!(stat.ppid, 1);
+        assert_eq!(stat.start_time, StartTime(999));
+        let stat = parse_stat(
+            "2 (kworker/u8:0-events_unbound) I 2 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0",
+        )
+        .unwrap();
+        assert_eq!(stat.comm.as_string(), "kworker/u8:0-ev");
+        assert_eq!(stat.start_time, StartTime(5));
+        let stat = parse_stat("3 () S 0 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 7").unwrap();
+        assert_eq!(stat.comm.as_string(), "");
+        assert_eq!(stat.ppid, 0);
+    }
+
+    #[test]
+    fn comm_need_not_be_utf8() {
+        let line = b"9 (\xff\xfe) S 1 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 42 0";
+        let stat = parse_stat_bytes(line).unwrap();
+        assert_eq!(stat.comm.as_bytes(), b"\xff\xfe");
+        assert_eq!(stat.start_time, StartTime(42));
+    }
+
+    #[test]
+    fn truncated_lines_name_the_missing_field() {
+        let cases: [(&str, StatField); 7] = [
+            ("", StatField::Comm),
+            ("4501 (sleep", StatField::Comm),
+            ("4501 )sleep(", StatField::Comm),
+            ("4501 (sleep)", StatField::State),
+            ("4501 (sleep) S", StatField::Ppid),
+            ("4501 (sleep) S 4489 4489 3672 0 -1", StatField::StartTime),
+            (
+                &SLEEP[..SLEEP.find(" 183108").unwrap()],
+                StatField::StartTime,
+            ),
+        ];
+        for (line, field) in cases {
+            let err = parse_stat(line).unwrap_err();
+            assert!(
+                matches!(err, ProcError::MalformedStat { field: f } if f == field),
+                "{line:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_numeric_fields_are_rejected() {
+        let cases: [(&str, StatField); 6] = [
+            (
+                "x1 (a) S 1 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5",
+                StatField::Pid,
+            ),
+            (
+                " (a) S 1 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5",
+                StatField::Pid,
+            ),
+            (
+                "99999999999 (a) S 1 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5",
+                StatField::Pid,
+            ),
+            (
+                "1 (a) S -1 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5",
+                StatField::Ppid,
+            ),
+            (
+                "1 (a) S 1 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5x",
+                StatField::StartTime,
+            ),
+            (
+                "1 (a) S 1 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99999999999999999999",
+                StatField::StartTime,
+            ),
+        ];
+        for (line, field) in cases {
+            let err = parse_stat(line).unwrap_err();
+            assert!(
+                matches!(err, ProcError::MalformedStat { field: f } if f == field),
+                "{line:?}: {err}"
+            );
+        }
+    }
+
+    /// A fake procfs: one good process, one that vanished, one with a bad
+    /// stat line, one whose cgroup is gone, and entries that are not PIDs.
+    #[test]
+    fn scans_a_fake_procfs() {
+        let tmp = TempDir::new("proc-fake");
+        tmp.mkdirs(&["cg2/default/long1", "proc/101", "proc/self", "proc/sys"]);
+        tmp.write(
+            "proc/100/stat",
+            "100 (sleep) S 1 100 100 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0\n",
+        );
+        tmp.write(
+            "proc/100/cgroup",
+            "4:memory:/default/long1\n0::/default/long1\n",
+        );
+        tmp.write("proc/102/stat", "102 (bad) S\n");
+        tmp.write(
+            "proc/103/stat",
+            "103 (moved) S 1 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 7 0\n",
+        );
+        tmp.write("proc/103/cgroup", "0::/default/removed\n");
+        let fs = CgroupFs::from_roots(Some(tmp.path().join("cg2")), None);
+        let proc_root = tmp.path().join("proc");
+
+        let result = try_scan(&fs, &proc_root).unwrap();
+        assert_eq!(result.processes.len(), 1, "102 is malformed");
+        assert_eq!(
+            result.skipped_vanished, 2,
+            "101 has no files, 103 lost its cgroup"
+        );
+        let p = &result.processes[0];
+        assert_eq!(p.key, ProcKey::new(100, StartTime(4242)));
+        assert_eq!(p.ppid, 1);
+        assert_eq!(p.comm.as_string(), "sleep");
+        let ino = std::fs::metadata(tmp.path().join("cg2/default/long1"))
+            .unwrap()
+            .ino();
+        assert_eq!(p.cgroups.v2, Some(CgroupId(ino)));
+        assert_eq!(p.cgroups.v1_memory, None, "no v1 memory mount given");
+        assert_eq!(p.cgroup_paths.v1_memory.as_deref(), Some("/default/long1"));
+
+        assert_eq!(&read_process(&fs, &proc_root, 100).unwrap(), p);
+        assert!(read_process(&fs, &proc_root, 101)
+            .unwrap_err()
+            .is_vanished());
+        assert!(read_process(&fs, &proc_root, 9999)
+            .unwrap_err()
+            .is_vanished());
+
+        let missing = tmp.path().join("no-proc");
+        let err = try_scan(&fs, &missing).unwrap_err();
+        assert!(matches!(err, ProcError::List { .. }));
+        let empty = scan(&fs, &missing);
+        assert!(empty.processes.is_empty());
+        assert!(empty.started_at_monotonic_ns > 0);
+    }
+
+    /// The real `/proc` of this machine holds this test process, with the
+    /// right parent and cgroup2 id.
+    #[test]
+    fn scans_the_real_procfs() {
+        let fs = CgroupFs::discover().unwrap();
+        let before = monotonic_ns();
+        let scan = scan(&fs, Path::new("/proc"));
+        assert!(scan.started_at_monotonic_ns >= before);
+        assert!(monotonic_ns() >= scan.started_at_monotonic_ns);
+        let me = scan
+            .processes
+            .iter()
+            .find(|p| p.key.pid == std::process::id())
+            .unwrap();
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert!(scan.processes.iter().any(|p| p.key.pid == 1));
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let v2_path = cgroup.lines().find_map(|l| l.strip_prefix("0::"));
+        match (fs.v2_root(), v2_path) {
+            (Some(root), Some(path)) => {
+                let ino = std::fs::metadata(root.join(path.trim_start_matches('/')))
+                    .unwrap()
+                    .ino();
+                assert_eq!(me.cgroups.v2, Some(CgroupId(ino)));
+                assert_eq!(me.cgroup_paths.v2.as_deref(), Some(path));
+            }
+            _ => assert_eq!(me.cgroups.v2, None),
+        }
+        let again = read_process(&fs, Path::new("/proc"), std::process::id()).unwrap();
+        assert_eq!(again.key, me.key);
+    }
+}
