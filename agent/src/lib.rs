@@ -1,6 +1,131 @@
 //! pidmap: an always-current map from every process on a node to its
 //! container and pod.
+//!
+//! [`Agent::start`] loads the eBPF programs, starts the ring reader, seeds
+//! the process table from /proc and returns once the table is ready;
+//! [`run`] does the same and waits for shutdown. Tests start whole agents
+//! in-process this way.
 
 pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod ebpf;
+pub mod error;
+pub mod metrics;
 pub mod proc;
+pub mod runtime;
+pub mod signals;
+pub mod state;
 pub mod types;
+
+use std::sync::Arc;
+
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::Config;
+pub use error::Error;
+use state::{Owner, ProcessTable, State};
+
+/// Messages that may wait between the ring reader and the table owner.
+const EVENT_QUEUE: usize = 256;
+
+/// A running agent.
+pub struct Agent {
+    state: Arc<State>,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+    // Dropped last: detaches the programs.
+    _ebpf: aya::Ebpf,
+}
+
+impl Agent {
+    /// Starts every part of the agent and returns once the process table
+    /// has been seeded from /proc. All tasks stop when `shutdown` fires.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Self, Error> {
+        config.validate()?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let cgroupfs = Arc::new(cgroup::CgroupFs::discover()?);
+        let loaded = ebpf::load(&ebpf::EbpfSettings {
+            ring_buffer_bytes: config.ring_buffer_bytes,
+            wakeup_events: config.ring_wakeup_events,
+            btf_path: config.btf_path.clone(),
+        })?;
+        let ebpf::Loaded {
+            ebpf,
+            ring,
+            drops,
+            logger,
+        } = loaded;
+
+        let table = ProcessTable::new(
+            u64::try_from(config.exit_grace().as_nanos()).unwrap_or(u64::MAX),
+            config.max_exited,
+        );
+        let state = Arc::new(State::new(table, Arc::clone(&metrics)));
+        let mut tasks = JoinSet::new();
+
+        let reader = ebpf::reader::RingReader::new(
+            ring,
+            drops,
+            config.ring_poll_interval(),
+            Arc::clone(&metrics),
+        )
+        .map_err(Error::RingPoll)?;
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        tasks.spawn(reader.run(tx, shutdown.clone()));
+        if let Some(logger) = logger {
+            tasks.spawn(ebpf::reader::run_logger(logger, shutdown.clone()));
+        }
+
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let owner = Owner {
+            state: Arc::clone(&state),
+            events: rx,
+            cgroupfs,
+            proc_root: config.proc_root.clone(),
+            ready: Some(ready_tx),
+        };
+        tasks.spawn(owner.run(shutdown.clone()));
+        tasks.spawn(runtime::watch_containerd_presence(
+            config.containerd_socket.clone(),
+            shutdown.clone(),
+        ));
+
+        let agent = Self {
+            state,
+            tasks,
+            shutdown,
+            _ebpf: ebpf,
+        };
+        tokio::select! {
+            seeded = ready_rx => seeded.map_err(|_| Error::NotSeeded)?,
+            () = agent.shutdown.cancelled() => return Err(Error::NotSeeded),
+        }
+        info!(processes = agent.state.table().live_len(), "agent ready");
+        Ok(agent)
+    }
+
+    /// The shared state, for queries.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Waits for the shutdown signal, then for every task to finish.
+    pub async fn wait(mut self) {
+        self.shutdown.cancelled().await;
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(error) = joined {
+                tracing::warn!(%error, "agent task ended abnormally");
+            }
+        }
+        info!("agent stopped");
+    }
+}
+
+/// Runs an agent until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    Agent::start(config, shutdown).await?.wait().await;
+    Ok(())
+}

@@ -1,1 +1,202 @@
+//! Shared fixtures for pidmap's privileged end-to-end tests.
+//!
+//! Every fixture is an RAII guard that cleans up what it made — the agent,
+//! child processes (by PID, only ours), cgroup directories — even when the
+//! test panics. Tests run with `--test-threads=1` because they load eBPF
+//! programs and move processes between cgroups.
 
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use pidmap::{Agent, Config};
+use tokio_util::sync::CancellationToken;
+
+/// Fails the test clearly unless it runs as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "privileged tests load eBPF programs and create cgroups: run them as root (cargo xtask test)"
+    );
+}
+
+/// Log output for test failures; set RUST_LOG to see more.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// An agent running in this process; stopped on drop.
+pub struct TestAgent {
+    agent: Option<Agent>,
+    shutdown: CancellationToken,
+}
+
+impl TestAgent {
+    /// Starts an agent with `config` and waits until it is ready.
+    pub async fn start(config: Config) -> Self {
+        require_root();
+        init_logging();
+        let shutdown = CancellationToken::new();
+        let agent = Agent::start(config, shutdown.clone())
+            .await
+            .unwrap_or_else(|e| panic!("agent failed to start: {}", error_chain(&e)));
+        Self {
+            agent: Some(agent),
+            shutdown,
+        }
+    }
+
+    pub fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("agent present until stop")
+    }
+
+    pub fn state(&self) -> &pidmap::state::State {
+        self.agent().state()
+    }
+
+    /// Stops the agent and waits for every task.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(agent) = self.agent.take() {
+            agent.wait().await;
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        // Tasks end with the cancel; the eBPF programs detach when the agent
+        // (and its Ebpf) is dropped right after.
+        self.shutdown.cancel();
+    }
+}
+
+/// A child process that is killed and reaped on drop.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(cmd.spawn().expect("spawn test child"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits for the child to exit by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().expect("wait for test child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+static NEXT_CGROUP: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh cgroup2 directory; on drop its processes go back to the root
+/// and the directory is removed.
+pub struct CgroupGuard {
+    path: PathBuf,
+    root: PathBuf,
+}
+
+impl CgroupGuard {
+    /// Creates `<cgroup2 root>/pidmap-test-<pid>-<n>`.
+    pub fn new_v2() -> Self {
+        let root = cgroup2_root().expect("a cgroup2 hierarchy is mounted");
+        let n = NEXT_CGROUP.fetch_add(1, Ordering::Relaxed);
+        let path = root.join(format!("pidmap-test-{}-{n}", std::process::id()));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path, root }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The cgroup id: the directory's inode number.
+    pub fn id(&self) -> u64 {
+        fs::metadata(&self.path).expect("stat cgroup").ino()
+    }
+
+    /// Moves process `pid` into this cgroup.
+    pub fn add(&self, pid: u32) {
+        fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", self.path.display()));
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
+            for pid in procs.split_whitespace() {
+                let _ = fs::write(self.root.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+/// Where cgroup2 is mounted (hybrid: /sys/fs/cgroup/unified).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+/// Field 22 of /proc/PID/stat (start time in ticks), if the process exists.
+pub fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns
+/// whether it held. For conditions with no event to await.
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An error with its causes on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut s = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

@@ -1,0 +1,155 @@
+//! Agent configuration: defaults, TOML file, command-line overrides.
+
+use std::{
+    num::NonZeroUsize,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// Default containerd socket.
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+
+/// Everything the agent can be told. Every field has a default; a TOML file
+/// may set any subset (unknown keys are an error).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Seconds an exited process stays resolvable (state `exited`).
+    pub exit_grace_seconds: u64,
+    /// Most exited processes kept at once; the oldest go first.
+    pub max_exited: NonZeroUsize,
+    /// Size of the kernel event ring buffer in bytes (power of two).
+    pub ring_buffer_bytes: u32,
+    /// Wake the reader once this many events wait in the ring buffer
+    /// (0: on every event that finds the reader idle).
+    pub ring_wakeup_events: u32,
+    /// Milliseconds between ring-buffer polls (picks up batched events and
+    /// checks the drop counter).
+    pub ring_poll_ms: u64,
+    /// procfs mount to seed from.
+    pub proc_root: PathBuf,
+    /// Kernel BTF for structure offsets.
+    pub btf_path: PathBuf,
+    /// containerd's gRPC socket.
+    pub containerd_socket: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            exit_grace_seconds: 30,
+            max_exited: NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN),
+            ring_buffer_bytes: agent_common::DEFAULT_RING_BYTES,
+            ring_wakeup_events: 64,
+            ring_poll_ms: 10,
+            proc_root: PathBuf::from("/proc"),
+            btf_path: PathBuf::from(crate::ebpf::VMLINUX_BTF),
+            containerd_socket: PathBuf::from(DEFAULT_CONTAINERD_SOCKET),
+        }
+    }
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {key}: {reason}")]
+    Invalid {
+        key: &'static str,
+        reason: &'static str,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let page = 4096;
+        if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < page {
+            return Err(ConfigError::Invalid {
+                key: "ring_buffer_bytes",
+                reason: "must be a power of two of at least 4096",
+            });
+        }
+        if self.ring_poll_ms == 0 || self.ring_poll_ms > 1000 {
+            return Err(ConfigError::Invalid {
+                key: "ring_poll_ms",
+                reason: "must be between 1 and 1000",
+            });
+        }
+        Ok(())
+    }
+
+    pub fn exit_grace(&self) -> Duration {
+        Duration::from_secs(self.exit_grace_seconds)
+    }
+
+    pub fn ring_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.ring_poll_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.exit_grace(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn partial_file_overrides_only_its_keys() {
+        let c: Config = toml::from_str("exit_grace_seconds = 5\nring_poll_ms = 20").unwrap();
+        assert_eq!(c.exit_grace_seconds, 5);
+        assert_eq!(c.ring_poll_ms, 20);
+        assert_eq!(c.ring_buffer_bytes, Config::default().ring_buffer_bytes);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("exit_grace = 5").is_err());
+        let c = Config {
+            ring_buffer_bytes: 5000,
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "ring_buffer_bytes",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,151 @@
+//! Decoding of ring-buffer records into typed events.
+
+use agent_common::{EventKind, RawEvent, FLAG_MEMORY_CGROUP, RAW_EVENT_SIZE};
+
+use crate::types::{CgroupId, CgroupIds, Comm, ProcKey, StartTime};
+
+/// A process event from the kernel, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The subject process.
+    pub key: ProcKey,
+    /// Its parent process (`real_parent`) at the time of the event.
+    pub parent: ProcKey,
+    /// The subject's comm (its group leader's).
+    pub comm: Comm,
+    /// The subject's cgroups at the time of the event.
+    pub cgroups: CgroupIds,
+    /// For exits: the wait status (`task->exit_code`).
+    pub exit_code: Option<i32>,
+    /// For cgroup attach: (hierarchy id, destination cgroup id); hierarchy
+    /// 0 is cgroup2.
+    pub attach: Option<(u32, CgroupId)>,
+    /// CLOCK_MONOTONIC nanoseconds when the kernel made the event.
+    pub timestamp_ns: u64,
+}
+
+/// A ring-buffer record that is not a valid event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The record is shorter than [`RawEvent`].
+    #[error("event record of {len} bytes is shorter than {RAW_EVENT_SIZE}")]
+    Short { len: usize },
+    /// The kind field holds no known [`EventKind`].
+    #[error("event record has unknown kind {kind}")]
+    UnknownKind { kind: u32 },
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
+    if record.len() < RAW_EVENT_SIZE {
+        return Err(DecodeError::Short { len: record.len() });
+    }
+    // SAFETY: the length was checked; RawEvent is plain data valid for any
+    // bit pattern; read_unaligned copes with any alignment of the slice.
+    let raw: RawEvent = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<RawEvent>()) };
+    from_raw(&raw)
+}
+
+/// Converts a [`RawEvent`] into a [`KernelEvent`].
+pub fn from_raw(raw: &RawEvent) -> Result<KernelEvent, DecodeError> {
+    let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::UnknownKind { kind: raw.kind })?;
+    let memory = (raw.flags & FLAG_MEMORY_CGROUP != 0).then_some(CgroupId(raw.memory_cgroup_id));
+    Ok(KernelEvent {
+        kind,
+        key: ProcKey::new(raw.tgid, StartTime::from_boottime_ns(raw.start_boottime_ns)),
+        parent: ProcKey::new(
+            raw.ppid,
+            StartTime::from_boottime_ns(raw.parent_start_boottime_ns),
+        ),
+        comm: Comm::from_bytes(&raw.comm),
+        cgroups: CgroupIds {
+            v2: Some(CgroupId(raw.cgroup_id)),
+            v1_memory: memory,
+        },
+        exit_code: (kind == EventKind::Exit).then_some(raw.exit_code),
+        attach: (kind == EventKind::CgroupAttach)
+            .then_some((raw.hierarchy_id, CgroupId(raw.attach_cgroup_id))),
+        timestamp_ns: raw.timestamp_ns,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kind: EventKind) -> RawEvent {
+        let mut r = RawEvent::zeroed();
+        r.kind = kind as u32;
+        r.tgid = 4711;
+        r.ppid = 1;
+        r.start_boottime_ns = 5_000_000_000;
+        r.parent_start_boottime_ns = 10_000_000;
+        r.cgroup_id = 1234;
+        r.memory_cgroup_id = 77;
+        r.flags = FLAG_MEMORY_CGROUP;
+        r.timestamp_ns = 99;
+        r.comm[..5].copy_from_slice(b"sleep");
+        r
+    }
+
+    fn bytes(r: &RawEvent) -> Vec<u8> {
+        // SAFETY: RawEvent is repr(C) plain data of RAW_EVENT_SIZE bytes.
+        unsafe { std::slice::from_raw_parts((r as *const RawEvent).cast::<u8>(), RAW_EVENT_SIZE) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_fork_record() {
+        let ev = decode(&bytes(&raw(EventKind::Fork))).unwrap();
+        assert_eq!(ev.kind, EventKind::Fork);
+        assert_eq!(ev.key, ProcKey::new(4711, StartTime(500)));
+        assert_eq!(ev.parent, ProcKey::new(1, StartTime(1)));
+        assert_eq!(ev.comm.as_string(), "sleep");
+        assert_eq!(ev.cgroups.v2, Some(CgroupId(1234)));
+        assert_eq!(ev.cgroups.v1_memory, Some(CgroupId(77)));
+        assert_eq!(ev.exit_code, None);
+        assert_eq!(ev.attach, None);
+        assert_eq!(ev.timestamp_ns, 99);
+    }
+
+    #[test]
+    fn exit_carries_code_and_attach_carries_destination() {
+        let mut r = raw(EventKind::Exit);
+        r.exit_code = 3 << 8;
+        assert_eq!(decode(&bytes(&r)).unwrap().exit_code, Some(768));
+
+        let mut r = raw(EventKind::CgroupAttach);
+        r.hierarchy_id = 4;
+        r.attach_cgroup_id = 555;
+        let ev = decode(&bytes(&r)).unwrap();
+        assert_eq!(ev.attach, Some((4, CgroupId(555))));
+    }
+
+    #[test]
+    fn memory_id_absent_without_flag() {
+        let mut r = raw(EventKind::Exec);
+        r.flags = 0;
+        assert_eq!(decode(&bytes(&r)).unwrap().cgroups.v1_memory, None);
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        let b = bytes(&raw(EventKind::Fork));
+        assert_eq!(decode(&b[..40]), Err(DecodeError::Short { len: 40 }));
+        let mut r = raw(EventKind::Fork);
+        r.kind = 42;
+        assert_eq!(
+            decode(&bytes(&r)),
+            Err(DecodeError::UnknownKind { kind: 42 })
+        );
+    }
+
+    #[test]
+    fn decodes_from_an_unaligned_slice() {
+        let mut b = vec![0u8];
+        b.extend(bytes(&raw(EventKind::Exec)));
+        assert_eq!(decode(&b[1..]).unwrap().key.pid, 4711);
+    }
+}

@@ -1,0 +1,233 @@
+//! Loading, attaching and reading pidmap's eBPF programs.
+//!
+//! [`load`] raises RLIMIT_MEMLOCK (a failure is only a warning: the kernel
+//! accounts BPF memory through memcg since 5.11), looks up kernel structure
+//! offsets in BTF, loads the programs built by `aya-build` into the kernel
+//! with those offsets, attaches all four tracepoints and hands back the ring
+//! buffer and drop counter for [`reader::RingReader`].
+//!
+//! # Minimum kernel version
+//!
+//! 5.8 (BPF ring buffer, BTF tracepoints, `bpf_probe_read_kernel`).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), pidmap::ebpf::LoadError> {
+//! let loaded = pidmap::ebpf::load(&pidmap::ebpf::EbpfSettings::default())?;
+//! // hand `loaded` to a RingReader …
+//! # drop(loaded); Ok(()) }
+//! ```
+
+pub mod btf;
+pub mod event;
+pub mod reader;
+
+use std::path::PathBuf;
+
+use agent_common::{CONFIG_GLOBAL, DEFAULT_RING_BYTES, DROPS_MAP, EVENTS_MAP, PROGRAMS};
+use aya::{
+    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError},
+    Ebpf, EbpfLoader,
+};
+use tracing::{debug, info, warn};
+
+pub use btf::{BtfError, VMLINUX_BTF};
+
+/// The eBPF object built by aya-build (empty when built with AYA_BUILD_SKIP).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// Bytes one ring-buffer record takes: the event plus the 8-byte header.
+pub const RECORD_BYTES: u32 = agent_common::RAW_EVENT_SIZE as u32 + 8;
+
+/// How the programs are loaded.
+#[derive(Debug, Clone)]
+pub struct EbpfSettings {
+    /// Size of the event ring buffer in bytes (a power of two ≥ page size).
+    pub ring_buffer_bytes: u32,
+    /// Wake the reader once this many events wait (0: wake on every event
+    /// that finds the reader idle, the kernel default).
+    pub wakeup_events: u32,
+    /// Kernel BTF to take offsets from.
+    pub btf_path: PathBuf,
+}
+
+impl Default for EbpfSettings {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: DEFAULT_RING_BYTES,
+            wakeup_events: 64,
+            btf_path: PathBuf::from(VMLINUX_BTF),
+        }
+    }
+}
+
+/// Why the eBPF programs could not be loaded or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The kernel exposes no BTF; pidmap needs `CONFIG_DEBUG_INFO_BTF=y`.
+    #[error("kernel BTF not found at {path}: the kernel must be built with CONFIG_DEBUG_INFO_BTF=y (5.5 or newer)")]
+    NoBtf { path: PathBuf },
+    /// A structure or member the programs read is missing from BTF.
+    #[error("unsupported kernel")]
+    Offsets(#[from] BtfError),
+    /// aya could not parse the kernel BTF for program loading.
+    #[error("cannot parse kernel BTF for program loading")]
+    AyaBtf(#[source] aya::BtfError),
+    /// This binary was built with AYA_BUILD_SKIP=1 and carries no programs.
+    #[error("this pidmap binary was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild without it")]
+    NotEmbedded,
+    /// The kernel refused to load the programs and we are not root.
+    #[error("loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE or memcg accounting); effective uid is {euid}")]
+    NotPermitted {
+        euid: u32,
+        #[source]
+        source: aya::EbpfError,
+    },
+    /// The kernel refused the programs or maps.
+    #[error("cannot load eBPF programs")]
+    Load(#[source] aya::EbpfError),
+    /// A program is missing from the object.
+    #[error("eBPF program {name} missing from the object")]
+    MissingProgram { name: &'static str },
+    /// A program could not be loaded (verifier) or attached.
+    #[error("cannot load or attach eBPF program {name} to tracepoint {tracepoint}")]
+    Program {
+        name: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    /// A map is missing from the object or has the wrong type.
+    #[error("eBPF map {name} unusable")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Programs loaded and attached; dropping this detaches them.
+pub struct Loaded {
+    /// Keeps programs and links alive; dropping it detaches them.
+    pub ebpf: Ebpf,
+    /// The event ring buffer.
+    pub ring: RingBuf<MapData>,
+    /// Per-CPU count of failed reservations.
+    pub drops: PerCpuArray<MapData, u64>,
+    /// Reader for `aya-log` records from the programs, if they log.
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// Raises RLIMIT_MEMLOCK; failure is expected without CAP_SYS_RESOURCE and
+/// harmless on kernels that account BPF memory through memcg.
+fn raise_memlock() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass; no memory is retained.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
+    if ret != 0 {
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot raise RLIMIT_MEMLOCK; continuing (kernels ≥ 5.11 charge BPF memory to the memory cgroup)"
+        );
+    }
+}
+
+/// Loads and attaches all programs. See the module docs.
+pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(LoadError::NotEmbedded);
+    }
+    if !settings.btf_path.exists() {
+        return Err(LoadError::NoBtf {
+            path: settings.btf_path.clone(),
+        });
+    }
+    raise_memlock();
+
+    let offsets = btf::KernelBtf::from_file(&settings.btf_path)?
+        .kernel_config(settings.wakeup_events.saturating_mul(RECORD_BYTES))?;
+    debug!(?offsets, "kernel structure offsets from BTF");
+    let aya_btf = aya::Btf::parse_file(&settings.btf_path, aya::Endianness::default())
+        .map_err(LoadError::AyaBtf)?;
+
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .override_global(CONFIG_GLOBAL, &offsets, true)
+        .map_max_entries(EVENTS_MAP, settings.ring_buffer_bytes)
+        .load(EBPF_OBJECT)
+        .map_err(|source| {
+            // SAFETY: geteuid has no preconditions.
+            let euid = unsafe { libc::geteuid() };
+            if euid != 0 {
+                LoadError::NotPermitted { euid, source }
+            } else {
+                LoadError::Load(source)
+            }
+        })?;
+
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(logger),
+        Err(error) => {
+            warn!(%error, "eBPF-side logging unavailable");
+            None
+        }
+    };
+
+    for (name, tracepoint) in PROGRAMS {
+        attach(&mut ebpf, &aya_btf, name, tracepoint)?;
+    }
+
+    let ring = take_map(&mut ebpf, EVENTS_MAP)?;
+    let drops = take_map(&mut ebpf, DROPS_MAP)?;
+    info!(
+        programs = PROGRAMS.len(),
+        ring_buffer_bytes = settings.ring_buffer_bytes,
+        "eBPF programs loaded and attached"
+    );
+    Ok(Loaded {
+        ebpf,
+        ring,
+        drops,
+        logger,
+    })
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    name: &'static str,
+    tracepoint: &'static str,
+) -> Result<(), LoadError> {
+    let err = |source| LoadError::Program {
+        name,
+        tracepoint,
+        source,
+    };
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram { name })?
+        .try_into()
+        .map_err(err)?;
+    program.load(tracepoint, btf).map_err(err)?;
+    program.attach().map_err(err)?;
+    debug!(program = name, tracepoint, "attached");
+    Ok(())
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoadError::Map {
+        name,
+        source: MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })?;
+    T::try_from(map).map_err(|source| LoadError::Map { name, source })
+}

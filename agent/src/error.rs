@@ -1,0 +1,21 @@
+//! The agent's top-level error.
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("configuration")]
+    Config(#[from] crate::config::ConfigError),
+    /// The eBPF programs could not be loaded or attached.
+    #[error("kernel event source")]
+    Ebpf(#[from] crate::ebpf::LoadError),
+    /// The cgroup hierarchies could not be found.
+    #[error("cgroup hierarchies")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    /// The ring buffer could not be registered with the runtime.
+    #[error("cannot poll the event ring buffer")]
+    RingPoll(#[source] std::io::Error),
+    /// The agent stopped before its first /proc seed completed.
+    #[error("the agent stopped before the process table was seeded")]
+    NotSeeded,
+}

@@ -1,0 +1,315 @@
+//! The process table: every process on the node keyed by (pid, start time),
+//! plus recently exited ones for a grace window. Pure logic, no I/O: the
+//! owner task feeds it kernel events and /proc scans with the current
+//! CLOCK_MONOTONIC time.
+
+use std::{collections::HashMap, num::NonZeroUsize};
+
+use agent_common::EventKind;
+use lru::LruCache;
+
+use crate::{
+    ebpf::event::KernelEvent,
+    proc::{ScanResult, ScannedProcess},
+    types::{CgroupIds, Comm, ProcKey},
+};
+
+/// Whether a process still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessState {
+    /// Alive as far as the agent knows.
+    Running,
+    /// Gone; kept for the grace window.
+    Exited {
+        /// CLOCK_MONOTONIC ns of the exit (or of its discovery by a rescan).
+        at_ns: u64,
+        /// Wait status, when the kernel reported the exit.
+        exit_code: Option<i32>,
+    },
+}
+
+/// One process as the table knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub key: ProcKey,
+    /// The parent (`real_parent`'s thread group) when known.
+    pub parent: Option<ProcKey>,
+    pub comm: Comm,
+    pub cgroups: CgroupIds,
+    pub state: ProcessState,
+    /// CLOCK_MONOTONIC ns of the newest information about this process.
+    pub updated_ns: u64,
+}
+
+/// What a scan reconcile changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileStats {
+    /// Processes the table did not know.
+    pub added: usize,
+    /// Live entries whose process was gone (their exit was missed).
+    pub marked_exited: usize,
+    /// Scanned processes ignored because an event already said they exited.
+    pub skipped_exited: usize,
+}
+
+/// The table. See the module docs.
+pub struct ProcessTable {
+    live: HashMap<u32, Process>,
+    exited: LruCache<ProcKey, Process>,
+    /// Start time of the newest exited entry per pid, for bare-pid look-ups.
+    latest_exit: HashMap<u32, ProcKey>,
+    grace_ns: u64,
+}
+
+impl ProcessTable {
+    /// `grace_ns`: how long exited processes stay; `max_exited`: at most
+    /// that many exited entries are kept (oldest evicted first).
+    pub fn new(grace_ns: u64, max_exited: NonZeroUsize) -> Self {
+        Self {
+            live: HashMap::new(),
+            exited: LruCache::new(max_exited),
+            latest_exit: HashMap::new(),
+            grace_ns,
+        }
+    }
+
+    /// Live processes.
+    pub fn live_len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Exited processes still inside the grace window.
+    pub fn exited_len(&self) -> usize {
+        self.exited.len()
+    }
+
+    /// The process now holding `pid`, or else the newest exited one that
+    /// held it within the grace window.
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.live.get(&pid).or_else(|| {
+            self.latest_exit
+                .get(&pid)
+                .and_then(|key| self.exited.peek(key))
+        })
+    }
+
+    /// Exactly the process `key`, live or exited; never another process
+    /// that reused its pid.
+    pub fn get_key(&self, key: ProcKey) -> Option<&Process> {
+        match self.live.get(&key.pid) {
+            Some(p) if p.key == key => Some(p),
+            _ => self.exited.peek(&key),
+        }
+    }
+
+    /// Every live process.
+    pub fn live(&self) -> impl Iterator<Item = &Process> {
+        self.live.values()
+    }
+
+    /// Applies one kernel event.
+    pub fn apply_event(&mut self, ev: &KernelEvent) {
+        let incoming = Process {
+            key: ev.key,
+            parent: Some(ev.parent),
+            comm: ev.comm,
+            cgroups: ev.cgroups,
+            state: ProcessState::Running,
+            updated_ns: ev.timestamp_ns,
+        };
+        match ev.kind {
+            EventKind::Fork | EventKind::Exec | EventKind::CgroupAttach => {
+                self.upsert(incoming, ev.timestamp_ns);
+            }
+            EventKind::Exit => self.exit(incoming, ev.timestamp_ns, ev.exit_code),
+        }
+    }
+
+    /// Inserts or refreshes a running process, unless it already exited
+    /// (events of one process can arrive out of order across CPUs).
+    fn upsert(&mut self, incoming: Process, now_ns: u64) {
+        let key = incoming.key;
+        if self.exited.contains(&key) {
+            return;
+        }
+        match self.live.get_mut(&key.pid) {
+            Some(p) if p.key == key => merge(p, incoming),
+            Some(p) if p.key.start_time > key.start_time => {} // stale news of an older process
+            Some(_) => {
+                // A newer process holds the pid: the old one's exit was missed.
+                if let Some(old) = self.live.remove(&key.pid) {
+                    self.retire(old, now_ns, None);
+                }
+                self.live.insert(key.pid, incoming);
+            }
+            None => {
+                self.live.insert(key.pid, incoming);
+            }
+        }
+    }
+
+    fn exit(&mut self, incoming: Process, at_ns: u64, exit_code: Option<i32>) {
+        let key = incoming.key;
+        if let Some(p) = self.exited.peek_mut(&key) {
+            // A second report from another thread of the same group.
+            if let ProcessState::Exited {
+                exit_code: code, ..
+            } = &mut p.state
+            {
+                if code.is_none() {
+                    *code = exit_code;
+                }
+            }
+            return;
+        }
+        let merged = match self.live.get(&key.pid) {
+            Some(p) if p.key == key => {
+                let mut p = self.live.remove(&key.pid).unwrap_or(incoming);
+                p.updated_ns = p.updated_ns.max(at_ns);
+                p
+            }
+            _ => incoming,
+        };
+        self.retire(merged, at_ns, exit_code);
+    }
+
+    /// Moves a process into the exited cache.
+    fn retire(&mut self, mut p: Process, at_ns: u64, exit_code: Option<i32>) {
+        p.state = ProcessState::Exited { at_ns, exit_code };
+        let key = p.key;
+        let newer_known = self
+            .latest_exit
+            .get(&key.pid)
+            .is_some_and(|k| k.start_time > key.start_time);
+        if !newer_known {
+            self.latest_exit.insert(key.pid, key);
+        }
+        if let Some((evicted, _)) = self.exited.push(key, p) {
+            if evicted != key {
+                self.forget_latest(evicted);
+            }
+        }
+    }
+
+    fn forget_latest(&mut self, key: ProcKey) {
+        if self.latest_exit.get(&key.pid) == Some(&key) {
+            self.latest_exit.remove(&key.pid);
+        }
+    }
+
+    /// Reconciles a /proc scan that started at `scan.started_at_monotonic_ns`
+    /// with what events already said: events newer than the scan win, an
+    /// event-reported exit is never undone, and a live entry last heard of
+    /// before the scan started and absent from it has exited.
+    pub fn apply_scan(&mut self, scan: &ScanResult, now_ns: u64) -> ReconcileStats {
+        let started = scan.started_at_monotonic_ns;
+        let mut stats = ReconcileStats::default();
+        let mut seen = std::collections::HashSet::with_capacity(scan.processes.len());
+        for sp in &scan.processes {
+            seen.insert(sp.key.pid);
+            if self.exited.contains(&sp.key) {
+                stats.skipped_exited += 1;
+                continue;
+            }
+            let incoming = from_scan(sp, started);
+            match self.live.get_mut(&sp.key.pid) {
+                Some(p) if p.key == sp.key => merge(p, incoming),
+                Some(p) if p.key.start_time > sp.key.start_time => {}
+                Some(_) => {
+                    if let Some(old) = self.live.remove(&sp.key.pid) {
+                        self.retire(old, now_ns, None);
+                        stats.marked_exited += 1;
+                    }
+                    self.live.insert(sp.key.pid, incoming);
+                    stats.added += 1;
+                }
+                None => {
+                    self.live.insert(sp.key.pid, incoming);
+                    stats.added += 1;
+                }
+            }
+        }
+        let gone: Vec<u32> = self
+            .live
+            .values()
+            .filter(|p| p.updated_ns < started && !seen.contains(&p.key.pid))
+            .map(|p| p.key.pid)
+            .collect();
+        for pid in gone {
+            if let Some(p) = self.live.remove(&pid) {
+                self.retire(p, now_ns, None);
+                stats.marked_exited += 1;
+            }
+        }
+        stats
+    }
+
+    /// Drops exited entries older than the grace window; returns how many.
+    pub fn expire(&mut self, now_ns: u64) -> usize {
+        let mut removed = 0;
+        while let Some((_, p)) = self.exited.peek_lru() {
+            let ProcessState::Exited { at_ns, .. } = p.state else {
+                break;
+            };
+            if now_ns.saturating_sub(at_ns) < self.grace_ns {
+                break;
+            }
+            if let Some((key, _)) = self.exited.pop_lru() {
+                self.forget_latest(key);
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+fn from_scan(sp: &ScannedProcess, at_ns: u64) -> Process {
+    Process {
+        key: sp.key,
+        parent: None,
+        comm: sp.comm,
+        cgroups: sp.cgroups,
+        state: ProcessState::Running,
+        updated_ns: at_ns,
+    }
+    .with_ppid(sp.ppid)
+}
+
+impl Process {
+    /// Records a parent known only by pid (from /proc): its start time is
+    /// unknown, so it is kept as start time 0.
+    fn with_ppid(mut self, ppid: u32) -> Self {
+        self.parent = Some(ProcKey::new(ppid, crate::types::StartTime(0)));
+        self
+    }
+}
+
+/// Merges news about the same process: the newer source wins field by
+/// field, the older one only fills gaps.
+fn merge(p: &mut Process, incoming: Process) {
+    if incoming.updated_ns >= p.updated_ns {
+        let old_parent = p.parent;
+        let old_cgroups = p.cgroups;
+        *p = incoming;
+        p.parent = pick_parent(p.parent, old_parent);
+        p.cgroups.v2 = p.cgroups.v2.or(old_cgroups.v2);
+        p.cgroups.v1_memory = p.cgroups.v1_memory.or(old_cgroups.v1_memory);
+    } else {
+        p.parent = pick_parent(p.parent, incoming.parent);
+        p.cgroups.v2 = p.cgroups.v2.or(incoming.cgroups.v2);
+        p.cgroups.v1_memory = p.cgroups.v1_memory.or(incoming.cgroups.v1_memory);
+    }
+}
+
+/// Prefers a parent with a known start time (from the kernel) over one
+/// known only by pid (from /proc) when both name the same pid.
+fn pick_parent(primary: Option<ProcKey>, other: Option<ProcKey>) -> Option<ProcKey> {
+    match (primary, other) {
+        (Some(a), Some(b)) if a.pid == b.pid && a.start_time.0 == 0 => Some(b),
+        (Some(a), _) => Some(a),
+        (None, b) => b,
+    }
+}
+
+#[cfg(test)]
+mod tests;

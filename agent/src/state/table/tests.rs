@@ -1,0 +1,257 @@
+use std::time::Duration;
+
+use super::*;
+use crate::{
+    cgroup::CgroupPaths,
+    types::{CgroupId, StartTime},
+};
+
+const SEC: u64 = 1_000_000_000;
+
+fn table() -> ProcessTable {
+    ProcessTable::new(30 * SEC, NonZeroUsize::new(100).unwrap())
+}
+
+fn key(pid: u32, start: u64) -> ProcKey {
+    ProcKey::new(pid, StartTime(start))
+}
+
+fn ev(kind: EventKind, k: ProcKey, at: u64) -> KernelEvent {
+    KernelEvent {
+        kind,
+        key: k,
+        parent: key(1, 1),
+        comm: Comm::from_bytes(b"proc"),
+        cgroups: CgroupIds {
+            v2: Some(CgroupId(10)),
+            v1_memory: None,
+        },
+        exit_code: (kind == EventKind::Exit).then_some(0),
+        attach: None,
+        timestamp_ns: at,
+    }
+}
+
+fn scanned(k: ProcKey, comm: &str) -> ScannedProcess {
+    ScannedProcess {
+        key: k,
+        ppid: 1,
+        comm: Comm::from_bytes(comm.as_bytes()),
+        cgroups: CgroupIds {
+            v2: Some(CgroupId(20)),
+            v1_memory: None,
+        },
+        cgroup_paths: CgroupPaths::default(),
+    }
+}
+
+fn scan(started: u64, procs: Vec<ScannedProcess>) -> ScanResult {
+    ScanResult {
+        processes: procs,
+        skipped_vanished: 0,
+        started_at_monotonic_ns: started,
+        elapsed: Duration::ZERO,
+    }
+}
+
+#[test]
+fn fork_then_exec_updates_comm_and_keeps_parent() {
+    let mut t = table();
+    let k = key(100, 5);
+    t.apply_event(&ev(EventKind::Fork, k, 10));
+    let mut exec = ev(EventKind::Exec, k, 11);
+    exec.comm = Comm::from_bytes(b"true");
+    t.apply_event(&exec);
+    let p = t.get(100).unwrap();
+    assert_eq!(p.comm.as_string(), "true");
+    assert_eq!(p.parent, Some(key(1, 1)));
+    assert_eq!(p.state, ProcessState::Running);
+}
+
+#[test]
+fn exec_before_fork_keeps_the_newer_comm() {
+    // The child can run exec on another CPU before the parent's fork
+    // tracepoint reserves its record.
+    let mut t = table();
+    let k = key(100, 5);
+    let mut exec = ev(EventKind::Exec, k, 20);
+    exec.comm = Comm::from_bytes(b"true");
+    t.apply_event(&exec);
+    t.apply_event(&ev(EventKind::Fork, k, 10));
+    assert_eq!(t.get(100).unwrap().comm.as_string(), "true");
+}
+
+#[test]
+fn pid_reuse_never_returns_the_old_process() {
+    let mut t = table();
+    let old = key(100, 5);
+    let new = key(100, 900);
+    t.apply_event(&ev(EventKind::Fork, old, 10));
+    t.apply_event(&ev(EventKind::Exit, old, 20));
+    t.apply_event(&ev(EventKind::Fork, new, 30));
+    assert_eq!(t.get(100).unwrap().key, new);
+    assert_eq!(t.get(100).unwrap().state, ProcessState::Running);
+    // The old one is still there by exact key, as exited.
+    assert!(matches!(
+        t.get_key(old).unwrap().state,
+        ProcessState::Exited { .. }
+    ));
+    assert_eq!(t.get_key(key(100, 6)), None);
+}
+
+#[test]
+fn missed_exit_is_inferred_when_a_newer_process_takes_the_pid() {
+    let mut t = table();
+    t.apply_event(&ev(EventKind::Fork, key(100, 5), 10));
+    t.apply_event(&ev(EventKind::Fork, key(100, 900), 30));
+    let old = t.get_key(key(100, 5)).unwrap();
+    assert_eq!(
+        old.state,
+        ProcessState::Exited {
+            at_ns: 30,
+            exit_code: None
+        }
+    );
+    // Stale news about the older process does not displace the new one.
+    t.apply_event(&ev(EventKind::Exec, key(100, 5), 40));
+    assert_eq!(t.get(100).unwrap().key, key(100, 900));
+}
+
+#[test]
+fn exit_then_grace_expiry() {
+    let mut t = table();
+    let k = key(100, 5);
+    t.apply_event(&ev(EventKind::Fork, k, SEC));
+    let mut exit = ev(EventKind::Exit, k, 2 * SEC);
+    exit.exit_code = Some(3 << 8);
+    t.apply_event(&exit);
+    assert_eq!(
+        t.get(100).unwrap().state,
+        ProcessState::Exited {
+            at_ns: 2 * SEC,
+            exit_code: Some(768)
+        }
+    );
+    assert_eq!(t.expire(31 * SEC), 0, "still inside the grace window");
+    assert!(t.get(100).is_some());
+    assert_eq!(t.expire(32 * SEC), 1);
+    assert_eq!(t.get(100), None);
+    assert_eq!(t.exited_len(), 0);
+}
+
+#[test]
+fn exit_before_fork_is_not_resurrected() {
+    let mut t = table();
+    let k = key(100, 5);
+    t.apply_event(&ev(EventKind::Exit, k, 20));
+    t.apply_event(&ev(EventKind::Fork, k, 10));
+    assert!(matches!(
+        t.get(100).unwrap().state,
+        ProcessState::Exited { .. }
+    ));
+    assert_eq!(t.live_len(), 0);
+}
+
+#[test]
+fn duplicate_exit_from_racing_threads_keeps_one_entry() {
+    let mut t = table();
+    let k = key(100, 5);
+    t.apply_event(&ev(EventKind::Fork, k, 10));
+    t.apply_event(&ev(EventKind::Exit, k, 20));
+    t.apply_event(&ev(EventKind::Exit, k, 21));
+    assert_eq!(t.exited_len(), 1);
+    assert!(matches!(
+        t.get(100).unwrap().state,
+        ProcessState::Exited { at_ns: 20, .. }
+    ));
+}
+
+#[test]
+fn exited_cache_is_bounded() {
+    let mut t = ProcessTable::new(30 * SEC, NonZeroUsize::new(3).unwrap());
+    for pid in 1..=10 {
+        t.apply_event(&ev(EventKind::Exit, key(pid, 1), u64::from(pid)));
+    }
+    assert_eq!(t.exited_len(), 3);
+    assert_eq!(t.get(1), None, "oldest evicted");
+    assert!(t.get(10).is_some());
+}
+
+#[test]
+fn scan_adds_unknown_processes_and_skips_those_that_exited_meanwhile() {
+    let mut t = table();
+    // Exited during the scan: the event came first, the scan still saw it.
+    t.apply_event(&ev(EventKind::Exit, key(200, 7), 50));
+    let s = scan(
+        40,
+        vec![scanned(key(200, 7), "gone"), scanned(key(300, 8), "bash")],
+    );
+    let stats = t.apply_scan(&s, 60);
+    assert_eq!(stats.added, 1);
+    assert_eq!(stats.skipped_exited, 1);
+    assert!(matches!(
+        t.get(200).unwrap().state,
+        ProcessState::Exited { .. }
+    ));
+    let bash = t.get(300).unwrap();
+    assert_eq!(bash.comm.as_string(), "bash");
+    assert_eq!(bash.parent.map(|p| p.pid), Some(1));
+}
+
+#[test]
+fn events_newer_than_the_scan_win_and_are_not_duplicated() {
+    let mut t = table();
+    let k = key(300, 8);
+    let mut exec = ev(EventKind::Exec, k, 50);
+    exec.comm = Comm::from_bytes(b"new-name");
+    t.apply_event(&exec);
+    let stats = t.apply_scan(&scan(40, vec![scanned(k, "old-name")]), 60);
+    assert_eq!(stats.added, 0);
+    assert_eq!(t.live_len(), 1);
+    let p = t.get(300).unwrap();
+    assert_eq!(p.comm.as_string(), "new-name");
+    // The kernel's parent (with start time) is kept over /proc's bare ppid.
+    assert_eq!(p.parent, Some(key(1, 1)));
+}
+
+#[test]
+fn scan_newer_than_events_refreshes_the_entry() {
+    let mut t = table();
+    let k = key(300, 8);
+    t.apply_event(&ev(EventKind::Fork, k, 10));
+    t.apply_scan(&scan(40, vec![scanned(k, "renamed")]), 60);
+    let p = t.get(300).unwrap();
+    assert_eq!(p.comm.as_string(), "renamed");
+    assert_eq!(p.cgroups.v2, Some(CgroupId(20)));
+    assert_eq!(p.parent, Some(key(1, 1)));
+}
+
+#[test]
+fn rescan_marks_missed_exits_but_spares_processes_born_after_it_started() {
+    let mut t = table();
+    t.apply_event(&ev(EventKind::Fork, key(400, 1), 10)); // exit was lost
+    t.apply_event(&ev(EventKind::Fork, key(401, 2), 10)); // still alive
+    t.apply_event(&ev(EventKind::Fork, key(402, 3), 100)); // born during the scan
+    let stats = t.apply_scan(&scan(50, vec![scanned(key(401, 2), "alive")]), 120);
+    assert_eq!(stats.marked_exited, 1);
+    assert!(matches!(
+        t.get(400).unwrap().state,
+        ProcessState::Exited {
+            at_ns: 120,
+            exit_code: None
+        }
+    ));
+    assert_eq!(t.get(401).unwrap().state, ProcessState::Running);
+    assert_eq!(t.get(402).unwrap().state, ProcessState::Running);
+}
+
+#[test]
+fn scan_replaces_a_stale_entry_whose_pid_was_reused() {
+    let mut t = table();
+    t.apply_event(&ev(EventKind::Fork, key(500, 1), 10));
+    let stats = t.apply_scan(&scan(50, vec![scanned(key(500, 99), "new")]), 60);
+    assert_eq!(stats.added, 1);
+    assert_eq!(stats.marked_exited, 1);
+    assert_eq!(t.get(500).unwrap().key, key(500, 99));
+    assert!(t.get_key(key(500, 1)).is_some());
+}

@@ -1,0 +1,248 @@
+//! `cargo xtask bench`: measures the figures BENCHMARKS.md reports and
+//! prints them. Needs root (it loads the agent's eBPF programs).
+//!
+//! Figures: exec-storm throughput, the agent's CPU per event and drops at
+//! that rate; agent RSS with the node's process table loaded; /proc seed
+//! time per 1,000 processes.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use std::io::BufRead as _;
+
+use anyhow::{bail, Context as _, Result};
+use pidmap::{cgroup::CgroupFs, Agent, Config};
+use pidmap_tests::{require_root, ChildGuard};
+use tokio_util::sync::CancellationToken;
+
+/// Name of the agent's runtime threads, so their CPU time can be told apart
+/// from the spawning thread's.
+const AGENT_THREADS: &str = "pidmap-agent";
+
+fn main() -> Result<()> {
+    require_root();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let storm: usize = arg(&args, "--storm").unwrap_or(20_000);
+    let spawners: usize = arg(&args, "--spawners").unwrap_or(2);
+    let extra: usize = arg(&args, "--extra-processes").unwrap_or(2_000);
+    let agent_bin = args
+        .iter()
+        .position(|a| a == "--agent-bin")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+
+    println!("# pidmap bench");
+    println!("machine: {}", machine());
+    exec_storm(storm, spawners)?;
+    seed_time(extra)?;
+    if let Some(bin) = agent_bin {
+        agent_rss(&bin, extra)?;
+    } else {
+        println!("agent RSS: skipped (pass --agent-bin target/release/pidmap)");
+    }
+    Ok(())
+}
+
+fn arg(args: &[String], name: &str) -> Option<usize> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default();
+    format!("Linux {}, {cpus} CPUs ({model})", kernel.trim())
+}
+
+/// utime+stime in ticks of this process's threads named `AGENT_THREADS`.
+fn agent_cpu_ticks() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter(|s| s.contains(&format!("({AGENT_THREADS}")))
+        .filter_map(|s| {
+            let after = s[s.rfind(')')? + 2..].to_owned();
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+fn agent_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(AGENT_THREADS)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+fn exec_storm(n: usize, spawners: usize) -> Result<()> {
+    let rt = agent_runtime()?;
+    let shutdown = CancellationToken::new();
+    let config = Config {
+        exit_grace_seconds: 600,
+        ..Config::default()
+    };
+    let agent = rt.block_on(Agent::start(config, shutdown.clone()))?;
+    let state = Arc::clone(agent.state());
+    let before = state.metrics().snapshot();
+    let cpu_before = agent_cpu_ticks();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..spawners {
+            s.spawn(|| {
+                for _ in 0..n / spawners {
+                    if let Ok(mut child) = Command::new("/bin/true").spawn() {
+                        let _ = child.wait();
+                    }
+                }
+            });
+        }
+    });
+    let spawn_secs = started.elapsed().as_secs_f64();
+    let total = (n / spawners) * spawners;
+    // Every /bin/true gives fork + exec + exit.
+    let expected = 3 * total as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let received = loop {
+        let got = state.metrics().snapshot().events_received() - before.events_received();
+        if got >= expected || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let drain_secs = started.elapsed().as_secs_f64();
+    let cpu_ticks = agent_cpu_ticks() - cpu_before;
+    let after = state.metrics().snapshot();
+    let lost = after.lost_events - before.lost_events;
+    let cpu_secs = cpu_ticks as f64 / 100.0;
+    println!(
+        "exec storm: {total} x /bin/true from {spawners} threads in {spawn_secs:.2} s = {:.0} processes/s",
+        total as f64 / spawn_secs
+    );
+    println!(
+        "  events: {received} received of {expected} expected (fork+exec+exit), {:.0} events/s sustained, {lost} dropped",
+        received as f64 / drain_secs
+    );
+    println!(
+        "  agent CPU: {cpu_secs:.2} s = {:.2} µs per event ({:.1}% of one core during the storm)",
+        cpu_secs * 1e6 / received.max(1) as f64,
+        cpu_secs * 100.0 / drain_secs
+    );
+    shutdown.cancel();
+    rt.block_on(agent.wait());
+    Ok(())
+}
+
+fn spawn_sleepers(n: usize) -> Result<Vec<ChildGuard>> {
+    (0..n)
+        .map(|_| {
+            Command::new("/bin/sleep")
+                .arg("600")
+                .spawn()
+                .map(ChildGuard)
+                .context("spawn sleeper")
+        })
+        .collect()
+}
+
+fn count_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn seed_time(extra: usize) -> Result<()> {
+    let _sleepers = spawn_sleepers(extra)?;
+    let fs = CgroupFs::discover()?;
+    let root = PathBuf::from("/proc");
+    let runs = 10;
+    let mut best = Duration::MAX;
+    let mut total = Duration::ZERO;
+    let mut scanned = 0;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let result = pidmap::proc::scan(&fs, &root);
+        let e = t.elapsed();
+        best = best.min(e);
+        total += e;
+        scanned = result.processes.len();
+    }
+    let mean = total / runs;
+    let per_k = |d: Duration| d.as_secs_f64() * 1e3 * 1000.0 / scanned.max(1) as f64;
+    println!(
+        "/proc seed: {scanned} processes, mean {:.1} ms (best {:.1} ms) over {runs} scans = {:.2} ms per 1,000 processes (best {:.2})",
+        mean.as_secs_f64() * 1e3,
+        best.as_secs_f64() * 1e3,
+        per_k(mean),
+        per_k(best)
+    );
+    Ok(())
+}
+
+fn agent_rss(bin: &std::path::Path, extra: usize) -> Result<()> {
+    for (label, sleepers) in [("node as is", 0), ("with extra sleepers", extra)] {
+        let _sleepers = spawn_sleepers(sleepers)?;
+        let procs = count_processes();
+        let mut agent = ChildGuard(
+            Command::new(bin)
+                .arg("agent")
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("start {}", bin.display()))?,
+        );
+        // The agent logs "agent ready" once its table is seeded.
+        let stderr = agent.0.stderr.take().context("agent stderr")?;
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let ready = lines.any(|l| l.is_ok_and(|l| l.contains("agent ready")));
+        if !ready {
+            bail!("agent exited before it was ready: {:?}", agent.0.wait());
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let rss = vm_rss_kib(agent.pid()).context("agent RSS")?;
+        println!(
+            "agent RSS ({label}, {procs} processes on the node): {:.1} MiB",
+            rss as f64 / 1024.0
+        );
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+        unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+        let _ = agent.wait();
+    }
+    Ok(())
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
