@@ -1,1 +1,91 @@
-fn main(){}
+//! `cargo xtask`: pidmap's development tasks.
+//!
+//! Every subcommand is a thin sequence of ordinary commands (`rustup`, `cargo`, `apt-get`),
+//! printed before they run and run with their output visible. See `docs/development.md`.
+
+mod bench;
+mod lint;
+mod run;
+mod setup;
+mod stages;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// pidmap's development tasks.
+///
+/// Most subcommands first run `setup`, which only checks when everything is installed.
+/// Run them as root: the eBPF programs and the privileged tests need it.
+/// See docs/development.md.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check for and install the build and test prerequisites (idempotent).
+    ///
+    /// Steps: the nightly toolchain, rust-src for nightly, bpf-linker (built against the
+    /// nightly toolchain's own libLLVM), protoc; with --for-tests also containerd, ctr, runc
+    /// and a static busybox. Prints one line per step saying what it found or what it does.
+    Setup(setup::Args),
+    /// Run setup, then build the agent (`cargo build --release -p pidmap`).
+    Build(run::BuildArgs),
+    /// Run setup, build the agent, then replace this process with `pidmap agent ARGS…`.
+    ///
+    /// The agent runs in the foreground, so Ctrl-C and SIGTERM reach it directly.
+    /// Example: `cargo xtask run -- --help`.
+    Run(run::RunArgs),
+    /// Run setup, then rustfmt and clippy on the workspace and on the eBPF crate.
+    Lint,
+    /// Run the whole test suite: setup --for-tests, lint, unit tests, privileged tests.
+    ///
+    /// The privileged end-to-end tests (real eBPF, containerd and runc) need root and run with
+    /// --test-threads=1. Arguments after `--` go to the privileged test binary, e.g. a test name
+    /// filter: `cargo xtask test -- forked_and_execed_child`. Prints a summary of every stage.
+    Test(test::Args),
+    /// Run setup, time a clean release build of the agent, then run `pidmap-bench`.
+    ///
+    /// Arguments after `--` go to the `pidmap-bench` binary of the pidmap-tests package.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup(args) => setup::run(&args.into()),
+        Command::Build(args) => run::build(&args),
+        Command::Run(args) => run::run(args),
+        Command::Lint => lint::run(),
+        Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

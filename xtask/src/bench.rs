@@ -1,0 +1,79 @@
+//! `cargo xtask bench`: the clean release build time, then the `pidmap-bench` binary.
+
+use std::{ffi::OsString, fs, io, path::Path, time::Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{
+    setup,
+    util::{cargo, fmt_duration, is_root, run_shown, Metadata},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Do not measure the clean release build time.
+    #[arg(long)]
+    skip_build_time: bool,
+    /// Arguments for `pidmap-bench`.
+    #[arg(last = true, value_name = "BENCH_ARGS")]
+    bench_args: Vec<OsString>,
+}
+
+const BENCH_PACKAGE: &str = "pidmap-tests";
+const BENCH_BIN: &str = "pidmap-bench";
+
+pub fn run(args: &Args) -> Result<()> {
+    setup::run(&setup::Options { for_tests: false })?;
+    let metadata = Metadata::load()?;
+    if !args.skip_build_time {
+        let dir = metadata.target_dir()?.join("bench-clean-build");
+        clean_build_time(&dir)?;
+    }
+    if !metadata.has_bin(BENCH_PACKAGE, BENCH_BIN) {
+        bail!("the {BENCH_PACKAGE} package has no `{BENCH_BIN}` binary yet");
+    }
+    if !is_root() {
+        eprintln!("xtask: warning: not running as root: the benchmarks load eBPF programs");
+    }
+    run_shown(
+        cargo()
+            .args([
+                "run",
+                "--release",
+                "-p",
+                BENCH_PACKAGE,
+                "--bin",
+                BENCH_BIN,
+                "--",
+            ])
+            .args(&args.bench_args),
+    )
+}
+
+/// Builds the agent in release mode into `dir`, removed first so that nothing is reused, and
+/// prints how long it took. `dir` is removed again afterwards.
+fn clean_build_time(dir: &Path) -> Result<()> {
+    remove_dir(dir)?;
+    let mut build = cargo();
+    build
+        .args(["build", "--release", "-p", "pidmap", "--target-dir"])
+        .arg(dir);
+    let start = Instant::now();
+    let built = run_shown(&mut build);
+    let elapsed = start.elapsed();
+    if let Err(err) = remove_dir(dir) {
+        eprintln!("xtask: warning: {err:#}");
+    }
+    built.context("the clean release build failed")?;
+    println!("bench: clean release build: {}", fmt_duration(elapsed));
+    Ok(())
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => {
+            Err(err).with_context(|| format!("cannot remove {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}

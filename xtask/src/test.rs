@@ -1,0 +1,66 @@
+//! `cargo xtask test`: setup --for-tests, lint, unit tests, then the privileged tests.
+
+use std::ffi::OsString;
+
+use anyhow::{bail, Result};
+
+use crate::{
+    lint, setup,
+    stages::Stages,
+    util::{cargo, is_root, run_shown},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Arguments for the privileged test binary (after `--test-threads=1`), e.g. a test name
+    /// filter or `--nocapture`.
+    #[arg(last = true, value_name = "TEST_ARGS")]
+    test_args: Vec<OsString>,
+}
+
+const UNIT: &str = "unit tests";
+const PRIVILEGED: &str = "privileged tests";
+
+/// Runs every stage (a failed lint does not stop the tests), then prints a summary.
+pub fn run(args: &Args) -> Result<()> {
+    let mut stages = Stages::new("test");
+    if !is_root() {
+        eprintln!(
+            "xtask: warning: not running as root: lint and unit tests will run, the privileged \
+             tests will fail"
+        );
+    }
+    if !stages.run("setup --for-tests", || {
+        setup::run(&setup::Options { for_tests: true })
+    }) {
+        for name in lint::STAGES.into_iter().chain([UNIT, PRIVILEGED]) {
+            stages.skip(name, "setup failed");
+        }
+        return stages.finish();
+    }
+    lint::add_stages(&mut stages);
+    stages.run(UNIT, || {
+        run_shown(cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "agent-ebpf",
+            "--exclude",
+            "pidmap-tests",
+        ]))
+    });
+    stages.run(PRIVILEGED, || {
+        if !is_root() {
+            bail!(
+                "the privileged tests load eBPF programs and drive containerd and runc: run \
+                 `cargo xtask test` as root"
+            );
+        }
+        run_shown(
+            cargo()
+                .args(["test", "-p", "pidmap-tests", "--", "--test-threads=1"])
+                .args(&args.test_args),
+        )
+    });
+    stages.finish()
+}
