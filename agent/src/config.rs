@@ -34,6 +34,11 @@ pub struct Config {
     pub btf_path: PathBuf,
     /// containerd's gRPC socket.
     pub containerd_socket: PathBuf,
+    /// Seconds between full resyncs with containerd (the safety net for
+    /// missed events).
+    pub containerd_resync_seconds: u64,
+    /// Longest wait between reconnect attempts, in milliseconds.
+    pub containerd_max_backoff_ms: u64,
 }
 
 impl Default for Config {
@@ -47,6 +52,8 @@ impl Default for Config {
             proc_root: PathBuf::from("/proc"),
             btf_path: PathBuf::from(crate::ebpf::VMLINUX_BTF),
             containerd_socket: PathBuf::from(DEFAULT_CONTAINERD_SOCKET),
+            containerd_resync_seconds: 60,
+            containerd_max_backoff_ms: 5_000,
         }
     }
 }
@@ -100,6 +107,18 @@ impl Config {
                 reason: "must be a power of two of at least 4096",
             });
         }
+        if self.containerd_resync_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "containerd_resync_seconds",
+                reason: "must be at least 1",
+            });
+        }
+        if self.containerd_max_backoff_ms < 100 {
+            return Err(ConfigError::Invalid {
+                key: "containerd_max_backoff_ms",
+                reason: "must be at least 100",
+            });
+        }
         if self.ring_poll_ms == 0 || self.ring_poll_ms > 1000 {
             return Err(ConfigError::Invalid {
                 key: "ring_poll_ms",
@@ -111,6 +130,14 @@ impl Config {
 
     pub fn exit_grace(&self) -> Duration {
         Duration::from_secs(self.exit_grace_seconds)
+    }
+
+    pub fn containerd_resync(&self) -> Duration {
+        Duration::from_secs(self.containerd_resync_seconds)
+    }
+
+    pub fn containerd_max_backoff(&self) -> Duration {
+        Duration::from_millis(self.containerd_max_backoff_ms)
     }
 
     pub fn ring_poll_interval(&self) -> Duration {

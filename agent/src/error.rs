@@ -19,3 +19,16 @@ pub enum Error {
     #[error("the agent stopped before the process table was seeded")]
     NotSeeded,
 }
+
+/// An error and its causes on one line, `outer: inner: innermost`, the way
+/// logs and the command line print them.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut s = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

@@ -13,6 +13,7 @@ pub mod ebpf;
 pub mod error;
 pub mod metrics;
 pub mod proc;
+pub mod resolver;
 pub mod runtime;
 pub mod signals;
 pub mod state;
@@ -30,6 +31,10 @@ use state::{Owner, ProcessTable, State};
 
 /// Messages that may wait between the ring reader and the table owner.
 const EVENT_QUEUE: usize = 256;
+/// cgroup id → path pairs cached per hierarchy.
+const CGROUP_PATHS: usize = 65_536;
+/// Least time between two walks of a cgroup hierarchy for unknown ids.
+const CGROUP_WALK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A running agent.
 pub struct Agent {
@@ -63,7 +68,9 @@ impl Agent {
             u64::try_from(config.exit_grace().as_nanos()).unwrap_or(u64::MAX),
             config.max_exited,
         );
-        let state = Arc::new(State::new(table, Arc::clone(&metrics)));
+        let paths =
+            cgroup::CgroupPathCache::new((*cgroupfs).clone(), CGROUP_PATHS, CGROUP_WALK_INTERVAL);
+        let state = Arc::new(State::new(table, paths, Arc::clone(&metrics)));
         let mut tasks = JoinSet::new();
 
         let reader = ebpf::reader::RingReader::new(
@@ -83,15 +90,23 @@ impl Agent {
         let owner = Owner {
             state: Arc::clone(&state),
             events: rx,
-            cgroupfs,
+            cgroupfs: Arc::clone(&cgroupfs),
             proc_root: config.proc_root.clone(),
             ready: Some(ready_tx),
+            unknown_paths: Default::default(),
         };
         tasks.spawn(owner.run(shutdown.clone()));
-        tasks.spawn(runtime::watch_containerd_presence(
-            config.containerd_socket.clone(),
-            shutdown.clone(),
-        ));
+        let watcher = runtime::containerd::Watcher::new(
+            runtime::containerd::WatcherConfig {
+                socket: config.containerd_socket.clone(),
+                resync_interval: config.containerd_resync(),
+                max_backoff: config.containerd_max_backoff(),
+                grace: config.exit_grace(),
+            },
+            Arc::clone(&state),
+            cgroupfs,
+        );
+        tasks.spawn(watcher.run(shutdown.clone()));
 
         let agent = Self {
             state,

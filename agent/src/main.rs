@@ -42,12 +42,6 @@ fn main() -> ExitCode {
 
 /// Prints an error with its causes, the way a person reads them.
 fn fail(error: &dyn std::error::Error, code: u8) -> ExitCode {
-    let mut msg = format!("pidmap: error: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        msg.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    eprintln!("{msg}");
+    eprintln!("pidmap: error: {}", pidmap::error::chain(error));
     ExitCode::from(code)
 }

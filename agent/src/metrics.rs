@@ -14,6 +14,9 @@ pub struct Metrics {
     rescans: AtomicU64,
     scan_added: AtomicU64,
     scan_marked_exited: AtomicU64,
+    containerd_events: AtomicU64,
+    containerd_reconnects: AtomicU64,
+    containerd_resyncs: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -33,6 +36,12 @@ pub struct MetricsSnapshot {
     pub scan_added: u64,
     /// Live entries found dead by rescans.
     pub scan_marked_exited: u64,
+    /// containerd events applied.
+    pub containerd_events: u64,
+    /// Times a working containerd connection was lost.
+    pub containerd_reconnects: u64,
+    /// Periodic full resyncs with containerd.
+    pub containerd_resyncs: u64,
 }
 
 impl MetricsSnapshot {
@@ -66,6 +75,18 @@ impl Metrics {
             .fetch_add(marked_exited as u64, Relaxed);
     }
 
+    pub fn count_containerd_event(&self) {
+        self.containerd_events.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_containerd_reconnect(&self) {
+        self.containerd_reconnects.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_containerd_resync(&self) {
+        self.containerd_resyncs.fetch_add(1, Relaxed);
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         let ev = |k: EventKind| self.events[k as usize - 1].load(Relaxed);
         MetricsSnapshot {
@@ -78,6 +99,9 @@ impl Metrics {
             rescans: self.rescans.load(Relaxed),
             scan_added: self.scan_added.load(Relaxed),
             scan_marked_exited: self.scan_marked_exited.load(Relaxed),
+            containerd_events: self.containerd_events.load(Relaxed),
+            containerd_reconnects: self.containerd_reconnects.load(Relaxed),
+            containerd_resyncs: self.containerd_resyncs.load(Relaxed),
         }
     }
 }

@@ -68,7 +68,8 @@ impl fmt::Display for CgroupId {
 /// id of its cgroup in the v1 memory hierarchy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct CgroupIds {
-    /// cgroup2 (unified) id; 1 (the root) on a pure-v1 host.
+    /// cgroup2 (unified) id. The kernel reports 1 (the root) on a pure-v1
+    /// host; a /proc scan reports `None` where no cgroup2 is mounted.
     pub v2: Option<CgroupId>,
     /// v1 memory-hierarchy id; `None` where no v1 memory hierarchy is mounted.
     pub v1_memory: Option<CgroupId>,

@@ -79,6 +79,13 @@ impl CgroupPathCache {
         self.tree_mut(hierarchy).paths.get(&id).cloned()
     }
 
+    /// The cached path of cgroup `id`, without walking on a miss and
+    /// without touching the LRU order: for the query path, which must not
+    /// do I/O.
+    pub fn cached(&self, hierarchy: Hierarchy, id: CgroupId) -> Option<&str> {
+        self.tree(hierarchy).paths.peek(&id).map(String::as_str)
+    }
+
     /// Records that cgroup `id` of `hierarchy` is at `path`.
     pub fn insert(&mut self, hierarchy: Hierarchy, id: CgroupId, path: impl Into<String>) {
         self.tree_mut(hierarchy).paths.put(id, path.into());

@@ -52,9 +52,16 @@ pub struct AgentArgs {
     /// Kernel BTF file for structure offsets [default: /sys/kernel/btf/vmlinux].
     #[arg(long)]
     pub btf_path: Option<PathBuf>,
-    /// containerd's gRPC socket [default: /run/containerd/containerd.sock].
+    /// containerd's gRPC socket; the agent works without containerd and
+    /// keeps retrying [default: /run/containerd/containerd.sock].
     #[arg(long)]
     pub containerd_socket: Option<PathBuf>,
+    /// Seconds between full resyncs with containerd [default: 60].
+    #[arg(long)]
+    pub containerd_resync_seconds: Option<u64>,
+    /// Longest wait between containerd reconnect attempts, ms [default: 5000].
+    #[arg(long)]
+    pub containerd_max_backoff_ms: Option<u64>,
 }
 
 impl AgentArgs {
@@ -79,7 +86,9 @@ impl AgentArgs {
             ring_poll_ms,
             proc_root,
             btf_path,
-            containerd_socket
+            containerd_socket,
+            containerd_resync_seconds,
+            containerd_max_backoff_ms
         );
         c.validate()?;
         Ok(c)

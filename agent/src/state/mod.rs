@@ -6,13 +6,15 @@
 //! with a rescan whenever the kernel reports lost events, and expires
 //! exited processes after the grace window.
 
+pub mod containers;
 pub mod table;
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, RwLock, RwLockReadGuard,
+        Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
     time::Duration,
 };
@@ -23,31 +25,71 @@ use tracing::{debug, info, warn};
 
 pub use table::{Process, ProcessState, ProcessTable, ReconcileStats};
 
+use containers::ContainerStore;
+
 use crate::{
-    cgroup::CgroupFs,
+    cgroup::{CgroupFs, CgroupPathCache, Hierarchy},
     ebpf::reader::ReaderMsg,
     metrics::Metrics,
-    proc::{self, ScanResult},
-    types::ProcKey,
+    proc::{self, ProcError, ScanResult},
+    types::{CgroupId, CgroupIds, ProcKey},
 };
+
+/// Most cgroup ids waiting for their path to be found.
+const MAX_UNKNOWN_PATHS: usize = 1024;
+/// Sweeps an unknown cgroup id is retried before it is given up.
+const PATH_RETRIES: u8 = 5;
 
 /// How often exited entries are checked against the grace window.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Shared agent state. Readers use the accessors; the owner writes.
+/// Shared agent state. Readers use the accessors. Each piece has one
+/// writer: the process table and the cgroup path cache the [`Owner`], the
+/// container store the containerd watcher.
 pub struct State {
     table: RwLock<ProcessTable>,
+    containers: RwLock<ContainerStore>,
+    cgroup_paths: Mutex<CgroupPathCache>,
     metrics: Arc<Metrics>,
     ready: AtomicBool,
+    containerd_connected: AtomicBool,
 }
 
 impl State {
-    pub fn new(table: ProcessTable, metrics: Arc<Metrics>) -> Self {
+    pub fn new(table: ProcessTable, cgroup_paths: CgroupPathCache, metrics: Arc<Metrics>) -> Self {
         Self {
             table: RwLock::new(table),
+            containers: RwLock::new(ContainerStore::new()),
+            cgroup_paths: Mutex::new(cgroup_paths),
             metrics,
             ready: AtomicBool::new(false),
+            containerd_connected: AtomicBool::new(false),
         }
+    }
+
+    /// Read access to the container store.
+    pub fn containers(&self) -> RwLockReadGuard<'_, ContainerStore> {
+        self.containers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Write access to the container store (the containerd watcher's).
+    pub fn containers_mut(&self) -> RwLockWriteGuard<'_, ContainerStore> {
+        self.containers.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cgroup id → path cache.
+    pub fn cgroup_paths(&self) -> MutexGuard<'_, CgroupPathCache> {
+        self.cgroup_paths.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a containerd session is up (listed and following events).
+    pub fn containerd_connected(&self) -> bool {
+        self.containerd_connected.load(Ordering::Acquire)
+    }
+
+    /// Sets the connection flag; returns the previous value.
+    pub fn set_containerd_connected(&self, connected: bool) -> bool {
+        self.containerd_connected.swap(connected, Ordering::AcqRel)
     }
 
     /// True once the first /proc seed has been reconciled.
@@ -75,7 +117,7 @@ impl State {
         self.table().get_key(key).cloned()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ProcessTable> {
+    fn write(&self) -> RwLockWriteGuard<'_, ProcessTable> {
         self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -99,6 +141,8 @@ pub struct Owner {
     pub proc_root: PathBuf,
     /// Told once the first seed is in.
     pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+    /// cgroups whose path a walk did not find yet, retried once a second.
+    pub unknown_paths: HashMap<(Hierarchy, CgroupId), u8>,
 }
 
 impl Owner {
@@ -115,10 +159,13 @@ impl Owner {
                 () = shutdown.cancelled() => break,
                 msg = self.events.recv() => match msg {
                     Some(ReaderMsg::Events(events)) => {
-                        let mut table = self.state.write();
-                        for ev in &events {
-                            table.apply_event(ev);
+                        {
+                            let mut table = self.state.write();
+                            for ev in &events {
+                                table.apply_event(ev);
+                            }
                         }
+                        self.learn_paths(events.iter().map(|ev| ev.cgroups));
                     }
                     Some(ReaderMsg::Lost { .. }) => {
                         if scan.is_some() {
@@ -133,7 +180,10 @@ impl Owner {
                 done = wait_scan(&mut scan) => {
                     scan = None;
                     match done {
-                        Ok(result) => self.apply_scan(&result),
+                        Ok(Ok(result)) => self.apply_scan(&result),
+                        // An unreadable /proc must not look like an empty
+                        // node: keep the table as it is.
+                        Ok(Err(error)) => warn!(error = %crate::error::chain(&error), "/proc scan failed; table left as it was"),
                         Err(error) => warn!(%error, "/proc scan task failed"),
                     }
                     if rescan_wanted {
@@ -143,6 +193,7 @@ impl Owner {
                     }
                 }
                 _ = sweep.tick() => {
+                    self.retry_unknown_paths();
                     let removed = self.state.write().expire(monotonic_ns());
                     if removed > 0 {
                         debug!(removed, "exited processes expired");
@@ -156,13 +207,59 @@ impl Owner {
         debug!("process table owner stopped");
     }
 
-    fn start_scan(&self) -> JoinHandle<ScanResult> {
+    fn start_scan(&self) -> JoinHandle<Result<ScanResult, ProcError>> {
         let fs = Arc::clone(&self.cgroupfs);
         let root = self.proc_root.clone();
-        tokio::task::spawn_blocking(move || proc::scan(&fs, &root))
+        tokio::task::spawn_blocking(move || proc::try_scan(&fs, &root))
+    }
+
+    /// Makes sure the path of every cgroup a process is in is cached, so
+    /// queries never walk cgroupfs. Ids whose directory is not found yet
+    /// (the walk is rate-limited) are retried on the sweep tick.
+    fn learn_paths(&mut self, ids: impl Iterator<Item = CgroupIds>) {
+        let mut cache = self.state.cgroup_paths();
+        for ids in ids {
+            let pairs = [
+                (Hierarchy::V2, ids.v2),
+                (Hierarchy::V1Memory, ids.v1_memory),
+            ];
+            for (h, id) in pairs {
+                let Some(id) = id else { continue };
+                if cache.cached(h, id).is_some() || self.unknown_paths.contains_key(&(h, id)) {
+                    continue;
+                }
+                if cache.path_of(h, id).is_none() && self.unknown_paths.len() < MAX_UNKNOWN_PATHS {
+                    self.unknown_paths.insert((h, id), 0);
+                }
+            }
+        }
+    }
+
+    fn retry_unknown_paths(&mut self) {
+        if self.unknown_paths.is_empty() {
+            return;
+        }
+        let mut cache = self.state.cgroup_paths();
+        // One walk per hierarchy answers all of them; ids still unknown
+        // after a few tries belong to cgroups already removed.
+        self.unknown_paths.retain(|(h, id), tries| {
+            *tries += 1;
+            cache.path_of(*h, *id).is_none() && *tries < PATH_RETRIES
+        });
     }
 
     fn apply_scan(&mut self, result: &ScanResult) {
+        {
+            let mut cache = self.state.cgroup_paths();
+            for p in &result.processes {
+                if let (Some(id), Some(path)) = (p.cgroups.v2, &p.cgroup_paths.v2) {
+                    cache.insert(Hierarchy::V2, id, path.clone());
+                }
+                if let (Some(id), Some(path)) = (p.cgroups.v1_memory, &p.cgroup_paths.v1_memory) {
+                    cache.insert(Hierarchy::V1Memory, id, path.clone());
+                }
+            }
+        }
         let stats = self.state.write().apply_scan(result, monotonic_ns());
         self.state
             .metrics
@@ -189,8 +286,8 @@ impl Owner {
 }
 
 async fn wait_scan(
-    scan: &mut Option<JoinHandle<ScanResult>>,
-) -> Result<ScanResult, tokio::task::JoinError> {
+    scan: &mut Option<JoinHandle<Result<ScanResult, ProcError>>>,
+) -> Result<Result<ScanResult, ProcError>, tokio::task::JoinError> {
     match scan {
         Some(handle) => handle.await,
         None => std::future::pending().await,

@@ -1,0 +1,180 @@
+//! Answers "which container and pod is this process in?" from memory: the
+//! process table, the container store and the cgroup path cache. No /proc
+//! read and no containerd call happen here, and nothing is cached: every
+//! answer is computed from the current state, so no stale negative answer
+//! can outlive the metadata that fixes it.
+
+use crate::{
+    cgroup::{container_from_path, Hierarchy, PathContainer, PathRuntime},
+    runtime::container::Container,
+    state::{Process, ProcessState, State},
+    types::{CgroupId, StartTime},
+};
+
+/// The state of a resolved process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    /// Running, and its container (if any) is known.
+    Running,
+    /// Exited within the grace window.
+    Exited,
+    /// Running in a cgroup that looks like a container containerd manages,
+    /// whose metadata has not arrived yet.
+    Pending,
+    /// Not a process the agent knows (never seen, or gone for longer than
+    /// the grace window, or the start time does not match).
+    Unknown,
+}
+
+impl Resolved {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Exited => "exited",
+            Self::Pending => "pending",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Where the container answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// containerd's metadata, matched by cgroup.
+    Containerd,
+    /// Recognised in the cgroup path only (a runtime pidmap does not watch,
+    /// or containerd is not reachable).
+    CgroupPath,
+    /// Not in a container.
+    Host,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Containerd => "containerd",
+            Self::CgroupPath => "cgroup-path",
+            Self::Host => "host",
+        }
+    }
+}
+
+/// One answer.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub pid: u32,
+    pub state: Resolved,
+    /// `None` when the process is unknown.
+    pub source: Option<Source>,
+    pub process: Option<Process>,
+    /// The container's metadata, for [`Source::Containerd`].
+    pub container: Option<Container>,
+    /// What the cgroup path says, for [`Source::CgroupPath`] and pending.
+    pub path_container: Option<PathContainer>,
+    /// The process's cgroup path (cgroup2, or the v1 memory hierarchy).
+    pub cgroup_path: Option<String>,
+    /// The cgroup id matching `cgroup_path`.
+    pub cgroup_id: Option<CgroupId>,
+}
+
+/// Resolves `pid`; with `start_time`, only the process with exactly that
+/// start time (a reused pid resolves `unknown`).
+pub fn resolve(state: &State, pid: u32, start_time: Option<StartTime>) -> Resolution {
+    let process = match start_time {
+        Some(start) => state.process_by_key(crate::types::ProcKey::new(pid, start)),
+        None => state.process(pid),
+    };
+    let Some(process) = process else {
+        return Resolution {
+            pid,
+            state: Resolved::Unknown,
+            source: None,
+            process: None,
+            container: None,
+            path_container: None,
+            cgroup_path: None,
+            cgroup_id: None,
+        };
+    };
+    let running = matches!(process.state, ProcessState::Running);
+    let (cgroup_id, cgroup_path) = cgroup_of(state, &process);
+    let container = {
+        let store = state.containers();
+        process
+            .cgroups
+            .v2
+            .filter(|id| id.0 != 1)
+            .and_then(|id| store.by_cgroup_v2(id))
+            .or_else(|| {
+                process
+                    .cgroups
+                    .v1_memory
+                    .filter(|id| id.0 != 1)
+                    .and_then(|id| store.by_cgroup_v1_memory(id))
+            })
+            .or_else(|| cgroup_path.as_deref().and_then(|p| store.by_cgroup_path(p)))
+            .cloned()
+    };
+    let base = |state, source, container, path_container| Resolution {
+        pid,
+        state,
+        source: Some(source),
+        process: Some(process.clone()),
+        container,
+        path_container,
+        cgroup_path: cgroup_path.clone(),
+        cgroup_id,
+    };
+    let lifecycle = if running {
+        Resolved::Running
+    } else {
+        Resolved::Exited
+    };
+    if container.is_some() {
+        return base(lifecycle, Source::Containerd, container, None);
+    }
+    let path_container = cgroup_path.as_deref().and_then(container_from_path);
+    let looks_containerd = cgroup_path
+        .as_deref()
+        .is_some_and(|p| looks_like_containerd(state, p, path_container.as_ref()));
+    if running && state.containerd_connected() && looks_containerd {
+        return base(Resolved::Pending, Source::CgroupPath, None, path_container);
+    }
+    match path_container {
+        Some(pc) => base(lifecycle, Source::CgroupPath, None, Some(pc)),
+        None => base(lifecycle, Source::Host, None, None),
+    }
+}
+
+/// The process's cgroup id and cached path: cgroup2 unless the process is
+/// at the cgroup2 root and has a v1 memory cgroup (pure-v1 hosts).
+fn cgroup_of(state: &State, p: &Process) -> (Option<CgroupId>, Option<String>) {
+    let cache = state.cgroup_paths();
+    let v2 = p.cgroups.v2.map(|id| (id, cache.cached(Hierarchy::V2, id)));
+    let v1 = p
+        .cgroups
+        .v1_memory
+        .map(|id| (id, cache.cached(Hierarchy::V1Memory, id)));
+    let pick = match (v2, v1) {
+        (Some((id, path)), _) if id.0 != 1 => (Some(id), path),
+        (_, Some((id, path))) if id.0 != 1 => (Some(id), path),
+        (Some((id, path)), _) | (None, Some((id, path))) => (Some(id), path),
+        (None, None) => (None, None),
+    };
+    (pick.0, pick.1.map(str::to_owned))
+}
+
+/// A cgroup path containerd would own: a CRI/kubepods layout, or
+/// `/<namespace>/…` for a namespace containerd has.
+fn looks_like_containerd(state: &State, path: &str, parsed: Option<&PathContainer>) -> bool {
+    if parsed.is_some_and(|pc| {
+        matches!(
+            pc.runtime,
+            PathRuntime::Containerd | PathRuntime::Kubepods | PathRuntime::Docker
+        )
+    }) {
+        return true;
+    }
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    !first.is_empty() && state.containers().namespaces().any(|ns| ns == first)
+}

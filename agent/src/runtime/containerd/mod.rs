@@ -1,0 +1,324 @@
+//! The containerd watcher: keeps the container store current.
+//!
+//! Subscribe first, then list: the event stream is opened before the list,
+//! events that arrive meanwhile wait in a bounded queue and are applied
+//! after the list is reconciled, so a container that starts or stops during
+//! start-up is neither lost nor resurrected. When the stream ends (containerd
+//! restarted, socket re-created) the watcher reconnects with capped
+//! exponential backoff and re-lists, which also reveals exits containerd
+//! never delivered. A slow periodic resync is the safety net.
+
+pub mod events;
+pub mod snapshot;
+pub mod spec;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use containerd_client::{
+    services::v1::{events_client::EventsClient, SubscribeRequest},
+    tonic::transport::Channel,
+    types::Envelope,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    cgroup::CgroupFs,
+    error::chain,
+    runtime::container::{ContainerKey, TaskStatus},
+    state::{monotonic_ns, State},
+};
+use events::RuntimeEvent;
+
+/// Events that may wait while a list runs; beyond that the stream is not
+/// read (gRPC flow control holds the rest in containerd).
+const EVENT_QUEUE: usize = 4096;
+/// First reconnect delay; doubles up to the configured cap.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Watcher settings.
+#[derive(Debug, Clone)]
+pub struct WatcherConfig {
+    pub socket: PathBuf,
+    pub resync_interval: Duration,
+    pub max_backoff: Duration,
+    /// How long deleted containers stay resolvable.
+    pub grace: Duration,
+}
+
+/// Why a session with containerd ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("cannot connect")]
+    Connect(#[source] containerd_client::tonic::transport::Error),
+    #[error("connect timed out after {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout,
+    #[error("cannot subscribe to events")]
+    Subscribe(#[source] containerd_client::tonic::Status),
+    #[error("list failed")]
+    List(#[from] snapshot::ListError),
+    #[error("event stream ended")]
+    StreamEnded,
+}
+
+/// The watcher task. See the module docs.
+pub struct Watcher {
+    config: WatcherConfig,
+    state: Arc<State>,
+    fs: Arc<CgroupFs>,
+}
+
+impl Watcher {
+    pub fn new(config: WatcherConfig, state: Arc<State>, fs: Arc<CgroupFs>) -> Self {
+        Self { config, state, fs }
+    }
+
+    /// Runs until `shutdown`, reconnecting whenever the session ends.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_START;
+        let mut said_absent = false;
+        loop {
+            let ended = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                ended = self.session(&shutdown, &mut backoff) => ended,
+            };
+            let was_connected = self.state.set_containerd_connected(false);
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match &ended {
+                SessionEnd::Connect(_) | SessionEnd::ConnectTimeout if !said_absent => {
+                    info!(
+                        socket = %self.config.socket.display(),
+                        error = %chain(&ended),
+                        "containerd not reachable; resolving host processes and cgroup paths only, will keep retrying"
+                    );
+                    said_absent = true;
+                }
+                SessionEnd::Connect(_) | SessionEnd::ConnectTimeout => {
+                    debug!(error = %chain(&ended), "containerd still not reachable");
+                }
+                _ => {
+                    warn!(error = %chain(&ended), "containerd session ended; reconnecting");
+                    said_absent = false;
+                }
+            }
+            if was_connected {
+                self.state.metrics().count_containerd_reconnect();
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+        self.state.set_containerd_connected(false);
+        debug!("containerd watcher stopped");
+    }
+
+    /// One connection: subscribe, list, reconcile, follow events.
+    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Duration) -> SessionEnd {
+        let channel = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            containerd_client::connect(&self.config.socket),
+        )
+        .await
+        {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => return SessionEnd::Connect(e),
+            Err(_) => return SessionEnd::ConnectTimeout,
+        };
+        let stream = match EventsClient::new(channel.clone())
+            .subscribe(SubscribeRequest {
+                filters: events::topics::filters(),
+            })
+            .await
+        {
+            Ok(resp) => resp.into_inner(),
+            Err(status) => return SessionEnd::Subscribe(status),
+        };
+        let (tx, mut rx) = mpsc::channel::<Envelope>(EVENT_QUEUE);
+        let forward = CancellationToken::new();
+        let _stop_forwarder = forward.clone().drop_guard();
+        tokio::spawn(forward_stream(stream, tx, forward));
+
+        if let Err(e) = self.resync(&channel, &mut rx).await {
+            return e;
+        }
+        *backoff = BACKOFF_START;
+        self.state.set_containerd_connected(true);
+        info!(
+            socket = %self.config.socket.display(),
+            containers = self.state.containers().len(),
+            "connected to containerd"
+        );
+
+        let mut resync = tokio::time::interval(self.config.resync_interval);
+        resync.reset();
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return SessionEnd::StreamEnded,
+                env = rx.recv() => match env {
+                    Some(env) => self.handle(&channel, &env).await,
+                    None => return SessionEnd::StreamEnded,
+                },
+                _ = resync.tick() => {
+                    self.state.metrics().count_containerd_resync();
+                    if let Err(e) = self.resync(&channel, &mut rx).await {
+                        return e;
+                    }
+                }
+                _ = sweep.tick() => {
+                    let grace = u64::try_from(self.config.grace.as_nanos()).unwrap_or(u64::MAX);
+                    let removed = self.state.containers_mut().expire(monotonic_ns(), grace);
+                    if removed > 0 {
+                        debug!(removed, "deleted containers expired");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lists everything, reconciles, then applies the events that arrived
+    /// during the list.
+    async fn resync(
+        &self,
+        channel: &Channel,
+        rx: &mut mpsc::Receiver<Envelope>,
+    ) -> Result<(), SessionEnd> {
+        let started = std::time::Instant::now();
+        let snap = snapshot::list_all(channel, &self.fs).await?;
+        let stats = self.state.containers_mut().reconcile(snap, monotonic_ns());
+        self.learn_ids_from_processes();
+        let mut replayed = 0;
+        while let Ok(env) = rx.try_recv() {
+            self.handle(channel, &env).await;
+            replayed += 1;
+        }
+        if rx.is_closed() && rx.is_empty() {
+            return Err(SessionEnd::StreamEnded);
+        }
+        info!(
+            added = stats.added,
+            updated = stats.updated,
+            deleted = stats.deleted,
+            stopped_while_away = stats.stopped,
+            replayed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "containerd state reconciled"
+        );
+        Ok(())
+    }
+
+    async fn handle(&self, channel: &Channel, env: &Envelope) {
+        let event = match events::decode(env) {
+            Ok(Some(event)) => event,
+            Ok(None) => return,
+            Err(error) => {
+                warn!(error = %chain(&error), "containerd event skipped");
+                return;
+            }
+        };
+        self.state.metrics().count_containerd_event();
+        debug!(?event, "containerd event");
+        let fetch = self.state.containers_mut().apply(&event, monotonic_ns());
+        if let Some(key) = fetch {
+            self.fetch(channel, &key).await;
+        }
+        if let RuntimeEvent::TaskStart {
+            namespace,
+            container_id,
+            ..
+        } = &event
+        {
+            self.refresh_ids(&ContainerKey::new(namespace.clone(), container_id.clone()));
+        }
+    }
+
+    /// Fetches full metadata (labels, spec) for a container.
+    async fn fetch(&self, channel: &Channel, key: &ContainerKey) {
+        match snapshot::get_container(channel, key).await {
+            Ok(Some(c)) => {
+                self.state.containers_mut().upsert(c);
+                self.refresh_ids(key);
+            }
+            Ok(None) => debug!(container = %key, "container gone before its metadata was fetched"),
+            Err(error) => {
+                warn!(container = %key, error = %chain(&error), "cannot fetch container metadata")
+            }
+        }
+    }
+
+    /// Finds a running container's cgroup ids: from its cgroup directory,
+    /// or else from its init process in the process table.
+    fn refresh_ids(&self, key: &ContainerKey) {
+        let Some(mut c) = self.state.containers().get(key).cloned() else {
+            return;
+        };
+        if c.status != TaskStatus::Running && c.status != TaskStatus::Paused {
+            return;
+        }
+        snapshot::resolve_cgroup_ids(&mut c, &self.fs);
+        if c.cgroup_v2.is_none() && c.cgroup_v1_memory.is_none() {
+            if let Some(p) = c.task_pid.and_then(|pid| self.state.process(pid)) {
+                c.cgroup_v2 = p.cgroups.v2.filter(|id| id.0 != 1);
+                c.cgroup_v1_memory = p.cgroups.v1_memory.filter(|id| id.0 != 1);
+            }
+        }
+        self.state
+            .containers_mut()
+            .set_cgroup_ids(key, c.cgroup_v2, c.cgroup_v1_memory);
+    }
+
+    /// For running containers whose cgroup directory could not be found,
+    /// take the ids from their init processes.
+    fn learn_ids_from_processes(&self) {
+        let missing: Vec<ContainerKey> = self
+            .state
+            .containers()
+            .iter()
+            .filter(|c| {
+                c.task_pid.is_some() && c.cgroup_v2.is_none() && c.cgroup_v1_memory.is_none()
+            })
+            .map(|c| c.key.clone())
+            .collect();
+        for key in missing {
+            self.refresh_ids(&key);
+        }
+    }
+}
+
+/// Moves envelopes from the gRPC stream into the queue until the stream
+/// ends, the queue's reader goes away or `stop` fires.
+async fn forward_stream(
+    mut stream: tonic::codec::Streaming<Envelope>,
+    tx: mpsc::Sender<Envelope>,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            next = stream.message() => next,
+        };
+        match next {
+            Ok(Some(env)) => {
+                if tx.send(env).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(status) => {
+                debug!(%status, "containerd event stream error");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The container store: every container the runtime reported, indexed by
+//! the cgroups its processes live in. Pure logic; the containerd watcher is
+//! its only writer.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::{
+    runtime::{
+        container::{Container, ContainerKey, TaskStatus},
+        containerd::events::RuntimeEvent,
+    },
+    types::CgroupId,
+};
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct ContainerStore {
+    containers: HashMap<ContainerKey, Container>,
+    by_v2: HashMap<CgroupId, ContainerKey>,
+    by_v1_memory: HashMap<CgroupId, ContainerKey>,
+    by_path: HashMap<String, ContainerKey>,
+    /// Deleted containers in deletion order, for expiry.
+    deleted: VecDeque<(ContainerKey, u64)>,
+    namespaces: BTreeSet<String>,
+}
+
+/// A container snapshot from a full list, for [`ContainerStore::reconcile`].
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub namespaces: Vec<String>,
+    pub containers: Vec<Container>,
+}
+
+/// What a reconcile changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileStats {
+    pub added: usize,
+    pub updated: usize,
+    /// Known containers the runtime no longer has.
+    pub deleted: usize,
+    /// Running tasks the list shows stopped (an exit event never came).
+    pub stopped: usize,
+}
+
+impl ContainerStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Containers held, deleted ones inside the grace window included.
+    pub fn len(&self) -> usize {
+        self.containers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty()
+    }
+
+    pub fn get(&self, key: &ContainerKey) -> Option<&Container> {
+        self.containers.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Container> {
+        self.containers.values()
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+        self.namespaces.iter().map(String::as_str)
+    }
+
+    /// The container whose cgroup2 directory has id `id`.
+    pub fn by_cgroup_v2(&self, id: CgroupId) -> Option<&Container> {
+        self.by_v2.get(&id).and_then(|k| self.containers.get(k))
+    }
+
+    /// The container whose v1 memory cgroup has id `id`.
+    pub fn by_cgroup_v1_memory(&self, id: CgroupId) -> Option<&Container> {
+        self.by_v1_memory
+            .get(&id)
+            .and_then(|k| self.containers.get(k))
+    }
+
+    /// The container whose cgroup directory is `path`.
+    pub fn by_cgroup_path(&self, path: &str) -> Option<&Container> {
+        self.by_path.get(path).and_then(|k| self.containers.get(k))
+    }
+
+    /// The container whose task has `pid` as init or exec process.
+    pub fn by_task_pid(&self, namespace: &str, pid: u32) -> Option<&Container> {
+        self.containers.values().find(|c| {
+            c.key.namespace == namespace
+                && (c.task_pid == Some(pid) || c.exec_pids.values().any(|&p| p == pid))
+        })
+    }
+
+    /// Inserts or replaces a container's metadata, keeping task state the
+    /// metadata does not carry, and re-indexes it.
+    pub fn upsert(&mut self, mut c: Container) {
+        self.namespaces.insert(c.key.namespace.clone());
+        if let Some(old) = self.containers.get(&c.key) {
+            if c.task_pid.is_none() && c.status == TaskStatus::Created {
+                c.status = old.status;
+                c.task_pid = old.task_pid;
+                c.exec_pids = old.exec_pids.clone();
+                c.exit_code = old.exit_code;
+                c.exited_at = old.exited_at;
+            }
+            c.cgroup_v2 = c.cgroup_v2.or(old.cgroup_v2);
+            c.cgroup_v1_memory = c.cgroup_v1_memory.or(old.cgroup_v1_memory);
+            c.cgroup_path = c.cgroup_path.or_else(|| old.cgroup_path.clone());
+            c.deleted_at_ns = None;
+        }
+        self.unindex(&c.key);
+        self.index(&c);
+        self.containers.insert(c.key.clone(), c);
+    }
+
+    /// Records the cgroup ids found for a container's cgroup directory.
+    pub fn set_cgroup_ids(
+        &mut self,
+        key: &ContainerKey,
+        v2: Option<CgroupId>,
+        v1_memory: Option<CgroupId>,
+    ) {
+        let Some(c) = self.containers.get_mut(key) else {
+            return;
+        };
+        c.cgroup_v2 = v2.or(c.cgroup_v2);
+        c.cgroup_v1_memory = v1_memory.or(c.cgroup_v1_memory);
+        let c = c.clone();
+        self.unindex(key);
+        self.index(&c);
+    }
+
+    fn index(&mut self, c: &Container) {
+        if let Some(id) = c.cgroup_v2 {
+            self.by_v2.insert(id, c.key.clone());
+        }
+        if let Some(id) = c.cgroup_v1_memory {
+            self.by_v1_memory.insert(id, c.key.clone());
+        }
+        if let Some(path) = &c.cgroup_path {
+            self.by_path.insert(path.clone(), c.key.clone());
+        }
+    }
+
+    fn unindex(&mut self, key: &ContainerKey) {
+        let Some(c) = self.containers.get(key) else {
+            return;
+        };
+        let (v2, v1, path) = (c.cgroup_v2, c.cgroup_v1_memory, c.cgroup_path.clone());
+        if let Some(id) = v2 {
+            if self.by_v2.get(&id) == Some(key) {
+                self.by_v2.remove(&id);
+            }
+        }
+        if let Some(id) = v1 {
+            if self.by_v1_memory.get(&id) == Some(key) {
+                self.by_v1_memory.remove(&id);
+            }
+        }
+        if let Some(path) = path {
+            if self.by_path.get(&path) == Some(key) {
+                self.by_path.remove(&path);
+            }
+        }
+    }
+
+    /// Applies one runtime event at CLOCK_MONOTONIC `now_ns`. Returns the
+    /// key of a container whose metadata must be fetched (an event about a
+    /// container not known yet, or a create/update).
+    pub fn apply(&mut self, ev: &RuntimeEvent, now_ns: u64) -> Option<ContainerKey> {
+        match ev {
+            RuntimeEvent::TaskStart {
+                namespace,
+                container_id,
+                pid,
+            } => {
+                let (c, fetch) = self.entry(namespace, container_id);
+                c.status = TaskStatus::Running;
+                c.task_pid = Some(*pid);
+                c.exit_code = None;
+                c.exited_at = None;
+                fetch
+            }
+            RuntimeEvent::ExecStarted {
+                namespace,
+                container_id,
+                exec_id,
+                pid,
+            } => {
+                let (c, fetch) = self.entry(namespace, container_id);
+                c.exec_pids.insert(exec_id.clone(), *pid);
+                fetch
+            }
+            RuntimeEvent::TaskExit {
+                namespace,
+                container_id,
+                exec_id,
+                pid,
+                exit_status,
+                exited_at,
+            } => {
+                let (c, fetch) = self.entry(namespace, container_id);
+                if exec_id == container_id || exec_id.is_empty() || c.task_pid == Some(*pid) {
+                    c.status = TaskStatus::Stopped;
+                    c.exit_code = Some(*exit_status);
+                    c.exited_at = *exited_at;
+                } else {
+                    c.exec_pids.remove(exec_id);
+                }
+                fetch
+            }
+            RuntimeEvent::TaskDelete {
+                namespace,
+                container_id,
+                exit_status,
+                exited_at,
+            } => {
+                let (c, fetch) = self.entry(namespace, container_id);
+                if c.status != TaskStatus::Stopped {
+                    c.exit_code = Some(*exit_status);
+                    c.exited_at = *exited_at;
+                }
+                c.status = TaskStatus::Created;
+                c.task_pid = None;
+                c.exec_pids.clear();
+                fetch
+            }
+            RuntimeEvent::TaskOom { .. } => None,
+            RuntimeEvent::TaskPaused {
+                namespace,
+                container_id,
+                paused,
+            } => {
+                let (c, fetch) = self.entry(namespace, container_id);
+                c.status = if *paused {
+                    TaskStatus::Paused
+                } else {
+                    TaskStatus::Running
+                };
+                fetch
+            }
+            RuntimeEvent::ContainerChanged {
+                namespace,
+                container_id,
+            } => {
+                self.entry(namespace, container_id);
+                Some(ContainerKey::new(namespace.clone(), container_id.clone()))
+            }
+            RuntimeEvent::ContainerDelete {
+                namespace,
+                container_id,
+            } => {
+                self.mark_deleted(
+                    &ContainerKey::new(namespace.clone(), container_id.clone()),
+                    now_ns,
+                );
+                None
+            }
+            RuntimeEvent::NamespaceCreate { name } => {
+                self.namespaces.insert(name.clone());
+                None
+            }
+            RuntimeEvent::NamespaceDelete { name } => {
+                self.namespaces.remove(name);
+                None
+            }
+        }
+    }
+
+    /// The container, created as a placeholder if unknown; the second value
+    /// asks for its metadata when it was unknown.
+    fn entry(&mut self, namespace: &str, id: &str) -> (&mut Container, Option<ContainerKey>) {
+        let key = ContainerKey::new(namespace, id);
+        self.namespaces.insert(namespace.to_owned());
+        let fetch = (!self.containers.contains_key(&key)).then(|| key.clone());
+        let c = self
+            .containers
+            .entry(key.clone())
+            .or_insert_with(|| Container::placeholder(key));
+        (c, fetch)
+    }
+
+    fn mark_deleted(&mut self, key: &ContainerKey, now_ns: u64) {
+        if let Some(c) = self.containers.get_mut(key) {
+            if c.deleted_at_ns.is_none() {
+                c.deleted_at_ns = Some(now_ns);
+                if c.status == TaskStatus::Running || c.status == TaskStatus::Paused {
+                    c.status = TaskStatus::Stopped;
+                }
+                c.task_pid = None;
+                c.exec_pids.clear();
+                self.deleted.push_back((key.clone(), now_ns));
+            }
+        }
+    }
+
+    /// Replaces the view with a full list taken after the event stream was
+    /// opened. Containers missing from it were deleted; running tasks it
+    /// shows stopped exited (perhaps while the runtime was down and its exit
+    /// event was lost). Events buffered during the list are applied after.
+    pub fn reconcile(&mut self, snap: Snapshot, now_ns: u64) -> ReconcileStats {
+        let mut stats = ReconcileStats::default();
+        self.namespaces = snap.namespaces.into_iter().collect();
+        let listed: BTreeSet<ContainerKey> =
+            snap.containers.iter().map(|c| c.key.clone()).collect();
+        let gone: Vec<ContainerKey> = self
+            .containers
+            .values()
+            .filter(|c| c.deleted_at_ns.is_none() && !listed.contains(&c.key))
+            .map(|c| c.key.clone())
+            .collect();
+        for key in gone {
+            self.mark_deleted(&key, now_ns);
+            stats.deleted += 1;
+        }
+        for c in snap.containers {
+            match self.containers.get(&c.key) {
+                None => stats.added += 1,
+                Some(old) => {
+                    stats.updated += 1;
+                    if matches!(old.status, TaskStatus::Running | TaskStatus::Paused)
+                        && !matches!(c.status, TaskStatus::Running | TaskStatus::Paused)
+                    {
+                        stats.stopped += 1;
+                    }
+                }
+            }
+            self.namespaces.insert(c.key.namespace.clone());
+            self.upsert_listed(c);
+        }
+        stats
+    }
+
+    /// Like [`upsert`](Self::upsert) but the list's task state wins.
+    fn upsert_listed(&mut self, mut c: Container) {
+        if let Some(old) = self.containers.get(&c.key) {
+            c.cgroup_v2 = c.cgroup_v2.or(old.cgroup_v2);
+            c.cgroup_v1_memory = c.cgroup_v1_memory.or(old.cgroup_v1_memory);
+            if c.status != TaskStatus::Running && c.exit_code.is_none() {
+                c.exit_code = old.exit_code;
+                c.exited_at = old.exited_at;
+            }
+        }
+        self.unindex(&c.key);
+        self.index(&c);
+        self.containers.insert(c.key.clone(), c);
+    }
+
+    /// Forgets containers deleted more than `grace_ns` before `now_ns`.
+    pub fn expire(&mut self, now_ns: u64, grace_ns: u64) -> usize {
+        let mut removed = 0;
+        while let Some((key, at)) = self.deleted.front() {
+            if now_ns.saturating_sub(*at) < grace_ns {
+                break;
+            }
+            let (key, at) = (key.clone(), *at);
+            self.deleted.pop_front();
+            // Recreated (or deleted again) since? Then this entry is stale.
+            if self
+                .containers
+                .get(&key)
+                .is_some_and(|c| c.deleted_at_ns == Some(at))
+            {
+                self.unindex(&key);
+                self.containers.remove(&key);
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests;
