@@ -17,6 +17,8 @@ use std::{
 use pidmap::{Agent, Config};
 use tokio_util::sync::CancellationToken;
 
+pub mod containerd;
+
 /// Fails the test clearly unless it runs as root.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -52,7 +54,7 @@ impl TestAgent {
         let shutdown = CancellationToken::new();
         let agent = Agent::start(config, shutdown.clone())
             .await
-            .unwrap_or_else(|e| panic!("agent failed to start: {}", error_chain(&e)));
+            .unwrap_or_else(|e| panic!("agent failed to start: {}", pidmap::error::chain(&e)));
         Self {
             agent: Some(agent),
             shutdown,
@@ -187,16 +189,4 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// An error with its causes on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut s = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }

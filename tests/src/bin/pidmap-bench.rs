@@ -37,7 +37,9 @@ fn main() -> Result<()> {
 
     println!("# pidmap bench");
     println!("machine: {}", machine());
-    exec_storm(storm, spawners)?;
+    // Batched wake-ups (the default) and one wake-up per event, side by side.
+    exec_storm(storm, spawners, Config::default().ring_wakeup_events)?;
+    exec_storm(storm, spawners, 0)?;
     seed_time(extra)?;
     if let Some(bin) = agent_bin {
         agent_rss(&bin, extra)?;
@@ -93,11 +95,12 @@ fn agent_runtime() -> Result<tokio::runtime::Runtime> {
         .context("tokio runtime")
 }
 
-fn exec_storm(n: usize, spawners: usize) -> Result<()> {
+fn exec_storm(n: usize, spawners: usize, wakeup_events: u32) -> Result<()> {
     let rt = agent_runtime()?;
     let shutdown = CancellationToken::new();
     let config = Config {
         exit_grace_seconds: 600,
+        ring_wakeup_events: wakeup_events,
         ..Config::default()
     };
     let agent = rt.block_on(Agent::start(config, shutdown.clone()))?;
@@ -134,7 +137,7 @@ fn exec_storm(n: usize, spawners: usize) -> Result<()> {
     let lost = after.lost_events - before.lost_events;
     let cpu_secs = cpu_ticks as f64 / 100.0;
     println!(
-        "exec storm: {total} x /bin/true from {spawners} threads in {spawn_secs:.2} s = {:.0} processes/s",
+        "exec storm (ring_wakeup_events = {wakeup_events}): {total} x /bin/true from {spawners} threads in {spawn_secs:.2} s = {:.0} processes/s",
         total as f64 / spawn_secs
     );
     println!(

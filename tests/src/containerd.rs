@@ -1,0 +1,440 @@
+//! A private containerd (plus runc) for end-to-end tests, driven through `ctr`.
+//!
+//! [`Containerd::start`] runs a daemon whose config, root, state, sockets and
+//! busybox rootfs all live in one temp dir (`/tmp/pidmap-ctrd-XXXXXX`).
+//! [`Containerd::run`] starts containers from a [`ContainerSpec`] and hands
+//! back a [`RunningContainer`] handle. Dropping the [`Containerd`] deletes
+//! every task and container in every namespace (restarting the daemon first
+//! if a test stopped it), stops the daemon, kills any shim of ours that is
+//! left, unmounts what is mounted under the dir, removes the cgroup
+//! directories our containers made and removes the dir — also when the test
+//! panics. A leak found on drop panics (or is printed, when already panicking).
+//!
+//! Everything here is synchronous and blocks: from async tests use a
+//! multi-threaded runtime. Needs root, `containerd`, `ctr`, `runc` and
+//! `/bin/busybox` (Debian: `containerd runc busybox-static`).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use pidmap_tests::containerd::{ContainerSpec, Containerd};
+//!
+//! let ctrd = Containerd::start();
+//! let c = ctrd.run(
+//!     ContainerSpec::new("web")
+//!         .namespace("k8s.io")
+//!         .label("io.kubernetes.pod.name", "web-0")
+//!         .kubepods("besteffort", "0b8f3c3e-2a9a-4c8e-9b3a-5d7f1e2c4a6b"),
+//! );
+//! let exec_pid = c.exec("probe", ["/bin/sleep", "1000"]);
+//! assert!(c.pids().contains(&exec_pid));
+//! ```
+
+mod container;
+mod host;
+mod rootfs;
+
+use std::{
+    collections::BTreeSet,
+    ffi::{OsStr, OsString},
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Mutex, MutexGuard, PoisonError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+pub use container::{ContainerSpec, RunningContainer};
+pub use host::process_alive;
+pub use rootfs::APPLETS;
+
+/// How long the daemon may take to answer `ctr version` after it is launched.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `stop` waits after SIGTERM before it sends SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Where every containerd's shims put their sockets, whatever the config says.
+const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+/// containerd's config: everything under the dir, no CRI, no exotic snapshotters.
+const CONFIG: &str = r#"version = 2
+root = "DIR/root"
+state = "DIR/state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "DIR/containerd.sock"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "DIR/opt"
+"#;
+
+/// A private containerd daemon; see the [module docs](self).
+pub struct Containerd {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    ctr: Ctr,
+    daemon: Mutex<Option<Child>>,
+    /// Cgroup paths (relative to a hierarchy root) of the containers we ran.
+    leaves: Mutex<BTreeSet<String>>,
+    /// Cgroup directories (absolute) that did not exist before we ran a container.
+    created_cgroups: Mutex<BTreeSet<PathBuf>>,
+    /// /run/containerd and /run/containerd/s, if they did not exist at start.
+    created_run_dirs: Vec<PathBuf>,
+}
+
+impl Containerd {
+    /// Writes a config into a fresh temp dir, launches `containerd --config`
+    /// and waits (at most 20 s) until `ctr version` answers.
+    ///
+    /// Panics with the daemon's log if it does not come up.
+    pub fn start() -> Self {
+        crate::require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("pidmap-ctrd-")
+            .tempdir_in("/tmp")
+            .expect("create the containerd temp dir");
+        let path = dir.path().to_path_buf();
+        let config = CONFIG.replace("DIR", &path.to_string_lossy());
+        fs::write(path.join("config.toml"), config).expect("write config.toml");
+        fs::create_dir(path.join("exec-logs")).expect("create exec-logs");
+        rootfs::build_rootfs(&path.join("rootfs")).unwrap_or_else(|e| {
+            panic!("build the busybox rootfs (is busybox-static installed?): {e:#}")
+        });
+        let created_run_dirs = ["/run/containerd", SHIM_SOCKET_DIR]
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| !p.exists())
+            .collect();
+        let ctrd = Self {
+            dir: Some(dir),
+            ctr: Ctr {
+                socket: path.join("containerd.sock"),
+            },
+            path,
+            daemon: Mutex::new(None),
+            leaves: Mutex::default(),
+            created_cgroups: Mutex::default(),
+            created_run_dirs,
+        };
+        // On failure `ctrd` is dropped while unwinding, which cleans up.
+        ctrd.launch().unwrap_or_else(|e| panic!("{e:#}"));
+        ctrd
+    }
+
+    /// The daemon's gRPC socket, `<dir>/containerd.sock`.
+    pub fn socket(&self) -> &Path {
+        &self.ctr.socket
+    }
+
+    /// The temp dir holding everything of this instance.
+    pub fn dir(&self) -> &Path {
+        &self.path
+    }
+
+    /// The busybox rootfs that containers without an image run from.
+    pub fn rootfs(&self) -> PathBuf {
+        self.path.join("rootfs")
+    }
+
+    /// The daemon's PID, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let mut daemon = lock(&self.daemon);
+        match daemon.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => daemon.as_ref().map(Child::id),
+            _ => None,
+        }
+    }
+
+    /// The daemon's log (stdout and stderr of every run), for failure messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Stops the daemon: SIGTERM, then SIGKILL after 5 s. Tasks and shims
+    /// keep running. Does nothing if it is not running.
+    pub fn stop(&self) {
+        if let Some(mut child) = lock(&self.daemon).take() {
+            host::terminate(&mut child, STOP_TIMEOUT);
+        }
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would. Tasks and shims keep running.
+    pub fn kill(&self) {
+        if let Some(mut child) = lock(&self.daemon).take() {
+            host::terminate(&mut child, Duration::ZERO);
+        }
+    }
+
+    /// Starts the daemon again with the same config, root, state and socket
+    /// (stopping it first if it runs) and waits until it is ready.
+    pub fn restart(&self) {
+        self.stop();
+        self.launch().unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// Runs `ctr -a SOCKET ARGS…` (with connect and total timeouts) and
+    /// returns its output, whatever its exit status.
+    pub fn ctr<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.ctr.output(args).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Runs `ctr -a SOCKET ARGS…` and returns its stdout; panics with its
+    /// stderr unless it succeeds.
+    pub fn ctr_ok<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.ctr.ok(args).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Runs a container detached (`ctr run -d --null-io`) and returns a
+    /// handle once its task has started.
+    pub fn run(&self, spec: ContainerSpec) -> RunningContainer {
+        let cgroup = spec
+            .cgroup
+            .clone()
+            .unwrap_or_else(|| format!("/{}/{}", spec.namespace, spec.id));
+        self.note_cgroup(&cgroup);
+        let mut args: Vec<OsString> = [
+            "-n",
+            &spec.namespace,
+            "run",
+            "-d",
+            "--null-io",
+            "--runc-root",
+        ]
+        .map(OsString::from)
+        .into();
+        args.push(self.path.join("runc").into());
+        for (key, value) in &spec.labels {
+            args.extend(["--label".into(), format!("{key}={value}").into()]);
+        }
+        if let Some(path) = &spec.cgroup {
+            args.extend(["--cgroup".into(), path.into()]);
+        }
+        match &spec.image {
+            Some(image) => args.push(image.into()),
+            None => args.extend(["--rootfs".into(), self.rootfs().into()]),
+        }
+        args.push((&spec.id).into());
+        args.extend(spec.command.iter().map(OsString::from));
+        if let Err(e) = self.ctr.ok(&args) {
+            panic!("run container {}/{}: {e:#}", spec.namespace, spec.id);
+        }
+        RunningContainer {
+            ctr: self.ctr.clone(),
+            namespace: spec.namespace,
+            id: spec.id,
+            cgroup,
+            log_dir: self.path.join("exec-logs"),
+        }
+    }
+
+    /// Builds a one-layer OCI image of the busybox rootfs (config `Cmd`
+    /// `/bin/sh`, `Env` `PATH=/bin`) and imports it into `namespace` as
+    /// `image_ref` (e.g. `docker.io/library/busybox:pidmap`), unpacked for
+    /// the default snapshotter; use it with [`ContainerSpec::image`].
+    pub fn import_busybox_image(&self, namespace: &str, image_ref: &str) {
+        let archive = self.path.join(format!(
+            "image-{}.tar",
+            rootfs::sha256_hex(image_ref.as_bytes())
+        ));
+        rootfs::build_oci_archive(&self.rootfs(), image_ref, &archive)
+            .unwrap_or_else(|e| panic!("build OCI archive for {image_ref}: {e:#}"));
+        let import: [&OsStr; 5] = [
+            "-n".as_ref(),
+            namespace.as_ref(),
+            "images".as_ref(),
+            "import".as_ref(),
+            archive.as_ref(),
+        ];
+        self.ctr_ok(import);
+    }
+
+    /// Launches the daemon (appending to its log) and waits until it answers.
+    fn launch(&self) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path.join("containerd.log"))
+            .context("open containerd.log")?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.path.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn containerd (apt-get install containerd runc)")?;
+        *lock(&self.daemon) = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            // (A guard in an `if let` scrutinee would live through the body.)
+            let exited = lock(&self.daemon).as_mut().and_then(|c| c.try_wait().ok()?);
+            if let Some(status) = exited {
+                lock(&self.daemon).take();
+                bail!(
+                    "containerd exited with {status} before it was ready; log tail:\n{}",
+                    self.log_tail()
+                );
+            }
+            if self.ctr.ok(["version"]).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                bail!(
+                    "containerd not ready after {READY_TIMEOUT:?}; log tail:\n{}",
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Remembers `cgroup` and which of its directories do not exist yet, in
+    /// every hierarchy, so that drop removes exactly those.
+    fn note_cgroup(&self, cgroup: &str) {
+        lock(&self.leaves).insert(cgroup.to_owned());
+        let mut created = lock(&self.created_cgroups);
+        for root in host::cgroup_roots() {
+            let mut dir = root;
+            for part in cgroup.split('/').filter(|p| !p.is_empty()) {
+                dir.push(part);
+                if !dir.exists() {
+                    created.insert(dir.clone());
+                }
+            }
+        }
+    }
+
+    /// Deletes every task and container in every namespace, through the daemon.
+    fn delete_all(&self) -> anyhow::Result<()> {
+        if self.pid().is_none() {
+            self.launch().context("restart containerd to clean up")?;
+        }
+        let mut errors = Vec::new();
+        for ns in self.ctr.ok(["namespaces", "ls", "-q"])?.lines() {
+            for task in self.ctr.ok(["-n", ns, "tasks", "ls", "-q"])?.lines() {
+                if let Err(e) = self.ctr.ok(["-n", ns, "tasks", "delete", "-f", task]) {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+            for container in self.ctr.ok(["-n", ns, "containers", "ls", "-q"])?.lines() {
+                if let Err(e) = self.ctr.ok(["-n", ns, "containers", "delete", container]) {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            bail!("{}", errors.join("\n"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let mut errors = Vec::new();
+        if let Err(e) = self.delete_all() {
+            errors.push(format!("delete tasks and containers: {e:#}"));
+        }
+        self.stop();
+        // Last resorts, once the daemon is down: these find nothing when
+        // `delete_all` worked.
+        for leaf in lock(&self.leaves).iter() {
+            errors.extend(host::kill_cgroup_procs(leaf));
+        }
+        errors.extend(host::kill_shims(self.socket(), Path::new(SHIM_SOCKET_DIR)));
+        errors.extend(host::unmount_under(&self.path));
+        errors.extend(host::remove_dirs_deepest_first(
+            lock(&self.created_cgroups).iter(),
+        ));
+        for dir in self.created_run_dirs.iter().rev() {
+            let _ = fs::remove_dir(dir); // Only if empty: another instance may use it.
+        }
+        if !errors.is_empty() {
+            errors.push(format!("containerd log tail:\n{}", self.log_tail()));
+        }
+        if let Some(dir) = self.dir.take() {
+            if let Err(e) = dir.close() {
+                errors.push(format!("remove {}: {e}", self.path.display()));
+            }
+        }
+        if errors.is_empty() {
+            return;
+        }
+        let msg = format!(
+            "containerd fixture cleanup found leaks:\n{}",
+            errors.join("\n")
+        );
+        if thread::panicking() {
+            eprintln!("{msg}");
+        } else {
+            panic!("{msg}");
+        }
+    }
+}
+
+/// Runs `ctr` against one daemon.
+#[derive(Clone, Debug)]
+pub(crate) struct Ctr {
+    socket: PathBuf,
+}
+
+impl Ctr {
+    /// `ctr -a SOCKET ARGS…` with a 5 s connect and a 60 s total timeout.
+    pub(crate) fn output<I, S>(&self, args: I) -> anyhow::Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new("ctr");
+        cmd.args(["--connect-timeout", "5s", "--timeout", "60s", "-a"])
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd.output().with_context(|| format!("spawn {cmd:?}"))
+    }
+
+    /// Like [`Self::output`], but fails with stderr unless ctr succeeds.
+    pub(crate) fn ok<I, S>(&self, args: I) -> anyhow::Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
+        let out = self.output(&args)?;
+        if !out.status.success() {
+            bail!(
+                "ctr {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

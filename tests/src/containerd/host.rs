@@ -1,0 +1,219 @@
+//! Host-side inspection and cleanup: processes, shims, mounts, cgroups.
+
+use std::{
+    collections::BTreeSet,
+    ffi::OsStr,
+    fs, io,
+    path::{Path, PathBuf},
+    process::Child,
+    thread,
+    time::{Duration, Instant},
+};
+
+/// SIGTERM (unless `grace` is zero), SIGKILL after `grace`, then reap.
+pub(super) fn terminate(child: &mut Child, grace: Duration) {
+    if let Ok(None) = child.try_wait() {
+        if !grace.is_zero() {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + grace;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// Waits until `pid` is gone or a zombie (shims are reparented to PID 1).
+pub(super) fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while process_alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
+/// `(pid, namespace, id)` of every live `containerd-shim-runc-v2` serving `socket`.
+pub(super) fn shims_of(socket: &Path) -> Vec<(u32, String, String)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut shims = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&OsStr> = cmdline.split(|&b| b == 0).map(bytes_to_os).collect();
+        let flag = |name: &str| {
+            let i = args.iter().position(|a| *a == name)?;
+            args.get(i + 1).copied()
+        };
+        let is_shim = args
+            .first()
+            .is_some_and(|a| Path::new(a).ends_with("containerd-shim-runc-v2"));
+        if is_shim && flag("-address") == Some(socket.as_os_str()) && process_alive(pid) {
+            let text = |name| {
+                flag(name)
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
+            shims.push((pid, text("-namespace"), text("-id")));
+        }
+    }
+    shims
+}
+
+fn bytes_to_os(bytes: &[u8]) -> &OsStr {
+    std::os::unix::ffi::OsStrExt::from_bytes(bytes)
+}
+
+/// Mount points and filesystem types, from /proc/self/mountinfo.
+pub(super) fn mountinfo() -> Vec<(PathBuf, String)> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let point = line.split(' ').nth(4)?;
+            let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
+            // mountinfo escapes space, tab, newline and backslash as \ooo.
+            let point = point
+                .replace("\\040", " ")
+                .replace("\\011", "\t")
+                .replace("\\012", "\n");
+            Some((
+                PathBuf::from(point.replace("\\134", "\\")),
+                fstype.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// The root of every cgroup hierarchy (each v1 controller and cgroup2).
+pub(super) fn cgroup_roots() -> Vec<PathBuf> {
+    mountinfo()
+        .into_iter()
+        .filter(|(_, fstype)| fstype == "cgroup" || fstype == "cgroup2")
+        .map(|(point, _)| point)
+        .collect()
+}
+
+/// The PIDs in cgroup directory `dir` (none if it does not exist).
+pub(super) fn cgroup_procs(dir: &Path) -> Vec<u32> {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    procs
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// SIGKILLs every process left in cgroup `leaf` (a path relative to the
+/// hierarchy roots) in every hierarchy; says what it killed.
+pub(super) fn kill_cgroup_procs(leaf: &str) -> Vec<String> {
+    let pids: BTreeSet<u32> = cgroup_roots()
+        .into_iter()
+        .flat_map(|root| cgroup_procs(&root.join(leaf.trim_start_matches('/'))))
+        .collect();
+    for &pid in &pids {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    pids.iter()
+        .map(|pid| format!("process {pid} left in cgroup {leaf}: killed"))
+        .collect()
+}
+
+/// SIGKILLs every shim serving `socket` and removes its socket from
+/// `socket_dir`, named (as containerd 1.6 does) by sha256 of `<socket>/<ns>/<id>`.
+pub(super) fn kill_shims(socket: &Path, socket_dir: &Path) -> Vec<String> {
+    let mut killed = Vec::new();
+    for (pid, ns, id) in shims_of(socket) {
+        killed.push(format!("shim {pid} of {ns}/{id} left: killed"));
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        let key = socket.join(&ns).join(&id);
+        let hash = super::rootfs::sha256_hex(key.as_os_str().as_encoded_bytes());
+        let _ = fs::remove_file(socket_dir.join(hash));
+        if !wait_gone(pid, Duration::from_secs(5)) {
+            killed.push(format!("shim {pid} survived SIGKILL"));
+        }
+    }
+    killed
+}
+
+/// Unmounts everything mounted under `dir`, deepest first (lazily if it is
+/// busy); says what it unmounted.
+pub(super) fn unmount_under(dir: &Path) -> Vec<String> {
+    let mut mounts: Vec<PathBuf> = mountinfo()
+        .into_iter()
+        .map(|(point, _)| point)
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    let mut unmounted = Vec::new();
+    for point in mounts {
+        let Ok(c) = std::ffi::CString::new(point.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        // SAFETY: `c` is a valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+            // SAFETY: as above.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        unmounted.push(format!("{} was still mounted: unmounted", point.display()));
+    }
+    unmounted
+}
+
+/// Removes (empty) directories, deepest first, retrying for 2 s while a
+/// cgroup is still busy; says which it could not remove. One that still has
+/// subdirectories is shared with someone else (ours went first): it stays.
+pub(super) fn remove_dirs_deepest_first<'a>(
+    dirs: impl IntoIterator<Item = &'a PathBuf>,
+) -> Vec<String> {
+    let mut dirs: Vec<&PathBuf> = dirs.into_iter().collect();
+    dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    let mut failed = Vec::new();
+    for dir in dirs {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match fs::remove_dir(dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound || has_subdirs(dir) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    failed.push(format!("remove {}: {e}", dir.display()));
+                    break;
+                }
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+                Ok(()) => break,
+            }
+        }
+    }
+    failed
+}
+
+fn has_subdirs(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut entries| {
+        entries.any(|e| e.and_then(|e| e.file_type()).is_ok_and(|t| t.is_dir()))
+    })
+}
