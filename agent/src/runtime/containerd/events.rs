@@ -17,6 +17,8 @@ pub mod topics {
     pub const CONTAINER_DELETE: &str = "/containers/delete";
     pub const NAMESPACE_CREATE: &str = "/namespaces/create";
     pub const NAMESPACE_DELETE: &str = "/namespaces/delete";
+    /// pidmap's own marker, published to confirm a subscription is live.
+    pub const SYNC: &str = "/pidmap/sync";
 
     /// The subscription filters: only the topics above.
     pub fn filters() -> Vec<String> {
@@ -33,6 +35,7 @@ pub mod topics {
             CONTAINER_DELETE,
             NAMESPACE_CREATE,
             NAMESPACE_DELETE,
+            SYNC,
         ]
         .iter()
         .map(|t| format!("topic==\"{t}\""))
@@ -301,7 +304,7 @@ mod tests {
     #[test]
     fn filters_cover_every_topic() {
         let f = topics::filters();
-        assert_eq!(f.len(), 12);
+        assert_eq!(f.len(), 13);
         assert!(f.contains(&"topic==\"/tasks/exit\"".to_owned()));
     }
 }

@@ -15,7 +15,7 @@ pub mod spec;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use containerd_client::{
-    services::v1::{events_client::EventsClient, SubscribeRequest},
+    services::v1::{events_client::EventsClient, PublishRequest, SubscribeRequest},
     tonic::transport::Channel,
     types::Envelope,
 };
@@ -38,6 +38,11 @@ const EVENT_QUEUE: usize = 4096;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the subscription may take to prove itself live.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Namespace the subscription marker is published in (events need one;
+/// publishing does not create it).
+const SYNC_NAMESPACE: &str = "pidmap";
 
 /// Watcher settings.
 #[derive(Debug, Clone)]
@@ -58,6 +63,8 @@ enum SessionEnd {
     ConnectTimeout,
     #[error("cannot subscribe to events")]
     Subscribe(#[source] containerd_client::tonic::Status),
+    #[error("event subscription not confirmed within {SUBSCRIBE_TIMEOUT:?}")]
+    SubscribeTimeout,
     #[error("list failed")]
     List(#[from] snapshot::ListError),
     #[error("event stream ended")]
@@ -133,21 +140,19 @@ impl Watcher {
             Ok(Err(e)) => return SessionEnd::Connect(e),
             Err(_) => return SessionEnd::ConnectTimeout,
         };
-        let stream = match EventsClient::new(channel.clone())
-            .subscribe(SubscribeRequest {
-                filters: events::topics::filters(),
-            })
-            .await
-        {
-            Ok(resp) => resp.into_inner(),
-            Err(status) => return SessionEnd::Subscribe(status),
-        };
+        // containerd sends the stream's headers only with its first event,
+        // so the subscription runs in its own task; a marker event we
+        // publish ourselves proves it is live before the list starts.
         let (tx, mut rx) = mpsc::channel::<Envelope>(EVENT_QUEUE);
         let forward = CancellationToken::new();
         let _stop_forwarder = forward.clone().drop_guard();
-        tokio::spawn(forward_stream(stream, tx, forward));
+        tokio::spawn(forward_stream(channel.clone(), tx, forward));
+        let early = match self.confirm_subscription(&channel, &mut rx).await {
+            Ok(early) => early,
+            Err(e) => return e,
+        };
 
-        if let Err(e) = self.resync(&channel, &mut rx).await {
+        if let Err(e) = self.resync(&channel, &mut rx, early).await {
             return e;
         }
         *backoff = BACKOFF_START;
@@ -171,7 +176,7 @@ impl Watcher {
                 },
                 _ = resync.tick() => {
                     self.state.metrics().count_containerd_resync();
-                    if let Err(e) = self.resync(&channel, &mut rx).await {
+                    if let Err(e) = self.resync(&channel, &mut rx, Vec::new()).await {
                         return e;
                     }
                 }
@@ -186,18 +191,67 @@ impl Watcher {
         }
     }
 
+    /// Publishes a marker event until it comes back on our subscription.
+    /// Returns the real events that came before it, to replay after the list.
+    async fn confirm_subscription(
+        &self,
+        channel: &Channel,
+        rx: &mut mpsc::Receiver<Envelope>,
+    ) -> Result<Vec<Envelope>, SessionEnd> {
+        let nonce = format!("{}-{}", std::process::id(), monotonic_ns());
+        let mut held = Vec::new();
+        let deadline = tokio::time::Instant::now() + SUBSCRIBE_TIMEOUT;
+        let mut retry = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = retry.tick() => {
+                    let mut req = tonic::Request::new(PublishRequest {
+                        topic: events::topics::SYNC.to_owned(),
+                        event: Some(prost_types::Any {
+                            type_url: "pidmap.v1.Sync".to_owned(),
+                            value: nonce.clone().into_bytes(),
+                        }),
+                    });
+                    if let Ok(ns) = SYNC_NAMESPACE.parse() {
+                        req.metadata_mut().insert("containerd-namespace", ns);
+                    }
+                    if let Err(status) = EventsClient::new(channel.clone()).publish(req).await {
+                        return Err(SessionEnd::Subscribe(status));
+                    }
+                }
+                env = rx.recv() => match env {
+                    Some(env) if env.topic == events::topics::SYNC => {
+                        if env.event.as_ref().is_some_and(|e| e.value == nonce.as_bytes()) {
+                            break;
+                        }
+                    }
+                    Some(env) => held.push(env),
+                    None => return Err(SessionEnd::StreamEnded),
+                },
+                () = tokio::time::sleep_until(deadline) => return Err(SessionEnd::SubscribeTimeout),
+            }
+        }
+        Ok(held)
+    }
+
     /// Lists everything, reconciles, then applies the events that arrived
     /// during the list.
+    /// `early`: events received before the list that must be replayed first.
     async fn resync(
         &self,
         channel: &Channel,
         rx: &mut mpsc::Receiver<Envelope>,
+        early: Vec<Envelope>,
     ) -> Result<(), SessionEnd> {
         let started = std::time::Instant::now();
         let snap = snapshot::list_all(channel, &self.fs).await?;
         let stats = self.state.containers_mut().reconcile(snap, monotonic_ns());
         self.learn_ids_from_processes();
         let mut replayed = 0;
+        for env in early {
+            self.handle(channel, &env).await;
+            replayed += 1;
+        }
         while let Ok(env) = rx.try_recv() {
             self.handle(channel, &env).await;
             replayed += 1;
@@ -295,13 +349,25 @@ impl Watcher {
     }
 }
 
-/// Moves envelopes from the gRPC stream into the queue until the stream
-/// ends, the queue's reader goes away or `stop` fires.
-async fn forward_stream(
-    mut stream: tonic::codec::Streaming<Envelope>,
-    tx: mpsc::Sender<Envelope>,
-    stop: CancellationToken,
-) {
+/// Subscribes, then moves envelopes from the gRPC stream into the queue
+/// until the stream ends, the queue's reader goes away or `stop` fires.
+/// Dropping `tx` tells the session the stream is over.
+async fn forward_stream(channel: Channel, tx: mpsc::Sender<Envelope>, stop: CancellationToken) {
+    let mut client = EventsClient::new(channel);
+    let subscribe = client.subscribe(SubscribeRequest {
+        filters: events::topics::filters(),
+    });
+    let mut stream = tokio::select! {
+        biased;
+        () = stop.cancelled() => return,
+        resp = subscribe => match resp {
+            Ok(resp) => resp.into_inner(),
+            Err(status) => {
+                debug!(%status, "containerd event subscription failed");
+                return;
+            }
+        },
+    };
     loop {
         let next = tokio::select! {
             biased;

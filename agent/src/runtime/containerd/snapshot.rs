@@ -106,7 +106,15 @@ async fn list_namespace(
     .await?
     .tasks
     .into_iter()
-    .map(|t| (t.container_id.clone(), t))
+    // containerd 1.6 fills only `id` (the container id) in task lists.
+    .map(|t| {
+        let id = if t.container_id.is_empty() {
+            t.id.clone()
+        } else {
+            t.container_id.clone()
+        };
+        (id, t)
+    })
     .collect();
     let mut out = Vec::with_capacity(records.len());
     for record in records {
