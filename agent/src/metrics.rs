@@ -1,9 +1,42 @@
 //! Counters the agent keeps about itself. Cheap atomics updated on the hot
 //! path; exported by the status API and the metrics endpoint.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{
+    atomic::{AtomicU64, Ordering::Relaxed},
+    Mutex,
+};
 
 use agent_common::EventKind;
+use hdrhistogram::Histogram;
+
+/// A latency histogram in nanoseconds (1 µs to 60 s, 3 significant digits).
+#[derive(Debug)]
+pub struct Latency(Mutex<Option<Histogram<u64>>>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        // The bounds are constants within hdrhistogram's limits, so this
+        // is always `Some`.
+        Self(Mutex::new(
+            Histogram::new_with_bounds(1_000, 60_000_000_000, 3).ok(),
+        ))
+    }
+}
+
+impl Latency {
+    /// Records one latency; values outside the bounds are clamped.
+    pub fn record(&self, ns: u64) {
+        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = h.as_mut() {
+            h.saturating_record(ns.max(1_000));
+        }
+    }
+
+    /// A copy of the histogram.
+    pub fn histogram(&self) -> Option<Histogram<u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
 
 /// The agent's counters.
 #[derive(Debug, Default)]
@@ -17,6 +50,9 @@ pub struct Metrics {
     containerd_events: AtomicU64,
     containerd_reconnects: AtomicU64,
     containerd_resyncs: AtomicU64,
+    /// From a kernel exec event to its process being in the table (and so
+    /// resolvable): CLOCK_MONOTONIC now minus the event's timestamp.
+    pub exec_to_resolvable: Latency,
 }
 
 /// A copy of the counters at one moment.

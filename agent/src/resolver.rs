@@ -178,3 +178,172 @@ fn looks_like_containerd(state: &State, path: &str, parsed: Option<&PathContaine
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     !first.is_empty() && state.containers().namespaces().any(|ns| ns == first)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{num::NonZeroUsize, sync::Arc};
+
+    use agent_common::EventKind;
+
+    use super::*;
+    use crate::{
+        cgroup::{CgroupFs, CgroupPathCache},
+        ebpf::event::KernelEvent,
+        metrics::Metrics,
+        runtime::{
+            container::{ContainerKey, TaskStatus},
+            containerd::events::RuntimeEvent,
+        },
+        state::ProcessTable,
+        types::{CgroupIds, Comm, ProcKey},
+    };
+
+    const ID: &str = "3f1a9c2b7e5d4a6f8b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a";
+
+    fn state() -> State {
+        let paths = CgroupPathCache::new(
+            CgroupFs::from_roots(None, None),
+            100,
+            std::time::Duration::from_secs(3600),
+        );
+        State::new(
+            ProcessTable::new(30_000_000_000, NonZeroUsize::new(100).unwrap()),
+            paths,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    /// A running process `pid` in cgroup2 `cg` at `path`.
+    fn add_process(s: &State, pid: u32, cg: u64, path: &str) {
+        s.write().apply_event(&KernelEvent {
+            kind: EventKind::Exec,
+            key: ProcKey::new(pid, StartTime(pid.into())),
+            parent: ProcKey::new(1, StartTime(1)),
+            comm: Comm::from_bytes(b"app"),
+            cgroups: CgroupIds {
+                v2: Some(CgroupId(cg)),
+                v1_memory: None,
+            },
+            exit_code: None,
+            attach: None,
+            timestamp_ns: 1,
+        });
+        s.cgroup_paths().insert(Hierarchy::V2, CgroupId(cg), path);
+    }
+
+    #[test]
+    fn unknown_pid_is_unknown_without_source() {
+        let r = resolve(&state(), 4711, None);
+        assert_eq!(r.state, Resolved::Unknown);
+        assert_eq!(r.source, None);
+    }
+
+    #[test]
+    fn host_process_has_its_path_and_no_container() {
+        let s = state();
+        add_process(&s, 10, 5, "/user.slice/user-0.slice/session-1.scope");
+        let r = resolve(&s, 10, None);
+        assert_eq!((r.state, r.source), (Resolved::Running, Some(Source::Host)));
+        assert_eq!(
+            r.cgroup_path.as_deref(),
+            Some("/user.slice/user-0.slice/session-1.scope")
+        );
+    }
+
+    #[test]
+    fn containerd_container_is_matched_by_cgroup_id() {
+        let s = state();
+        add_process(&s, 10, 77, "/k8s.io/web");
+        let mut c =
+            crate::runtime::container::Container::placeholder(ContainerKey::new("k8s.io", "web"));
+        c.status = TaskStatus::Running;
+        c.cgroup_v2 = Some(CgroupId(77));
+        s.containers_mut().upsert(c);
+        let r = resolve(&s, 10, None);
+        assert_eq!(r.source, Some(Source::Containerd));
+        assert_eq!(r.container.map(|c| c.key.id), Some("web".to_owned()));
+    }
+
+    #[test]
+    fn containerd_looking_cgroup_is_pending_until_metadata_then_resolved() {
+        let s = state();
+        let path = format!("/kubepods/besteffort/pod0b8f3c3e-2a9a-4c8e-9b3a-5d7f1e2c4a6b/{ID}");
+        add_process(&s, 10, 88, &path);
+        // Without containerd, the path is the answer.
+        let r = resolve(&s, 10, None);
+        assert_eq!(
+            (r.state, r.source),
+            (Resolved::Running, Some(Source::CgroupPath))
+        );
+        assert_eq!(
+            r.path_container.map(|p| p.container_id),
+            Some(ID.to_owned())
+        );
+        // With containerd connected but no metadata yet: pending.
+        s.set_containerd_connected(true);
+        assert_eq!(resolve(&s, 10, None).state, Resolved::Pending);
+        // Metadata arrives: no stale negative answer remains.
+        s.containers_mut().apply(
+            &RuntimeEvent::TaskStart {
+                namespace: "k8s.io".into(),
+                container_id: ID.into(),
+                pid: 10,
+            },
+            0,
+        );
+        let mut c = s
+            .containers()
+            .get(&ContainerKey::new("k8s.io", ID))
+            .cloned()
+            .unwrap();
+        c.cgroup_path = Some(path.clone());
+        s.containers_mut().upsert(c);
+        let r = resolve(&s, 10, None);
+        assert_eq!(
+            (r.state, r.source),
+            (Resolved::Running, Some(Source::Containerd))
+        );
+    }
+
+    #[test]
+    fn other_runtimes_resolve_from_the_path_even_with_containerd_up() {
+        let s = state();
+        s.set_containerd_connected(true);
+        add_process(&s, 10, 99, &format!("/kubepods.slice/crio-{ID}.scope"));
+        let r = resolve(&s, 10, None);
+        assert_eq!(
+            (r.state, r.source),
+            (Resolved::Running, Some(Source::CgroupPath))
+        );
+    }
+
+    #[test]
+    fn namespace_path_of_a_known_namespace_is_pending() {
+        let s = state();
+        s.set_containerd_connected(true);
+        s.containers_mut().apply(
+            &RuntimeEvent::NamespaceCreate {
+                name: "default".into(),
+            },
+            0,
+        );
+        add_process(&s, 10, 66, "/default/long1");
+        assert_eq!(resolve(&s, 10, None).state, Resolved::Pending);
+        add_process(&s, 11, 67, "/process_api/7d3463dfea2602ef2806174009a1f474");
+        assert_eq!(resolve(&s, 11, None).source, Some(Source::Host));
+    }
+
+    #[test]
+    fn wrong_start_time_is_unknown() {
+        let s = state();
+        add_process(&s, 10, 5, "/");
+        assert_eq!(
+            resolve(&s, 10, Some(StartTime(10))).state,
+            Resolved::Running
+        );
+        assert_eq!(
+            resolve(&s, 10, Some(StartTime(11))).state,
+            Resolved::Unknown
+        );
+    }
+}

@@ -117,7 +117,7 @@ impl State {
         self.table().get_key(key).cloned()
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, ProcessTable> {
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, ProcessTable> {
         self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -164,6 +164,10 @@ impl Owner {
                             for ev in &events {
                                 table.apply_event(ev);
                             }
+                        }
+                        let now = monotonic_ns();
+                        for ev in events.iter().filter(|ev| ev.kind == agent_common::EventKind::Exec) {
+                            self.state.metrics.exec_to_resolvable.record(now.saturating_sub(ev.timestamp_ns));
                         }
                         self.learn_paths(events.iter().map(|ev| ev.cgroups));
                     }

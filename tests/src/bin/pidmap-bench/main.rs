@@ -12,12 +12,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod alloc;
+mod containerd;
+
 use std::io::BufRead as _;
 
 use anyhow::{bail, Context as _, Result};
 use pidmap::{cgroup::CgroupFs, Agent, Config};
 use pidmap_tests::{require_root, ChildGuard};
 use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 /// Name of the agent's runtime threads, so their CPU time can be told apart
 /// from the spawning thread's.
@@ -29,6 +35,8 @@ fn main() -> Result<()> {
     let storm: usize = arg(&args, "--storm").unwrap_or(20_000);
     let spawners: usize = arg(&args, "--spawners").unwrap_or(2);
     let extra: usize = arg(&args, "--extra-processes").unwrap_or(2_000);
+    let containers: usize = arg(&args, "--containers").unwrap_or(50);
+    let only_containerd = args.iter().any(|a| a == "--containerd-only");
     let agent_bin = args
         .iter()
         .position(|a| a == "--agent-bin")
@@ -37,6 +45,9 @@ fn main() -> Result<()> {
 
     println!("# pidmap bench");
     println!("machine: {}", machine());
+    if only_containerd {
+        return containerd::run(containers);
+    }
     // Batched wake-ups (the default) and one wake-up per event, side by side.
     exec_storm(storm, spawners, Config::default().ring_wakeup_events)?;
     exec_storm(storm, spawners, 0)?;
@@ -46,7 +57,7 @@ fn main() -> Result<()> {
     } else {
         println!("agent RSS: skipped (pass --agent-bin target/release/pidmap)");
     }
-    Ok(())
+    containerd::run(containers)
 }
 
 fn arg(args: &[String], name: &str) -> Option<usize> {
@@ -86,7 +97,7 @@ fn agent_cpu_ticks() -> u64 {
         .sum()
 }
 
-fn agent_runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn agent_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name(AGENT_THREADS)
