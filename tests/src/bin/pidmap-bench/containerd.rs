@@ -172,7 +172,7 @@ fn json_field(line: &str, key: &str) -> Option<String> {
 fn start_to_resolvable(ctrd: &Containerd, state: &Arc<State>, n: usize) -> Result<()> {
     let (_events, starts) = task_start_times(ctrd)?;
     std::thread::sleep(Duration::from_millis(200)); // ctr events subscribed
-    let resolved: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
+    let resolved: Times = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
         let (state, resolved, stop) = (Arc::clone(state), Arc::clone(&resolved), Arc::clone(&stop));
