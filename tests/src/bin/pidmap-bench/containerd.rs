@@ -101,10 +101,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Wall-clock times by container id, filled by another thread.
+type Times = Arc<Mutex<HashMap<String, SystemTime>>>;
+
 /// `ctr events` timestamps of `/tasks/start`, by container id.
-fn task_start_times(
-    ctrd: &Containerd,
-) -> Result<(ChildGuard, Arc<Mutex<HashMap<String, SystemTime>>>)> {
+fn task_start_times(ctrd: &Containerd) -> Result<(ChildGuard, Times)> {
     let mut child = ChildGuard(
         Command::new("ctr")
             .arg("-a")
