@@ -39,6 +39,29 @@ pub struct Config {
     pub containerd_resync_seconds: u64,
     /// Longest wait between reconnect attempts, in milliseconds.
     pub containerd_max_backoff_ms: u64,
+    /// The API's Unix socket.
+    pub socket: PathBuf,
+    /// Mode of the API socket (octal in TOML as a string, e.g. "0660").
+    pub socket_mode: String,
+    /// Group that owns the socket and may query everything (name or gid).
+    pub socket_group: Option<String>,
+    /// Peers other than root and `socket_group` get only WhoAmI and Status.
+    pub restrict_peers: bool,
+    /// Most pids in one ResolveBatch.
+    pub batch_limit: usize,
+    /// Most API connections at once.
+    pub max_connections: usize,
+    /// Most concurrent requests (HTTP/2 streams) per connection.
+    pub max_streams_per_connection: u32,
+    /// Largest API request message in bytes.
+    pub max_request_bytes: usize,
+    /// Seconds a connection may stay silent before it is closed.
+    pub idle_timeout_seconds: u64,
+    /// Changes buffered per Watch stream before a slow watcher is cut off.
+    pub watch_buffer: usize,
+    /// Serve Prometheus metrics over HTTP on this address (`GET /metrics`);
+    /// `None` (the default) serves none.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -54,6 +77,17 @@ impl Default for Config {
             containerd_socket: PathBuf::from(DEFAULT_CONTAINERD_SOCKET),
             containerd_resync_seconds: 60,
             containerd_max_backoff_ms: 5_000,
+            socket: PathBuf::from(crate::api::DEFAULT_SOCKET),
+            socket_mode: "0660".to_owned(),
+            socket_group: None,
+            restrict_peers: false,
+            batch_limit: 4096,
+            max_connections: 256,
+            max_streams_per_connection: 64,
+            max_request_bytes: 256 * 1024,
+            idle_timeout_seconds: 300,
+            watch_buffer: 1024,
+            metrics_addr: None,
         }
     }
 }
@@ -119,6 +153,18 @@ impl Config {
                 reason: "must be at least 100",
             });
         }
+        if self.socket_mode_bits().is_none() {
+            return Err(ConfigError::Invalid {
+                key: "socket_mode",
+                reason: "must be an octal mode such as 0660",
+            });
+        }
+        if self.batch_limit == 0 || self.max_connections == 0 || self.watch_buffer == 0 {
+            return Err(ConfigError::Invalid {
+                key: "batch_limit/max_connections/watch_buffer",
+                reason: "must be at least 1",
+            });
+        }
         if self.ring_poll_ms == 0 || self.ring_poll_ms > 1000 {
             return Err(ConfigError::Invalid {
                 key: "ring_poll_ms",
@@ -130,6 +176,13 @@ impl Config {
 
     pub fn exit_grace(&self) -> Duration {
         Duration::from_secs(self.exit_grace_seconds)
+    }
+
+    /// `socket_mode` as permission bits.
+    pub fn socket_mode_bits(&self) -> Option<u32> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
     }
 
     pub fn containerd_resync(&self) -> Duration {
@@ -145,9 +198,43 @@ impl Config {
     }
 }
 
+/// A group's id from a numeric gid or a name in /etc/group.
+pub fn group_id(group: &str) -> Option<u32> {
+    if let Ok(gid) = group.parse() {
+        return Some(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut f = line.split(':');
+        (f.next()? == group).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_by_number_or_name() {
+        assert_eq!(group_id("1234"), Some(1234));
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("no-such-group-pidmap"), None);
+    }
+
+    #[test]
+    fn socket_mode_is_octal() {
+        let c = Config {
+            socket_mode: "0640".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.socket_mode_bits(), Some(0o640));
+        let c = Config {
+            socket_mode: "rw".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
 
     #[test]
     fn empty_file_gives_defaults() {
@@ -162,6 +249,14 @@ mod tests {
         assert_eq!(c.exit_grace_seconds, 5);
         assert_eq!(c.ring_poll_ms, 20);
         assert_eq!(c.ring_buffer_bytes, Config::default().ring_buffer_bytes);
+    }
+
+    #[test]
+    fn metrics_addr_is_off_unless_given() {
+        assert_eq!(Config::default().metrics_addr, None);
+        let c: Config = toml::from_str(r#"metrics_addr = "127.0.0.1:9464""#).unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(toml::from_str::<Config>(r#"metrics_addr = "localhost""#).is_err());
     }
 
     #[test]

@@ -15,6 +15,21 @@ pub enum Error {
     /// The ring buffer could not be registered with the runtime.
     #[error("cannot poll the event ring buffer")]
     RingPoll(#[source] std::io::Error),
+    /// The API socket could not be set up.
+    #[error("API socket")]
+    Api(#[from] crate::api::server::ServerError),
+    /// `socket_group` names no group of this host.
+    #[error(
+        "socket group {group} does not exist (give a group name from /etc/group or a numeric gid)"
+    )]
+    UnknownGroup { group: String },
+    /// The metrics endpoint's address could not be bound.
+    #[error("cannot serve metrics on {addr}")]
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     /// The agent stopped before its first /proc seed completed.
     #[error("the agent stopped before the process table was seeded")]
     NotSeeded,

@@ -6,6 +6,7 @@
 //! [`run`] does the same and waits for shutdown. Tests start whole agents
 //! in-process this way.
 
+pub mod api;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -41,6 +42,8 @@ pub struct Agent {
     state: Arc<State>,
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
+    /// Where the metrics endpoint listens, if it is on.
+    metrics_addr: Option<std::net::SocketAddr>,
     // Dropped last: detaches the programs.
     _ebpf: aya::Ebpf,
 }
@@ -108,10 +111,31 @@ impl Agent {
         );
         tasks.spawn(watcher.run(shutdown.clone()));
 
+        // The socket answers UNAVAILABLE until the seed is in.
+        let server_settings = api_settings(&config)?;
+        let listener = api::server::bind(&server_settings)?;
+        tasks.spawn(api::server::serve(
+            listener,
+            Arc::clone(&state),
+            server_settings,
+            shutdown.clone(),
+        ));
+
+        let metrics_addr = match config.metrics_addr {
+            Some(addr) => {
+                let server = metrics::server::MetricsServer::bind(addr).await?;
+                let bound = server.local_addr();
+                tasks.spawn(server.run(Arc::clone(&state), shutdown.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
+
         let agent = Self {
             state,
             tasks,
             shutdown,
+            metrics_addr,
             _ebpf: ebpf,
         };
         tokio::select! {
@@ -127,6 +151,12 @@ impl Agent {
         &self.state
     }
 
+    /// The address the metrics endpoint is bound to (the real port when
+    /// `metrics_addr` asked for port 0), or `None` when it is off.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
     /// Waits for the shutdown signal, then for every task to finish.
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
@@ -137,6 +167,32 @@ impl Agent {
         }
         info!("agent stopped");
     }
+}
+
+/// The API server's settings from the configuration.
+fn api_settings(config: &Config) -> Result<api::server::ServerSettings, Error> {
+    let gid = match &config.socket_group {
+        Some(group) => Some(config::group_id(group).ok_or_else(|| Error::UnknownGroup {
+            group: group.clone(),
+        })?),
+        None => None,
+    };
+    Ok(api::server::ServerSettings {
+        socket: config.socket.clone(),
+        mode: config.socket_mode_bits().unwrap_or(0o660),
+        gid,
+        max_connections: config.max_connections,
+        max_streams_per_connection: config.max_streams_per_connection,
+        max_request_bytes: config.max_request_bytes,
+        idle_timeout: std::time::Duration::from_secs(config.idle_timeout_seconds.max(1)),
+        request_timeout: std::time::Duration::from_secs(30),
+        service: api::service::ServiceSettings {
+            batch_limit: config.batch_limit,
+            restrict_peers: config.restrict_peers,
+            allowed_gid: gid,
+            watch_buffer: config.watch_buffer,
+        },
+    })
 }
 
 /// Runs an agent until `shutdown` fires.

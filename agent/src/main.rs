@@ -4,7 +4,7 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser;
-use pidmap::cli::{Cli, Command};
+use pidmap::cli::{client, Cli, Command};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{util::SubscriberInitExt as _, EnvFilter};
 
@@ -18,7 +18,55 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .finish()
         .init();
-    let Command::Agent(args) = cli.command;
+    let socket_of = |c: &pidmap::cli::Conn| c.socket.clone();
+    let args = match cli.command {
+        Command::Agent(args) => args,
+        Command::Resolve { conn, pids } => {
+            return client::run_query(async move {
+                client::resolve(&socket_of(&conn), &pids, conn.output).await
+            })
+        }
+        Command::Ls {
+            conn,
+            namespace,
+            pod,
+            label,
+        } => {
+            let filter = pidmap::api::proto::ListContainersRequest {
+                runtime_namespace: namespace,
+                pod_name: pod,
+                pod_namespace: None,
+                labels: label,
+            };
+            return client::run_query(async move {
+                client::ls(&socket_of(&conn), filter, conn.output).await
+            });
+        }
+        Command::Ps {
+            conn,
+            container,
+            namespace,
+        } => {
+            return client::run_query(async move {
+                client::ps(&socket_of(&conn), container, namespace, conn.output).await
+            })
+        }
+        Command::Watch { conn } => {
+            return client::run_query(
+                async move { client::watch(&socket_of(&conn), conn.output).await },
+            )
+        }
+        Command::Whoami { conn } => {
+            return client::run_query(async move {
+                client::whoami(&socket_of(&conn), conn.output).await
+            })
+        }
+        Command::Status { conn } => {
+            return client::run_query(async move {
+                client::status(&socket_of(&conn), conn.output).await
+            })
+        }
+    };
     let config = match args.to_config() {
         Ok(config) => config,
         Err(error) => return fail(&error, 2),

@@ -44,13 +44,48 @@ pub fn init_logging() {
 pub struct TestAgent {
     agent: Option<Agent>,
     shutdown: CancellationToken,
+    socket: PathBuf,
+}
+
+static NEXT_SOCKET: AtomicU32 = AtomicU32::new(0);
+
+/// A socket path of this test process's own, under /tmp.
+pub fn private_socket() -> PathBuf {
+    let n = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir()
+        .join(format!("pidmap-test-{}-{n}", std::process::id()))
+        .join("pidmap.sock")
+}
+
+/// The `pidmap` binary next to this test binary (`cargo xtask test` builds
+/// it before the privileged tests).
+pub fn pidmap_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/pidmap
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("pidmap"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p pidmap` first (cargo xtask test does)",
+        bin.display()
+    );
+    bin
 }
 
 impl TestAgent {
-    /// Starts an agent with `config` and waits until it is ready.
-    pub async fn start(config: Config) -> Self {
+    /// Starts an agent with `config` and waits until it is ready. A config
+    /// that keeps the default API socket gets a private one instead, so
+    /// tests never touch /run/pidmap.
+    pub async fn start(mut config: Config) -> Self {
         require_root();
         init_logging();
+        if config.socket == Config::default().socket {
+            config.socket = private_socket();
+        }
+        let socket = config.socket.clone();
         let shutdown = CancellationToken::new();
         let agent = Agent::start(config, shutdown.clone())
             .await
@@ -58,7 +93,13 @@ impl TestAgent {
         Self {
             agent: Some(agent),
             shutdown,
+            socket,
         }
+    }
+
+    /// The API socket this agent serves.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     pub fn agent(&self) -> &Agent {
@@ -83,6 +124,12 @@ impl Drop for TestAgent {
         // Tasks end with the cancel; the eBPF programs detach when the agent
         // (and its Ebpf) is dropped right after.
         self.shutdown.cancel();
+        let _ = fs::remove_file(&self.socket);
+        if let Some(dir) = self.socket.parent() {
+            if dir.starts_with(std::env::temp_dir()) {
+                let _ = fs::remove_dir(dir);
+            }
+        }
     }
 }
 

@@ -56,6 +56,8 @@ pub fn run(args: &Args) -> Result<()> {
                  `cargo xtask test` as root"
             );
         }
+        // The CLI tests run the `pidmap` binary itself.
+        run_shown(cargo().args(["build", "-p", "pidmap"]))?;
         run_shown(
             cargo()
                 .args(["test", "-p", "pidmap-tests", "--", "--test-threads=1"])

@@ -19,7 +19,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{broadcast, mpsc},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -53,7 +56,21 @@ pub struct State {
     metrics: Arc<Metrics>,
     ready: AtomicBool,
     containerd_connected: AtomicBool,
+    changes: broadcast::Sender<Change>,
 }
+
+/// Something a watcher of the map may want to re-read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A process started, changed or exited.
+    Process(ProcKey),
+    /// A container's metadata or task changed.
+    Container(crate::runtime::container::ContainerKey),
+}
+
+/// Changes that may wait for the slowest API watcher before it is
+/// disconnected.
+pub const CHANGE_BUFFER: usize = 8192;
 
 impl State {
     pub fn new(table: ProcessTable, cgroup_paths: CgroupPathCache, metrics: Arc<Metrics>) -> Self {
@@ -64,7 +81,25 @@ impl State {
             metrics,
             ready: AtomicBool::new(false),
             containerd_connected: AtomicBool::new(false),
+            changes: broadcast::channel(CHANGE_BUFFER).0,
         }
+    }
+
+    /// Subscribes to changes (subscribe before taking a snapshot).
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Tells watchers, if there are any, that something changed.
+    pub fn notify(&self, change: impl FnOnce() -> Change) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(change());
+        }
+    }
+
+    /// Whether anyone watches changes (to skip building them).
+    pub fn has_watchers(&self) -> bool {
+        self.changes.receiver_count() > 0
     }
 
     /// Read access to the container store.
@@ -163,6 +198,11 @@ impl Owner {
                             let mut table = self.state.write();
                             for ev in &events {
                                 table.apply_event(ev);
+                            }
+                        }
+                        if self.state.has_watchers() {
+                            for ev in &events {
+                                self.state.notify(|| Change::Process(ev.key));
                             }
                         }
                         let now = monotonic_ns();

@@ -99,6 +99,56 @@ pub enum RuntimeEvent {
     },
 }
 
+impl RuntimeEvent {
+    /// The container the event is about, if any.
+    pub fn container_key(&self) -> Option<crate::runtime::container::ContainerKey> {
+        let (ns, id) = match self {
+            Self::TaskStart {
+                namespace,
+                container_id,
+                ..
+            }
+            | Self::ExecStarted {
+                namespace,
+                container_id,
+                ..
+            }
+            | Self::TaskExit {
+                namespace,
+                container_id,
+                ..
+            }
+            | Self::TaskDelete {
+                namespace,
+                container_id,
+                ..
+            }
+            | Self::TaskOom {
+                namespace,
+                container_id,
+            }
+            | Self::TaskPaused {
+                namespace,
+                container_id,
+                ..
+            }
+            | Self::ContainerChanged {
+                namespace,
+                container_id,
+            }
+            | Self::ContainerDelete {
+                namespace,
+                container_id,
+            } => (namespace, container_id),
+            Self::NamespaceCreate { .. } | Self::NamespaceDelete { .. } => return None,
+        };
+        Some(crate::runtime::container::ContainerKey::new(
+            ns.clone(),
+            id.clone(),
+        ))
+    }
+}
+
 /// An envelope pidmap could not decode.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {

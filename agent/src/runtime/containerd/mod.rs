@@ -293,6 +293,23 @@ impl Watcher {
         } = &event
         {
             self.refresh_ids(&ContainerKey::new(namespace.clone(), container_id.clone()));
+            // From containerd's own timestamp of the start to now, when the
+            // container is indexed and its processes resolve to it.
+            if let Some(ts) = &env.timestamp {
+                let started = std::time::UNIX_EPOCH
+                    + Duration::new(
+                        u64::try_from(ts.seconds).unwrap_or(0),
+                        u32::try_from(ts.nanos).unwrap_or(0),
+                    );
+                if let Ok(elapsed) = std::time::SystemTime::now().duration_since(started) {
+                    self.state
+                        .metrics()
+                        .record_container_start_to_resolvable(elapsed);
+                }
+            }
+        }
+        if let Some(key) = event.container_key() {
+            self.state.notify(|| crate::state::Change::Container(key));
         }
     }
 

@@ -1,0 +1,20 @@
+//! The query API: gRPC over a Unix socket.
+//!
+//! [`proto`] is generated from `proto/pidmap/v1/pidmap.proto`; [`service`]
+//! answers from memory; [`server`] owns the socket and the limits.
+
+pub mod convert;
+pub mod server;
+pub mod service;
+
+/// Generated messages, server and client of `pidmap.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("pidmap.v1");
+
+    /// The file descriptor set, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pidmap_descriptor");
+}
+
+/// Default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/pidmap/pidmap.sock";

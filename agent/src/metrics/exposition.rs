@@ -1,0 +1,243 @@
+//! The Prometheus exposition: every counter, gauge and histogram the agent
+//! keeps, in the OpenMetrics text format, rendered by `prometheus-client`.
+//!
+//! Nothing is copied into the registry ahead of time: a [`Collector`] reads
+//! the [`Metrics`] atomics and the table sizes from [`State`] at each
+//! scrape. The names, types and labels are listed in `docs/metrics.md`.
+
+use std::{fmt, sync::Arc};
+
+use agent_common::EventKind;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{text, DescriptorEncoder, EncodeMetric, NoLabelSet},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::{Registry, Unit},
+};
+
+use super::{histogram::HistogramSample, Metrics};
+use crate::state::State;
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The prefix of every metric name.
+pub const PREFIX: &str = "pidmap";
+
+/// What the exposition reads from [`State`] at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Live processes in the table.
+    pub live_processes: usize,
+    /// Exited processes kept for the grace window.
+    pub exited_processes: usize,
+    /// Containers in the store, deleted ones inside the grace window included.
+    pub containers: usize,
+    /// Whether a containerd session is up.
+    pub containerd_connected: bool,
+}
+
+impl Gauges {
+    /// Reads the sizes now (each under its own short read lock).
+    pub fn read(state: &State) -> Self {
+        let (live_processes, exited_processes) = {
+            let table = state.table();
+            (table.live_len(), table.exited_len())
+        };
+        Self {
+            live_processes,
+            exited_processes,
+            containers: state.containers().len(),
+            containerd_connected: state.containerd_connected(),
+        }
+    }
+}
+
+/// Renders a running agent's metrics at each scrape.
+struct StateCollector(Arc<State>);
+
+impl fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        encode(encoder, self.0.metrics(), Gauges::read(&self.0))
+    }
+}
+
+/// A registry holding every metric of the agent behind `state`, with the
+/// [`PREFIX`].
+pub fn registry(state: Arc<State>) -> Registry {
+    let mut registry = Registry::with_prefix(PREFIX);
+    registry.register_collector(Box::new(StateCollector(state)));
+    registry
+}
+
+/// The OpenMetrics text of `registry`, `# EOF` included.
+pub fn render(registry: &Registry) -> Result<String, fmt::Error> {
+    let mut out = String::with_capacity(16 * 1024);
+    text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// Writes every metric. Counter names are given without `_total`, which
+/// the encoder appends; histogram names without their unit.
+fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
+    let s = m.snapshot();
+
+    let mut events = e.encode_descriptor(
+        "events",
+        "Kernel process events received from the ring buffer, by kind",
+        None,
+        MetricType::Counter,
+    )?;
+    for (kind, value) in [
+        (EventKind::Fork, s.fork_events),
+        (EventKind::Exec, s.exec_events),
+        (EventKind::Exit, s.exit_events),
+        (EventKind::CgroupAttach, s.cgroup_attach_events),
+    ] {
+        let labels = [("kind", kind_label(kind))];
+        ConstCounter::new(value).encode(events.encode_family(&labels)?)?;
+    }
+
+    let counters = [
+        (
+            "malformed_events",
+            "Ring buffer records that did not decode and were skipped",
+            s.malformed_events,
+        ),
+        (
+            "ring_drops",
+            "Events the kernel dropped because the ring buffer was full (kernel total)",
+            s.lost_events,
+        ),
+        (
+            "proc_rescans",
+            "Rescans of /proc run to repair the table after dropped events",
+            s.rescans,
+        ),
+        (
+            "scan_added",
+            "Processes added to the table by /proc scans (seed and rescans)",
+            s.scan_added,
+        ),
+        (
+            "scan_marked_exited",
+            "Live table entries that a /proc rescan found gone (their exit was missed)",
+            s.scan_marked_exited,
+        ),
+        (
+            "containerd_events",
+            "containerd events applied to the container store",
+            s.containerd_events,
+        ),
+        (
+            "containerd_reconnects",
+            "Times a working containerd connection was lost",
+            s.containerd_reconnects,
+        ),
+        (
+            "containerd_resyncs",
+            "Periodic full re-lists of containerd",
+            s.containerd_resyncs,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let c = ConstCounter::new(value);
+        c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)?;
+    }
+
+    let mut processes = e.encode_descriptor(
+        "processes",
+        "Processes in the table, by state (exited ones stay for the grace window)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (state, value) in [("live", g.live_processes), ("exited", g.exited_processes)] {
+        let labels = [("state", state)];
+        gauge(value).encode(processes.encode_family(&labels)?)?;
+    }
+    let gauges = [
+        (
+            "containers",
+            "Containers known, deleted ones inside the grace window included",
+            gauge(g.containers),
+        ),
+        (
+            "containerd_connected",
+            "1 while a containerd session is up (listed and following events), else 0",
+            ConstGauge::new(i64::from(g.containerd_connected)),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        value.encode(e.encode_descriptor(name, help, None, value.metric_type())?)?;
+    }
+
+    let requests = m.requests.samples();
+    let mut counts = e.encode_descriptor(
+        "api_requests",
+        "Query API requests handled, by method and gRPC status code",
+        None,
+        MetricType::Counter,
+    )?;
+    for (method, code, h) in &requests {
+        let labels = [("method", *method), ("code", *code)];
+        ConstCounter::new(h.count).encode(counts.encode_family(&labels)?)?;
+    }
+    let mut durations = e.encode_descriptor(
+        "api_request_duration",
+        "Time to handle a query API request, by method and gRPC status code",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for (method, code, h) in &requests {
+        let labels = [("method", *method), ("code", *code)];
+        histogram(durations.encode_family(&labels)?, h)?;
+    }
+
+    let latencies = [
+        (
+            "exec_to_resolvable",
+            "From a kernel exec event to its process being in the table",
+            &m.exec_to_resolvable,
+        ),
+        (
+            "container_start_to_resolvable",
+            "From a containerd task start to the container being resolvable",
+            &m.container_start_to_resolvable,
+        ),
+    ];
+    for (name, help, latency) in latencies {
+        let enc = e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+        histogram(enc, &latency.buckets().sample())?;
+    }
+    Ok(())
+}
+
+/// The `kind` label of an event kind.
+fn kind_label(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Fork => "fork",
+        EventKind::Exec => "exec",
+        EventKind::Exit => "exit",
+        EventKind::CgroupAttach => "cgroup_attach",
+    }
+}
+
+/// A size as a gauge value (sizes never reach `i64::MAX`).
+fn gauge(n: usize) -> ConstGauge {
+    ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn histogram(
+    mut enc: prometheus_client::encoding::MetricEncoder<'_>,
+    h: &HistogramSample,
+) -> fmt::Result {
+    enc.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+use std::{num::NonZeroUsize, sync::Arc, time::Duration};
+
+use agent_common::EventKind;
+
+use super::*;
+use crate::{
+    cgroup::{CgroupFs, CgroupPathCache},
+    ebpf::event::KernelEvent,
+    runtime::container::{Container, ContainerKey},
+    state::ProcessTable,
+    types::{CgroupIds, Comm, ProcKey, StartTime},
+};
+
+fn state() -> Arc<State> {
+    let paths = CgroupPathCache::new(
+        CgroupFs::from_roots(None, None),
+        100,
+        Duration::from_secs(3600),
+    );
+    let table = ProcessTable::new(30_000_000_000, NonZeroUsize::new(100).unwrap());
+    Arc::new(State::new(table, paths, Arc::new(Metrics::default())))
+}
+
+fn event(kind: EventKind, pid: u32) -> KernelEvent {
+    KernelEvent {
+        kind,
+        key: ProcKey::new(pid, StartTime(pid.into())),
+        parent: ProcKey::new(1, StartTime(1)),
+        comm: Comm::from_bytes(b"app"),
+        cgroups: CgroupIds::default(),
+        exit_code: (kind == EventKind::Exit).then_some(0),
+        attach: None,
+        timestamp_ns: 1,
+    }
+}
+
+/// An agent state with known counts everywhere.
+fn known_state() -> Arc<State> {
+    let s = state();
+    {
+        let mut table = s.write();
+        for pid in [10, 11, 12] {
+            table.apply_event(&event(EventKind::Exec, pid));
+        }
+        table.apply_event(&event(EventKind::Exit, 12));
+    }
+    s.containers_mut()
+        .upsert(Container::placeholder(ContainerKey::new("k8s.io", "web")));
+    s.set_containerd_connected(true);
+
+    let m = s.metrics();
+    for kind in [
+        EventKind::Exec,
+        EventKind::Exec,
+        EventKind::Exec,
+        EventKind::Fork,
+    ] {
+        m.count_event(kind);
+    }
+    m.count_malformed();
+    m.count_malformed();
+    m.set_events_lost(7);
+    m.count_rescan();
+    m.count_scan(5, 2);
+    m.count_containerd_event();
+    m.count_containerd_reconnect();
+    m.count_containerd_resync();
+    m.count_containerd_resync();
+    let us = Duration::from_micros;
+    m.record_request("Resolve", tonic::Code::Ok, us(20));
+    m.record_request("Resolve", tonic::Code::Ok, us(40));
+    m.record_request("Resolve", tonic::Code::NotFound, us(3_000));
+    m.record_request("List", tonic::Code::Ok, Duration::from_secs(20));
+    m.exec_to_resolvable.record(300_000);
+    m.record_container_start_to_resolvable(Duration::from_millis(1_500));
+    s
+}
+
+fn render_state(s: &Arc<State>) -> String {
+    render(&registry(Arc::clone(s))).unwrap()
+}
+
+fn assert_lines(text: &str, expected: &[&str]) {
+    for line in expected {
+        assert!(
+            text.lines().any(|l| l == *line),
+            "missing line {line:?} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn counters_have_their_values_kinds_and_help() {
+    let text = render_state(&known_state());
+    assert_lines(
+        &text,
+        &[
+            "# HELP pidmap_events Kernel process events received from the ring buffer, by kind",
+            "# TYPE pidmap_events counter",
+            r#"pidmap_events_total{kind="fork"} 1"#,
+            r#"pidmap_events_total{kind="exec"} 3"#,
+            r#"pidmap_events_total{kind="exit"} 0"#,
+            r#"pidmap_events_total{kind="cgroup_attach"} 0"#,
+            "pidmap_malformed_events_total 2",
+            "# TYPE pidmap_ring_drops counter",
+            "pidmap_ring_drops_total 7",
+            "pidmap_proc_rescans_total 1",
+            "pidmap_scan_added_total 5",
+            "pidmap_scan_marked_exited_total 2",
+            "pidmap_containerd_events_total 1",
+            "pidmap_containerd_reconnects_total 1",
+            "pidmap_containerd_resyncs_total 2",
+        ],
+    );
+}
+
+#[test]
+fn gauges_are_read_from_the_state_at_scrape_time() {
+    let s = known_state();
+    let text = render_state(&s);
+    assert_lines(
+        &text,
+        &[
+            "# TYPE pidmap_processes gauge",
+            r#"pidmap_processes{state="live"} 2"#,
+            r#"pidmap_processes{state="exited"} 1"#,
+            "# TYPE pidmap_containers gauge",
+            "pidmap_containers 1",
+            "# TYPE pidmap_containerd_connected gauge",
+            "pidmap_containerd_connected 1",
+        ],
+    );
+    // The same registry sees later changes.
+    let registry = registry(Arc::clone(&s));
+    s.set_containerd_connected(false);
+    s.write().apply_event(&event(EventKind::Exec, 13));
+    let text = render(&registry).unwrap();
+    assert_lines(
+        &text,
+        &[
+            "pidmap_containerd_connected 0",
+            r#"pidmap_processes{state="live"} 3"#,
+        ],
+    );
+}
+
+#[test]
+fn requests_are_counted_and_timed_by_method_and_code() {
+    let text = render_state(&known_state());
+    assert_lines(
+        &text,
+        &[
+            "# TYPE pidmap_api_requests counter",
+            r#"pidmap_api_requests_total{method="List",code="OK"} 1"#,
+            r#"pidmap_api_requests_total{method="Resolve",code="NotFound"} 1"#,
+            r#"pidmap_api_requests_total{method="Resolve",code="OK"} 2"#,
+            "# TYPE pidmap_api_request_duration_seconds histogram",
+            "# UNIT pidmap_api_request_duration_seconds seconds",
+            r#"pidmap_api_request_duration_seconds_count{method="Resolve",code="OK"} 2"#,
+            r#"pidmap_api_request_duration_seconds_sum{method="Resolve",code="OK"} 0.00006"#,
+            r#"pidmap_api_request_duration_seconds_bucket{le="0.00001",method="Resolve",code="OK"} 0"#,
+            r#"pidmap_api_request_duration_seconds_bucket{le="0.000025",method="Resolve",code="OK"} 1"#,
+            r#"pidmap_api_request_duration_seconds_bucket{le="0.00005",method="Resolve",code="OK"} 2"#,
+            r#"pidmap_api_request_duration_seconds_bucket{le="+Inf",method="Resolve",code="OK"} 2"#,
+            r#"pidmap_api_request_duration_seconds_bucket{le="0.0025",method="Resolve",code="NotFound"} 0"#,
+            r#"pidmap_api_request_duration_seconds_bucket{le="0.005",method="Resolve",code="NotFound"} 1"#,
+            r#"pidmap_api_request_duration_seconds_bucket{le="10.0",method="List",code="OK"} 0"#,
+            r#"pidmap_api_request_duration_seconds_bucket{le="+Inf",method="List",code="OK"} 1"#,
+        ],
+    );
+}
+
+#[test]
+fn latencies_are_histograms_in_seconds() {
+    let text = render_state(&known_state());
+    assert_lines(
+        &text,
+        &[
+            "# TYPE pidmap_exec_to_resolvable_seconds histogram",
+            "# UNIT pidmap_exec_to_resolvable_seconds seconds",
+            "pidmap_exec_to_resolvable_seconds_count 1",
+            "pidmap_exec_to_resolvable_seconds_sum 0.0003",
+            r#"pidmap_exec_to_resolvable_seconds_bucket{le="0.00025"} 0"#,
+            r#"pidmap_exec_to_resolvable_seconds_bucket{le="0.0005"} 1"#,
+            r#"pidmap_exec_to_resolvable_seconds_bucket{le="+Inf"} 1"#,
+            "# TYPE pidmap_container_start_to_resolvable_seconds histogram",
+            "pidmap_container_start_to_resolvable_seconds_sum 1.5",
+            r#"pidmap_container_start_to_resolvable_seconds_bucket{le="1.0"} 0"#,
+            r#"pidmap_container_start_to_resolvable_seconds_bucket{le="2.5"} 1"#,
+        ],
+    );
+}
+
+#[test]
+fn every_family_has_help_and_type_and_the_text_ends_with_eof() {
+    let text = render_state(&state());
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut families = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            families += 1;
+            let name = rest.split(' ').next().unwrap();
+            assert!(name.starts_with("pidmap_"), "{line}");
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("# HELP {name} "))),
+                "no help for {name}"
+            );
+        } else if !line.starts_with('#') {
+            assert!(line.starts_with("pidmap_"), "unprefixed sample: {line}");
+        }
+    }
+    // events, 8 counters, processes, containers, containerd_connected,
+    // api requests and durations, two latencies.
+    assert_eq!(families, 16, "{text}");
+}
+
+#[test]
+fn histograms_are_cumulative_and_end_with_their_count() {
+    let text = render_state(&known_state());
+    let buckets: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("pidmap_exec_to_resolvable_seconds_bucket"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        buckets.len(),
+        super::super::histogram::RESOLVABLE_BOUNDS_NS.len() + 1
+    );
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(buckets.last(), Some(&1));
+}

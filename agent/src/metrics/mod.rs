@@ -1,0 +1,351 @@
+//! Counters the agent keeps about itself. Cheap atomics updated on the hot
+//! path; exported by the status API and, in the Prometheus text format
+//! ([`exposition`]), by the metrics endpoint ([`server`]).
+//!
+//! The counters stay plain atomics (read by [`Metrics::snapshot`] too);
+//! the exposition renders them, and the table sizes read from
+//! [`State`](crate::state::State), at scrape time.
+
+pub mod exposition;
+pub mod histogram;
+pub mod server;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Mutex, RwLock,
+    },
+    time::Duration,
+};
+
+use agent_common::EventKind;
+use hdrhistogram::Histogram;
+
+use histogram::{Buckets, REQUEST_BOUNDS_NS, RESOLVABLE_BOUNDS_NS};
+
+/// Most (method, code) request series kept; later ones are counted under
+/// method [`OTHER_METHOD`]. Methods are `&'static str`, so this only
+/// guards against a caller that makes them up.
+const MAX_REQUEST_SERIES: usize = 256;
+/// The method label of requests past the most series kept (256).
+pub const OTHER_METHOD: &str = "other";
+
+/// A latency histogram in nanoseconds: an HDR histogram (1 µs to 60 s, 3
+/// significant digits) for benchmarks' percentiles, and fixed Prometheus
+/// buckets (100 µs to 10 s) for the metrics endpoint.
+#[derive(Debug)]
+pub struct Latency {
+    hdr: Mutex<Option<Histogram<u64>>>,
+    buckets: Buckets,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            // The bounds are constants within hdrhistogram's limits, so
+            // this is always `Some`.
+            hdr: Mutex::new(Histogram::new_with_bounds(1_000, 60_000_000_000, 3).ok()),
+            buckets: Buckets::new(RESOLVABLE_BOUNDS_NS),
+        }
+    }
+}
+
+impl Latency {
+    /// Records one latency; values outside the HDR bounds are clamped.
+    pub fn record(&self, ns: u64) {
+        self.buckets.observe(ns);
+        let mut h = self.hdr.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = h.as_mut() {
+            h.saturating_record(ns.max(1_000));
+        }
+    }
+
+    /// A copy of the HDR histogram.
+    pub fn histogram(&self) -> Option<Histogram<u64>> {
+        self.hdr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The Prometheus buckets.
+    pub fn buckets(&self) -> &Buckets {
+        &self.buckets
+    }
+}
+
+/// Handled API requests by (method, gRPC code): counts and latencies.
+#[derive(Debug, Default)]
+struct Requests(RwLock<HashMap<(&'static str, tonic::Code), Buckets>>);
+
+impl Requests {
+    /// Counts one request. The common case (a series seen before) takes a
+    /// shared lock and adds to atomics.
+    fn record(&self, method: &'static str, code: tonic::Code, ns: u64) {
+        {
+            let series = self.0.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(buckets) = series.get(&(method, code)) {
+                buckets.observe(ns);
+                return;
+            }
+        }
+        let mut series = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let method = if series.len() < MAX_REQUEST_SERIES || series.contains_key(&(method, code)) {
+            method
+        } else {
+            OTHER_METHOD
+        };
+        series
+            .entry((method, code))
+            .or_insert_with(|| Buckets::new(REQUEST_BOUNDS_NS))
+            .observe(ns);
+    }
+
+    /// Every series, sorted by method and code, as (method, code name,
+    /// histogram).
+    fn samples(&self) -> Vec<(&'static str, &'static str, histogram::HistogramSample)> {
+        let series = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = series
+            .iter()
+            .map(|(&(method, code), b)| (method, code_name(code), b.sample()))
+            .collect();
+        all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        all
+    }
+}
+
+/// The name of a gRPC status code as Prometheus gRPC metrics spell it
+/// (`OK`, `NotFound`, `InvalidArgument`, …).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Nanoseconds in `d`, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The agent's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    events: [AtomicU64; 4],
+    malformed: AtomicU64,
+    lost: AtomicU64,
+    rescans: AtomicU64,
+    scan_added: AtomicU64,
+    scan_marked_exited: AtomicU64,
+    containerd_events: AtomicU64,
+    containerd_reconnects: AtomicU64,
+    containerd_resyncs: AtomicU64,
+    /// From a kernel exec event to its process being in the table (and so
+    /// resolvable): CLOCK_MONOTONIC now minus the event's timestamp.
+    pub exec_to_resolvable: Latency,
+    /// From containerd's task start to the container being resolvable
+    /// (recorded by the containerd watcher).
+    pub container_start_to_resolvable: Latency,
+    requests: Requests,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Fork events (new processes).
+    pub fork_events: u64,
+    /// Exec events.
+    pub exec_events: u64,
+    /// Exit events (whole thread groups).
+    pub exit_events: u64,
+    /// cgroup attach events.
+    pub cgroup_attach_events: u64,
+    /// Records that did not decode.
+    pub malformed_events: u64,
+    /// Events the kernel dropped because the ring buffer was full.
+    pub lost_events: u64,
+    /// /proc rescans run to repair the table after lost events.
+    pub rescans: u64,
+    /// Processes added by /proc scans (seed and rescans).
+    pub scan_added: u64,
+    /// Live entries found dead by rescans.
+    pub scan_marked_exited: u64,
+    /// containerd events applied.
+    pub containerd_events: u64,
+    /// Times a working containerd connection was lost.
+    pub containerd_reconnects: u64,
+    /// Periodic full resyncs with containerd.
+    pub containerd_resyncs: u64,
+}
+
+impl MetricsSnapshot {
+    /// All decoded events.
+    pub fn events_received(&self) -> u64 {
+        self.fork_events + self.exec_events + self.exit_events + self.cgroup_attach_events
+    }
+}
+
+impl Metrics {
+    /// Counts one decoded kernel event.
+    pub fn count_event(&self, kind: EventKind) {
+        self.events[kind as usize - 1].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one ring record that did not decode.
+    pub fn count_malformed(&self) {
+        self.malformed.fetch_add(1, Relaxed);
+    }
+
+    /// Sets the kernel's running total of dropped events.
+    pub fn set_events_lost(&self, total: u64) {
+        self.lost.store(total, Relaxed);
+    }
+
+    /// Counts one /proc rescan started after lost events.
+    pub fn count_rescan(&self) {
+        self.rescans.fetch_add(1, Relaxed);
+    }
+
+    /// Adds the outcome of one /proc scan.
+    pub fn count_scan(&self, added: usize, marked_exited: usize) {
+        self.scan_added.fetch_add(added as u64, Relaxed);
+        self.scan_marked_exited
+            .fetch_add(marked_exited as u64, Relaxed);
+    }
+
+    /// Counts one containerd event applied.
+    pub fn count_containerd_event(&self) {
+        self.containerd_events.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one lost containerd connection.
+    pub fn count_containerd_reconnect(&self) {
+        self.containerd_reconnects.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one periodic containerd resync.
+    pub fn count_containerd_resync(&self) {
+        self.containerd_resyncs.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one handled API request: `method` is the RPC's name, `code`
+    /// the status it ended with, `elapsed` the time it took. Cheap enough
+    /// for every request: a shared lock and a few atomic adds.
+    pub fn record_request(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
+        self.requests.record(method, code, nanos(elapsed));
+    }
+
+    /// Records how long a started container took to become resolvable.
+    pub fn record_container_start_to_resolvable(&self, elapsed: Duration) {
+        self.container_start_to_resolvable.record(nanos(elapsed));
+    }
+
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let ev = |k: EventKind| self.events[k as usize - 1].load(Relaxed);
+        MetricsSnapshot {
+            fork_events: ev(EventKind::Fork),
+            exec_events: ev(EventKind::Exec),
+            exit_events: ev(EventKind::Exit),
+            cgroup_attach_events: ev(EventKind::CgroupAttach),
+            malformed_events: self.malformed.load(Relaxed),
+            lost_events: self.lost.load(Relaxed),
+            rescans: self.rescans.load(Relaxed),
+            scan_added: self.scan_added.load(Relaxed),
+            scan_marked_exited: self.scan_marked_exited.load(Relaxed),
+            containerd_events: self.containerd_events.load(Relaxed),
+            containerd_reconnects: self.containerd_reconnects.load(Relaxed),
+            containerd_resyncs: self.containerd_resyncs.load(Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_counts_what_was_counted() {
+        let m = Metrics::default();
+        m.count_event(EventKind::Fork);
+        m.count_event(EventKind::Exec);
+        m.count_event(EventKind::Exec);
+        m.set_events_lost(9);
+        m.set_events_lost(4);
+        m.count_scan(3, 1);
+        let s = m.snapshot();
+        assert_eq!((s.fork_events, s.exec_events), (1, 2));
+        assert_eq!(s.events_received(), 3);
+        assert_eq!(s.lost_events, 4, "the kernel total is set, not added");
+        assert_eq!((s.scan_added, s.scan_marked_exited), (3, 1));
+    }
+
+    #[test]
+    fn latency_feeds_both_histograms() {
+        let m = Metrics::default();
+        m.record_container_start_to_resolvable(Duration::from_millis(2));
+        m.exec_to_resolvable.record(10);
+        let hdr = m.container_start_to_resolvable.histogram().unwrap();
+        assert_eq!(hdr.len(), 1);
+        assert_eq!(m.container_start_to_resolvable.buckets().count(), 1);
+        // Below the HDR floor: clamped there, but summed as it was.
+        assert_eq!(m.exec_to_resolvable.histogram().unwrap().len(), 1);
+        assert_eq!(m.exec_to_resolvable.buckets().sample().sum_seconds, 1e-8);
+    }
+
+    #[test]
+    fn requests_are_kept_per_method_and_code() {
+        let m = Metrics::default();
+        m.record_request("Resolve", tonic::Code::Ok, Duration::from_micros(5));
+        m.record_request("Resolve", tonic::Code::Ok, Duration::from_micros(5));
+        m.record_request("Resolve", tonic::Code::InvalidArgument, Duration::ZERO);
+        let samples = m.requests.samples();
+        let series: Vec<_> = samples.iter().map(|(m, c, h)| (*m, *c, h.count)).collect();
+        assert_eq!(
+            series,
+            [("Resolve", "InvalidArgument", 1), ("Resolve", "OK", 2)]
+        );
+    }
+
+    #[test]
+    fn request_series_are_bounded() {
+        let m = Metrics::default();
+        for i in 0..MAX_REQUEST_SERIES + 10 {
+            let method: &'static str = Box::leak(format!("M{i}").into_boxed_str());
+            m.record_request(method, tonic::Code::Ok, Duration::ZERO);
+        }
+        // A known series still counts under its own name.
+        m.record_request("M0", tonic::Code::Ok, Duration::ZERO);
+        let samples = m.requests.samples();
+        assert_eq!(samples.len(), MAX_REQUEST_SERIES + 1);
+        let count = |name: &str| {
+            samples
+                .iter()
+                .find(|(m, _, _)| *m == name)
+                .map(|(_, _, h)| h.count)
+        };
+        assert_eq!(count(OTHER_METHOD), Some(10));
+        assert_eq!(count("M0"), Some(2));
+    }
+
+    #[test]
+    fn code_names_follow_grpc_conventions() {
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::NotFound), "NotFound");
+        assert_eq!(code_name(tonic::Code::Cancelled), "Canceled");
+    }
+}

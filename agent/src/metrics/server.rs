@@ -1,0 +1,237 @@
+//! The metrics endpoint: `GET /metrics` over HTTP/1.1 answers with the
+//! [`super::exposition`] module; any other path is 404.
+//!
+//! Bounded like everything else: at most [`MAX_CONNECTIONS`] connections
+//! at once (more wait in the listen backlog), request headers within
+//! [`MAX_REQUEST_BYTES`] and [`HEADER_TIMEOUT`], one request per
+//! connection, and every connection closed after [`CONNECTION_TIMEOUT`]
+//! whatever the client does.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # async fn example(state: std::sync::Arc<pidmap::state::State>) -> Result<(), pidmap::Error> {
+//! use pidmap::metrics::server::MetricsServer;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let server = MetricsServer::bind("127.0.0.1:9464".parse().unwrap()).await?;
+//! println!("metrics on http://{}/metrics", server.local_addr());
+//! server.run(state, CancellationToken::new()).await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use http_body_util::Full;
+use hyper::{
+    body::Bytes,
+    header::{HeaderValue, ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::exposition;
+use crate::{error::Error, state::State};
+
+/// The one path served.
+pub const METRICS_PATH: &str = "/metrics";
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Time a client has to send its request line and headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection may stay open, request and response included.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest request head accepted (hyper's smallest read buffer).
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// Most request headers accepted.
+const MAX_HEADERS: usize = 32;
+/// Pause after a failed accept (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The server's bounds; [`Limits::default`] holds the constants above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Time a client has to send its request head.
+    pub header_timeout: Duration,
+    /// Longest a connection may stay open.
+    pub connection_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: HEADER_TIMEOUT,
+            connection_timeout: CONNECTION_TIMEOUT,
+        }
+    }
+}
+
+/// A bound metrics listener, ready to [`run`](Self::run).
+#[derive(Debug)]
+pub struct MetricsServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    limits: Limits,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (port 0 picks a free port; see [`local_addr`](Self::local_addr)).
+    pub async fn bind(addr: SocketAddr) -> Result<Self, Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::MetricsBind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| Error::MetricsBind { addr, source })?;
+        Ok(Self {
+            listener,
+            local_addr,
+            limits: Limits::default(),
+        })
+    }
+
+    /// Replaces the default bounds.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves the metrics of the agent behind `state` until `shutdown`;
+    /// open connections are closed then.
+    pub async fn run(self, state: Arc<State>, shutdown: CancellationToken) {
+        self.serve(Arc::new(exposition::registry(state)), shutdown)
+            .await;
+    }
+
+    /// Serves `registry` until `shutdown`.
+    pub async fn serve(self, registry: Arc<Registry>, shutdown: CancellationToken) {
+        info!(addr = %self.local_addr, path = METRICS_PATH, "serving metrics");
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections.max(1)));
+        let mut connections = JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            // Wait for a free slot before accepting: clients beyond the
+            // limit wait in the kernel's backlog, not in our memory.
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_closed) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(serve_connection(
+                        stream,
+                        peer,
+                        Arc::clone(&registry),
+                        self.limits,
+                        permit,
+                    ));
+                }
+                Err(error) => {
+                    warn!(%error, "cannot accept a metrics connection");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                }
+            }
+        }
+        connections.shutdown().await;
+        debug!("metrics server stopped");
+    }
+}
+
+/// Serves one request on `stream`, then closes it. Holds `_permit` (a
+/// connection slot) until done.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    registry: Arc<Registry>,
+    limits: Limits,
+    _permit: OwnedSemaphorePermit,
+) {
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        std::future::ready(Ok::<_, Infallible>(respond(&req, &registry)))
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_REQUEST_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(false);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(limits.connection_timeout, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => debug!(%peer, %error, "metrics connection failed"),
+        Err(_elapsed) => debug!(%peer, "metrics connection timed out"),
+    }
+}
+
+/// The answer to `req`: the metrics, 404 for other paths, 405 for other
+/// methods on [`METRICS_PATH`].
+fn respond<B>(req: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
+    if req.uri().path() != METRICS_PATH {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match exposition::render(registry) {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(exposition::CONTENT_TYPE),
+            );
+            response
+        }
+        Err(std::fmt::Error) => {
+            warn!("cannot render the metrics");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "cannot render metrics\n")
+        }
+    }
+}
+
+/// A short plain-text response.
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,410 @@
+//! The query API over a real Unix socket against a running agent: every
+//! method, every error code, limits, access control, the socket's life,
+//! hostile input. Run as root with `--test-threads=1`.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream, process::CommandExt as _},
+    process::Command,
+    time::Duration,
+};
+
+use pidmap::{
+    api::proto::{self, pidmap_client::PidmapClient},
+    Config,
+};
+use pidmap_tests::{pidmap_bin, private_socket, ChildGuard, TestAgent};
+use tonic::{transport::Channel, Code};
+
+async fn client(agent: &TestAgent) -> PidmapClient<Channel> {
+    match pidmap::cli::client::connect(agent.socket()).await {
+        Ok(c) => c,
+        Err(f) => panic!("connect: {}", f.message),
+    }
+}
+
+fn req(pid: i64) -> proto::ResolveRequest {
+    proto::ResolveRequest {
+        pid,
+        start_time: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_answers_known_unknown_and_rejects_bad_pids() {
+    let agent = TestAgent::start(Config::default()).await;
+    let mut c = client(&agent).await;
+    let me = std::process::id();
+    let r = c
+        .resolve(req(me.into()))
+        .await
+        .expect("resolve self")
+        .into_inner();
+    assert_eq!(r.pid, me);
+    assert_eq!(r.state, proto::ProcessState::Running as i32);
+    assert_eq!(r.source, proto::Source::Host as i32);
+    assert!(r.cgroup_path.is_some() && r.comm.is_some() && r.start_time.is_some());
+
+    // A start time that is not the process's: unknown, not another process.
+    let wrong = proto::ResolveRequest {
+        pid: me.into(),
+        start_time: Some(r.start_time.unwrap_or(0) + 1),
+    };
+    let r = c.resolve(wrong).await.expect("resolve").into_inner();
+    assert_eq!(r.state, proto::ProcessState::Unknown as i32);
+
+    // A valid pid nobody holds is an answer, never NOT_FOUND.
+    let r = c
+        .resolve(req(4_000_000))
+        .await
+        .expect("unknown pid")
+        .into_inner();
+    assert_eq!(r.state, proto::ProcessState::Unknown as i32);
+
+    for bad in [0, -1, 5_000_000] {
+        let err = c.resolve(req(bad)).await.expect_err("bad pid");
+        assert_eq!(err.code(), Code::InvalidArgument, "pid {bad}: {err}");
+        assert!(err.message().contains("pid"), "{}", err.message());
+    }
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_keeps_order_and_enforces_its_limit() {
+    let config = Config {
+        batch_limit: 100,
+        ..Config::default()
+    };
+    let agent = TestAgent::start(config).await;
+    let mut c = client(&agent).await;
+    let me = i64::from(std::process::id());
+    let requests = vec![req(me), req(1), req(4_000_000)];
+    let records = c
+        .resolve_batch(proto::ResolveBatchRequest { requests })
+        .await
+        .expect("batch")
+        .into_inner()
+        .records;
+    let pids: Vec<u32> = records.iter().map(|r| r.pid).collect();
+    assert_eq!(pids, [me as u32, 1, 4_000_000]);
+    assert_eq!(records[2].state, proto::ProcessState::Unknown as i32);
+
+    let too_many = (0..101).map(|_| req(me)).collect();
+    let err = c
+        .resolve_batch(proto::ResolveBatchRequest { requests: too_many })
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("limit of 100"), "{}", err.message());
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_whoami_lists_and_not_found() {
+    let agent = TestAgent::start(Config::default()).await;
+    let mut c = client(&agent).await;
+    let s = c
+        .status(proto::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(s.ready);
+    assert!(s.processes > 0, "{s:?}");
+    let _ = Command::new("/bin/true").status();
+    let mut received = 0;
+    for _ in 0..100 {
+        received = c
+            .status(proto::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+            .events_received;
+        if received > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(received > 0, "events counted");
+    assert!(
+        !s.containerd_connected,
+        "no containerd at the default socket here"
+    );
+
+    let me = c
+        .who_am_i(proto::WhoAmIRequest {})
+        .await
+        .expect("whoami")
+        .into_inner();
+    assert_eq!(
+        me.pid,
+        std::process::id(),
+        "the test process itself is the peer"
+    );
+
+    let list = c
+        .list_containers(proto::ListContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(list.containers.is_empty());
+    let err = c
+        .list_processes(proto::ListProcessesRequest {
+            container_id: "nope".into(),
+            runtime_namespace: None,
+        })
+        .await
+        .expect_err("unknown container");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .list_processes(proto::ListProcessesRequest::default())
+        .await
+        .expect_err("no id");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_all_get_answers() {
+    let agent = TestAgent::start(Config::default()).await;
+    let me = i64::from(std::process::id());
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut c = client(&agent).await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..200 {
+                let r = c.resolve(req(me)).await.expect("resolve").into_inner();
+                assert_eq!(r.state, proto::ProcessState::Running as i32);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_gives_snapshot_then_changes_and_cuts_off_slow_watchers() {
+    let config = Config {
+        watch_buffer: 16,
+        ..Config::default()
+    };
+    let agent = TestAgent::start(config).await;
+    let mut c = client(&agent).await;
+    let mut stream = c
+        .watch(proto::WatchRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    // Snapshot until snapshot_done.
+    let mut snapshot = 0;
+    loop {
+        let msg = stream.message().await.expect("stream").expect("open");
+        match msg.event {
+            Some(proto::watch_event::Event::SnapshotDone(_)) => break,
+            Some(_) => snapshot += 1,
+            None => {}
+        }
+    }
+    assert!(snapshot > 0, "snapshot has the node's processes");
+    let mut child = ChildGuard::spawn(Command::new("/bin/sh").arg("-c").arg("exit 0"));
+    let pid = child.pid();
+    child.wait();
+    let saw = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let msg = stream.message().await.expect("stream").expect("open");
+            if let Some(proto::watch_event::Event::ProcessChanged(r)) = msg.event {
+                if r.pid == pid {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(saw.is_ok(), "change for pid {pid} never arrived");
+
+    // A watcher that never reads is disconnected with RESOURCE_EXHAUSTED,
+    // and the agent keeps answering others.
+    let mut slow = c
+        .watch(proto::WatchRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    for _ in 0..300 {
+        let _ = Command::new("/bin/true").status();
+    }
+    let mut other = client(&agent).await;
+    other
+        .status(proto::StatusRequest {})
+        .await
+        .expect("others still served");
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match slow.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("slow watcher ended");
+    assert_eq!(ended, Some(Code::ResourceExhausted));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_has_its_mode_replaces_stale_and_refuses_a_second_agent() {
+    let socket = private_socket();
+    std::fs::create_dir_all(socket.parent().expect("dir")).expect("mkdir");
+    // A stale socket: bound, then its owner died.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    assert!(socket.exists());
+    let config = Config {
+        socket: socket.clone(),
+        socket_mode: "0640".into(),
+        ..Config::default()
+    };
+    let agent = TestAgent::start(config.clone()).await;
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o640);
+    client(&agent)
+        .await
+        .status(proto::StatusRequest {})
+        .await
+        .expect("served");
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let second = pidmap::Agent::start(config, shutdown.clone()).await;
+    let err = second.err().expect("a second agent must refuse");
+    let text = pidmap::error::chain(&err);
+    assert!(text.contains("already serving"), "{text}");
+    shutdown.cancel();
+    // The first one still serves.
+    client(&agent)
+        .await
+        .status(proto::StatusRequest {})
+        .await
+        .expect("still served");
+    agent.stop().await;
+    assert!(!socket.exists(), "socket removed on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restrict_peers_limits_others_to_whoami_and_status() {
+    let config = Config {
+        restrict_peers: true,
+        socket_mode: "0666".into(),
+        ..Config::default()
+    };
+    let agent = TestAgent::start(config).await;
+    // Let `nobody` reach the socket's directory.
+    let dir = agent.socket().parent().expect("dir").to_path_buf();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let run_as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new(pidmap_bin());
+        cmd.args(args).arg("--socket").arg(agent.socket());
+        cmd.uid(65534).gid(65534);
+        cmd.output().expect("run pidmap as nobody")
+    };
+    let out = run_as_nobody(&["whoami"]);
+    assert!(
+        out.status.success(),
+        "whoami: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_as_nobody(&["status"]);
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_as_nobody(&["resolve", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("restrict_peers"), "{err}");
+    // Root still gets everything.
+    client(&agent)
+        .await
+        .resolve(req(1))
+        .await
+        .expect("root resolves");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_leaves_the_agent_serving() {
+    let config = Config {
+        max_connections: 64,
+        idle_timeout_seconds: 2,
+        max_request_bytes: 64 * 1024,
+        ..Config::default()
+    };
+    let agent = TestAgent::start(config).await;
+    let socket = agent.socket().to_path_buf();
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let before = rss();
+    // Random bytes and a truncated HTTP/2 preface.
+    for payload in [
+        &b"\x00\xffgarbage\r\n\r\n\x13\x37"[..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM"[..],
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+    ] {
+        let mut s = UnixStream::connect(&socket).expect("connect");
+        s.write_all(payload).expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf);
+    }
+    // A huge request is refused, not buffered.
+    let mut c = client(&agent).await;
+    let huge = (0..50_000).map(|_| req(1)).collect();
+    let err = c
+        .resolve_batch(proto::ResolveBatchRequest { requests: huge })
+        .await
+        .expect_err("oversized request");
+    assert!(
+        matches!(
+            err.code(),
+            Code::ResourceExhausted | Code::InvalidArgument | Code::OutOfRange
+        ),
+        "{err}"
+    );
+    // 1,000 connections opened and abandoned.
+    let mut abandoned = Vec::new();
+    for _ in 0..1_000 {
+        if let Ok(s) = UnixStream::connect(&socket) {
+            abandoned.push(s);
+        }
+    }
+    // Others are served once the idle ones are dropped.
+    drop(abandoned);
+    let mut served = false;
+    for _ in 0..150 {
+        if let Ok(mut c) = pidmap::cli::client::connect(&socket).await {
+            if c.status(proto::StatusRequest {}).await.is_ok() {
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "agent stopped answering after hostile input");
+    let grown_mib = rss().saturating_sub(before) as f64 / 1024.0;
+    assert!(grown_mib < 64.0, "memory grew by {grown_mib:.1} MiB");
+    agent.stop().await;
+}
