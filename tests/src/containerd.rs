@@ -225,6 +225,12 @@ impl Containerd {
         if let Some(path) = &spec.cgroup {
             args.extend(["--cgroup".into(), path.into()]);
         }
+        for (src, dst) in &spec.binds {
+            args.extend([
+                "--mount".into(),
+                format!("type=bind,src={},dst={dst},options=rbind:ro", src.display()).into(),
+            ]);
+        }
         match &spec.image {
             Some(image) => args.push(image.into()),
             None => args.extend(["--rootfs".into(), self.rootfs().into()]),

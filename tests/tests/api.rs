@@ -408,3 +408,47 @@ async fn hostile_input_leaves_the_agent_serving() {
     assert!(grown_mib < 64.0, "memory grew by {grown_mib:.1} MiB");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let agent = TestAgent::start(Config::default()).await;
+    let channel = match pidmap::cli::client::channel(agent.socket()).await {
+        Ok(c) => c,
+        Err(f) => panic!("connect: {}", f.message),
+    };
+    let health = HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "pidmap.v1.Pidmap".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("not a service list: {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == "pidmap.v1.Pidmap"), "{names:?}");
+    agent.stop().await;
+}

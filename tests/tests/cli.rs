@@ -222,3 +222,61 @@ async fn ls_ps_and_watch_show_containers() {
     drop(watch);
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_from_inside_a_real_container_names_that_container() {
+    let ctrd = Containerd::start();
+    let config = Config {
+        containerd_socket: ctrd.socket().to_path_buf(),
+        ..Config::default()
+    };
+    let agent = TestAgent::start(config).await;
+    let state = agent.state();
+    assert!(
+        pidmap_tests::wait_until(std::time::Duration::from_secs(15), || state
+            .containerd_connected())
+        .await
+    );
+    // The host's pidmap binary with the host's libc, and the agent's socket
+    // directory, mounted into a busybox container.
+    let socket_dir = agent.socket().parent().expect("socket dir").to_path_buf();
+    let c = ctrd.run(
+        ContainerSpec::new("asker")
+            .label("io.kubernetes.pod.name", "asker-0")
+            .bind_ro("/lib", "/lib")
+            .bind_ro("/lib64", "/lib64")
+            .bind_ro(pidmap_bin(), "/usr/local/bin/pidmap")
+            .bind_ro(&socket_dir, "/run/pidmap"),
+    );
+    // A shell exec'd into the container runs the query, then stays, so
+    // its pid can be learned and the query's parent checked.
+    let exec_pid = c.exec(
+        "whoami",
+        [
+            "/bin/sh",
+            "-c",
+            "/usr/local/bin/pidmap whoami -o json --socket /run/pidmap/pidmap.sock; exec /bin/sleep 1000",
+        ],
+    );
+    let mut answer = String::new();
+    assert!(
+        pidmap_tests::wait_until(std::time::Duration::from_secs(15), || {
+            answer = c.exec_log("whoami");
+            answer.contains('}')
+        })
+        .await,
+        "no answer from whoami inside the container (exec pid {exec_pid}): {answer:?}"
+    );
+    let line = answer
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let me: Value = serde_json::from_str(line).expect("JSON");
+    assert_eq!(me["ppid"].as_u64(), Some(u64::from(exec_pid)), "{me}");
+    assert_eq!(me["comm"], "pidmap");
+    assert_eq!(me["source"], "containerd", "{me}");
+    assert_eq!(me["container_id"], "asker");
+    assert_eq!(me["runtime_namespace"], "default");
+    assert_eq!(me["pod_name"], "asker-0");
+    agent.stop().await;
+}

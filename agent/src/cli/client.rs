@@ -56,6 +56,12 @@ impl Failure {
 
 /// Connects to the agent's Unix socket.
 pub async fn connect(socket: &Path) -> Result<PidmapClient<Channel>, Failure> {
+    channel(socket).await.map(PidmapClient::new)
+}
+
+/// A gRPC channel over the agent's Unix socket (for any of its services:
+/// pidmap, health, reflection).
+pub async fn channel(socket: &Path) -> Result<Channel, Failure> {
     let path = socket.to_path_buf();
     let endpoint = tonic::transport::Endpoint::try_from("http://[::]").map_err(|e| Failure {
         code: EXIT_UNREACHABLE,
@@ -79,7 +85,7 @@ pub async fn connect(socket: &Path) -> Result<PidmapClient<Channel>, Failure> {
                 crate::error::chain(&e)
             ),
         })?;
-    Ok(PidmapClient::new(channel))
+    Ok(channel)
 }
 
 fn state_name(state: i32) -> Option<&'static str> {

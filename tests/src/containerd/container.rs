@@ -21,6 +21,7 @@ pub struct ContainerSpec {
     pub(super) cgroup: Option<String>,
     pub(super) image: Option<String>,
     pub(super) command: Vec<String>,
+    pub(super) binds: Vec<(std::path::PathBuf, String)>,
 }
 
 impl ContainerSpec {
@@ -34,12 +35,20 @@ impl ContainerSpec {
             cgroup: None,
             image: None,
             command: vec!["/bin/sleep".into(), "1000".into()],
+            binds: Vec::new(),
         }
     }
 
     /// The containerd namespace (e.g. `k8s.io`).
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
+        self
+    }
+
+    /// Bind-mounts host path `src` read-only at `dst` in the container
+    /// (a file or a directory).
+    pub fn bind_ro(mut self, src: impl Into<std::path::PathBuf>, dst: impl Into<String>) -> Self {
+        self.binds.push((src.into(), dst.into()));
         self
     }
 
