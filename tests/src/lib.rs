@@ -97,6 +97,28 @@ impl TestAgent {
         }
     }
 
+    /// Starts an agent watching `ctrd` (with a short reconnect backoff) and
+    /// waits until it has connected and listed.
+    pub async fn start_with_containerd(ctrd: &containerd::Containerd) -> Self {
+        let agent = Self::start(Config {
+            containerd_socket: ctrd.socket().to_path_buf(),
+            containerd_max_backoff_ms: 200,
+            ..Config::default()
+        })
+        .await;
+        agent.wait_connected().await;
+        agent
+    }
+
+    /// Waits until the agent is connected to containerd (and has listed).
+    pub async fn wait_connected(&self) {
+        let state = self.state();
+        assert!(
+            wait_until(Duration::from_secs(15), || state.containerd_connected()).await,
+            "agent never connected to containerd"
+        );
+    }
+
     /// The API socket this agent serves.
     pub fn socket(&self) -> &Path {
         &self.socket

@@ -143,17 +143,7 @@ async fn ls_ps_and_watch_show_containers() {
             .label("io.kubernetes.pod.namespace", "shop"),
     );
     let init = c.init_pid();
-    let config = Config {
-        containerd_socket: ctrd.socket().to_path_buf(),
-        ..Config::default()
-    };
-    let agent = TestAgent::start(config).await;
-    let state = agent.state();
-    assert!(
-        pidmap_tests::wait_until(std::time::Duration::from_secs(15), || state
-            .containerd_connected())
-        .await
-    );
+    let agent = TestAgent::start_with_containerd(&ctrd).await;
 
     let out = pidmap(&agent, &["ls"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -226,17 +216,7 @@ async fn ls_ps_and_watch_show_containers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whoami_from_inside_a_real_container_names_that_container() {
     let ctrd = Containerd::start();
-    let config = Config {
-        containerd_socket: ctrd.socket().to_path_buf(),
-        ..Config::default()
-    };
-    let agent = TestAgent::start(config).await;
-    let state = agent.state();
-    assert!(
-        pidmap_tests::wait_until(std::time::Duration::from_secs(15), || state
-            .containerd_connected())
-        .await
-    );
+    let agent = TestAgent::start_with_containerd(&ctrd).await;
     // The host's pidmap binary with the host's libc, and the agent's socket
     // directory, mounted into a busybox container.
     let socket_dir = agent.socket().parent().expect("socket dir").to_path_buf();

@@ -18,22 +18,6 @@ use pidmap_tests::{
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn config(ctrd: &Containerd) -> Config {
-    Config {
-        containerd_socket: ctrd.socket().to_path_buf(),
-        containerd_max_backoff_ms: 200,
-        ..Config::default()
-    }
-}
-
-async fn connected(agent: &TestAgent) {
-    let state = agent.state();
-    assert!(
-        wait_until(WAIT, || state.containerd_connected()).await,
-        "agent never connected to containerd"
-    );
-}
-
 /// Waits until `pid` resolves through containerd to `key`; returns the answer.
 async fn resolves_to(state: &State, pid: u32, key: &ContainerKey) -> Resolution {
     let ok = wait_until(WAIT, || {
@@ -59,8 +43,7 @@ async fn container_started_before_the_agent_resolves_at_start_up() {
     let ctrd = Containerd::start();
     let c = ctrd.run(ContainerSpec::new("early").label("team", "infra"));
     let pid = c.init_pid();
-    let agent = TestAgent::start(config(&ctrd)).await;
-    connected(&agent).await;
+    let agent = TestAgent::start_with_containerd(&ctrd).await;
     // Connected means listed: no more waiting.
     let r = resolve(agent.state(), pid, None);
     assert_eq!(r.source, Some(Source::Containerd), "{r:?}");
@@ -80,8 +63,7 @@ async fn container_started_before_the_agent_resolves_at_start_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_started_after_resolves_with_image_labels_and_pod() {
     let ctrd = Containerd::start();
-    let agent = TestAgent::start(config(&ctrd)).await;
-    connected(&agent).await;
+    let agent = TestAgent::start_with_containerd(&ctrd).await;
     let uid = "0b8f3c3e-2a9a-4c8e-9b3a-5d7f1e2c4a6b";
     ctrd.import_busybox_image("k8s.io", "registry.test/busybox:1.0");
     let c = ctrd.run(
@@ -115,8 +97,7 @@ async fn container_started_after_resolves_with_image_labels_and_pod() {
 async fn exec_and_its_grandchild_resolve_to_the_container() {
     let ctrd = Containerd::start();
     let c = ctrd.run(ContainerSpec::new("box"));
-    let agent = TestAgent::start(config(&ctrd)).await;
-    connected(&agent).await;
+    let agent = TestAgent::start_with_containerd(&ctrd).await;
     let key = ContainerKey::new("default", "box");
     let exec_pid = c.exec("probe", ["/bin/sh", "-c", "/bin/sleep 1000 & wait"]);
     let state = agent.state();
@@ -142,8 +123,7 @@ async fn exec_and_its_grandchild_resolve_to_the_container() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_container_resolves_running_then_exited() {
     let ctrd = Containerd::start();
-    let agent = TestAgent::start(config(&ctrd)).await;
-    connected(&agent).await;
+    let agent = TestAgent::start_with_containerd(&ctrd).await;
     let state = agent.state();
     let key = ContainerKey::new("default", "brief");
     let c =
@@ -190,8 +170,7 @@ async fn short_lived_container_resolves_running_then_exited() {
 async fn same_id_in_two_namespaces_never_mixes() {
     let ctrd = Containerd::start();
     let a = ctrd.run(ContainerSpec::new("same").namespace("alpha"));
-    let agent = TestAgent::start(config(&ctrd)).await;
-    connected(&agent).await;
+    let agent = TestAgent::start_with_containerd(&ctrd).await;
     // The second namespace is created while the agent watches.
     let b = ctrd.run(ContainerSpec::new("same").namespace("beta"));
     let state = agent.state();
@@ -209,8 +188,7 @@ async fn exit_while_containerd_is_down_is_noticed_after_restart() {
     let c = ctrd.run(ContainerSpec::new("victim"));
     let survivor = ctrd.run(ContainerSpec::new("survivor"));
     let pid = c.init_pid();
-    let agent = TestAgent::start(config(&ctrd)).await;
-    connected(&agent).await;
+    let agent = TestAgent::start_with_containerd(&ctrd).await;
     let state = agent.state();
     let key = ContainerKey::new("default", "victim");
     resolves_to(state, pid, &key).await;
@@ -228,7 +206,7 @@ async fn exit_while_containerd_is_down_is_noticed_after_restart() {
     tokio::time::sleep(Duration::from_secs(20)).await;
     ctrd.restart();
 
-    connected(&agent).await;
+    agent.wait_connected().await;
     assert!(state.metrics().snapshot().containerd_reconnects > reconnects);
     assert!(
         wait_until(WAIT, || state
@@ -257,13 +235,18 @@ async fn containerd_killed_during_the_first_list_is_recovered() {
     let containers: Vec<_> = (0..8)
         .map(|i| ctrd.run(ContainerSpec::new(format!("c{i}"))))
         .collect();
-    let agent = TestAgent::start(config(&ctrd)).await;
+    let agent = TestAgent::start(Config {
+        containerd_socket: ctrd.socket().to_path_buf(),
+        containerd_max_backoff_ms: 200,
+        ..Config::default()
+    })
+    .await;
     // The watcher connects and lists right after start: kill containerd
     // with SIGKILL as close to mid-list as a test can aim.
     ctrd.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     ctrd.restart();
-    connected(&agent).await;
+    agent.wait_connected().await;
     let state = agent.state();
     for c in &containers {
         resolves_to(state, c.init_pid(), &ContainerKey::new("default", c.id())).await;

@@ -3,7 +3,8 @@
 //!
 //! Figures: exec-storm throughput, the agent's CPU per event and drops at
 //! that rate; agent RSS with the node's process table loaded; /proc seed
-//! time per 1,000 processes.
+//! time per 1,000 processes; query API Resolve/ResolveBatch latency and
+//! throughput next to the /proc/PID/cgroup baseline (`--api-only`).
 
 use std::{
     path::PathBuf,
@@ -13,6 +14,7 @@ use std::{
 };
 
 mod alloc;
+mod api;
 mod containerd;
 
 use std::io::BufRead as _;
@@ -37,6 +39,8 @@ fn main() -> Result<()> {
     let extra: usize = arg(&args, "--extra-processes").unwrap_or(2_000);
     let containers: usize = arg(&args, "--containers").unwrap_or(50);
     let only_containerd = args.iter().any(|a| a == "--containerd-only");
+    let only_api = args.iter().any(|a| a == "--api-only");
+    let api_pids: usize = arg(&args, "--api-pids").unwrap_or(1_000);
     let agent_bin = args
         .iter()
         .position(|a| a == "--agent-bin")
@@ -48,6 +52,9 @@ fn main() -> Result<()> {
     if only_containerd {
         return containerd::run(containers);
     }
+    if only_api {
+        return api::run(api_pids);
+    }
     // Batched wake-ups (the default) and one wake-up per event, side by side.
     exec_storm(storm, spawners, Config::default().ring_wakeup_events)?;
     exec_storm(storm, spawners, 0)?;
@@ -57,6 +64,7 @@ fn main() -> Result<()> {
     } else {
         println!("agent RSS: skipped (pass --agent-bin target/release/pidmap)");
     }
+    api::run(api_pids)?;
     containerd::run(containers)
 }
 

@@ -1,0 +1,470 @@
+//! Query API figures: `Resolve` latency and throughput over the Unix socket
+//! with 1 and 8 concurrent clients, and `ResolveBatch` of 1,000 pids (time
+//! per pid). Each is printed next to the baseline that /proc-based tools
+//! use, measured in the same run for the same pids: read
+//! `/proc/PID/cgroup`, take the `0::` (or v1 memory) line and guess a
+//! container id from the path.
+
+use std::{
+    hint::black_box,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use hdrhistogram::Histogram;
+use pidmap::{
+    api::proto::{self, pidmap_client::PidmapClient},
+    cgroup::{container_from_path, parse_proc_cgroup},
+    Agent, Config,
+};
+use pidmap_tests::{private_socket, ChildGuard};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::agent_runtime;
+
+/// Calls made and thrown away before each latency/throughput run.
+const WARM_UP: Duration = Duration::from_millis(500);
+/// Measured time of each latency/throughput run, after the warm-up.
+const MEASURE: Duration = Duration::from_secs(3);
+/// Concurrent clients (and baseline threads) of the "many" runs.
+const MANY: usize = 8;
+/// Worker threads of the clients' runtime (the agent has its own).
+const CLIENT_THREADS: usize = 2;
+/// Whole-set batch calls (and baseline passes) thrown away first.
+const BATCH_WARM_UP: usize = 10;
+/// Whole-set batch calls (and baseline passes) measured.
+const BATCH_RUNS: usize = 200;
+
+/// Runs every API measurement over `n` live `sleep` processes.
+pub fn run(n: usize) -> Result<()> {
+    ensure!(n > 0, "--api-pids must be at least 1");
+    let agent = BenchAgent::start()?;
+    let sleepers: Vec<ChildGuard> = (0..n)
+        .map(|_| {
+            Command::new("/bin/sleep")
+                .arg("600")
+                .spawn()
+                .map(ChildGuard)
+        })
+        .collect::<Result<_, _>>()
+        .context("spawn sleepers")?;
+    let pids: Arc<[u32]> = sleepers.iter().map(ChildGuard::pid).collect();
+    let state = Arc::clone(agent.state()?);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !pids.iter().all(|&pid| state.process(pid).is_some()) {
+        if Instant::now() > deadline {
+            bail!("the agent's table did not get all {n} sleepers within 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CLIENT_THREADS)
+        .thread_name("pidmap-bench-client")
+        .enable_all()
+        .build()
+        .context("client runtime")?;
+    let socket = agent.socket.clone();
+    clients.block_on(check_api(&socket, &pids))?;
+    for &pid in pids.iter() {
+        proc_lookup(pid)?;
+    }
+
+    println!(
+        "query API vs /proc ({n} live `sleep` pids; agent in-process on a private socket, its runtime 1 worker thread; clients on their own {CLIENT_THREADS}-thread runtime; all share {} CPUs)",
+        std::thread::available_parallelism().map_or(0, |c| c.get())
+    );
+    println!("  socket: one gRPC (HTTP/2) round trip over the Unix socket per call, client encode/decode included; answers the agent's full record (state, start time, cgroup, container/pod metadata; exited processes too, for the grace window)");
+    println!("  /proc: open+read /proc/PID/cgroup, parse the 0::/memory line, guess a container id from the path (pidmap's own parser); gives a cgroup path and a guessed id only: no image/pod/labels, nothing once the process has exited");
+    for concurrency in [1, MANY] {
+        let api = clients.block_on(resolve_clients(&socket, &pids, concurrency))?;
+        let (clients_label, conns) = if concurrency == 1 {
+            ("1 client".to_owned(), String::new())
+        } else {
+            (
+                format!("{concurrency} clients"),
+                " (one connection each, one call at a time)".to_owned(),
+            )
+        };
+        api.print(
+            &format!("resolve over the socket, {clients_label}{conns}"),
+            "calls/s",
+        );
+        let base = proc_threads(&pids, concurrency)?;
+        let threads = if concurrency == 1 {
+            "1 thread".to_owned()
+        } else {
+            format!("{concurrency} threads")
+        };
+        base.print(&format!("/proc/PID/cgroup read+parse, {threads}"), "pids/s");
+    }
+    let batch = clients.block_on(batch_calls(&socket, &pids))?;
+    print_pass(
+        &format!(
+            "resolve_batch over the socket, {} pids per call, {BATCH_RUNS} calls",
+            thousands(n as f64)
+        ),
+        "call",
+        &batch,
+        n,
+    );
+    let loops = proc_passes(&pids)?;
+    print_pass(
+        &format!(
+            "/proc/PID/cgroup read+parse, {} pids in a loop, {BATCH_RUNS} passes",
+            thousands(n as f64)
+        ),
+        "pass",
+        &loops,
+        n,
+    );
+    drop(clients);
+    drop(sleepers);
+    drop(agent);
+    Ok(())
+}
+
+/// An in-process agent on a private socket under /tmp. Dropping it stops
+/// the agent and removes the socket directory, also when a measurement
+/// failed half-way.
+struct BenchAgent {
+    rt: tokio::runtime::Runtime,
+    agent: Option<Agent>,
+    shutdown: CancellationToken,
+    socket: PathBuf,
+}
+
+impl BenchAgent {
+    /// Starts the agent with the default configuration and a private
+    /// socket; returns once its table is seeded.
+    fn start() -> Result<Self> {
+        let mut this = Self {
+            rt: agent_runtime()?,
+            agent: None,
+            shutdown: CancellationToken::new(),
+            socket: private_socket(),
+        };
+        let config = Config {
+            socket: this.socket.clone(),
+            ..Config::default()
+        };
+        let agent = this
+            .rt
+            .block_on(Agent::start(config, this.shutdown.clone()))
+            .map_err(|e| anyhow!("agent failed to start: {}", pidmap::error::chain(&e)))?;
+        this.agent = Some(agent);
+        Ok(this)
+    }
+
+    /// The agent's shared state.
+    fn state(&self) -> Result<&Arc<pidmap::state::State>> {
+        Ok(self.agent.as_ref().context("agent not running")?.state())
+    }
+}
+
+impl Drop for BenchAgent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(agent) = self.agent.take() {
+            self.rt.block_on(agent.wait());
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        if let Some(dir) = self.socket.parent() {
+            if dir.starts_with(std::env::temp_dir()) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+/// Connects a client to the agent's socket.
+async fn connect(socket: &Path) -> Result<PidmapClient<Channel>> {
+    pidmap::cli::client::connect(socket)
+        .await
+        .map_err(|f| anyhow!(f.message))
+}
+
+/// A new latency histogram in nanoseconds (1 ns to 60 s, 3 digits).
+fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).context("histogram")
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Fails unless `r` is `pid`'s live record.
+fn check_record(r: &proto::ProcessRecord, pid: u32) -> Result<()> {
+    ensure!(
+        r.pid == pid && r.state == proto::ProcessState::Running as i32,
+        "pid {pid} answered {:?} for pid {}, not running",
+        proto::ProcessState::try_from(r.state),
+        r.pid
+    );
+    Ok(())
+}
+
+/// One ResolveBatch over every pid, to check they all resolve before
+/// anything is timed.
+async fn check_api(socket: &Path, pids: &[u32]) -> Result<()> {
+    let mut client = connect(socket).await?;
+    let records = client
+        .resolve_batch(batch_request(pids))
+        .await
+        .context("ResolveBatch")?
+        .into_inner()
+        .records;
+    ensure!(
+        records.len() == pids.len(),
+        "{} records for {} pids",
+        records.len(),
+        pids.len()
+    );
+    records
+        .iter()
+        .zip(pids)
+        .try_for_each(|(r, &pid)| check_record(r, pid))
+}
+
+fn batch_request(pids: &[u32]) -> proto::ResolveBatchRequest {
+    proto::ResolveBatchRequest {
+        requests: pids
+            .iter()
+            .map(|&pid| proto::ResolveRequest {
+                pid: i64::from(pid),
+                start_time: None,
+            })
+            .collect(),
+    }
+}
+
+/// Per-call latencies and the throughput of one concurrent run.
+struct Run {
+    latency: Histogram<u64>,
+    calls: u64,
+    secs: f64,
+}
+
+impl Run {
+    /// Merges the workers' results: `(latencies, calls, last finish)`.
+    fn merge(parts: Vec<(Histogram<u64>, u64, Instant)>, started: Instant) -> Result<Self> {
+        let mut latency = histogram()?;
+        let mut calls = 0;
+        let mut last = started;
+        for (h, n, done) in parts {
+            latency.add(&h).context("merge histograms")?;
+            calls += n;
+            last = last.max(done);
+        }
+        Ok(Self {
+            latency,
+            calls,
+            secs: (last - started).as_secs_f64(),
+        })
+    }
+
+    fn print(&self, label: &str, unit: &str) {
+        println!(
+            "{label}: p50 {}, p99 {}, max {}, {} {unit} ({} calls in {:.1} s)",
+            fmt_ns(self.latency.value_at_quantile(0.5) as f64),
+            fmt_ns(self.latency.value_at_quantile(0.99) as f64),
+            fmt_ns(self.latency.max() as f64),
+            thousands(self.calls as f64 / self.secs.max(1e-9)),
+            thousands(self.calls as f64),
+            self.secs
+        );
+    }
+}
+
+/// `concurrency` clients, one connection each, each calling Resolve one pid
+/// at a time over the pid set (starting at different places) for
+/// [`WARM_UP`] + [`MEASURE`].
+async fn resolve_clients(socket: &Path, pids: &Arc<[u32]>, concurrency: usize) -> Result<Run> {
+    let mut connections = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        connections.push(connect(socket).await?);
+    }
+    let measured_from = Instant::now() + WARM_UP;
+    let end = measured_from + MEASURE;
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            let pids = Arc::clone(pids);
+            tokio::spawn(async move {
+                let mut latency = histogram()?;
+                let (mut calls, mut last) = (0, measured_from);
+                let mut next = i * pids.len() / concurrency;
+                loop {
+                    let pid = pids[next % pids.len()];
+                    next += 1;
+                    let t = Instant::now();
+                    let r = client
+                        .resolve(proto::ResolveRequest {
+                            pid: i64::from(pid),
+                            start_time: None,
+                        })
+                        .await
+                        .with_context(|| format!("Resolve {pid}"))?
+                        .into_inner();
+                    let done = Instant::now();
+                    check_record(&r, pid)?;
+                    if t >= measured_from {
+                        latency.saturating_record(nanos(done - t));
+                        calls += 1;
+                        last = done;
+                    }
+                    if done >= end {
+                        return Ok::<_, anyhow::Error>((latency, calls, last));
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut parts = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        parts.push(task.await.context("client task")??);
+    }
+    Run::merge(parts, measured_from)
+}
+
+/// The baseline's lookup of one pid: its cgroup path and the container id
+/// the path suggests.
+fn proc_lookup(pid: u32) -> Result<(String, Option<String>)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .with_context(|| format!("read /proc/{pid}/cgroup"))?;
+    let paths = parse_proc_cgroup(&text);
+    let path = paths
+        .v2
+        .or(paths.v1_memory)
+        .with_context(|| format!("/proc/{pid}/cgroup has no 0:: or memory line"))?;
+    let id = container_from_path(&path).map(|c| c.container_id);
+    Ok((path, id))
+}
+
+/// The baseline of [`resolve_clients`]: `threads` threads, each looking up
+/// one pid at a time from /proc for the same time.
+fn proc_threads(pids: &[u32], threads: usize) -> Result<Run> {
+    let measured_from = Instant::now() + WARM_UP;
+    let end = measured_from + MEASURE;
+    let parts = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|i| {
+                s.spawn(move || {
+                    let mut latency = histogram()?;
+                    let (mut calls, mut last) = (0, measured_from);
+                    let mut next = i * pids.len() / threads;
+                    loop {
+                        let pid = pids[next % pids.len()];
+                        next += 1;
+                        let t = Instant::now();
+                        black_box(proc_lookup(black_box(pid))?);
+                        let done = Instant::now();
+                        if t >= measured_from {
+                            latency.saturating_record(nanos(done - t));
+                            calls += 1;
+                            last = done;
+                        }
+                        if done >= end {
+                            return Ok::<_, anyhow::Error>((latency, calls, last));
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| anyhow!("baseline thread panicked"))?)
+            .collect::<Result<Vec<_>>>()
+    })?;
+    Run::merge(parts, measured_from)
+}
+
+/// ResolveBatch of the whole pid set, [`BATCH_RUNS`] times after a
+/// warm-up: the time of each call.
+async fn batch_calls(socket: &Path, pids: &[u32]) -> Result<Histogram<u64>> {
+    let mut client = connect(socket).await?;
+    let request = batch_request(pids);
+    let mut latency = histogram()?;
+    for run in 0..BATCH_WARM_UP + BATCH_RUNS {
+        let req = request.clone();
+        let t = Instant::now();
+        let records = client
+            .resolve_batch(req)
+            .await
+            .context("ResolveBatch")?
+            .into_inner()
+            .records;
+        let elapsed = t.elapsed();
+        ensure!(
+            records.len() == pids.len(),
+            "{} records for {} pids",
+            records.len(),
+            pids.len()
+        );
+        if run >= BATCH_WARM_UP {
+            latency.saturating_record(nanos(elapsed));
+        }
+    }
+    Ok(latency)
+}
+
+/// The baseline of [`batch_calls`]: the whole pid set looked up from /proc
+/// in a loop, [`BATCH_RUNS`] times: the time of each pass.
+fn proc_passes(pids: &[u32]) -> Result<Histogram<u64>> {
+    let mut latency = histogram()?;
+    for run in 0..BATCH_WARM_UP + BATCH_RUNS {
+        let t = Instant::now();
+        for &pid in pids {
+            black_box(proc_lookup(black_box(pid))?);
+        }
+        let elapsed = t.elapsed();
+        if run >= BATCH_WARM_UP {
+            latency.saturating_record(nanos(elapsed));
+        }
+    }
+    Ok(latency)
+}
+
+/// Prints whole-set timings: per `what` (call or pass) and per pid.
+fn print_pass(label: &str, what: &str, latency: &Histogram<u64>, n: usize) {
+    let p50 = latency.value_at_quantile(0.5) as f64;
+    let p99 = latency.value_at_quantile(0.99) as f64;
+    println!(
+        "{label}: p50 {} per {what} = {} per pid, p99 {} per {what} = {} per pid, {} pids/s at p50",
+        fmt_ns(p50),
+        fmt_ns(p50 / n as f64),
+        fmt_ns(p99),
+        fmt_ns(p99 / n as f64),
+        thousands(n as f64 * 1e9 / p50.max(1.0))
+    );
+}
+
+/// A duration in nanoseconds as µs or ms, with sensible precision.
+fn fmt_ns(ns: f64) -> String {
+    if ns < 1_000.0 {
+        format!("{:.2} µs", ns / 1e3)
+    } else if ns < 10_000.0 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if ns < 1_000_000.0 {
+        format!("{:.0} µs", ns / 1e3)
+    } else {
+        format!("{:.2} ms", ns / 1e6)
+    }
+}
+
+/// A count rounded to a whole number, with thousands separators.
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
