@@ -115,6 +115,10 @@ pub fn resolve(state: &State, pid: u32, start_time: Option<StartTime>) -> Resolu
             .or_else(|| cgroup_path.as_deref().and_then(|p| store.by_cgroup_path(p)))
             .cloned()
     };
+    // A cgroup made a moment ago may not be in the path cache yet; the
+    // container it belongs to knows the path.
+    let cgroup_path =
+        cgroup_path.or_else(|| container.as_ref().and_then(|c| c.cgroup_path.clone()));
     let base = |state, source, container, path_container| Resolution {
         pid,
         state,
