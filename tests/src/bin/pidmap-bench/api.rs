@@ -91,7 +91,7 @@ pub fn run(n: usize) -> Result<()> {
         };
         api.print(
             &format!("resolve over the socket, {clients_label}{conns}"),
-            "calls/s",
+            "calls",
         );
         let base = proc_threads(&pids, concurrency)?;
         let threads = if concurrency == 1 {
@@ -99,7 +99,7 @@ pub fn run(n: usize) -> Result<()> {
         } else {
             format!("{concurrency} threads")
         };
-        base.print(&format!("/proc/PID/cgroup read+parse, {threads}"), "pids/s");
+        base.print(&format!("/proc/PID/cgroup read+parse, {threads}"), "pids");
     }
     let batch = clients.block_on(batch_calls(&socket, &pids))?;
     print_pass(
@@ -266,9 +266,11 @@ impl Run {
         })
     }
 
-    fn print(&self, label: &str, unit: &str) {
+    /// Prints `label: p50, p99, max, throughput`, counting `what` (calls
+    /// or pids).
+    fn print(&self, label: &str, what: &str) {
         println!(
-            "{label}: p50 {}, p99 {}, max {}, {} {unit} ({} calls in {:.1} s)",
+            "{label}: p50 {}, p99 {}, max {}, {} {what}/s ({} {what} in {:.1} s)",
             fmt_ns(self.latency.value_at_quantile(0.5) as f64),
             fmt_ns(self.latency.value_at_quantile(0.99) as f64),
             fmt_ns(self.latency.max() as f64),

@@ -33,6 +33,7 @@ pub fn run(containers: usize) -> Result<()> {
     let rt = agent_runtime()?;
     let shutdown = CancellationToken::new();
     let config = Config {
+        socket: pidmap_tests::private_socket(),
         containerd_socket: ctrd.socket().to_path_buf(),
         ..Config::default()
     };

@@ -118,6 +118,7 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32) -> Result<()> {
     let rt = agent_runtime()?;
     let shutdown = CancellationToken::new();
     let config = Config {
+        socket: pidmap_tests::private_socket(),
         exit_grace_seconds: 600,
         ring_wakeup_events: wakeup_events,
         ..Config::default()
