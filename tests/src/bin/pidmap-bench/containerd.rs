@@ -32,8 +32,9 @@ pub fn run(containers: usize) -> Result<()> {
     let ctrd = Containerd::start();
     let rt = agent_runtime()?;
     let shutdown = CancellationToken::new();
+    let socket = pidmap_tests::private_socket();
     let config = Config {
-        socket: pidmap_tests::private_socket(),
+        socket: socket.clone(),
         containerd_socket: ctrd.socket().to_path_buf(),
         ..Config::default()
     };
@@ -75,6 +76,9 @@ pub fn run(containers: usize) -> Result<()> {
     drop(guards);
     shutdown.cancel();
     rt.block_on(agent.wait());
+    if let Some(dir) = socket.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
     Ok(())
 }
 

@@ -117,8 +117,9 @@ pub(crate) fn agent_runtime() -> Result<tokio::runtime::Runtime> {
 fn exec_storm(n: usize, spawners: usize, wakeup_events: u32) -> Result<()> {
     let rt = agent_runtime()?;
     let shutdown = CancellationToken::new();
+    let socket = pidmap_tests::private_socket();
     let config = Config {
-        socket: pidmap_tests::private_socket(),
+        socket: socket.clone(),
         exit_grace_seconds: 600,
         ring_wakeup_events: wakeup_events,
         ..Config::default()
@@ -171,6 +172,9 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32) -> Result<()> {
     );
     shutdown.cancel();
     rt.block_on(agent.wait());
+    if let Some(dir) = socket.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
     Ok(())
 }
 
