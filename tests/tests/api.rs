@@ -452,3 +452,50 @@ async fn health_and_reflection_are_served() {
     assert!(names.iter().any(|n| n == "pidmap.v1.Pidmap"), "{names:?}");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_and_idle_timeout_are_enforced() {
+    let config = Config {
+        max_connections: 2,
+        idle_timeout_seconds: 1,
+        ..Config::default()
+    };
+    let agent = TestAgent::start(config).await;
+    let socket = agent.socket().to_path_buf();
+    let closed = |s: &mut UnixStream, within: Duration| {
+        s.set_read_timeout(Some(within)).expect("timeout");
+        let mut buf = [0u8; 64];
+        // EOF or a reset means the agent closed it; a timeout means open.
+        !matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    };
+    let mut a = UnixStream::connect(&socket).expect("first");
+    let mut b = UnixStream::connect(&socket).expect("second");
+    let mut over = UnixStream::connect(&socket).expect("third connects at the socket level");
+    assert!(
+        closed(&mut over, Duration::from_secs(2)),
+        "a third connection is closed at once"
+    );
+    // The two silent ones are closed after the 1 s idle timeout…
+    assert!(
+        closed(&mut a, Duration::from_secs(5)),
+        "idle connection closed"
+    );
+    assert!(
+        closed(&mut b, Duration::from_secs(5)),
+        "idle connection closed"
+    );
+    // …which frees their places for a real client.
+    drop((a, b, over));
+    let mut served = false;
+    for _ in 0..50 {
+        if let Ok(mut c) = pidmap::cli::client::connect(&socket).await {
+            if c.status(proto::StatusRequest {}).await.is_ok() {
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "places freed by closed connections are reused");
+    agent.stop().await;
+}

@@ -164,18 +164,17 @@ fn record_row(r: &proto::ProcessRecord) -> String {
         })
         .unwrap_or_else(|| "-".into());
     format!(
-        "{:<7} {:<8} {:<11} {:<13} {:<20} {}",
+        "{:<7} {:<8} {:<11} {:<12} {:<20} {}",
         r.pid,
         state_name(r.state).unwrap_or("-"),
         source_name(r.source).unwrap_or("-"),
-        short(&container, 13),
+        short(&container, 12),
         short(&pod, 20),
         short(r.comm.as_deref().unwrap_or("-"), 15)
     )
 }
 
-const RECORD_HEADER: &str =
-    "PID     STATE    SOURCE      CONTAINER     POD                    COMM";
+const RECORD_HEADER: &str = "PID     STATE    SOURCE      CONTAINER    POD                  COMM";
 
 fn print_records(records: &[proto::ProcessRecord], output: Output) {
     match output {
@@ -246,7 +245,7 @@ fn container_json(c: &proto::Container) -> Value {
     })
 }
 
-const CONTAINER_HEADER: &str = "NAMESPACE  CONTAINER     STATUS   PID     IMAGE               POD";
+const CONTAINER_HEADER: &str = "NAMESPACE  CONTAINER    STATUS   PID     IMAGE              POD";
 
 fn container_row(c: &proto::Container) -> String {
     let pod = match (&c.pod_namespace, &c.pod_name) {
@@ -254,13 +253,13 @@ fn container_row(c: &proto::Container) -> String {
         _ => "-".into(),
     };
     format!(
-        "{:<10} {:<13} {:<8} {:<7} {:<19} {}",
+        "{:<10} {:<12} {:<8} {:<7} {:<18} {}",
         short(&c.runtime_namespace, 10),
-        short(&c.id, 13),
+        short(&c.id, 12),
         short(&c.status, 8),
         c.task_pid.map_or_else(|| "-".into(), |p| p.to_string()),
-        short(if c.image.is_empty() { "-" } else { &c.image }, 19),
-        short(&pod, 24)
+        short(if c.image.is_empty() { "-" } else { &c.image }, 18),
+        short(&pod, 18)
     )
 }
 
@@ -322,7 +321,8 @@ pub async fn watch(socket: &Path, output: Output) -> Result<u8, Failure> {
         .map_err(|s| Failure::from_status(&s, socket))?
         .into_inner();
     if output == Output::Table {
-        println!("EVENT     {RECORD_HEADER}");
+        println!("  {RECORD_HEADER}");
+        println!("  (= in the snapshot, ~ changed; C = container: NAMESPACE CONTAINER STATUS PID IMAGE POD)");
     }
     loop {
         let msg = match stream.message().await {
@@ -331,15 +331,15 @@ pub async fn watch(socket: &Path, output: Output) -> Result<u8, Failure> {
             Err(s) => return Err(Failure::from_status(&s, socket)),
         };
         let line = match (msg.event, output) {
-            (Some(Event::Process(r)), Output::Table) => format!("process   {}", record_row(&r)),
+            (Some(Event::Process(r)), Output::Table) => format!("= {}", record_row(&r)),
             (Some(Event::ProcessChanged(r)), Output::Table) => {
-                format!("changed   {}", record_row(&r))
+                format!("~ {}", record_row(&r))
             }
             (Some(Event::Container(c)), Output::Table) => {
-                format!("container {}", container_row(&c))
+                format!("C {}", container_row(&c))
             }
             (Some(Event::ContainerChanged(c)), Output::Table) => {
-                format!("container {}", container_row(&c))
+                format!("C {}", container_row(&c))
             }
             (Some(Event::SnapshotDone(_)), Output::Table) => {
                 "--- snapshot complete; following changes ---".into()
