@@ -433,3 +433,79 @@ async fn feed_watcher(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use super::*;
+    use crate::{
+        cgroup::{CgroupFs, CgroupPathCache},
+        metrics::Metrics,
+        state::ProcessTable,
+    };
+
+    fn service(restrict_peers: bool) -> PidmapService {
+        let state = State::new(
+            ProcessTable::new(1, NonZeroUsize::MIN),
+            CgroupPathCache::new(
+                CgroupFs::from_roots(None, None),
+                1,
+                std::time::Duration::ZERO,
+            ),
+            Arc::new(Metrics::default()),
+        );
+        PidmapService::new(
+            Arc::new(state),
+            ServiceSettings {
+                batch_limit: 2,
+                restrict_peers,
+                allowed_gid: None,
+                watch_buffer: 1,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn unavailable_until_seeded_but_status_answers() {
+        let svc = service(false);
+        let err = svc
+            .resolve(Request::new(proto::ResolveRequest {
+                pid: 1,
+                start_time: None,
+            }))
+            .await
+            .expect_err("not ready");
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        let status = svc
+            .status(Request::new(proto::StatusRequest {}))
+            .await
+            .expect("status")
+            .into_inner();
+        assert!(!status.ready);
+        let requests = svc.state.metrics().snapshot();
+        assert_eq!(requests.events_received(), 0);
+    }
+
+    #[tokio::test]
+    async fn restricted_peers_without_credentials_are_refused() {
+        let svc = service(true);
+        let err = svc
+            .list_containers(Request::new(proto::ListContainersRequest::default()))
+            .await
+            .expect_err("no credentials");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn pids_are_checked() {
+        assert!(valid_pid(1).is_ok());
+        assert!(valid_pid(PID_MAX_LIMIT).is_ok());
+        for bad in [0, -7, PID_MAX_LIMIT + 1, i64::MAX] {
+            assert_eq!(
+                valid_pid(bad).unwrap_err().code(),
+                tonic::Code::InvalidArgument
+            );
+        }
+    }
+}
