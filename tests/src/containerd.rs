@@ -208,16 +208,17 @@ impl Containerd {
             .clone()
             .unwrap_or_else(|| format!("/{}/{}", spec.namespace, spec.id));
         self.note_cgroup(&cgroup);
-        let mut args: Vec<OsString> = [
-            "-n",
-            &spec.namespace,
-            "run",
-            "-d",
-            "--null-io",
-            "--runc-root",
-        ]
-        .map(OsString::from)
-        .into();
+        let mut args: Vec<OsString> = ["-n", &spec.namespace, "run", "-d"]
+            .map(OsString::from)
+            .into();
+        match &spec.log_file {
+            Some(path) => args.extend([
+                "--log-uri".into(),
+                format!("file://{}", path.display()).into(),
+            ]),
+            None => args.push("--null-io".into()),
+        }
+        args.push("--runc-root".into());
         args.push(self.path.join("runc").into());
         for (key, value) in &spec.labels {
             args.extend(["--label".into(), format!("{key}={value}").into()]);
@@ -231,6 +232,7 @@ impl Containerd {
                 format!("type=bind,src={},dst={dst},options=rbind:ro", src.display()).into(),
             ]);
         }
+        args.extend(spec.run_args.iter().cloned());
         match &spec.image {
             Some(image) => args.push(image.into()),
             None => args.extend(["--rootfs".into(), self.rootfs().into()]),

@@ -4,6 +4,7 @@
 //! printed before they run and run with their output visible. See `docs/development.md`.
 
 mod bench;
+mod image;
 mod lint;
 mod run;
 mod setup;
@@ -50,6 +51,13 @@ enum Command {
     /// --test-threads=1. Arguments after `--` go to the privileged test binary, e.g. a test name
     /// filter: `cargo xtask test -- forked_and_execed_child`. Prints a summary of every stage.
     Test(test::Args),
+    /// Run setup, build the release agent, write its OCI image archive.
+    ///
+    /// The archive (an OCI image layout tar, reference `localhost/pidmap:<version>`) holds the
+    /// binary, the shared objects it loads and a few empty dirs; the same inputs always give
+    /// the same manifest digest (timestamps: SOURCE_DATE_EPOCH, else 0). Load it with
+    /// `ctr -n k8s.io images import`. deploy/Containerfile is the Docker/Buildah equivalent.
+    Image(image::Args),
     /// Run setup, time a clean release build of the agent, then run `pidmap-bench`.
     ///
     /// Arguments after `--` go to the `pidmap-bench` binary of the pidmap-tests package.
@@ -65,6 +73,7 @@ fn main() -> ExitCode {
         Command::Lint => lint::run(),
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Image(args) => image::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,10 @@ pub struct ContainerSpec {
     pub(super) image: Option<String>,
     pub(super) command: Vec<String>,
     pub(super) binds: Vec<(std::path::PathBuf, String)>,
+    /// Extra `ctr run` flags, before the image or `--rootfs`.
+    pub(super) run_args: Vec<OsString>,
+    /// Where init's stdout and stderr go (`--log-uri file://…`); `None`: `--null-io`.
+    pub(super) log_file: Option<PathBuf>,
 }
 
 impl ContainerSpec {
@@ -36,6 +40,8 @@ impl ContainerSpec {
             image: None,
             command: vec!["/bin/sleep".into(), "1000".into()],
             binds: Vec::new(),
+            run_args: Vec::new(),
+            log_file: None,
         }
     }
 
@@ -49,6 +55,23 @@ impl ContainerSpec {
     /// (a file or a directory).
     pub fn bind_ro(mut self, src: impl Into<std::path::PathBuf>, dst: impl Into<String>) -> Self {
         self.binds.push((src.into(), dst.into()));
+        self
+    }
+
+    /// Extra `ctr run` flags, passed before the image or `--rootfs`, e.g.
+    /// `["--cap-add", "CAP_BPF", "--with-ns", "pid:/proc/1/ns/pid"]`.
+    pub fn run_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.run_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sends init's stdout and stderr to host file `path` instead of /dev/null.
+    pub fn log_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log_file = Some(path.into());
         self
     }
 

@@ -1,0 +1,480 @@
+//! Reproducible one-layer OCI image archives, and the recipe of the pidmap image.
+//!
+//! An [`Image`] is a set of files and directories plus an image config; [`Image::write_archive`]
+//! writes it as an OCI image layout tar (`oci-layout`, `index.json`, `blobs/sha256/…`) that
+//! `ctr images import`, `skopeo copy oci-archive:…` and `podman load` read. The same inputs
+//! always give the same bytes, hence the same manifest digest: entries are sorted, every
+//! mtime is [`Image::created`], owners are 0:0 without names, modes are fixed, and the layer
+//! is stored uncompressed (`application/vnd.oci.image.layer.v1.tar`, so its digest is also
+//! its diff id and no gzip header can carry a timestamp).
+//!
+//! [`pidmap`] is the one definition of what goes into the agent's image, shared by
+//! `cargo xtask image` (release binary) and the end-to-end test (debug binary).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use oci_image::{Image, ImageConfig};
+//!
+//! let mut image = Image::new("localhost/hello:1", 0, ImageConfig {
+//!     entrypoint: vec!["/hello".into()],
+//!     ..ImageConfig::default()
+//! });
+//! image.add_file("/hello", "target/release/hello", 0o755)?;
+//! image.add_dir("/tmp", 0o1777)?;
+//! let written = image.write_archive("hello.tar".as_ref())?;
+//! println!("{} {}", written.reference, written.manifest_digest);
+//! # Ok::<(), oci_image::Error>(())
+//! ```
+
+pub mod pidmap;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+};
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+/// The annotation `ctr images import` names the image by (the full reference).
+pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// The OCI layout's reference annotation; like `ctr images export`, we put the tag there.
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Why an image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A path in the image is not absolute, is the root, or has `.`/`..` components.
+    #[error("image path {path:?} must be absolute and normal (no `.`, `..` or `//`)")]
+    BadPath { path: String },
+    /// A file that goes into the image could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The archive could not be written.
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Serialising the image JSON failed.
+    #[error("cannot serialise the image {what}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `ldd` could not tell the shared objects a binary needs.
+    #[error("cannot list the shared objects of {}: {detail}", binary.display())]
+    Ldd { binary: PathBuf, detail: String },
+}
+
+/// The runtime part of the image config (`config` in the OCI image config JSON).
+#[derive(Clone, Debug, Default)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    /// `""` leaves it unset.
+    pub user: String,
+    /// `""` leaves it unset.
+    pub working_dir: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Entry {
+    Dir {
+        mode: u32,
+    },
+    /// Read (following symlinks) when the archive is written.
+    File {
+        source: PathBuf,
+        mode: u32,
+    },
+}
+
+/// A one-layer image: files, directories and a config. See the [crate docs](crate).
+#[derive(Clone, Debug)]
+pub struct Image {
+    reference: String,
+    created: u64,
+    config: ImageConfig,
+    /// Keyed by path without the leading `/`: a parent sorts before its children.
+    entries: BTreeMap<String, Entry>,
+}
+
+/// What [`Image::write_archive`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The full reference, e.g. `localhost/pidmap:0.1.0`.
+    pub reference: String,
+    /// `sha256:…` of the manifest: the image's identity.
+    pub manifest_digest: String,
+    /// Size of the archive in bytes.
+    pub archive_bytes: u64,
+}
+
+impl Image {
+    /// An empty image named `reference` (e.g. `localhost/pidmap:0.1.0`) whose tar mtimes
+    /// and config `created` are `created` (seconds since the epoch; 0 or `SOURCE_DATE_EPOCH`).
+    pub fn new(reference: impl Into<String>, created: u64, config: ImageConfig) -> Self {
+        Self {
+            reference: reference.into(),
+            created,
+            config,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    /// The full reference.
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+
+    /// The tag part of the reference (`latest` when it has none).
+    pub fn tag(&self) -> &str {
+        let name = self.reference.rsplit('/').next().unwrap_or(&self.reference);
+        name.rsplit_once(':').map_or("latest", |(_, tag)| tag)
+    }
+
+    /// Adds directory `path` (absolute) with `mode`, and its missing parents with 0755.
+    pub fn add_dir(&mut self, path: &str, mode: u32) -> Result<&mut Self, Error> {
+        let key = self.add_parents(path)?;
+        self.entries.insert(key, Entry::Dir { mode });
+        Ok(self)
+    }
+
+    /// Adds regular file `path` (absolute) with `mode`, whose content is read from `source`
+    /// (following symlinks) when the archive is written; missing parents get 0755.
+    pub fn add_file(
+        &mut self,
+        path: &str,
+        source: impl Into<PathBuf>,
+        mode: u32,
+    ) -> Result<&mut Self, Error> {
+        let key = self.add_parents(path)?;
+        let source = source.into();
+        self.entries.insert(key, Entry::File { source, mode });
+        Ok(self)
+    }
+
+    /// The image's paths (absolute), sorted as in the layer.
+    pub fn paths(&self) -> impl Iterator<Item = String> + '_ {
+        self.entries.keys().map(|k| format!("/{k}"))
+    }
+
+    fn add_parents(&mut self, path: &str) -> Result<String, Error> {
+        let key = normal_key(path)?;
+        let mut end = 0;
+        while let Some(slash) = key[end..].find('/') {
+            end += slash;
+            self.entries
+                .entry(key[..end].to_owned())
+                .or_insert(Entry::Dir { mode: 0o755 });
+            end += 1;
+        }
+        Ok(key)
+    }
+
+    /// Writes the OCI layout archive to `out` (replacing it) and says what it wrote.
+    pub fn write_archive(&self, out: &Path) -> Result<Written, Error> {
+        let bytes = self.archive_bytes()?;
+        let manifest_digest = bytes.1;
+        let write_err = |source| Error::Write {
+            path: out.to_path_buf(),
+            source,
+        };
+        // Write next to `out`, then rename: a reader never sees half an archive.
+        let tmp = out.with_extension("tar.partial");
+        fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(&bytes.0).and_then(|()| f.sync_all()))
+            .and_then(|()| fs::rename(&tmp, out))
+            .map_err(write_err)?;
+        Ok(Written {
+            reference: self.reference.clone(),
+            manifest_digest,
+            archive_bytes: bytes.0.len() as u64,
+        })
+    }
+
+    /// The archive's bytes and the manifest digest.
+    fn archive_bytes(&self) -> Result<(Vec<u8>, String), Error> {
+        let layer = self.layer()?;
+        let layer_digest = digest(&layer); // Uncompressed: the diff id is the digest.
+        let config = self.config_json(&layer_digest)?;
+        let config_digest = digest(&config);
+        let manifest = to_vec(
+            "manifest",
+            &json!({
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_TYPE,
+                "config": descriptor(CONFIG_TYPE, &config_digest, config.len()),
+                "layers": [descriptor(LAYER_TYPE, &layer_digest, layer.len())],
+            }),
+        )?;
+        let manifest_digest = digest(&manifest);
+        let mut manifest_desc = descriptor(MANIFEST_TYPE, &manifest_digest, manifest.len());
+        manifest_desc["platform"] = json!({ "architecture": oci_arch(), "os": "linux" });
+        manifest_desc["annotations"] = json!({
+            ANNOTATION_CONTAINERD_NAME: self.reference,
+            ANNOTATION_REF_NAME: self.tag(),
+        });
+        let index = to_vec(
+            "index",
+            &json!({ "schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [manifest_desc] }),
+        )?;
+
+        let mut archive = tar::Builder::new(Vec::new());
+        let blob_path = |digest: &str| digest.replacen("sha256:", "blobs/sha256/", 1);
+        let mut blobs = [
+            (blob_path(&layer_digest), &layer),
+            (blob_path(&config_digest), &config),
+            (blob_path(&manifest_digest), &manifest),
+        ];
+        blobs.sort_by(|a, b| a.0.cmp(&b.0));
+        let result: io::Result<()> = (|| {
+            for dir in ["blobs", "blobs/sha256"] {
+                let mut h = header(tar::EntryType::Directory, 0o755, 0, self.created);
+                archive.append_data(&mut h, dir, io::empty())?;
+            }
+            let mut add = add_regular(&mut archive, self.created);
+            for (path, blob) in blobs {
+                add(path, blob)?;
+            }
+            add("index.json".into(), &index)?;
+            add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            Ok(())
+        })();
+        let bytes = result
+            .and_then(|()| archive.into_inner())
+            .map_err(|source| Error::Write {
+                path: PathBuf::from("(archive in memory)"),
+                source,
+            })?;
+        Ok((bytes, manifest_digest))
+    }
+
+    /// The layer tar: every entry in path order.
+    fn layer(&self) -> Result<Vec<u8>, Error> {
+        let mut layer = tar::Builder::new(Vec::new());
+        let mem_err = |source| Error::Write {
+            path: PathBuf::from("(layer in memory)"),
+            source,
+        };
+        for (path, entry) in &self.entries {
+            match entry {
+                Entry::Dir { mode } => {
+                    let mut h = header(tar::EntryType::Directory, *mode, 0, self.created);
+                    layer
+                        .append_data(&mut h, path, io::empty())
+                        .map_err(mem_err)?;
+                }
+                Entry::File { source, mode } => {
+                    let data = fs::read(source).map_err(|e| Error::Read {
+                        path: source.clone(),
+                        source: e,
+                    })?;
+                    let mut h = header(
+                        tar::EntryType::Regular,
+                        *mode,
+                        data.len() as u64,
+                        self.created,
+                    );
+                    layer
+                        .append_data(&mut h, path, data.as_slice())
+                        .map_err(mem_err)?;
+                }
+            }
+        }
+        layer.into_inner().map_err(mem_err)
+    }
+
+    fn config_json(&self, layer_digest: &str) -> Result<Vec<u8>, Error> {
+        let c = &self.config;
+        let mut config = json!({
+            "Entrypoint": c.entrypoint,
+            "Cmd": c.cmd,
+            "Env": c.env,
+            "Labels": c.labels,
+        });
+        if !c.user.is_empty() {
+            config["User"] = json!(c.user);
+        }
+        if !c.working_dir.is_empty() {
+            config["WorkingDir"] = json!(c.working_dir);
+        }
+        to_vec(
+            "config",
+            &json!({
+                "created": rfc3339(self.created),
+                "architecture": oci_arch(),
+                "os": "linux",
+                "config": config,
+                "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
+            }),
+        )
+    }
+}
+
+fn add_regular(
+    archive: &mut tar::Builder<Vec<u8>>,
+    mtime: u64,
+) -> impl FnMut(String, &[u8]) -> io::Result<()> + '_ {
+    move |path, data| {
+        let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64, mtime);
+        archive.append_data(&mut h, path, data)
+    }
+}
+
+/// `/a/b` → `a/b`; refuses relative paths, the root, `.`, `..` and empty components.
+fn normal_key(path: &str) -> Result<String, Error> {
+    let bad = || Error::BadPath {
+        path: path.to_owned(),
+    };
+    let key = path.strip_prefix('/').ok_or_else(bad)?;
+    let key = key.strip_suffix('/').unwrap_or(key);
+    if key.is_empty()
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(bad());
+    }
+    Ok(key.to_owned())
+}
+
+/// A root-owned ustar header without user or group names.
+fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h
+}
+
+fn to_vec(what: &'static str, value: &Value) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(|source| Error::Json { what, source })
+}
+
+/// An OCI content descriptor.
+fn descriptor(media_type: &str, digest: &str, size: usize) -> Value {
+    json!({ "mediaType": media_type, "digest": digest, "size": size })
+}
+
+/// `sha256:<hex>` of `blob`.
+pub fn digest(blob: &[u8]) -> String {
+    let hex: String = Sha256::digest(blob)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+/// The OCI (Go) name of this machine's architecture.
+pub fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
+pub fn rfc3339(secs: u64) -> String {
+    // Days to civil date: Howard Hinnant's algorithm (proleptic Gregorian).
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_normal() {
+        for bad in ["", "/", "rel", "/a/../b", "/a//b", "/./a"] {
+            assert!(normal_key(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(normal_key("/a/b/").expect("normal"), "a/b");
+    }
+
+    #[test]
+    fn parents_are_added_and_sorted_before_children() {
+        let mut image = Image::new("localhost/x:1", 0, ImageConfig::default());
+        image.add_dir("/tmp", 0o1777).expect("dir");
+        image
+            .add_file("/lib/x86_64-linux-gnu/libc.so.6", "/nonexistent", 0o755)
+            .expect("file");
+        image.add_dir("/lib-extra", 0o755).expect("dir");
+        let paths: Vec<String> = image.paths().collect();
+        assert_eq!(
+            paths,
+            [
+                "/lib",
+                "/lib-extra",
+                "/lib/x86_64-linux-gnu",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/tmp"
+            ]
+        );
+        assert_eq!(image.tag(), "1");
+        assert_eq!(
+            Image::new("localhost:5000/x", 0, ImageConfig::default()).tag(),
+            "latest"
+        );
+    }
+
+    #[test]
+    fn a_missing_source_names_the_file() {
+        let mut image = Image::new("localhost/x:1", 0, ImageConfig::default());
+        image
+            .add_file("/f", "/nonexistent/pidmap-file", 0o644)
+            .expect("file");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = image
+            .write_archive(&dir.path().join("x.tar"))
+            .expect_err("must fail");
+        assert!(
+            err.to_string().contains("/nonexistent/pidmap-file"),
+            "{err}"
+        );
+    }
+}

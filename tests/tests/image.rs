@@ -1,0 +1,268 @@
+//! pidmap itself as a container, configured like the DaemonSet: the image
+//! that `cargo xtask image` builds (same code, `oci_image::pidmap`, here from
+//! the debug binary), imported into a private containerd and run with the
+//! host's PID namespace, a short capability list instead of `privileged`,
+//! read-only /sys/kernel/btf and /sys/fs/cgroup, containerd's socket dir and
+//! a host dir for the API socket. From the host, the CLI must then resolve
+//! another container's process through that socket.
+//!
+//! Run as root with `--test-threads=1` (after `cargo build -p pidmap`;
+//! `cargo xtask test` does both).
+
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+use pidmap_tests::{
+    containerd::{ContainerSpec, Containerd, RunningContainer},
+    pidmap_bin, require_root,
+};
+use serde_json::Value;
+
+/// The capabilities the DaemonSet grants (everything else is dropped).
+const CAPS: [(&str, u32); 5] = [
+    ("CAP_CHOWN", 0),
+    ("CAP_DAC_READ_SEARCH", 2),
+    ("CAP_SYS_PTRACE", 19),
+    ("CAP_PERFMON", 38),
+    ("CAP_BPF", 39),
+];
+/// containerd 1.6's default capabilities (`ctr run` and CRI alike), CHOWN
+/// aside: dropped, so the agent has exactly [`CAPS`].
+const DEFAULT_CAPS_TO_DROP: [&str; 13] = [
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+const NAMESPACE: &str = "k8s.io";
+const AGENT_ID: &str = "pidmap-agent";
+const WORKLOAD_ID: &str = "workload";
+
+/// Capability set `field` (e.g. `CapEff`) of `pid`, from /proc/PID/status.
+fn cap_mask(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    u64::from_str_radix(line.trim(), 16).expect("hex capability mask")
+}
+
+/// `pidmap ARGS… -o json` against `socket`.
+fn pidmap(socket: &Path, args: &[&str]) -> Output {
+    Command::new(pidmap_bin())
+        .args(args)
+        .args(["-o", "json"])
+        .env("PIDMAP_SOCKET", socket)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run pidmap")
+}
+
+fn json(out: &Output) -> Option<Value> {
+    serde_json::from_slice(out.stdout.trim_ascii()).ok()
+}
+
+/// Polls `probe` every 100 ms for at most `timeout`; panics with `what` and
+/// the agent's log if it never returns `Some`, or as soon as the agent's task
+/// is gone.
+fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    agent: &RunningContainer,
+    log: &Path,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        let running = matches!(agent.task(), Some((_, status)) if status == "RUNNING");
+        let log_text = || fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            running,
+            "the agent container stopped while waiting for {what}; its log:\n{}",
+            log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{what} not after {timeout:?}; agent log:\n{}",
+            log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_agent_image_runs_like_the_daemonset_and_resolves_containers() {
+    require_root();
+    let started = Instant::now();
+    // Declared before the fixture: dropped after it, once every container is gone.
+    let work = tempfile::Builder::new()
+        .prefix("pidmap-image-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let api_dir = work.path().join("run-pidmap");
+    fs::create_dir(&api_dir).expect("mkdir run-pidmap");
+    let socket = api_dir.join("pidmap.sock");
+    let log = work.path().join("agent.log");
+
+    // The image, from the same recipe as `cargo xtask image`.
+    let binary = pidmap_bin();
+    let libraries = oci_image::pidmap::shared_libraries(&binary).expect("ldd pidmap");
+    let image = oci_image::pidmap::image(&binary, &libraries, "e2e", 0).expect("image");
+    let archive = work.path().join("pidmap-image.tar");
+    let written = image.write_archive(&archive).expect("write archive");
+    let built = started.elapsed();
+
+    let ctrd = Containerd::start();
+    let imported = ctrd.ctr_ok([
+        "-n".as_ref(),
+        NAMESPACE.as_ref(),
+        "images".as_ref(),
+        "import".as_ref(),
+        archive.as_os_str(),
+    ]);
+    let images = ctrd.ctr_ok(["-n", NAMESPACE, "images", "ls", "-q"]);
+    assert!(
+        images.lines().any(|l| l == written.reference),
+        "{} not imported ({imported}); images: {images}",
+        written.reference
+    );
+    let imported_at = started.elapsed();
+
+    // Like the DaemonSet: hostPID (here: join our PID namespace, which is the
+    // host's; ctr 1.6 has no --pid-host), exactly CAPS, not privileged.
+    // Capabilities outside our bounding set cannot be granted by runc:
+    // leave them out (none of CAPS is missing on the machines seen so far).
+    let bounding = cap_mask(std::process::id(), "CapBnd");
+    let (caps, missing): (Vec<_>, Vec<_>) =
+        CAPS.iter().partition(|(_, bit)| bounding & (1 << bit) != 0);
+    for (name, _) in &missing {
+        eprintln!("note: {name} is not in this host's bounding set: not granted");
+    }
+    let mut run_args: Vec<String> = vec![
+        "--with-ns".into(),
+        format!("pid:/proc/{}/ns/pid", std::process::id()),
+    ];
+    for (name, _) in &caps {
+        run_args.extend(["--cap-add".into(), (*name).into()]);
+    }
+    for name in DEFAULT_CAPS_TO_DROP {
+        run_args.extend(["--cap-drop".into(), name.into()]);
+    }
+    let mounts = [
+        ("/sys/kernel/btf".into(), "/sys/kernel/btf", "rbind:ro"),
+        ("/sys/fs/cgroup".into(), "/sys/fs/cgroup", "rbind:ro"),
+        // containerd's socket dir (the fixture's socket is containerd.sock,
+        // the agent's default name). Not recursive: it also holds rootfs mounts.
+        (ctrd.dir().to_path_buf(), "/run/containerd", "bind:rw"),
+        (api_dir.clone(), "/run/pidmap", "rbind:rw"),
+    ];
+    for (src, dst, options) in &mounts {
+        run_args.extend([
+            "--mount".into(),
+            format!(
+                "type=bind,src={},dst={dst},options={options}",
+                src.display()
+            ),
+        ]);
+    }
+    assert_eq!(
+        ctrd.socket().file_name().and_then(|n| n.to_str()),
+        Some("containerd.sock")
+    );
+    let agent = ctrd.run(
+        ContainerSpec::new(AGENT_ID)
+            .namespace(NAMESPACE)
+            .image(&written.reference)
+            .command(Vec::<String>::new()) // The image's Entrypoint + Cmd: `pidmap agent`.
+            .run_args(run_args)
+            .log_file(&log),
+    );
+
+    let status = poll(
+        "agent ready and connected to containerd",
+        Duration::from_secs(60),
+        &agent,
+        &log,
+        || {
+            let status = json(&pidmap(&socket, &["status"]))?;
+            (status["ready"] == true && status["containerd_connected"] == true).then_some(status)
+        },
+    );
+    let ready_at = started.elapsed();
+
+    // The agent runs in the host PID namespace with exactly the granted caps.
+    let agent_pid = agent.init_pid();
+    assert_eq!(
+        fs::read_link(format!("/proc/{agent_pid}/ns/pid")).expect("agent pid ns"),
+        fs::read_link("/proc/self/ns/pid").expect("our pid ns"),
+        "the agent is not in the host PID namespace"
+    );
+    let want: u64 = caps.iter().map(|(_, bit)| 1u64 << bit).sum();
+    assert_eq!(
+        cap_mask(agent_pid, "CapEff"),
+        want,
+        "the agent's effective capabilities"
+    );
+
+    // Another container's process resolves, through the agent's socket.
+    let workload = ctrd.run(ContainerSpec::new(WORKLOAD_ID).namespace(NAMESPACE));
+    let pid = workload.init_pid().to_string();
+    let answer = poll(
+        "the workload resolved to its container",
+        Duration::from_secs(15),
+        &agent,
+        &log,
+        || {
+            let out = pidmap(&socket, &["resolve", &pid]);
+            let answer = json(&out)?;
+            (answer["source"] == "containerd").then_some(answer)
+        },
+    );
+    assert_eq!(answer["container_id"], WORKLOAD_ID, "{answer}");
+    assert_eq!(answer["runtime_namespace"], NAMESPACE, "{answer}");
+    assert_eq!(answer["state"], "running", "{answer}");
+    // And the agent finds itself, with its image.
+    let me = json(&pidmap(&socket, &["resolve", &agent_pid.to_string()])).expect("self");
+    assert_eq!(me["container_id"], AGENT_ID, "{me}");
+    assert_eq!(me["image"], written.reference.as_str(), "{me}");
+    let resolved_at = started.elapsed();
+
+    // SIGTERM: the agent stops cleanly; then nothing of it is left.
+    workload.delete();
+    agent.kill("SIGTERM");
+    agent.wait_exited(Duration::from_secs(10));
+    let log_text = fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        agent.delete(),
+        Some(0),
+        "agent exit status; log:\n{log_text}"
+    );
+    drop(ctrd);
+    eprintln!(
+        "image test: {} ({} bytes, {}); archive built {built:?}, imported {imported_at:?}, \
+         ready {ready_at:?}, resolved {resolved_at:?}, all {:?}; status {status}",
+        written.reference,
+        written.archive_bytes,
+        written.manifest_digest,
+        started.elapsed()
+    );
+    eprintln!("agent log:\n{log_text}");
+}
