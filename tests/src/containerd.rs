@@ -253,7 +253,7 @@ impl Containerd {
 
     /// Builds a one-layer OCI image of the busybox rootfs (config `Cmd`
     /// `/bin/sh`, `Env` `PATH=/bin`) and imports it into `namespace` as
-    /// `image_ref` (e.g. `docker.io/library/busybox:pidmap`), unpacked for
+    /// `image_ref` (e.g. `localhost/busybox:pidmap`), unpacked for
     /// the default snapshotter; use it with [`ContainerSpec::image`].
     pub fn import_busybox_image(&self, namespace: &str, image_ref: &str) {
         let archive = self.path.join(format!(

@@ -159,7 +159,7 @@ fn runs_containers_survives_restarts_and_cleans_up() {
     assert_eq!(doomed.task(), None);
 
     // A container from an imported OCI image records the image name.
-    let image = "docker.io/pidmap/busybox:fixture";
+    let image = "localhost/busybox:fixture";
     let started = Instant::now();
     ctrd.import_busybox_image("k8s.io", image);
     eprintln!("image imported in {:?}", started.elapsed());
@@ -224,12 +224,12 @@ fn falls_back_to_killing_shims_when_the_daemon_cannot_come_back() {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let ctrd = Containerd::start();
         let mut l = Leftovers::new(&ctrd, &["/orphans", "/orphans/plain", "/orphans/imaged"]);
-        ctrd.import_busybox_image("orphans", "docker.io/pidmap/busybox:orphan");
+        ctrd.import_busybox_image("orphans", "localhost/busybox:orphan");
         let plain = ctrd.run(ContainerSpec::new("plain").namespace("orphans"));
         let imaged = ctrd.run(
             ContainerSpec::new("imaged")
                 .namespace("orphans")
-                .image("docker.io/pidmap/busybox:orphan"),
+                .image("localhost/busybox:orphan"),
         );
         l.pids.extend(plain.pids().into_iter().chain(imaged.pids()));
         left = Some(l);
