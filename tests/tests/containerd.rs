@@ -116,7 +116,15 @@ async fn exec_and_its_grandchild_resolve_to_the_container() {
     let r = resolves_to(state, grandchild, &key).await;
     let p = r.process.expect("process");
     assert_eq!(p.parent.map(|k| k.pid), Some(exec_pid));
-    assert_eq!(p.comm.as_string(), "sleep");
+    // Its exec may still be in the ring for one poll after its fork.
+    assert!(
+        wait_until(WAIT, || state
+            .process(grandchild)
+            .is_some_and(|p| p.comm.as_string() == "sleep"))
+        .await,
+        "grandchild never showed comm sleep: {:?}",
+        state.process(grandchild)
+    );
     agent.stop().await;
 }
 
