@@ -8,7 +8,6 @@
 use std::{
     hint::black_box,
     path::{Path, PathBuf},
-    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -43,15 +42,7 @@ const BATCH_RUNS: usize = 200;
 pub fn run(n: usize) -> Result<()> {
     ensure!(n > 0, "--api-pids must be at least 1");
     let agent = BenchAgent::start()?;
-    let sleepers: Vec<ChildGuard> = (0..n)
-        .map(|_| {
-            Command::new("/bin/sleep")
-                .arg("600")
-                .spawn()
-                .map(ChildGuard)
-        })
-        .collect::<Result<_, _>>()
-        .context("spawn sleepers")?;
+    let sleepers = crate::spawn_sleepers(n)?;
     let pids: Arc<[u32]> = sleepers.iter().map(ChildGuard::pid).collect();
     let state = Arc::clone(agent.state()?);
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -53,15 +53,7 @@ pub fn run(containers: usize) -> Result<()> {
     settle();
     let heap_before_procs = alloc::in_use();
     let sleepers = 2_000;
-    let guards: Vec<ChildGuard> = (0..sleepers)
-        .map(|_| {
-            Command::new("/bin/sleep")
-                .arg("600")
-                .spawn()
-                .map(ChildGuard)
-        })
-        .collect::<Result<_, _>>()
-        .context("spawn sleepers")?;
+    let guards = crate::spawn_sleepers(sleepers)?;
     wait(Duration::from_secs(15), || {
         guards.iter().all(|g| state.process(g.pid()).is_some())
     })

@@ -178,7 +178,7 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32) -> Result<()> {
     Ok(())
 }
 
-fn spawn_sleepers(n: usize) -> Result<Vec<ChildGuard>> {
+pub(crate) fn spawn_sleepers(n: usize) -> Result<Vec<ChildGuard>> {
     (0..n)
         .map(|_| {
             Command::new("/bin/sleep")
