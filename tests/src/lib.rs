@@ -238,6 +238,14 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
+/// The pids of every process in /proc (thread-group leaders).
+pub fn proc_pids() -> std::io::Result<Vec<u32>> {
+    Ok(fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
 /// Field 22 of /proc/PID/stat (start time in ticks), if the process exists.
 pub fn proc_start_time(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -13,7 +13,7 @@ use std::{
 use pidmap_tests::{
     cgroup2_root,
     containerd::{process_alive, ContainerSpec, Containerd},
-    require_root,
+    proc_pids, require_root,
 };
 
 /// What must be gone once the fixture is dropped.
@@ -60,15 +60,8 @@ impl Leftovers {
 fn processes_mentioning(dir: &Path) -> Vec<u32> {
     let needle = dir.as_os_str().as_encoded_bytes();
     let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+    for pid in proc_pids().expect("read /proc") {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if cmdline.windows(needle.len()).any(|w| w == needle) && process_alive(pid) {
             pids.push(pid);
         }

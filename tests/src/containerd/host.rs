@@ -51,19 +51,9 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// `(pid, namespace, id)` of every live `containerd-shim-runc-v2` serving `socket`.
 pub(super) fn shims_of(socket: &Path) -> Vec<(u32, String, String)> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut shims = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+    for pid in crate::proc_pids().unwrap_or_default() {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
         let args: Vec<&OsStr> = cmdline.split(|&b| b == 0).map(bytes_to_os).collect();
