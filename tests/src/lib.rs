@@ -238,6 +238,22 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
+/// The cgroup2 path of `pid` as the host prints it (the `0::` line of
+/// /proc/PID/cgroup, read from the test's own cgroup namespace, the host's).
+pub fn cgroup2_path_of(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+/// The cgroup2 id of `pid`: the inode of its cgroup's directory.
+pub fn cgroup2_id_of(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = cgroup2_root()?.join(cgroup2_path_of(pid)?.trim_start_matches('/'));
+    Some(fs::metadata(dir).ok()?.ino())
+}
+
 /// The pids of every process in /proc (thread-group leaders).
 pub fn proc_pids() -> std::io::Result<Vec<u32>> {
     Ok(fs::read_dir("/proc")?

@@ -3,8 +3,11 @@
 //! the debug binary), imported into a private containerd and run with the
 //! host's PID namespace, a short capability list instead of `privileged`,
 //! read-only /sys/kernel/btf and /sys/fs/cgroup, containerd's socket dir and
-//! a host dir for the API socket. From the host, the CLI must then resolve
-//! another container's process through that socket.
+//! a host dir for the API socket, and its own cgroup namespace (what
+//! containerd gives pods on cgroup v2 nodes, where the agent sees other
+//! cgroups as `/../..` paths). From the host, the CLI must then resolve
+//! processes of other containers, started before and after the agent,
+//! through that socket, with their host cgroup paths.
 //!
 //! Run as root with `--test-threads=1` (after `cargo build -p pidmap`;
 //! `cargo xtask test` does both).
@@ -18,6 +21,7 @@ use std::{
 };
 
 use pidmap_tests::{
+    cgroup2_id_of, cgroup2_path_of,
     containerd::{ContainerSpec, Containerd, RunningContainer},
     pidmap_bin, require_root,
 };
@@ -51,6 +55,7 @@ const DEFAULT_CAPS_TO_DROP: [&str; 13] = [
 const NAMESPACE: &str = "k8s.io";
 const AGENT_ID: &str = "pidmap-agent";
 const WORKLOAD_ID: &str = "workload";
+const EARLY_ID: &str = "early-workload";
 
 /// Capability set `field` (e.g. `CapEff`) of `pid`, from /proc/PID/status.
 fn cap_mask(pid: u32, field: &str) -> u64 {
@@ -145,6 +150,8 @@ fn the_agent_image_runs_like_the_daemonset_and_resolves_containers() {
         written.reference
     );
     let imported_at = started.elapsed();
+    // Running before the agent starts: it must come from the /proc seed.
+    let early = ctrd.run(ContainerSpec::new(EARLY_ID).namespace(NAMESPACE));
 
     // Like the DaemonSet: hostPID (here: join our PID namespace, which is the
     // host's; ctr 1.6 has no --pid-host), exactly CAPS, not privileged.
@@ -159,6 +166,9 @@ fn the_agent_image_runs_like_the_daemonset_and_resolves_containers() {
     let mut run_args: Vec<String> = vec![
         "--with-ns".into(),
         format!("pid:/proc/{}/ns/pid", std::process::id()),
+        // No path: a new cgroup namespace, rooted at the container's cgroup.
+        "--with-ns".into(),
+        "cgroup:".into(),
     ];
     for (name, _) in &caps {
         run_args.extend(["--cap-add".into(), (*name).into()]);
@@ -215,6 +225,11 @@ fn the_agent_image_runs_like_the_daemonset_and_resolves_containers() {
         fs::read_link("/proc/self/ns/pid").expect("our pid ns"),
         "the agent is not in the host PID namespace"
     );
+    assert_ne!(
+        fs::read_link(format!("/proc/{agent_pid}/ns/cgroup")).expect("agent cgroup ns"),
+        fs::read_link("/proc/self/ns/cgroup").expect("our cgroup ns"),
+        "the agent is not in a cgroup namespace of its own"
+    );
     let want: u64 = caps.iter().map(|(_, bit)| 1u64 << bit).sum();
     assert_eq!(
         cap_mask(agent_pid, "CapEff"),
@@ -239,14 +254,45 @@ fn the_agent_image_runs_like_the_daemonset_and_resolves_containers() {
     assert_eq!(answer["container_id"], WORKLOAD_ID, "{answer}");
     assert_eq!(answer["runtime_namespace"], NAMESPACE, "{answer}");
     assert_eq!(answer["state"], "running", "{answer}");
+    assert_eq!(
+        answer["cgroup_path"],
+        cgroup2_path_of(workload.init_pid()).unwrap(),
+        "{answer}"
+    );
+    // The container that was there before the agent, with its host path.
+    let early_pid = early.init_pid();
+    let answer = json(&pidmap(&socket, &["resolve", &early_pid.to_string()])).expect("early");
+    assert_eq!(answer["source"], "containerd", "{answer}");
+    assert_eq!(answer["container_id"], EARLY_ID, "{answer}");
+    assert_eq!(
+        answer["cgroup_path"],
+        cgroup2_path_of(early_pid).unwrap(),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["cgroup_id"],
+        cgroup2_id_of(early_pid).unwrap(),
+        "{answer}"
+    );
     // And the agent finds itself, with its image.
     let me = json(&pidmap(&socket, &["resolve", &agent_pid.to_string()])).expect("self");
     assert_eq!(me["container_id"], AGENT_ID, "{me}");
     assert_eq!(me["image"], written.reference.as_str(), "{me}");
+    assert_eq!(
+        me["cgroup_path"],
+        cgroup2_path_of(agent_pid).unwrap(),
+        "{me}"
+    );
+    let log_text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log_text.contains("private cgroup namespace"),
+        "the agent did not place its cgroup namespace; log:\n{log_text}"
+    );
     let resolved_at = started.elapsed();
 
     // SIGTERM: the agent stops cleanly; then nothing of it is left.
     workload.delete();
+    early.delete();
     agent.kill("SIGTERM");
     agent.wait_exited(Duration::from_secs(10));
     let log_text = fs::read_to_string(&log).unwrap_or_default();

@@ -7,12 +7,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::namespace::{self, join_normalized};
 use super::parse::{cgroup_mounts, parse_proc_cgroup, CgroupMount, CgroupPaths};
 use super::{is_gone, CgroupError, Hierarchy};
 use crate::types::{CgroupId, CgroupIds};
 
 /// The mount table read by [`CgroupFs::discover`].
 const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// This process's own cgroups, read by [`CgroupFs::discover`].
+const SELF_CGROUP: &str = "/proc/self/cgroup";
 
 /// How many times [`CgroupFs::ids_of_pid`] re-reads `/proc/PID/cgroup` when
 /// the cgroup it names vanishes before it can be examined (the process moved
@@ -24,6 +28,11 @@ const READ_ATTEMPTS: usize = 3;
 /// Knows the three layouts: pure cgroup2 (`/sys/fs/cgroup`), hybrid (cgroup2
 /// at `/sys/fs/cgroup/unified`, v1 controllers beside it) and pure v1 (no
 /// cgroup2 mount). Either hierarchy may be absent.
+///
+/// Speaks host paths (relative to the hierarchy's true root), also when the
+/// agent runs in a private cgroup namespace with the host's hierarchy
+/// mounted: [`discover`](Self::discover) then places the namespace, and
+/// paths read from `/proc/PID/cgroup` are converted.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CgroupFs {
     v2: Option<CgroupMount>,
@@ -32,7 +41,10 @@ pub struct CgroupFs {
 
 impl CgroupFs {
     /// Finds the hierarchies in this process's mount table
-    /// (`/proc/self/mountinfo`).
+    /// (`/proc/self/mountinfo`), and, when the mount of a hierarchy lies
+    /// outside this process's cgroup namespace, where that namespace sits in
+    /// the host's hierarchy (logged; a namespace that cannot be placed is a
+    /// warning, and paths outside it stay unresolvable).
     ///
     /// Succeeds even when neither hierarchy is mounted; check
     /// [`v2_root`](Self::v2_root) and [`v1_memory_root`](Self::v1_memory_root).
@@ -56,7 +68,97 @@ impl CgroupFs {
             path: PathBuf::from(MOUNTINFO),
             source,
         })?;
-        Ok(Self::from_mountinfo(&text))
+        let mut fs = Self::from_mountinfo(&text);
+        if fs.hierarchies().any(|(_, m)| namespace::climbs(&m.root)) {
+            match std::fs::read_to_string(SELF_CGROUP) {
+                Ok(own) => fs.place_namespace(&parse_proc_cgroup(&own), std::process::id()),
+                Err(error) => tracing::warn!(
+                    file = SELF_CGROUP,
+                    %error,
+                    "cannot read this process's cgroups: processes outside its cgroup namespace \
+                     will not resolve"
+                ),
+            }
+        }
+        Ok(fs)
+    }
+
+    /// For each hierarchy whose mount lies outside this process's cgroup
+    /// namespace, finds the namespace's root in the host hierarchy (from
+    /// `own`, this process's paths, and `pid`, its PID) and rewrites the
+    /// mount's root as a host path.
+    pub(crate) fn place_namespace(&mut self, own: &CgroupPaths, pid: u32) {
+        for (hierarchy, mount, own) in [
+            (Hierarchy::V2, self.v2.as_mut(), own.v2.as_deref()),
+            (
+                Hierarchy::V1Memory,
+                self.v1_memory.as_mut(),
+                own.v1_memory.as_deref(),
+            ),
+        ] {
+            let Some(mount) = mount.filter(|m| namespace::climbs(&m.root)) else {
+                continue;
+            };
+            let placed = own
+                .ok_or_else(|| format!("{SELF_CGROUP} names no {hierarchy} cgroup"))
+                .and_then(|own| namespace::place(mount, own, pid).map_err(|e| e.to_string()));
+            let ns_root = match placed {
+                Ok(ns_root) => ns_root,
+                Err(error) => {
+                    tracing::warn!(
+                        %hierarchy,
+                        mount = %mount.mount_point.display(),
+                        %error,
+                        "cannot place this cgroup namespace in the host's hierarchy: processes \
+                         outside it will not resolve until their next kernel event"
+                    );
+                    continue;
+                }
+            };
+            // `place` found the root `climbs` levels below the mount's root,
+            // so climbing back stays within the hierarchy.
+            let host_root = join_normalized(&ns_root, &mount.root).unwrap_or_else(|| "/".into());
+            tracing::info!(
+                %hierarchy,
+                namespace_root = %ns_root,
+                mount = %mount.mount_point.display(),
+                "running in a private cgroup namespace: converting its paths to host paths"
+            );
+            mount.root = host_root;
+            mount.ns_root = Some(ns_root);
+        }
+    }
+
+    /// The host path of this process's cgroup-namespace root in
+    /// `hierarchy`, if it runs in a private namespace that was placed.
+    pub fn namespace_root(&self, hierarchy: Hierarchy) -> Option<&str> {
+        self.mount(hierarchy)?.ns_root.as_deref()
+    }
+
+    /// Rewrites paths as printed in this process's cgroup namespace (what
+    /// `/proc/PID/cgroup` shows) as host paths. A path that climbs above
+    /// the hierarchy's root is left as it is (and will not resolve).
+    pub fn to_host_paths(&self, paths: &mut CgroupPaths) {
+        for (hierarchy, path) in [
+            (Hierarchy::V2, paths.v2.as_mut()),
+            (Hierarchy::V1Memory, paths.v1_memory.as_mut()),
+        ] {
+            let (Some(ns_root), Some(path)) = (self.namespace_root(hierarchy), path) else {
+                continue;
+            };
+            if let Some(host) = join_normalized(ns_root, path) {
+                *path = host;
+            }
+        }
+    }
+
+    fn hierarchies(&self) -> impl Iterator<Item = (Hierarchy, &CgroupMount)> {
+        [
+            (Hierarchy::V2, &self.v2),
+            (Hierarchy::V1Memory, &self.v1_memory),
+        ]
+        .into_iter()
+        .filter_map(|(h, m)| Some((h, m.as_ref()?)))
     }
 
     /// Finds the hierarchies in the text of a `mountinfo` file.
@@ -74,6 +176,7 @@ impl CgroupFs {
         let whole = |mount_point| CgroupMount {
             mount_point,
             root: "/".to_owned(),
+            ns_root: None,
         };
         Self {
             v2: v2.map(whole),
@@ -140,7 +243,8 @@ impl CgroupFs {
         self.ids_of_paths_with(paths, &mut PathBuf::new())
     }
 
-    /// Reads `/proc/PID/cgroup` and resolves both paths to ids.
+    /// Reads `/proc/PID/cgroup` and resolves both paths to ids. The paths
+    /// returned are host paths (see [`to_host_paths`](Self::to_host_paths)).
     ///
     /// A process that exits meanwhile gives [`CgroupError::ProcessGone`] (or,
     /// rarely, [`CgroupError::CgroupGone`]): check
@@ -185,7 +289,8 @@ impl CgroupFs {
                     }
                 });
             }
-            let paths = parse_proc_cgroup(&String::from_utf8_lossy(&scratch.data));
+            let mut paths = parse_proc_cgroup(&String::from_utf8_lossy(&scratch.data));
+            self.to_host_paths(&mut paths);
             match self.ids_of_paths_with(&paths, &mut scratch.path) {
                 Ok(ids) => return Ok((ids, paths)),
                 Err(CgroupError::CgroupGone { .. }) if attempt < READ_ATTEMPTS => attempt += 1,

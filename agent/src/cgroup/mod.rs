@@ -17,14 +17,18 @@
 //! Two hierarchies matter: cgroup2 (what `bpf_get_current_cgroup_id()`
 //! reports) and, on hybrid or pure-v1 hosts, the v1 `memory` hierarchy.
 //!
-//! Paths are always relative to the root of the reader's cgroup namespace,
-//! exactly as `/proc/PID/cgroup` prints them (`/` is the root). Run the agent
-//! in the host's cgroup namespace, or processes outside its namespace show
-//! up as paths starting with `/..` that cannot be resolved.
+//! Paths are host paths: relative to the true root of the hierarchy (`/`),
+//! as the host's `/proc/PID/cgroup` prints them and as containerd names
+//! cgroups. In a private cgroup namespace (a pod on a cgroup v2 node) the
+//! kernel prints paths relative to the namespace's root instead
+//! (`0::/../../kubepods/…`); when the host's hierarchy is mounted,
+//! [`CgroupFs::discover`] finds where that root sits and
+//! [`CgroupFs::to_host_paths`] converts (see the `namespace` module).
 
 mod cache;
 mod container;
 mod fs;
+mod namespace;
 mod parse;
 
 use std::fmt;

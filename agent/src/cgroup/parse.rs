@@ -59,8 +59,16 @@ pub(crate) struct CgroupMount {
     /// Where the hierarchy is mounted, e.g. `/sys/fs/cgroup/unified`.
     pub(crate) mount_point: PathBuf,
     /// Which cgroup the mount point shows (field 4 of mountinfo): `/` for a
-    /// whole hierarchy, a deeper path for a bind mount of a sub-tree.
+    /// whole hierarchy, a deeper path for a bind mount of a sub-tree. The
+    /// kernel prints it relative to the reader's cgroup namespace (`/..` and
+    /// up for a mount of the host's hierarchy seen from a pod);
+    /// [`CgroupFs::discover`](super::CgroupFs::discover) rewrites it as a host
+    /// path once it has placed the namespace.
     pub(crate) root: String,
+    /// The host path of the reader's cgroup-namespace root in this
+    /// hierarchy, once placed; `None` when printed paths are host paths
+    /// already (no private namespace, or it could not be placed).
+    pub(crate) ns_root: Option<String>,
 }
 
 /// The cgroup2 and v1 memory mounts found in a mount table.
@@ -75,7 +83,9 @@ pub(crate) struct CgroupMounts {
 ///
 /// A line reads `ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS [OPTIONAL...] -
 /// FSTYPE SOURCE SUPER-OPTIONS`. When a hierarchy is mounted several times,
-/// the first mount of its whole tree (root `/`) wins, else the first mount.
+/// the mount that shows the most of it wins (the one whose root is highest:
+/// `/../..` from inside a cgroup namespace beats `/`, which beats
+/// `/kubepods`); among equals, the first.
 pub(crate) fn cgroup_mounts(mountinfo: &str) -> CgroupMounts {
     let mut out = CgroupMounts::default();
     for line in mountinfo.lines() {
@@ -98,13 +108,22 @@ pub(crate) fn cgroup_mounts(mountinfo: &str) -> CgroupMounts {
         let mount = CgroupMount {
             mount_point: PathBuf::from(OsString::from_vec(unescape_octal(mount_point))),
             root: String::from_utf8_lossy(&unescape_octal(root)).into_owned(),
+            ns_root: None,
         };
         match slot {
-            Some(existing) if existing.root == "/" || mount.root != "/" => {}
+            Some(existing) if height(&existing.root) <= height(&mount.root) => {}
             _ => *slot = Some(mount),
         }
     }
     out
+}
+
+/// How deep a mount's root lies: one per name, minus one per `..`.
+fn height(root: &str) -> isize {
+    root.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(|c| if c == ".." { -1 } else { 1 })
+        .sum()
 }
 
 /// Undoes the kernel's mountinfo escaping: `\NNN` (three octal digits) is
@@ -144,6 +163,7 @@ fn octal3(rest: &[u8]) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn proc_cgroup_hybrid() {
@@ -254,6 +274,19 @@ mod tests {
         let mounts = cgroup_mounts(text);
         let v2 = mounts.v2.as_ref().map(|m| m.mount_point.as_path());
         assert_eq!(v2, Some("/sys/fs/cgroup".as_ref()));
+    }
+
+    #[test]
+    fn mountinfo_prefers_the_host_tree_seen_from_a_cgroup_namespace() {
+        // A pod's own cgroup2 mount, then the host's bind-mounted over it.
+        let text = "\
+60 50 0:38 / /sys/fs/cgroup ro - cgroup2 cgroup rw
+61 60 0:38 /../../.. /sys/fs/cgroup ro - cgroup2 cgroup2 rw
+62 50 0:38 /.. /other ro - cgroup2 cgroup2 rw
+";
+        let v2 = cgroup_mounts(text).v2.unwrap();
+        assert_eq!(v2.root, "/../../..");
+        assert_eq!(v2.mount_point, Path::new("/sys/fs/cgroup"));
     }
 
     #[test]
