@@ -84,7 +84,9 @@ impl Agent {
         )
         .map_err(Error::RingPoll)?;
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        tasks.spawn(reader.run(tx, shutdown.clone()));
+        let (catch_up_tx, catch_up_rx) = mpsc::channel(state::CATCH_UP_QUEUE);
+        state.set_catch_up(catch_up_tx);
+        tasks.spawn(reader.run(tx, catch_up_rx, shutdown.clone()));
         if let Some(logger) = logger {
             tasks.spawn(ebpf::reader::run_logger(logger, shutdown.clone()));
         }

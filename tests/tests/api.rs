@@ -99,6 +99,73 @@ async fn batch_keeps_order_and_enforces_its_limit() {
     agent.stop().await;
 }
 
+/// Spawns a shell that prints `ready` and waits on its stdin, and returns it
+/// with its start time once it has printed: its exec into `sh` is then
+/// certainly recorded by the kernel. (Its fork is as soon as the spawn
+/// returns; its exec not quite: a vfork parent resumes just before the
+/// kernel reports the child's exec.)
+fn spawn_shell() -> (ChildGuard, u64) {
+    use std::io::BufRead as _;
+    let mut child = ChildGuard::spawn(
+        Command::new("sh")
+            .args(["-c", "echo ready; read -r _"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped()),
+    );
+    let start_time = pidmap_tests::proc_start_time(child.pid()).expect("child's start time");
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the child's line");
+    assert_eq!(line, "ready\n");
+    (child, start_time)
+}
+
+/// With ring polls 1 s apart, a process's events wait in the ring buffer:
+/// Resolve and ResolveBatch apply them first, so a process is resolvable,
+/// with its exec'd comm, as soon as it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_see_processes_whose_events_are_still_in_the_ring() {
+    let agent = TestAgent::start(Config {
+        ring_poll_ms: 1000,
+        ring_wakeup_events: 4096,
+        ..Config::default()
+    })
+    .await;
+    let mut c = client(&agent).await;
+    for round in 0..10 {
+        let (child, start_time) = spawn_shell();
+        let r = c
+            .resolve(proto::ResolveRequest {
+                pid: child.pid().into(),
+                start_time: Some(start_time),
+            })
+            .await
+            .expect("resolve")
+            .into_inner();
+        assert_eq!(
+            r.state,
+            proto::ProcessState::Running as i32,
+            "round {round}: {r:?}"
+        );
+        assert_eq!(r.start_time, Some(start_time), "round {round}: {r:?}");
+        assert_eq!(r.comm.as_deref(), Some("sh"), "round {round}: {r:?}");
+
+        // A batch with one such process among known ones.
+        let (other, _) = spawn_shell();
+        let batch = c
+            .resolve_batch(proto::ResolveBatchRequest {
+                requests: vec![req(std::process::id().into()), req(other.pid().into())],
+            })
+            .await
+            .expect("batch")
+            .into_inner();
+        assert_eq!(batch.records[1].pid, other.pid());
+        assert_eq!(batch.records[1].comm.as_deref(), Some("sh"), "{batch:?}");
+    }
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_whoami_lists_and_not_found() {
     let agent = TestAgent::start(Config::default()).await;

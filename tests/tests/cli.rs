@@ -128,8 +128,8 @@ async fn status_and_whoami_outputs() {
     let out = pidmap(&agent, &["whoami", "-o", "json"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let me = &json_lines(&out)[0];
-    // The caller's comm can still be its parent's (the fork was applied, its
-    // exec is in the ring for up to --ring-poll-ms): check identity, not comm.
+    // Its exec was in the ring buffer a moment ago: WhoAmI applies it first.
+    assert_eq!(me["comm"], "pidmap", "{me}");
     assert_eq!(me["state"], "running");
     assert_eq!(me["source"], "host");
     assert_eq!(me["ppid"].as_u64(), Some(u64::from(std::process::id())));
@@ -255,8 +255,8 @@ async fn whoami_from_inside_a_real_container_names_that_container() {
         .find(|l| l.starts_with('{'))
         .expect("a JSON line");
     let me: Value = serde_json::from_str(line).expect("JSON");
-    // Identity, not comm: the exec may still be in the ring (see above).
     assert_eq!(me["ppid"].as_u64(), Some(u64::from(exec_pid)), "{me}");
+    assert_eq!(me["comm"], "pidmap", "{me}");
     assert_eq!(me["source"], "containerd", "{me}");
     assert_eq!(me["container_id"], "asker");
     assert_eq!(me["runtime_namespace"], "default");

@@ -26,6 +26,11 @@ const SLOW_WATCHER_GRACE: std::time::Duration = std::time::Duration::from_secs(2
 /// How long WhoAmI waits for a caller that is not in the table yet.
 const WHOAMI_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a query waits for the ring buffer to be drained and applied
+/// before it answers from the table as it is (a backlog that long means
+/// the owner is busy; waiting longer would only slow every caller down).
+const RING_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// Largest pid Linux can hand out (`PID_MAX_LIMIT` on 64-bit).
 const PID_MAX_LIMIT: i64 = 4_194_304;
 
@@ -100,13 +105,23 @@ impl PidmapService {
         result
     }
 
-    fn resolve_one(&self, r: &proto::ResolveRequest) -> Result<proto::ProcessRecord, Status> {
-        let pid = valid_pid(r.pid)?;
-        Ok(convert::record(&resolve(
-            &self.state,
-            pid,
-            r.start_time.map(StartTime),
-        )))
+    /// Resolves every request, after one
+    /// [`State::catch_up`](crate::state::State::catch_up): the answers
+    /// include every kernel event recorded before the request, so a process
+    /// that started or exec'd a moment ago is there with its current comm.
+    async fn resolve_all(
+        &self,
+        requests: &[proto::ResolveRequest],
+    ) -> Result<Vec<proto::ProcessRecord>, Status> {
+        let wanted = requests
+            .iter()
+            .map(|r| Ok((valid_pid(r.pid)?, r.start_time.map(StartTime))))
+            .collect::<Result<Vec<_>, Status>>()?;
+        self.state.catch_up(RING_CATCH_UP).await;
+        Ok(wanted
+            .iter()
+            .map(|&(pid, start)| convert::record(&resolve(&self.state, pid, start)))
+            .collect())
     }
 }
 
@@ -152,7 +167,10 @@ impl Pidmap for PidmapService {
         let result = async move {
             self.privileged(&req)?;
             self.ready()?;
-            self.resolve_one(req.get_ref()).map(Response::new)
+            let mut records = self
+                .resolve_all(std::slice::from_ref(req.get_ref()))
+                .await?;
+            Ok(Response::new(records.pop().unwrap_or_default()))
         }
         .await;
         self.done("Resolve", started, result)
@@ -175,10 +193,7 @@ impl Pidmap for PidmapService {
                     self.settings.batch_limit
                 )));
             }
-            let records = requests
-                .iter()
-                .map(|r| self.resolve_one(r))
-                .collect::<Result<_, _>>()?;
+            let records = self.resolve_all(requests).await?;
             Ok(Response::new(proto::ResolveBatchResponse { records }))
         }
         .await;
@@ -321,10 +336,13 @@ impl Pidmap for PidmapService {
                     )
                 })?;
             let pid = valid_pid(i64::from(pid))?;
-            // The caller is alive, but it may have started a moment ago and its
-            // kernel event may still be in the ring buffer: give the table a
-            // short while to catch up rather than answer `unknown`.
+            // The caller is alive, but it may have started or exec'd a moment
+            // ago, with its kernel events still in the ring buffer: apply
+            // them first, so that its comm and cgroup are current. Should
+            // that not find it, wait a short while for its events rather than
+            // answer `unknown`.
             let mut changes = self.state.subscribe_changes();
+            self.state.catch_up(RING_CATCH_UP).await;
             let mut r = resolve(&self.state, pid, None);
             let deadline = tokio::time::Instant::now() + WHOAMI_CATCH_UP;
             while r.process.is_none() {

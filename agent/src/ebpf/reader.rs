@@ -5,7 +5,11 @@
 use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use tokio::{io::unix::AsyncFd, sync::mpsc, time::MissedTickBehavior};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, oneshot},
+    time::MissedTickBehavior,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -14,6 +18,11 @@ use crate::metrics::Metrics;
 
 /// Most events sent to the owner in one message.
 pub const MAX_BATCH: usize = 1024;
+
+/// Answered once every event that was in the ring buffer when the request
+/// reached the reader has been applied to the table (see
+/// [`State::catch_up`](crate::state::State::catch_up)).
+pub type CatchUpReply = oneshot::Sender<()>;
 
 /// What the reader tells the table owner.
 #[derive(Debug)]
@@ -28,6 +37,9 @@ pub enum ReaderMsg {
         /// Events dropped since the programs were loaded.
         total: u64,
     },
+    /// Everything sent before this was drained after these catch-up
+    /// requests arrived: answer them once it is applied.
+    CaughtUp(Vec<CatchUpReply>),
 }
 
 /// Reads the event ring buffer. Built from [`super::Loaded`].
@@ -56,12 +68,21 @@ impl RingReader {
         })
     }
 
-    /// Runs until `shutdown` fires or the receiver goes away.
-    pub async fn run(mut self, tx: mpsc::Sender<ReaderMsg>, shutdown: CancellationToken) {
+    /// Runs until `shutdown` fires or the receiver goes away. Besides
+    /// wake-ups and ticks, drains the ring at once for each batch of
+    /// catch-up requests from `catch_up`, and passes them on behind what it
+    /// drained.
+    pub async fn run(
+        mut self,
+        tx: mpsc::Sender<ReaderMsg>,
+        mut catch_up: mpsc::Receiver<CatchUpReply>,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.poll_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let mut check_drops = false;
+            let mut replies = Vec::new();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -72,9 +93,18 @@ impl RingReader {
                         tick.tick().await;
                     }
                 },
+                Some(first) = catch_up.recv() => {
+                    replies.push(first);
+                    while let Ok(more) = catch_up.try_recv() {
+                        replies.push(more);
+                    }
+                }
                 _ = tick.tick() => check_drops = true,
             }
             if !self.drain(&tx, &shutdown).await {
+                break;
+            }
+            if !replies.is_empty() && !send(&tx, ReaderMsg::CaughtUp(replies), &shutdown).await {
                 break;
             }
             if check_drops {

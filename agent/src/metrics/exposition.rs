@@ -120,6 +120,11 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
             s.rescans,
         ),
         (
+            "catch_up_timeouts",
+            "Queries answered from the table without waiting for the ring buffer to be drained and applied (the reader was too far behind)",
+            s.catch_up_timeouts,
+        ),
+        (
             "scan_added",
             "Processes added to the table by /proc scans (seed and rescans)",
             s.scan_added,

@@ -154,6 +154,7 @@ pub struct Metrics {
     containerd_events: AtomicU64,
     containerd_reconnects: AtomicU64,
     containerd_resyncs: AtomicU64,
+    catch_up_timeouts: AtomicU64,
     /// From a kernel exec event to its process being in the table (and so
     /// resolvable): CLOCK_MONOTONIC now minus the event's timestamp.
     pub exec_to_resolvable: Latency,
@@ -190,6 +191,8 @@ pub struct MetricsSnapshot {
     pub containerd_reconnects: u64,
     /// Periodic full resyncs with containerd.
     pub containerd_resyncs: u64,
+    /// Queries answered without waiting for the ring buffer to be applied.
+    pub catch_up_timeouts: u64,
 }
 
 impl MetricsSnapshot {
@@ -242,6 +245,12 @@ impl Metrics {
         self.containerd_resyncs.fetch_add(1, Relaxed);
     }
 
+    /// Counts one query answered without waiting for the ring buffer to be
+    /// drained and applied (see `State::catch_up`).
+    pub fn count_catch_up_timeout(&self) {
+        self.catch_up_timeouts.fetch_add(1, Relaxed);
+    }
+
     /// Counts one handled API request: `method` is the RPC's name, `code`
     /// the status it ended with, `elapsed` the time it took. Cheap enough
     /// for every request: a shared lock and a few atomic adds.
@@ -270,6 +279,7 @@ impl Metrics {
             containerd_events: self.containerd_events.load(Relaxed),
             containerd_reconnects: self.containerd_reconnects.load(Relaxed),
             containerd_resyncs: self.containerd_resyncs.load(Relaxed),
+            catch_up_timeouts: self.catch_up_timeouts.load(Relaxed),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
     time::Duration,
 };
@@ -32,7 +32,7 @@ use containers::ContainerStore;
 
 use crate::{
     cgroup::{CgroupFs, CgroupPathCache, Hierarchy},
-    ebpf::reader::ReaderMsg,
+    ebpf::reader::{CatchUpReply, ReaderMsg},
     metrics::Metrics,
     proc::{self, ProcError, ScanResult},
     types::{CgroupId, CgroupIds, ProcKey},
@@ -57,6 +57,7 @@ pub struct State {
     ready: AtomicBool,
     containerd_connected: AtomicBool,
     changes: broadcast::Sender<Change>,
+    catch_up: OnceLock<mpsc::Sender<CatchUpReply>>,
 }
 
 /// Something a watcher of the map may want to re-read.
@@ -72,6 +73,10 @@ pub enum Change {
 /// disconnected.
 pub const CHANGE_BUFFER: usize = 8192;
 
+/// Catch-up requests that may wait for the ring reader; callers beyond
+/// this do not wait (see [`State::catch_up`]).
+pub const CATCH_UP_QUEUE: usize = 1024;
+
 impl State {
     pub fn new(table: ProcessTable, cgroup_paths: CgroupPathCache, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -82,7 +87,35 @@ impl State {
             ready: AtomicBool::new(false),
             containerd_connected: AtomicBool::new(false),
             changes: broadcast::channel(CHANGE_BUFFER).0,
+            catch_up: OnceLock::new(),
         }
+    }
+
+    /// Connects [`catch_up`](Self::catch_up) to the ring reader (once, at
+    /// start-up; later calls are ignored).
+    pub fn set_catch_up(&self, requests: mpsc::Sender<CatchUpReply>) {
+        let _ = self.catch_up.set(requests);
+    }
+
+    /// Waits until every kernel event recorded before this call is in the
+    /// table: the ring reader drains the ring at once, rather than at its
+    /// next poll, and the owner answers once it has applied what was
+    /// drained. Concurrent callers share one drain.
+    ///
+    /// Returns false without waiting longer when that takes over `timeout`,
+    /// when [`CATCH_UP_QUEUE`] callers wait already, or when no reader is
+    /// connected: the table is then at most one ring poll behind.
+    pub async fn catch_up(&self, timeout: Duration) -> bool {
+        let Some(requests) = self.catch_up.get() else {
+            return false;
+        };
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let caught_up = requests.try_send(reply).is_ok()
+            && matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(())));
+        if !caught_up {
+            self.metrics.count_catch_up_timeout();
+        }
+        caught_up
     }
 
     /// Subscribes to changes (subscribe before taking a snapshot).
@@ -211,6 +244,11 @@ impl Owner {
                         }
                         self.learn_paths(events.iter().map(|ev| ev.cgroups));
                     }
+                    Some(ReaderMsg::CaughtUp(replies)) => {
+                        for reply in replies {
+                            let _ = reply.send(());
+                        }
+                    }
                     Some(ReaderMsg::Lost { .. }) => {
                         if scan.is_some() {
                             rescan_wanted = true;
@@ -335,5 +373,45 @@ async fn wait_scan(
     match scan {
         Some(handle) => handle.await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use super::*;
+
+    fn state() -> State {
+        let paths = CgroupPathCache::new(
+            CgroupFs::from_roots(None, None),
+            100,
+            Duration::from_secs(3600),
+        );
+        let table = ProcessTable::new(1, NonZeroUsize::new(10).unwrap());
+        State::new(table, paths, Arc::new(Metrics::default()))
+    }
+
+    #[tokio::test]
+    async fn catch_up_waits_for_the_reader_and_gives_up_on_time() {
+        let state = state();
+        // No reader yet: nothing to wait for, and nothing counted.
+        assert!(!state.catch_up(Duration::from_secs(1)).await);
+        assert_eq!(state.metrics.snapshot().catch_up_timeouts, 0);
+
+        let (tx, mut rx) = mpsc::channel::<CatchUpReply>(1);
+        state.set_catch_up(tx);
+        let answering = tokio::spawn(async move {
+            let reply = rx.recv().await.unwrap();
+            let _ = reply.send(());
+            // The next request is never answered.
+            let unanswered = rx.recv().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(unanswered);
+        });
+        assert!(state.catch_up(Duration::from_secs(5)).await);
+        assert!(!state.catch_up(Duration::from_millis(20)).await);
+        assert_eq!(state.metrics.snapshot().catch_up_timeouts, 1);
+        answering.abort();
     }
 }

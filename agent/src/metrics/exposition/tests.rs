@@ -210,9 +210,9 @@ fn every_family_has_help_and_type_and_the_text_ends_with_eof() {
             assert!(line.starts_with("pidmap_"), "unprefixed sample: {line}");
         }
     }
-    // events, 8 counters, processes, containers, containerd_connected,
+    // events, 9 counters, processes, containers, containerd_connected,
     // api requests and durations, two latencies.
-    assert_eq!(families, 16, "{text}");
+    assert_eq!(families, 17, "{text}");
 }
 
 #[test]
