@@ -103,6 +103,10 @@ enum Entry {
         source: PathBuf,
         mode: u32,
     },
+    /// A symbolic link to `target` (as given: relative or absolute).
+    Symlink {
+        target: String,
+    },
 }
 
 /// A one-layer image: files, directories and a config. See the [crate docs](crate).
@@ -167,6 +171,25 @@ impl Image {
         let key = self.add_parents(path)?;
         let source = source.into();
         self.entries.insert(key, Entry::File { source, mode });
+        Ok(self)
+    }
+
+    /// Adds symbolic link `path` (absolute) pointing at `target`, which is stored as given
+    /// (relative to the link's directory, or absolute within the image); missing parents get
+    /// 0755.
+    pub fn add_symlink(
+        &mut self,
+        path: &str,
+        target: impl Into<String>,
+    ) -> Result<&mut Self, Error> {
+        let key = self.add_parents(path)?;
+        let target = target.into();
+        if target.is_empty() {
+            return Err(Error::BadPath {
+                path: path.to_owned(),
+            });
+        }
+        self.entries.insert(key, Entry::Symlink { target });
         Ok(self)
     }
 
@@ -295,6 +318,10 @@ impl Image {
                     layer
                         .append_data(&mut h, path, data.as_slice())
                         .map_err(mem_err)?;
+                }
+                Entry::Symlink { target } => {
+                    let mut h = header(tar::EntryType::Symlink, 0o777, 0, self.created);
+                    layer.append_link(&mut h, path, target).map_err(mem_err)?;
                 }
             }
         }
@@ -460,6 +487,34 @@ mod tests {
             Image::new("localhost:5000/x", 0, ImageConfig::default()).tag(),
             "latest"
         );
+    }
+
+    #[test]
+    fn symlinks_are_stored_with_their_target() {
+        let mut image = Image::new("localhost/x:1", 7, ImageConfig::default());
+        image
+            .add_file("/bin/busybox", "/proc/self/exe", 0o755)
+            .expect("file");
+        image.add_symlink("/bin/sh", "busybox").expect("link");
+        assert!(image.add_symlink("/bin/x", "").is_err());
+        let layer = image.layer().expect("layer");
+        let mut archive = tar::Archive::new(layer.as_slice());
+        let links: Vec<(String, String, u64)> = archive
+            .entries()
+            .expect("entries")
+            .map(|e| e.expect("entry"))
+            .filter(|e| e.header().entry_type() == tar::EntryType::Symlink)
+            .map(|e| {
+                let path = e.path().expect("path").display().to_string();
+                let target = e.link_name().expect("link").expect("target");
+                (
+                    path,
+                    target.display().to_string(),
+                    e.header().mtime().expect("mtime"),
+                )
+            })
+            .collect();
+        assert_eq!(links, [("bin/sh".to_owned(), "busybox".to_owned(), 7)]);
     }
 
     #[test]
