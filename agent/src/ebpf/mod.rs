@@ -184,6 +184,8 @@ pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
 
     let ring = take_map(&mut ebpf, EVENTS_MAP)?;
     let drops = take_map(&mut ebpf, DROPS_MAP)?;
+    drop(aya_btf);
+    release_freed_heap();
     info!(
         programs = PROGRAMS.len(),
         ring_buffer_bytes = settings.ring_buffer_bytes,
@@ -195,6 +197,18 @@ pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
         drops,
         logger,
     })
+}
+
+/// Hands memory freed on the heap back to the kernel. Parsing the kernel
+/// BTF twice (offsets, then aya's loader) peaks at tens of MiB that are free
+/// once the programs are attached; glibc keeps such memory for reuse unless
+/// asked, and the agent would carry it for its whole life.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and trims glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn attach(

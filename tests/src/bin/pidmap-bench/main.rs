@@ -2,9 +2,11 @@
 //! prints them. Needs root (it loads the agent's eBPF programs).
 //!
 //! Figures: exec-storm throughput, the agent's CPU per event and drops at
-//! that rate; agent RSS with the node's process table loaded; /proc seed
-//! time per 1,000 processes; query API Resolve/ResolveBatch latency and
-//! throughput next to the /proc/PID/cgroup baseline (`--api-only`).
+//! that rate; agent RSS and peak with the node's process table loaded
+//! (`--agent-bin PATH`; alone with `--rss-only`); /proc seed time per 1,000
+//! processes; query API Resolve/ResolveBatch latency and throughput next to
+//! the /proc/PID/cgroup baseline (`--api-only`); container start to
+//! resolvable (`--containerd-only`).
 
 use std::{
     path::PathBuf,
@@ -40,6 +42,7 @@ fn main() -> Result<()> {
     let containers: usize = arg(&args, "--containers").unwrap_or(50);
     let only_containerd = args.iter().any(|a| a == "--containerd-only");
     let only_api = args.iter().any(|a| a == "--api-only");
+    let only_rss = args.iter().any(|a| a == "--rss-only");
     let api_pids: usize = arg(&args, "--api-pids").unwrap_or(1_000);
     let agent_bin = args
         .iter()
@@ -54,6 +57,10 @@ fn main() -> Result<()> {
     }
     if only_api {
         return api::run(api_pids);
+    }
+    if only_rss {
+        let bin = agent_bin.context("--rss-only needs --agent-bin target/release/pidmap")?;
+        return agent_rss(&bin, extra);
     }
     // Batched wake-ups (the default) and one wake-up per event, side by side.
     exec_storm(storm, spawners, Config::default().ring_wakeup_events)?;
@@ -245,10 +252,22 @@ fn agent_rss(bin: &std::path::Path, extra: usize) -> Result<()> {
         }
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        let rss = vm_rss_kib(agent.pid()).context("agent RSS")?;
+        let pid = agent.pid();
+        let status = |field| status_kib(pid, field).context("agent /proc/PID/status");
+        let (rss, peak) = (status("VmRSS:")?, status("VmHWM:")?);
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let (heap, ring) = (
+            mapping_rss_kib(pid, "[heap]"),
+            mapping_rss_kib(pid, "anon_inode:bpf-map"),
+        );
         println!(
-            "agent RSS ({label}, {procs} processes on the node): {:.1} MiB",
-            rss as f64 / 1024.0
+            "agent RSS ({label}, {procs} processes on the node): {:.1} MiB (peak {:.1} MiB); \
+             of it: heap {:.1} MiB, BPF map mappings {:.1} MiB (the ring buffer's data pages \
+             are mapped twice), the rest binary, libraries and stacks",
+            mib(rss),
+            mib(peak),
+            mib(heap),
+            mib(ring)
         );
         // SAFETY: kill has no memory-safety preconditions; the pid is our child.
         unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
@@ -257,13 +276,47 @@ fn agent_rss(bin: &std::path::Path, extra: usize) -> Result<()> {
     Ok(())
 }
 
-fn vm_rss_kib(pid: u32) -> Option<u64> {
+/// A `kB` field of /proc/PID/status, e.g. `VmRSS:`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// The summed `Rss:` of the mappings in /proc/PID/smaps whose name starts
+/// with `name` (0 if none or unreadable).
+fn mapping_rss_kib(pid: u32, name: &str) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return 0;
+    };
+    let mut matching = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            if matching {
+                total += kib
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        } else if line
+            .split(' ')
+            .next()
+            .is_some_and(|range| range.contains('-') && !range.ends_with(':'))
+        {
+            // A mapping's header: `start-end perms offset dev inode [name]`.
+            matching = line
+                .split_whitespace()
+                .nth(5)
+                .is_some_and(|n| n.starts_with(name));
+        }
+    }
+    total
 }
