@@ -93,13 +93,13 @@ impl RingReader {
                         tick.tick().await;
                     }
                 },
-                Some(first) = catch_up.recv() => {
-                    replies.push(first);
-                    while let Ok(more) = catch_up.try_recv() {
-                        replies.push(more);
-                    }
-                }
+                Some(first) = catch_up.recv() => replies.push(first),
                 _ = tick.tick() => check_drops = true,
+            }
+            // Whatever woke the reader, requests that are waiting now are
+            // answered by this drain (a busy ring must not starve them).
+            while let Ok(more) = catch_up.try_recv() {
+                replies.push(more);
             }
             if !self.drain(&tx, &shutdown).await {
                 break;

@@ -179,11 +179,11 @@ async fn connect(socket: &Path) -> Result<PidmapClient<Channel>> {
 }
 
 /// A new latency histogram in nanoseconds (1 ns to 60 s, 3 digits).
-fn histogram() -> Result<Histogram<u64>> {
+pub(crate) fn histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).context("histogram")
 }
 
-fn nanos(d: Duration) -> u64 {
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -437,7 +437,7 @@ fn print_pass(label: &str, what: &str, latency: &Histogram<u64>, n: usize) {
 }
 
 /// A duration in nanoseconds as µs or ms, with sensible precision.
-fn fmt_ns(ns: f64) -> String {
+pub(crate) fn fmt_ns(ns: f64) -> String {
     if ns < 1_000.0 {
         format!("{:.2} µs", ns / 1e3)
     } else if ns < 10_000.0 {

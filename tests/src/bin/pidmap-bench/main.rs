@@ -62,9 +62,11 @@ fn main() -> Result<()> {
         let bin = agent_bin.context("--rss-only needs --agent-bin target/release/pidmap")?;
         return agent_rss(&bin, extra);
     }
-    // Batched wake-ups (the default) and one wake-up per event, side by side.
-    exec_storm(storm, spawners, Config::default().ring_wakeup_events)?;
-    exec_storm(storm, spawners, 0)?;
+    // Batched wake-ups (the default) and one wake-up per event, side by side;
+    // then the default again with a query-like catch-up every millisecond.
+    exec_storm(storm, spawners, Config::default().ring_wakeup_events, false)?;
+    exec_storm(storm, spawners, 0, false)?;
+    exec_storm(storm, spawners, Config::default().ring_wakeup_events, true)?;
     seed_time(extra)?;
     if let Some(bin) = agent_bin {
         agent_rss(&bin, extra)?;
@@ -121,7 +123,15 @@ pub(crate) fn agent_runtime() -> Result<tokio::runtime::Runtime> {
         .context("tokio runtime")
 }
 
-fn exec_storm(n: usize, spawners: usize, wakeup_events: u32) -> Result<()> {
+/// How long a query waits for a catch-up (as the API service does).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_millis(25);
+
+/// Spawns `n` × `/bin/true` from `spawners` threads against an in-process
+/// agent and prints throughput, events, drops and agent CPU. With `probe`,
+/// another thread meanwhile calls `State::catch_up` (what every Resolve,
+/// ResolveBatch and WhoAmI does first) once a millisecond and prints its
+/// latency and how often it gave up.
+fn exec_storm(n: usize, spawners: usize, wakeup_events: u32, probe: bool) -> Result<()> {
     let rt = agent_runtime()?;
     let shutdown = CancellationToken::new();
     let socket = pidmap_tests::private_socket();
@@ -136,16 +146,39 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32) -> Result<()> {
     let before = state.metrics().snapshot();
     let cpu_before = agent_cpu_ticks();
     let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..spawners {
-            s.spawn(|| {
-                for _ in 0..n / spawners {
-                    if let Ok(mut child) = Command::new("/bin/true").spawn() {
-                        let _ = child.wait();
+    let storming = std::sync::atomic::AtomicBool::new(true);
+    let probed = std::thread::scope(|s| {
+        let prober = probe.then(|| {
+            s.spawn(|| -> Result<(hdrhistogram::Histogram<u64>, u64)> {
+                let mut latency = api::histogram()?;
+                let mut gave_up = 0;
+                while storming.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    if !rt.block_on(state.catch_up(CATCH_UP_TIMEOUT)) {
+                        gave_up += 1;
                     }
+                    latency.record(api::nanos(t.elapsed()))?;
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-            });
+                Ok((latency, gave_up))
+            })
+        });
+        let workers: Vec<_> = (0..spawners)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..n / spawners {
+                        if let Ok(mut child) = Command::new("/bin/true").spawn() {
+                            let _ = child.wait();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            let _ = worker.join();
         }
+        storming.store(false, std::sync::atomic::Ordering::Relaxed);
+        prober.map(|p| p.join().expect("probe thread"))
     });
     let spawn_secs = started.elapsed().as_secs_f64();
     let total = (n / spawners) * spawners;
@@ -164,8 +197,9 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32) -> Result<()> {
     let after = state.metrics().snapshot();
     let lost = after.lost_events - before.lost_events;
     let cpu_secs = cpu_ticks as f64 / 100.0;
+    let with = if probe { ", catch-up every 1 ms" } else { "" };
     println!(
-        "exec storm (ring_wakeup_events = {wakeup_events}): {total} x /bin/true from {spawners} threads in {spawn_secs:.2} s = {:.0} processes/s",
+        "exec storm (ring_wakeup_events = {wakeup_events}{with}): {total} x /bin/true from {spawners} threads in {spawn_secs:.2} s = {:.0} processes/s",
         total as f64 / spawn_secs
     );
     println!(
@@ -177,6 +211,17 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32) -> Result<()> {
         cpu_secs * 1e6 / received.max(1) as f64,
         cpu_secs * 100.0 / drain_secs
     );
+    if let Some(probed) = probed {
+        let (latency, gave_up) = probed?;
+        let q = |q| api::fmt_ns(latency.value_at_quantile(q) as f64);
+        println!(
+            "  catch-up during the storm: {} calls, p50 {}, p99 {}, max {}, {gave_up} gave up after {CATCH_UP_TIMEOUT:?}",
+            latency.len(),
+            q(0.5),
+            q(0.99),
+            api::fmt_ns(latency.max() as f64),
+        );
+    }
     shutdown.cancel();
     rt.block_on(agent.wait());
     if let Some(dir) = socket.parent() {
