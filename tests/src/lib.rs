@@ -219,12 +219,25 @@ impl CgroupGuard {
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
-        if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
-            for pid in procs.split_whitespace() {
-                let _ = fs::write(self.root.join("cgroup.procs"), pid);
+        // A process killed a moment ago may still be exiting and keep the
+        // cgroup busy: retry for a while rather than leave the directory.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
+                for pid in procs.split_whitespace() {
+                    let _ = fs::write(self.root.join("cgroup.procs"), pid);
+                }
+            }
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) if Instant::now() >= deadline => {
+                    eprintln!("warning: cannot remove {}: {e}", self.path.display());
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
-        let _ = fs::remove_dir(&self.path);
     }
 }
 

@@ -278,9 +278,13 @@ fn agent_rss(bin: &std::path::Path, extra: usize) -> Result<()> {
     for (label, sleepers) in [("node as is", 0), ("with extra sleepers", extra)] {
         let _sleepers = spawn_sleepers(sleepers)?;
         let procs = count_processes();
+        // A private socket: never the host's /run/pidmap, where a real agent may serve.
+        let socket = pidmap_tests::private_socket();
         let mut agent = ChildGuard(
             Command::new(bin)
                 .arg("agent")
+                .arg("--socket")
+                .arg(&socket)
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
                 .stdout(Stdio::null())
@@ -317,6 +321,9 @@ fn agent_rss(bin: &std::path::Path, extra: usize) -> Result<()> {
         // SAFETY: kill has no memory-safety preconditions; the pid is our child.
         unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
         let _ = agent.wait();
+        if let Some(dir) = socket.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     Ok(())
 }
