@@ -251,6 +251,16 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
+/// The value of `field` (e.g. `VmRSS`, `CapEff`) in /proc/PID/status,
+/// trimmed (`"1234 kB"`, `"000000c000000085"`).
+pub fn proc_status_field(pid: u32, field: &str) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let value = l.strip_prefix(field)?.strip_prefix(':')?;
+        Some(value.trim().to_owned())
+    })
+}
+
 /// The cgroup2 path of `pid` as the host prints it (the `0::` line of
 /// /proc/PID/cgroup, read from the test's own cgroup namespace, the host's).
 pub fn cgroup2_path_of(pid: u32) -> Option<String> {

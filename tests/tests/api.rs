@@ -414,13 +414,8 @@ async fn hostile_input_leaves_the_agent_serving() {
     let agent = TestAgent::start(config).await;
     let socket = agent.socket().to_path_buf();
     let rss = || {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            })
+        pidmap_tests::proc_status_field(std::process::id(), "VmRSS")
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };
     let before = rss();

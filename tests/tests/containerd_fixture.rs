@@ -11,7 +11,7 @@ use std::{
 };
 
 use pidmap_tests::{
-    cgroup2_root,
+    cgroup2_path_of, cgroup2_root,
     containerd::{process_alive, ContainerSpec, Containerd},
     proc_pids, require_root,
 };
@@ -69,14 +69,6 @@ fn processes_mentioning(dir: &Path) -> Vec<u32> {
     pids
 }
 
-/// The cgroup2 path of `pid` (the `0::` line of /proc/PID/cgroup).
-fn cgroup2_path(pid: u32) -> String {
-    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/PID/cgroup");
-    let line = cgroup.lines().find_map(|l| l.strip_prefix("0::"));
-    line.unwrap_or_else(|| panic!("no cgroup2 line in {cgroup}"))
-        .to_owned()
-}
-
 #[test]
 fn runs_containers_survives_restarts_and_cleans_up() {
     require_root();
@@ -110,7 +102,10 @@ fn runs_containers_survives_restarts_and_cleans_up() {
     left.pids.push(init);
     assert!(process_alive(init), "init pid {init} is not alive");
     assert_eq!(web.cgroup_path(), format!("{pod}/fixture-web"));
-    assert_eq!(cgroup2_path(init), web.cgroup_path());
+    assert_eq!(
+        cgroup2_path_of(init).expect("init cgroup"),
+        web.cgroup_path()
+    );
     let info = web.info();
     assert_eq!(info["Labels"]["io.kubernetes.pod.name"], "web-0");
     assert_eq!(info["Image"], "", "ctr run --rootfs records no image");
@@ -165,7 +160,10 @@ fn runs_containers_survives_restarts_and_cleans_up() {
     eprintln!("container from image running in {:?}", started.elapsed());
     left.pids.push(from_image.init_pid());
     assert_eq!(from_image.info()["Image"], image);
-    assert_eq!(cgroup2_path(from_image.init_pid()), "/k8s.io/fixture-image");
+    assert_eq!(
+        cgroup2_path_of(from_image.init_pid()).expect("cgroup"),
+        "/k8s.io/fixture-image"
+    );
 
     // The task outlives a clean stop and a crash of the daemon.
     let daemon = ctrd.pid().expect("daemon runs");

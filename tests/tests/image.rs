@@ -23,7 +23,7 @@ use std::{
 use pidmap_tests::{
     cgroup2_id_of, cgroup2_path_of,
     containerd::{ContainerSpec, Containerd, RunningContainer},
-    pidmap_bin, require_root,
+    pidmap_bin, proc_status_field, require_root,
 };
 use serde_json::Value;
 
@@ -59,12 +59,9 @@ const EARLY_ID: &str = "early-workload";
 
 /// Capability set `field` (e.g. `CapEff`) of `pid`, from /proc/PID/status.
 fn cap_mask(pid: u32, field: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    u64::from_str_radix(line.trim(), 16).expect("hex capability mask")
+    let mask =
+        proc_status_field(pid, field).unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    u64::from_str_radix(&mask, 16).expect("hex capability mask")
 }
 
 /// `pidmap ARGS… -o json` against `socket`.

@@ -303,7 +303,7 @@ fn agent_rss(bin: &std::path::Path, extra: usize) -> Result<()> {
         std::thread::spawn(move || lines.for_each(drop));
         let pid = agent.pid();
         let status = |field| status_kib(pid, field).context("agent /proc/PID/status");
-        let (rss, peak) = (status("VmRSS:")?, status("VmHWM:")?);
+        let (rss, peak) = (status("VmRSS")?, status("VmHWM")?);
         let mib = |kib: u64| kib as f64 / 1024.0;
         let (heap, ring) = (
             mapping_rss_kib(pid, "[heap]"),
@@ -328,14 +328,11 @@ fn agent_rss(bin: &std::path::Path, extra: usize) -> Result<()> {
     Ok(())
 }
 
-/// A `kB` field of /proc/PID/status, e.g. `VmRSS:`.
+/// A `kB` field of /proc/PID/status, e.g. `VmRSS`.
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
+    pidmap_tests::proc_status_field(pid, field)?
         .split_whitespace()
-        .nth(1)?
+        .next()?
         .parse()
         .ok()
 }
