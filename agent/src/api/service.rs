@@ -26,11 +26,6 @@ const SLOW_WATCHER_GRACE: std::time::Duration = std::time::Duration::from_secs(2
 /// How long WhoAmI waits for a caller that is not in the table yet.
 const WHOAMI_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// How long a query waits for the ring buffer to be drained and applied
-/// before it answers from the table as it is (a backlog that long means
-/// the owner is busy; waiting longer would only slow every caller down).
-const RING_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(25);
-
 /// Largest pid Linux can hand out (`PID_MAX_LIMIT` on 64-bit).
 const PID_MAX_LIMIT: i64 = 4_194_304;
 
@@ -117,7 +112,7 @@ impl PidmapService {
             .iter()
             .map(|r| Ok((valid_pid(r.pid)?, r.start_time.map(StartTime))))
             .collect::<Result<Vec<_>, Status>>()?;
-        self.state.catch_up(RING_CATCH_UP).await;
+        self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
         Ok(wanted
             .iter()
             .map(|&(pid, start)| convert::record(&resolve(&self.state, pid, start)))
@@ -342,7 +337,7 @@ impl Pidmap for PidmapService {
             // that not find it, wait a short while for its events rather than
             // answer `unknown`.
             let mut changes = self.state.subscribe_changes();
-            self.state.catch_up(RING_CATCH_UP).await;
+            self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
             let mut r = resolve(&self.state, pid, None);
             let deadline = tokio::time::Instant::now() + WHOAMI_CATCH_UP;
             while r.process.is_none() {

@@ -77,6 +77,11 @@ pub const CHANGE_BUFFER: usize = 8192;
 /// this do not wait (see [`State::catch_up`]).
 pub const CATCH_UP_QUEUE: usize = 1024;
 
+/// How long an API query waits for [`State::catch_up`] before it answers
+/// from the table as it is (a backlog that long means the owner is busy;
+/// waiting longer would only slow every caller down).
+pub const QUERY_CATCH_UP: Duration = Duration::from_millis(25);
+
 impl State {
     pub fn new(table: ProcessTable, cgroup_paths: CgroupPathCache, metrics: Arc<Metrics>) -> Self {
         Self {

@@ -123,9 +123,6 @@ pub(crate) fn agent_runtime() -> Result<tokio::runtime::Runtime> {
         .context("tokio runtime")
 }
 
-/// How long a query waits for a catch-up (as the API service does).
-const CATCH_UP_TIMEOUT: Duration = Duration::from_millis(25);
-
 /// Spawns `n` × `/bin/true` from `spawners` threads against an in-process
 /// agent and prints throughput, events, drops and agent CPU. With `probe`,
 /// another thread meanwhile calls `State::catch_up` (what every Resolve,
@@ -154,7 +151,7 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32, probe: bool) -> Res
                 let mut gave_up = 0;
                 while storming.load(std::sync::atomic::Ordering::Relaxed) {
                     let t = Instant::now();
-                    if !rt.block_on(state.catch_up(CATCH_UP_TIMEOUT)) {
+                    if !rt.block_on(state.catch_up(pidmap::state::QUERY_CATCH_UP)) {
                         gave_up += 1;
                     }
                     latency.record(api::nanos(t.elapsed()))?;
@@ -215,11 +212,12 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32, probe: bool) -> Res
         let (latency, gave_up) = probed?;
         let q = |q| api::fmt_ns(latency.value_at_quantile(q) as f64);
         println!(
-            "  catch-up during the storm: {} calls, p50 {}, p99 {}, max {}, {gave_up} gave up after {CATCH_UP_TIMEOUT:?}",
+            "  catch-up during the storm: {} calls, p50 {}, p99 {}, max {}, {gave_up} gave up after {:?}",
             latency.len(),
             q(0.5),
             q(0.99),
             api::fmt_ns(latency.max() as f64),
+            pidmap::state::QUERY_CATCH_UP,
         );
     }
     shutdown.cancel();
