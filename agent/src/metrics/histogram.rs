@@ -3,28 +3,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Bucket upper bounds, in nanoseconds, for latencies from a kernel or
-/// containerd event to the process or container being resolvable:
-/// 100 µs to 10 s in 1-2.5-5 steps.
-pub const RESOLVABLE_BOUNDS_NS: &[u64] = &[
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    10_000_000_000,
-];
-
 /// Bucket upper bounds, in nanoseconds, for API request handling: 10 µs
 /// (a table lookup) to 10 s in 1-2.5-5 steps.
 pub const REQUEST_BOUNDS_NS: &[u64] = &[
@@ -48,6 +26,11 @@ pub const REQUEST_BOUNDS_NS: &[u64] = &[
     5_000_000_000,
     10_000_000_000,
 ];
+
+/// Bucket upper bounds, in nanoseconds, for latencies from a kernel or
+/// containerd event to the process or container being resolvable:
+/// 100 µs to 10 s in 1-2.5-5 steps (the request bounds from 100 µs on).
+pub const RESOLVABLE_BOUNDS_NS: &[u64] = REQUEST_BOUNDS_NS.split_at(3).1;
 
 /// Counts of observations per bucket (not cumulative), plus their sum.
 ///
