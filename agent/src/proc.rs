@@ -448,6 +448,17 @@ mod tests {
         assert_eq!(stat.start_time, StartTime(42));
     }
 
+    /// Asserts that each line fails to parse, naming the given field.
+    fn assert_malformed(cases: &[(&str, StatField)]) {
+        for &(line, field) in cases {
+            let err = parse_stat(line).unwrap_err();
+            assert!(
+                matches!(err, ProcError::MalformedStat { field: f } if f == field),
+                "{line:?}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn truncated_lines_name_the_missing_field() {
         let cases: [(&str, StatField); 7] = [
@@ -462,13 +473,7 @@ mod tests {
                 StatField::StartTime,
             ),
         ];
-        for (line, field) in cases {
-            let err = parse_stat(line).unwrap_err();
-            assert!(
-                matches!(err, ProcError::MalformedStat { field: f } if f == field),
-                "{line:?}: {err}"
-            );
-        }
+        assert_malformed(&cases);
     }
 
     #[test]
@@ -499,13 +504,7 @@ mod tests {
                 StatField::StartTime,
             ),
         ];
-        for (line, field) in cases {
-            let err = parse_stat(line).unwrap_err();
-            assert!(
-                matches!(err, ProcError::MalformedStat { field: f } if f == field),
-                "{line:?}: {err}"
-            );
-        }
+        assert_malformed(&cases);
     }
 
     /// A fake procfs: one good process, one that vanished, one with a bad

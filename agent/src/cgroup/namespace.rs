@@ -161,7 +161,7 @@ pub(crate) fn place(mount: &CgroupMount, own: &str, pid: u32) -> Result<String, 
             pid,
         }
     })?;
-    Ok(join_normalized("/", &found.join("/")).unwrap_or_else(|| "/".to_owned()))
+    Ok(format!("/{}", found.join("/")))
 }
 
 /// Searches the directories exactly `depth` levels below `top` for the one
