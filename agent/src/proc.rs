@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::{is_gone, proc_pid_dir, read_all, CgroupError, CgroupFs, CgroupPaths, Scratch};
 use crate::types::{CgroupIds, Comm, ProcKey, StartTime};
+use crate::util::monotonic_ns;
 
 /// One process found by a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,6 +285,25 @@ fn read_with(
     })
 }
 
+/// Reads and parses `/proc/PID/stat` under `root` (normally `/proc`).
+///
+/// # Errors
+///
+/// As [`read_process`]: a process that is gone gives an error whose
+/// [`is_vanished`](ProcError::is_vanished) is true.
+pub fn read_stat(root: &Path, pid: u32) -> Result<StatFields, ProcError> {
+    let mut path = PathBuf::new();
+    proc_pid_dir(&mut path, root, pid);
+    path.push("stat");
+    let mut data = Vec::with_capacity(512);
+    let read = File::open(&path).and_then(|file| read_all(file, &mut data));
+    match read {
+        Ok(()) => parse_stat_bytes(&data),
+        Err(source) if is_gone(&source) => Err(ProcError::ProcessGone { pid }),
+        Err(source) => Err(ProcError::Read { path, source }),
+    }
+}
+
 /// Parses a `/proc/PID/stat` line.
 ///
 /// `comm` is everything between the first `(` and the **last** `)`, since a
@@ -384,23 +404,6 @@ impl ProcDir {
         let file = unsafe { File::from_raw_fd(fd) };
         read_all(file, data)
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds (0 if the clock cannot be read, which
-/// Linux never does for this clock).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
-    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
 #[cfg(test)]

@@ -110,12 +110,13 @@ impl TestAgent {
         agent
     }
 
-    /// Waits until the agent is connected to containerd (and has listed).
+    /// Waits until the agent is connected to containerd and has listed
+    /// (synced).
     pub async fn wait_connected(&self) {
         let state = self.state();
         assert!(
-            wait_until(Duration::from_secs(15), || state.containerd_connected()).await,
-            "agent never connected to containerd"
+            wait_until(Duration::from_secs(15), || state.containerd_synced()).await,
+            "agent never synced with containerd"
         );
     }
 
@@ -132,11 +133,14 @@ impl TestAgent {
         self.agent().state()
     }
 
-    /// Stops the agent and waits for every task.
+    /// Stops the agent and waits for every task; panics if a task had
+    /// died before.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(agent) = self.agent.take() {
-            agent.wait().await;
+            if let Err(e) = agent.wait().await {
+                panic!("the agent failed: {}", pidmap::error::chain(&e));
+            }
         }
     }
 }

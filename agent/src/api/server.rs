@@ -29,6 +29,7 @@ use tonic::transport::server::{Connected, UdsConnectInfo};
 use tracing::{debug, info, warn};
 
 use super::{
+    policy::{Policy, PolicyLayer},
     proto::{pidmap_server::PidmapServer, FILE_DESCRIPTOR_SET},
     service::{PidmapService, ServiceSettings},
 };
@@ -118,13 +119,24 @@ pub async fn serve(
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
+    let policy = Policy::new(
+        Arc::clone(&state),
+        settings.service.restrict_peers,
+        settings.service.allowed_gid,
+    );
     let service = PidmapService::new(state, settings.service.clone());
-    let pidmap = PidmapServer::new(service)
-        .max_decoding_message_size(settings.max_request_bytes)
-        .max_encoding_message_size(64 * 1024 * 1024);
+    let pidmap = tower::Layer::layer(
+        &PolicyLayer::new(policy),
+        PidmapServer::new(service)
+            .max_decoding_message_size(settings.max_request_bytes)
+            .max_encoding_message_size(64 * 1024 * 1024),
+    );
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<PidmapServer<PidmapService>>()
+        .set_service_status(
+            super::proto::pidmap_server::SERVICE_NAME,
+            tonic_health::ServingStatus::Serving,
+        )
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)

@@ -160,7 +160,7 @@ impl Drop for BenchAgent {
     fn drop(&mut self) {
         self.shutdown.cancel();
         if let Some(agent) = self.agent.take() {
-            self.rt.block_on(agent.wait());
+            let _ = self.rt.block_on(agent.wait());
         }
         let _ = std::fs::remove_file(&self.socket);
         if let Some(dir) = self.socket.parent() {

@@ -221,7 +221,7 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32, probe: bool) -> Res
         );
     }
     shutdown.cancel();
-    rt.block_on(agent.wait());
+    rt.block_on(agent.wait())?;
     if let Some(dir) = socket.parent() {
         let _ = std::fs::remove_dir(dir);
     }
