@@ -41,6 +41,9 @@ use state::{ProcessTable, State};
 
 /// cgroup id → path pairs cached per hierarchy.
 const CGROUP_PATHS: usize = 65_536;
+/// How long tasks get to finish after the shutdown signal before the ones
+/// still running are aborted (a hung task must not keep the agent alive).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Names of the agent's long-lived tasks, for logs and [`Error::TaskDied`].
 mod task {
@@ -298,11 +301,22 @@ impl Agent {
             ok => ok,
         };
         self.shutdown.cancel();
-        while let Some(joined) = self.tasks.join_next_with_id().await {
-            if let Err(error) = joined {
-                let task = self.names.get(&error.id()).copied().unwrap_or("unnamed");
-                warn!(task, %error, "agent task ended abnormally during shutdown");
+        let joined = tokio::time::timeout(STOP_GRACE, async {
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                if let Err(error) = joined {
+                    let task = self.names.get(&error.id()).copied().unwrap_or("unnamed");
+                    warn!(task, %error, "agent task ended abnormally during shutdown");
+                }
             }
+        })
+        .await;
+        if joined.is_err() {
+            warn!(
+                grace = ?STOP_GRACE,
+                tasks = self.tasks.len(),
+                "agent tasks did not stop in time; aborting them"
+            );
+            self.tasks.shutdown().await;
         }
         info!("agent stopped");
         outcome

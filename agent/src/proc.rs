@@ -33,6 +33,9 @@ pub struct ScannedProcess {
     pub cgroups: CgroupIds,
     /// Its cgroup paths, as `/proc/PID/cgroup` shows them.
     pub cgroup_paths: CgroupPaths,
+    /// A zombie whose whole thread group is dead: exited, not yet reaped.
+    /// (A zombie leader with threads still running has not exited yet.)
+    pub exited: bool,
 }
 
 /// The outcome of one scan of `/proc`.
@@ -58,6 +61,8 @@ pub struct StatFields {
     pub pid: u32,
     /// Field 2, the command name (without the parentheses).
     pub comm: Comm,
+    /// Field 3, the state (`R`, `S`, `Z`, …).
+    pub state: u8,
     /// Field 4, the parent's PID.
     pub ppid: u32,
     /// Field 22, the start time in clock ticks since boot.
@@ -276,12 +281,16 @@ fn read_with(
     let (cgroups, cgroup_paths) = fs
         .ids_of_pid_with(root, pid, |data| dir.read(c"cgroup", data), scratch)
         .map_err(|source| ProcError::Cgroup { pid, source })?;
+    // A zombie leader: its group is dead once no other thread is left.
+    let exited = stat.state == b'Z'
+        && std::fs::read_dir(scratch.path.join("task")).map_or(true, |tasks| tasks.count() <= 1);
     Ok(ScannedProcess {
         key: ProcKey::new(pid, stat.start_time),
         ppid: stat.ppid,
         comm: stat.comm,
         cgroups,
         cgroup_paths,
+        exited,
     })
 }
 
@@ -340,7 +349,10 @@ pub fn parse_stat_bytes(line: &[u8]) -> Result<StatFields, ProcError> {
     let mut fields = line[close + 1..]
         .split(|&b| b == b' ' || b == b'\n')
         .filter(|f| !f.is_empty());
-    fields.next().ok_or(malformed(StatField::State))?;
+    let state = fields
+        .next()
+        .and_then(|f| f.first().copied())
+        .ok_or(malformed(StatField::State))?;
     let ppid = fields
         .next()
         .and_then(parse_u64)
@@ -354,6 +366,7 @@ pub fn parse_stat_bytes(line: &[u8]) -> Result<StatFields, ProcError> {
     Ok(StatFields {
         pid,
         comm,
+        state,
         ppid,
         start_time: StartTime(start_time),
     })

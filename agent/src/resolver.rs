@@ -143,10 +143,11 @@ pub struct Resolution {
     pub cgroup_hierarchy: Option<Hierarchy>,
 }
 
-/// containerd namespaces that exist wherever containerd runs: `k8s.io`
-/// (kubelet's CRI), `moby` (Docker) and `default` (`ctr`). Their
-/// `/<namespace>/…` cgroups are taken for containerd's even before a list
-/// named them.
+/// containerd namespaces found wherever containerd runs: `k8s.io`
+/// (kubelet's CRI), `moby` (Docker) and `default` (`ctr`). While containerd
+/// is not synced, their `/<namespace>/…` cgroups are taken for
+/// containerd's even if no list named them yet; once it is synced, only the
+/// namespaces it has count.
 const WELL_KNOWN_NAMESPACES: [&str; 3] = ["k8s.io", "moby", "default"];
 
 /// What [`membership`] needs to see, borrowed once.
@@ -220,7 +221,7 @@ impl View<'_> {
         }
         let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
         path.trim_start_matches('/').contains('/')
-            && (WELL_KNOWN_NAMESPACES.contains(&first)
+            && ((!self.synced && WELL_KNOWN_NAMESPACES.contains(&first))
                 || self.store.namespaces().any(|ns| ns == first))
     }
 }

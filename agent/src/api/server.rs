@@ -35,6 +35,9 @@ use super::{
 };
 use crate::state::State;
 
+/// How long connections may take to finish once the agent shuts down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Socket and connection limits.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -124,7 +127,7 @@ pub async fn serve(
         settings.service.restrict_peers,
         settings.service.allowed_gid,
     );
-    let service = PidmapService::new(state, settings.service.clone());
+    let service = PidmapService::new(state, settings.service.clone(), shutdown.clone());
     let pidmap = tower::Layer::layer(
         &PolicyLayer::new(policy),
         PidmapServer::new(service)
@@ -162,11 +165,21 @@ pub async fn serve(
     };
     info!(socket = %settings.socket.display(), "API listening");
     let stop = shutdown.clone();
-    if let Err(error) = router
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await
-    {
-        warn!(%error, "API server stopped with an error");
+    let serving = router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+    // At shutdown, connections get a moment to finish what they are doing
+    // (Watch streams end at once); then the server is dropped regardless.
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = serving => if let Err(error) = served {
+            warn!(%error, "API server stopped with an error");
+        },
+        () = deadline => warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "API connections still open after the shutdown grace; closing them"
+        ),
     }
     let _ = std::fs::remove_file(&settings.socket);
     debug!("API server stopped");

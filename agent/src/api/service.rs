@@ -7,6 +7,7 @@ use std::{collections::BTreeSet, pin::Pin, sync::Arc};
 
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tokio_util::sync::CancellationToken;
 use tonic::{transport::server::UdsConnectInfo, Request, Response, Status};
 use tracing::{debug, instrument};
 
@@ -43,11 +44,17 @@ pub struct ServiceSettings {
 pub struct PidmapService {
     state: Arc<State>,
     settings: ServiceSettings,
+    /// Ends every `Watch` stream when the agent shuts down.
+    shutdown: CancellationToken,
 }
 
 impl PidmapService {
-    pub fn new(state: Arc<State>, settings: ServiceSettings) -> Self {
-        Self { state, settings }
+    pub fn new(state: Arc<State>, settings: ServiceSettings, shutdown: CancellationToken) -> Self {
+        Self {
+            state,
+            settings,
+            shutdown,
+        }
     }
 
     /// Resolves every request, after one
@@ -241,10 +248,23 @@ impl Pidmap for PidmapService {
         // Subscribe first, then snapshot: nothing between the two is lost
         // (a change may repeat what the snapshot already shows).
         let changes = self.state.subscribe_changes();
+        let state = Arc::clone(&self.state);
         // One slot more than the buffer: it is kept for the reason a slow
         // watcher is cut off, so that reason always reaches it.
         let (tx, rx) = mpsc::channel(self.settings.watch_buffer + 1);
-        tokio::spawn(feed_watcher(Arc::clone(&self.state), changes, tx));
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let reason = tx.clone();
+            tokio::select! {
+                () = feed_watcher(Arc::clone(&state), changes, tx) => {}
+                () = shutdown.cancelled() => {
+                    // The stream ends with a reason a client can act on.
+                    let _ = reason.try_send(Err(Status::unavailable(
+                        "pidmap is shutting down; reconnect to its replacement",
+                    )));
+                }
+            }
+        });
         let stream: WatchStream = Box::pin(ReceiverStream::new(rx));
         Ok(Response::new(stream))
     }

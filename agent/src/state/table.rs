@@ -300,6 +300,18 @@ impl ProcessTable {
                 stats.skipped_exited += 1;
                 continue;
             }
+            if sp.exited {
+                // A zombie: it exited before the agent could see it.
+                let p = match self.live.get(&sp.key.pid) {
+                    Some(p) if p.key == sp.key => self.take_live(sp.key.pid),
+                    _ => Some(from_scan(sp, started)),
+                };
+                if let Some(p) = p {
+                    self.retire(p, now_ns, None);
+                    stats.marked_exited += 1;
+                }
+                continue;
+            }
             let mut incoming = from_scan(sp, started);
             // The parent's start time, when the table knows the process
             // holding that pid and it is older than the child.

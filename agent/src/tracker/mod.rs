@@ -52,6 +52,8 @@ use orphans::Orphans;
 
 /// Most records applied under one write lock.
 const MAX_BATCH: usize = 1024;
+/// Longest a catch-up waits for a record another CPU is still writing.
+const BUSY_RECORD_WAIT: Duration = Duration::from_millis(1);
 /// How often exited entries are checked against the grace window.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Least time between two walks of cgroupfs for unknown cgroup ids.
@@ -202,14 +204,23 @@ impl Tracker {
         self.orphans.start();
     }
 
-    /// Answers every waiting catch-up once the ring is drained and applied.
+    /// Answers every waiting catch-up once everything the programs had
+    /// reserved when it arrived is applied.
     fn on_catch_up(&mut self, first: CatchUpReply) {
         let mut replies = vec![first];
         while let Ok(more) = self.catch_ups.try_recv() {
             replies.push(more);
         }
         self.batch_deadline = None;
+        let target = self.positions.producer();
         self.drain();
+        // A record still being written on another CPU holds back the ones
+        // behind it (committed or not): it takes microseconds.
+        let deadline = Instant::now() + BUSY_RECORD_WAIT;
+        while self.positions.consumer() < target && Instant::now() < deadline {
+            std::thread::yield_now();
+            self.drain();
+        }
         for reply in replies {
             let _ = reply.send(());
         }
@@ -247,7 +258,7 @@ impl Tracker {
                 table.apply_event(ev);
                 if ev.kind == EventKind::Exit {
                     for child in table.children_of(ev.key) {
-                        self.orphans.push(child, ev.key.pid, ev.timestamp_ns);
+                        self.orphans.push(child, ev.key.pid);
                     }
                 }
             }

@@ -14,7 +14,7 @@ use std::{
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::{proc, state::TableWriter, types::ProcKey};
+use crate::{proc, state::TableWriter, types::ProcKey, util::monotonic_ns};
 
 /// How long an orphan is looked at before it is given up. The kernel
 /// re-parents children in the exiting task's `exit_notify`, a moment after
@@ -30,16 +30,18 @@ struct Orphan {
     child: ProcKey,
     /// The pid of the parent that exited.
     old_parent: u32,
-    /// CLOCK_MONOTONIC ns of the parent's exit.
-    exit_ns: u64,
     since: Instant,
 }
 
 /// What one look-up found.
 #[derive(Debug)]
 pub(super) enum Found {
-    /// The child's parent is now `pid`.
-    Parent { orphan: OrphanRef, pid: u32 },
+    /// The child's parent is `pid` as of CLOCK_MONOTONIC `read_ns`.
+    Parent {
+        orphan: OrphanRef,
+        pid: u32,
+        read_ns: u64,
+    },
     /// The kernel has not re-parented it yet: look again.
     NotYet(OrphanRef),
     /// The child is gone (or its pid belongs to another process now).
@@ -70,13 +72,12 @@ impl Orphans {
         self.waiting.is_empty()
     }
 
-    /// Queues `child`, whose parent `old_parent` exited at `exit_ns`.
-    pub(super) fn push(&mut self, child: ProcKey, old_parent: u32, exit_ns: u64) {
+    /// Queues `child`, whose parent `old_parent` exited.
+    pub(super) fn push(&mut self, child: ProcKey, old_parent: u32) {
         if self.waiting.len() < MAX_WAITING {
             self.waiting.push(Orphan {
                 child,
                 old_parent,
-                exit_ns,
                 since: Instant::now(),
             });
         }
@@ -118,9 +119,14 @@ impl Orphans {
         let mut table = writer.table();
         for f in found {
             match f {
-                Found::Parent { orphan, pid } => {
-                    let o = orphan.0;
-                    table.reparent(o.child, pid, o.exit_ns);
+                // As of the read: an event the child made after it (with
+                // its then-current parent) wins, one made before does not.
+                Found::Parent {
+                    orphan,
+                    pid,
+                    read_ns,
+                } => {
+                    table.reparent(orphan.0.child, pid, read_ns);
                 }
                 Found::NotYet(orphan) if orphan.0.since.elapsed() < GIVE_UP => {
                     self.waiting.push(orphan.0);
@@ -143,12 +149,15 @@ impl Orphans {
 
 /// Reads the orphan's parent from /proc.
 fn look_up(root: &std::path::Path, o: Orphan) -> Found {
+    // Taken before the read: the parent read is at least this recent.
+    let read_ns = monotonic_ns();
     match proc::read_stat(root, o.child.pid) {
         Ok(stat) if stat.start_time != o.child.start_time => Found::Gone,
         Ok(stat) if stat.ppid == o.old_parent => Found::NotYet(OrphanRef(o)),
         Ok(stat) => Found::Parent {
             orphan: OrphanRef(o),
             pid: stat.ppid,
+            read_ns,
         },
         Err(_) => Found::Gone,
     }

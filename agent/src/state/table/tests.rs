@@ -42,6 +42,7 @@ fn scanned(k: ProcKey, comm: &str) -> ScannedProcess {
             v1_memory: None,
         },
         cgroup_paths: CgroupPaths::default(),
+        exited: false,
     }
 }
 
@@ -319,4 +320,26 @@ fn children_are_found_and_reparented_once_their_parent_exits() {
     // Not live (or another process now): nothing to do.
     assert!(!t.reparent(key(100, 6), 1, 40));
     assert!(!t.reparent(key(999, 1), 1, 40));
+}
+
+#[test]
+fn zombies_in_a_scan_are_exited() {
+    let mut t = table();
+    t.apply_event(&ev(EventKind::Fork, key(600, 1), 10));
+    let zombie = |k| ScannedProcess {
+        exited: true,
+        ..scanned(k, "zombie")
+    };
+    let stats = t.apply_scan(
+        &scan(50, vec![zombie(key(600, 1)), zombie(key(601, 2))]),
+        60,
+    );
+    assert_eq!((stats.added, stats.marked_exited), (0, 2));
+    for pid in [600, 601] {
+        assert!(matches!(
+            t.get(pid).unwrap().state,
+            ProcessState::Exited { at_ns: 60, .. }
+        ));
+    }
+    assert_eq!(t.live_len(), 0);
 }
