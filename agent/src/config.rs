@@ -20,6 +20,9 @@ pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// Where the running kernel exposes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// The longest Unix socket path: `sun_path` holds 108 bytes with the NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
 /// The largest ring buffer the agent accepts: 256 MiB of locked kernel
 /// memory already holds about 2.8 million events.
 pub const MAX_RING_BUFFER_BYTES: u32 = 256 * 1024 * 1024;
@@ -228,6 +231,12 @@ impl Config {
         if self.ring_poll_ms == 0 || self.ring_poll_ms > 1000 {
             return invalid("ring_poll_ms", "must be between 1 and 1000");
         }
+        if self.socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return invalid(
+                "socket",
+                "a Unix socket path must be at most 107 bytes (the kernel's sun_path limit)",
+            );
+        }
         Ok(())
     }
 
@@ -411,6 +420,14 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(toml::from_str::<Config>("exit_grace = 5").is_err());
+        let long = Config {
+            socket: PathBuf::from(format!("/tmp/{}", "x".repeat(120))),
+            ..Config::default()
+        };
+        assert!(matches!(
+            long.validate(),
+            Err(ConfigError::Invalid { key: "socket", .. })
+        ));
         for bytes in [5000, 2048, 1 << 31] {
             let c = Config {
                 ring_buffer_bytes: bytes,

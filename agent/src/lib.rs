@@ -98,6 +98,11 @@ impl Agent {
         let metrics = Arc::new(metrics::Metrics::default());
         let cgroupfs = Arc::new(cgroup::CgroupFs::discover()?);
         warn_if_unplaceable(&cgroupfs);
+        // The socket before the kernel: a second agent on a live socket, or
+        // a socket that cannot be made, fails before any program is loaded.
+        // It answers UNAVAILABLE until the agent is ready.
+        let listener = api::server::bind(&server_settings)?;
+        let socket_file = SocketFile(Some(server_settings.socket.clone()));
         let loaded = ebpf::load(&ebpf::EbpfSettings {
             ring_buffer_bytes: config.ring_buffer_bytes,
             wakeup_events: config.ring_wakeup_events,
@@ -162,8 +167,9 @@ impl Agent {
         let run = watcher.run(agent.shutdown.clone());
         agent.spawn(task::WATCHER, spawner.watcher(run));
 
-        // The socket answers UNAVAILABLE until the agent is ready.
-        let listener = api::server::bind(&server_settings)?;
+        // From here the server owns the socket file (and removes it when
+        // it stops).
+        socket_file.release();
         let serve = api::server::serve(
             listener,
             Arc::clone(&state),
@@ -320,6 +326,24 @@ impl Agent {
         }
         info!("agent stopped");
         outcome
+    }
+}
+
+/// Removes the API socket if the agent fails to start after binding it.
+struct SocketFile(Option<std::path::PathBuf>);
+
+impl SocketFile {
+    /// The server took the socket over.
+    fn release(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

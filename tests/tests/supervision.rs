@@ -158,3 +158,36 @@ async fn periodic_work_keeps_running_while_the_ring_never_empties() {
     );
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_or_impossible_socket_fails_before_any_program_is_loaded() {
+    let agent = TestAgent::start(Config::default()).await;
+    let long = format!("/tmp/{}", "x".repeat(120));
+    let taken = agent.socket().to_string_lossy().into_owned();
+    for (socket, code, want) in [
+        (taken.as_str(), 1, "another pidmap agent is already serving"),
+        (long.as_str(), 2, "at most 107 bytes"),
+    ] {
+        // A BTF path that does not exist: the agent would fail on it, had
+        // it got as far as the kernel.
+        let out = Command::new(pidmap_bin())
+            .args([
+                "agent",
+                "--socket",
+                socket,
+                "--btf-path",
+                "/nonexistent/vmlinux",
+            ])
+            .output()
+            .expect("run pidmap agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+        assert!(
+            !stderr.contains("BTF"),
+            "got as far as the kernel: {stderr}"
+        );
+    }
+    assert!(agent.socket().exists(), "the first agent's socket survives");
+    agent.stop().await;
+}
