@@ -14,7 +14,8 @@ pub enum Error {
     /// The cgroup hierarchies could not be found.
     #[error("cgroup hierarchies")]
     Cgroup(#[from] crate::cgroup::CgroupError),
-    /// The ring buffer could not be registered with the runtime.
+    /// The ring buffer (or the tracker's batch timer) could not be
+    /// registered with the runtime.
     #[error("cannot poll the event ring buffer")]
     RingPoll(#[source] std::io::Error),
     /// The API socket could not be set up.

@@ -142,7 +142,8 @@ impl Agent {
                 cgroupfs: Arc::clone(&cgroupfs),
             },
             seeded_tx,
-        );
+        )
+        .map_err(Error::RingPoll)?;
         let run = tracker.run(agent.shutdown.clone());
         agent.spawn(task::TRACKER, spawner.tracker(run));
         if let Some(logger) = logger {

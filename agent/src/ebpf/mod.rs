@@ -153,13 +153,17 @@ pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
     let offsets = btf::KernelBtf::from_file(&settings.btf_path)?
         .kernel_config(settings.wakeup_events.saturating_mul(RECORD_BYTES))?;
     debug!(?offsets, "kernel structure offsets from BTF");
-    // Whatever the offset look-up parsed is free again before aya parses.
+    // `EbpfLoader::new` parses the kernel's BTF itself, for CO-RE
+    // relocations, which Rust programs do not have: drop that copy at once,
+    // so that it is never alive beside the one attaching needs (the two
+    // were the agent's start-up peak).
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
     release_freed_heap();
     let aya_btf = aya::Btf::parse_file(&settings.btf_path, aya::Endianness::default())
         .map_err(LoadError::AyaBtf)?;
 
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&aya_btf))
+    let mut ebpf = loader
         .override_global(CONFIG_GLOBAL, &offsets, true)
         .map_max_entries(EVENTS_MAP, settings.ring_buffer_bytes)
         .load(EBPF_OBJECT)
@@ -184,11 +188,13 @@ pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
     for (name, tracepoint) in PROGRAMS {
         attach(&mut ebpf, &aya_btf, name, tracepoint)?;
     }
+    // The parsed BTF is not needed any more: give its memory back before
+    // the ring buffer's pages are mapped, so the two never add up.
+    drop(aya_btf);
+    release_freed_heap();
 
     let ring = take_map(&mut ebpf, EVENTS_MAP)?;
     let drops = take_map(&mut ebpf, DROPS_MAP)?;
-    drop(aya_btf);
-    release_freed_heap();
     info!(
         programs = PROGRAMS.len(),
         ring_buffer_bytes = settings.ring_buffer_bytes,

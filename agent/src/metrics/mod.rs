@@ -3,8 +3,8 @@
 //! ([`exposition`]), by the metrics endpoint ([`server`]).
 //!
 //! The counters stay plain atomics (read by [`Metrics::snapshot`] too);
-//! the exposition renders them, and the table sizes read from
-//! [`State`](crate::state::State), at scrape time.
+//! the exposition renders them, and the table sizes its
+//! [`GaugeSource`](exposition::GaugeSource) reads, at scrape time.
 
 pub mod exposition;
 pub mod histogram;

@@ -18,6 +18,7 @@
 //!   orphans' new parents — runs on tokio's blocking threads, one job of a
 //!   kind at a time, outside any lock; its result is applied afterwards.
 
+mod batch;
 mod orphans;
 
 use std::{
@@ -48,6 +49,7 @@ use crate::{
     types::{CgroupId, CgroupIds},
     util::{chain, monotonic_ns},
 };
+use batch::BatchTimer;
 use orphans::Orphans;
 
 /// Most records applied under one write lock.
@@ -96,8 +98,8 @@ pub struct Tracker {
     /// cgroups whose path is not known yet, and how many walks missed them.
     unknown_paths: HashMap<(Hierarchy, CgroupId), u8>,
     orphans: Orphans,
-    /// When the records collected since the last wake-up are read.
-    batch_deadline: Option<tokio::time::Instant>,
+    /// Fires when the records collected since the last wake-up are read.
+    batch: BatchTimer,
     last_sweep: Instant,
     /// Records taken from the ring, reused between batches.
     buffer: Vec<KernelEvent>,
@@ -106,16 +108,21 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker over `ring`, writing through `writer`. `seeded` is told
     /// once the first /proc scan is in the table.
+    ///
+    /// # Errors
+    ///
+    /// The batch timer cannot be created.
     pub fn new(
         writer: TableWriter,
         ring: Ring,
         settings: TrackerSettings,
         seeded: oneshot::Sender<()>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
+        let batch = BatchTimer::new()?;
         let positions = ring.positions();
         let catch_ups = writer.serve_catch_ups(positions.clone());
         let metrics = writer.state().metrics_handle();
-        Self {
+        Ok(Self {
             writer,
             ring,
             positions,
@@ -130,10 +137,10 @@ impl Tracker {
             walk: None,
             last_walk: None,
             unknown_paths: HashMap::new(),
-            batch_deadline: None,
+            batch,
             last_sweep: Instant::now(),
             buffer: Vec::with_capacity(MAX_BATCH),
-        }
+        })
     }
 
     /// Runs until `shutdown`. Starts the /proc seed at once: the ring buffer
@@ -144,7 +151,7 @@ impl Tracker {
         let mut tick = tokio::time::interval(self.settings.poll);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let deadline = self.batch_deadline;
+            let collecting = self.batch.armed();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -159,16 +166,14 @@ impl Tracker {
                 }
                 done = self.orphans.wait() => self.orphans.apply(done, &self.writer),
                 Some(first) = self.catch_ups.recv() => self.on_catch_up(first),
-                () = sleep_until(deadline) => {
-                    self.batch_deadline = None;
+                fired = self.batch.fired() => {
+                    if let Err(error) = fired {
+                        warn!(%error, "batch timer failed; reading at once");
+                    }
                     self.drain();
                 }
-                ready = self.ring.readable(), if deadline.is_none() => match ready {
-                    Ok(()) if self.settings.batch.is_zero() => self.drain(),
-                    Ok(()) => {
-                        self.batch_deadline =
-                            Some(tokio::time::Instant::now() + self.settings.batch);
-                    }
+                ready = self.ring.readable(), if !collecting => match ready {
+                    Ok(()) => self.collect(),
                     Err(error) => {
                         warn!(%error, "ring buffer poll failed; relying on the periodic tick");
                         tick.tick().await;
@@ -204,6 +209,18 @@ impl Tracker {
         self.orphans.start();
     }
 
+    /// After a wake-up: read at once, or collect records for the batch
+    /// interval first.
+    fn collect(&mut self) {
+        if self.settings.batch.is_zero() {
+            return self.drain();
+        }
+        if let Err(error) = self.batch.arm(self.settings.batch) {
+            warn!(%error, "cannot arm the batch timer; reading at once");
+            self.drain();
+        }
+    }
+
     /// Answers every waiting catch-up once everything the programs had
     /// reserved when it arrived is applied.
     fn on_catch_up(&mut self, first: CatchUpReply) {
@@ -211,7 +228,11 @@ impl Tracker {
         while let Ok(more) = self.catch_ups.try_recv() {
             replies.push(more);
         }
-        self.batch_deadline = None;
+        if self.batch.armed() {
+            if let Err(error) = self.batch.disarm() {
+                debug!(%error, "cannot disarm the batch timer");
+            }
+        }
         let target = self.positions.producer();
         self.drain();
         // A record still being written on another CPU holds back the ones
@@ -479,14 +500,6 @@ fn ids(cgroups: CgroupIds) -> impl Iterator<Item = (Hierarchy, CgroupId)> {
 async fn wait<T>(job: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
     match job {
         Some(handle) => handle.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `deadline`, or forever when there is none.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
