@@ -46,11 +46,13 @@ enum Command {
     Run(run::RunArgs),
     /// Run setup, then rustfmt and clippy on the workspace and on the eBPF crate.
     Lint,
-    /// Run the whole test suite: setup --for-tests, lint, unit tests, privileged tests.
+    /// Run the whole test suite: setup --for-tests, lint, unit tests, privileged tests, matrix --ci.
     ///
     /// The privileged end-to-end tests (real eBPF, containerd and runc) need root and run with
     /// --test-threads=1. Arguments after `--` go to the privileged test binary, e.g. a test name
-    /// filter: `cargo xtask test -- forked_and_execed_child`. Prints a summary of every stage.
+    /// filter: `cargo xtask test -- forked_and_execed_child`. The last stage is `cargo xtask
+    /// matrix --ci` (three Debian kernels under QEMU with cgroup v2, containerd 1.6 and 2.1).
+    /// Prints a summary of every stage.
     Test(test::Args),
     /// Run setup, build the release agent, write its OCI image archive.
     ///

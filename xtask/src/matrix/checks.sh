@@ -195,10 +195,12 @@ check_cgroup() {
         _which="v1 memory" _dir=$_mem/$_name
     else
         _r=$(resolve "$_p")
+        _id=$(echo "$_r" | jnum cgroup_id)
+        _path=$(echo "$_r" | jstr cgroup_path)
         report cgroup skip "no cgroup2 mount and no v1 memory controller (kernel without" \
             "CONFIG_MEMCG_V1): the process is in /$_name of the other v1 hierarchies, which" \
-            "pidmap does not track; pidmap said cgroup_id=$(echo "$_r" | jnum cgroup_id)" \
-            "cgroup_path=$(echo "$_r" | jstr cgroup_path) state=$(echo "$_r" | jstr state)"
+            "pidmap does not track; pidmap said cgroup_id=${_id:-null}" \
+            "cgroup_path=${_path:-null} state=$(echo "$_r" | jstr state)"
         return
     fi
     _id=$(stat -c %i "$_dir")

@@ -221,8 +221,8 @@ fn summarize(text: &str, success: bool) -> Cell {
     if failed.is_empty() {
         let last_error = text
             .lines()
-            .filter(|l| l.starts_with("error"))
-            .last()
+            .rev()
+            .find(|l| l.starts_with("error"))
             .unwrap_or("cargo test failed before any test ran");
         return Cell::fail(last_error.to_owned());
     }

@@ -95,7 +95,7 @@ impl Debian {
         match newest {
             Some(time) => SystemTime::now()
                 .duration_since(time)
-                .map_or(false, |age| age > LISTS_MAX_AGE),
+                .is_ok_and(|age| age > LISTS_MAX_AGE),
             None => true,
         }
     }

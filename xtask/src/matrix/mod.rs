@@ -242,11 +242,29 @@ fn say(message: impl Display) {
 
 /// `cargo xtask matrix`: see the [module docs](self) and `--help`.
 pub fn run(args: &Args) -> Result<()> {
-    run_plan(&Plan::from_args(args, kernel::host_layout()))
+    let words: Vec<String> = std::env::args().skip(1).collect();
+    let command = format!("cargo xtask {}", words.join(" "));
+    run_plan(&Plan::from_args(args, kernel::host_layout()), &command)
 }
 
-/// Runs `plan`, prints the table and writes `target/matrix-last.md`; fails if a cell failed.
-pub fn run_plan(plan: &Plan) -> Result<()> {
+/// This machine in a few words, e.g. `Debian GNU/Linux 12 (bookworm), kernel 6.18.44, 2 cores`.
+fn machine() -> String {
+    let os = fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|name| name.trim_matches('"').to_owned())
+        })
+        .unwrap_or_else(|| "unknown OS".to_owned());
+    let kernel = output(Command::new("uname").arg("-r")).unwrap_or_else(|_| "?".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{os}, kernel {kernel}, {cores} cores")
+}
+
+/// Runs `plan` (started by `command`, which the report names), prints the table and writes
+/// `target/matrix-last.md`; fails if a cell failed.
+pub fn run_plan(plan: &Plan, command: &str) -> Result<()> {
     if plan.vms.is_empty() && !plan.host && plan.containerds.is_empty() {
         bail!("nothing selected: --no-kernel and --no-containerd together leave no matrix");
     }
@@ -298,8 +316,9 @@ pub fn run_plan(plan: &Plan) -> Result<()> {
     print!("{}", report.text());
     let last = target.join("matrix-last.md");
     let markdown = format!(
-        "Run {date} ({} in all): {}.\n\n{}",
+        "`{command}` on {date}, {} in all, on {}: {}.\n\n{}",
         fmt_duration(elapsed),
+        machine(),
         plan.describe(),
         report.markdown()
     );

@@ -103,6 +103,17 @@ pub struct Report {
     pub sections: Vec<Section>,
 }
 
+/// Longest message a footnote shows; the logs have the rest.
+const NOTE_CHARS: usize = 400;
+
+/// `message`, cut to [`NOTE_CHARS`] characters.
+fn shorten(message: &str) -> String {
+    match message.char_indices().nth(NOTE_CHARS) {
+        Some((at, _)) => format!("{} … (cut; the log has it all)", &message[..at]),
+        None => message.to_owned(),
+    }
+}
+
 /// A footnote: the row, the column and the message of a cell that did not pass.
 struct Note {
     row: String,
@@ -199,7 +210,7 @@ impl Report {
                 i + 1,
                 note.row,
                 note.column,
-                note.cell.message
+                shorten(&note.cell.message)
             );
         }
         self.row_notes(&mut out, "");
@@ -237,7 +248,7 @@ impl Report {
                 i + 1,
                 note.row,
                 note.column,
-                note.cell.message.replace('|', "\\|")
+                shorten(&note.cell.message).replace('|', "\\|")
             );
         }
         if !notes.is_empty() {
@@ -285,6 +296,15 @@ mod tests {
                 ],
             }],
         }
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        assert_eq!(shorten("short"), "short");
+        let long = "é".repeat(NOTE_CHARS + 5);
+        let cut = shorten(&long);
+        assert!(cut.starts_with(&"é".repeat(NOTE_CHARS)));
+        assert!(cut.ends_with("(cut; the log has it all)"));
     }
 
     #[test]
