@@ -231,8 +231,7 @@ fn summarize(text: &str, success: bool) -> Cell {
         .map(|name| format!("{name}: {}", panic_message(text, name)))
         .collect();
     Cell::fail(format!(
-        "{} failed ({}): {}",
-        failed.len(),
+        "{}: {}",
         result.unwrap_or_default().trim_start_matches("FAILED. "),
         reasons.join("; ")
     ))
@@ -279,7 +278,7 @@ mod tests {
         assert_eq!(cell.verdict, Verdict::Fail);
         assert_eq!(
             cell.message,
-            "1 failed (1 passed; 1 failed): bad: agent never connected to containerd \
+            "1 passed; 1 failed: bad: agent never connected to containerd \
              (at tests/tests/x.rs:10:5)"
         );
     }

@@ -114,11 +114,37 @@ fn shorten(message: &str) -> String {
     }
 }
 
-/// A footnote: the row, the column and the message of a cell that did not pass.
+/// A footnote: a column and the message of a cell that did not pass, and every row where
+/// that cell said the same (up to the numbers in it: pids, ids, milliseconds).
 struct Note {
-    row: String,
+    rows: Vec<String>,
     column: String,
     cell: Cell,
+    shape: String,
+}
+
+impl Note {
+    /// `6.1 v2 / rename`, or `rename on 5.10 v2, 6.1 v2` when several rows share it.
+    fn title(&self) -> String {
+        match self.rows.as_slice() {
+            [row] => format!("{row} / {}", self.column),
+            rows => format!("{} on {}", self.column, rows.join(", ")),
+        }
+    }
+}
+
+/// `message` with every run of digits replaced by `#`, so that the same failure with other
+/// pids reads the same.
+fn shape(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        if !c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('#') {
+            out.push('#');
+        }
+    }
+    out
 }
 
 impl Report {
@@ -137,7 +163,8 @@ impl Report {
         (failed, total)
     }
 
-    /// Failing and skipped cells, numbered in table order, and each cell's text.
+    /// Failing and skipped cells, numbered in table order (one number for the same failure
+    /// in one column), and each cell's text.
     fn cell_texts(&self, section: &Section, notes: &mut Vec<Note>) -> Vec<Vec<String>> {
         section
             .rows
@@ -150,12 +177,28 @@ impl Report {
                         None => "-".to_owned(),
                         Some(cell) if cell.verdict == Verdict::Pass => "pass".to_owned(),
                         Some(cell) => {
-                            notes.push(Note {
-                                row: row.name.clone(),
-                                column: (*column).to_owned(),
-                                cell: cell.clone(),
+                            let shape = shape(&cell.message);
+                            let same = notes.iter().position(|n| {
+                                n.column == *column
+                                    && n.cell.verdict == cell.verdict
+                                    && n.shape == shape
                             });
-                            format!("{} [{}]", cell.verdict.word(), notes.len())
+                            let number = match same {
+                                Some(i) => {
+                                    notes[i].rows.push(row.name.clone());
+                                    i + 1
+                                }
+                                None => {
+                                    notes.push(Note {
+                                        rows: vec![row.name.clone()],
+                                        column: (*column).to_owned(),
+                                        cell: cell.clone(),
+                                        shape,
+                                    });
+                                    notes.len()
+                                }
+                            };
+                            format!("{} [{number}]", cell.verdict.word())
                         }
                     })
                     .collect()
@@ -206,10 +249,9 @@ impl Report {
         for (i, note) in notes.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "[{}] {} / {}: {}",
+                "[{}] {}: {}",
                 i + 1,
-                note.row,
-                note.column,
+                note.title(),
                 shorten(&note.cell.message)
             );
         }
@@ -244,10 +286,9 @@ impl Report {
         for (i, note) in notes.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "{}. **{} / {}**: {}",
+                "{}. **{}**: {}",
                 i + 1,
-                note.row,
-                note.column,
+                note.title(),
                 shorten(&note.cell.message).replace('|', "\\|")
             );
         }
@@ -293,9 +334,28 @@ mod tests {
                         &["ready"],
                         "download failed",
                     ),
+                    Row {
+                        name: "6.12 v2".into(),
+                        label: "linux-image-6.12 (trixie), cgroup v2".into(),
+                        cells: vec![
+                            ("ready".into(), Cell::new(Verdict::Pass, "ready after 4 s")),
+                            ("rename".into(), Cell::fail("pidmap said comm=sh")),
+                        ],
+                        notes: vec![],
+                        duration: Duration::from_secs(62),
+                    },
                 ],
             }],
         }
+    }
+
+    #[test]
+    fn the_same_failure_with_other_numbers_has_one_shape() {
+        assert_eq!(
+            shape("pid 2345 lost parent 2343 (checked for 130 ms)"),
+            shape("pid 7 lost parent 12 (checked for 1 ms)")
+        );
+        assert_ne!(shape("state=exited"), shape("state=unknown"));
     }
 
     #[test]
@@ -310,16 +370,20 @@ mod tests {
     #[test]
     fn failures_are_numbered_footnotes_and_missing_cells_dashes() {
         let r = report();
-        assert_eq!(r.counts(), (2, 3));
+        assert_eq!(r.counts(), (3, 5));
         let text = r.text();
         assert!(text.contains("FAIL [1]"), "{text}");
         assert!(
-            text.contains("[1] 6.1 v2 / rename: pidmap said comm=sh"),
+            text.contains("[1] rename on 6.1 v2, 6.12 v2: pidmap said comm=sh"),
             "{text}"
         );
         assert!(
             text.contains("[2] 5.10 v1 / ready: download failed"),
             "{text}"
+        );
+        assert!(
+            !text.contains("[3]"),
+            "one note for the same failure: {text}"
         );
         assert!(text.contains("6.1 v2: v1 memory not mountable"), "{text}");
         let row = text
@@ -340,7 +404,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("1. **6.1 v2 / rename**: pidmap said comm=sh"),
+            md.contains("1. **rename on 6.1 v2, 6.12 v2**: pidmap said comm=sh"),
             "{md}"
         );
     }
