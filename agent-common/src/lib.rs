@@ -17,11 +17,12 @@ pub const CONFIG_GLOBAL: &str = "CONFIG";
 pub const DEFAULT_RING_BYTES: u32 = 4 * 1024 * 1024;
 
 /// The eBPF programs, as `(program name, BTF tracepoint)` pairs.
-pub const PROGRAMS: [(&str, &str); 4] = [
+pub const PROGRAMS: [(&str, &str); 5] = [
     ("pidmap_fork", "sched_process_fork"),
     ("pidmap_exec", "sched_process_exec"),
     ("pidmap_exit", "sched_process_exit"),
     ("pidmap_cgroup_attach", "cgroup_attach_task"),
+    ("pidmap_rename", "task_rename"),
 ];
 
 /// What happened to the subject process of a [`RawEvent`].
@@ -34,8 +35,12 @@ pub enum EventKind {
     Exec = 2,
     /// The last thread of the subject's thread group exited.
     Exit = 3,
-    /// The subject was moved into another cgroup of some hierarchy.
+    /// The subject was moved into another cgroup of the cgroup2 or the v1
+    /// memory hierarchy; the record is a [`RawAttachEvent`].
     CgroupAttach = 4,
+    /// The subject's thread-group leader was renamed (`prctl(PR_SET_NAME)`,
+    /// a write to `/proc/PID/comm`, or exec); `comm` is the new name.
+    Rename = 5,
 }
 
 impl EventKind {
@@ -46,6 +51,7 @@ impl EventKind {
             2 => Some(Self::Exec),
             3 => Some(Self::Exit),
             4 => Some(Self::CgroupAttach),
+            5 => Some(Self::Rename),
             _ => None,
         }
     }
@@ -54,6 +60,12 @@ impl EventKind {
 /// [`RawEvent::flags`] bit: `memory_cgroup_id` was read (the kernel has a
 /// memory controller and the task has a css for it).
 pub const FLAG_MEMORY_CGROUP: u32 = 1;
+/// [`RawEvent::flags`] bit of a cgroup attach: the destination is in the
+/// cgroup2 (unified) hierarchy.
+pub const FLAG_ATTACH_UNIFIED: u32 = 2;
+/// [`RawEvent::flags`] bit of a cgroup attach: the destination is in the v1
+/// hierarchy of the memory controller.
+pub const FLAG_ATTACH_MEMORY: u32 = 4;
 
 /// Length of a task's `comm` including the terminating NUL.
 pub const COMM_LEN: usize = 16;
@@ -96,6 +108,31 @@ pub struct RawEvent {
 pub const RAW_EVENT_SIZE: usize = 88;
 const _: () = assert!(core::mem::size_of::<RawEvent>() == RAW_EVENT_SIZE);
 const _: () = assert!(core::mem::align_of::<RawEvent>() == 8);
+
+/// Bytes of a cgroup path an attach event carries, NUL included (the
+/// kernel's own buffer for it is 1024; longer paths are cut and flagged).
+pub const ATTACH_PATH_LEN: usize = 512;
+
+/// A cgroup attach: the event and the destination cgroup's path relative
+/// to its hierarchy's root, as the kernel passes it to the
+/// `cgroup_attach_task` tracepoint (the host's view, whatever namespace).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawAttachEvent {
+    /// The event; `kind` is [`EventKind::CgroupAttach`].
+    pub event: RawEvent,
+    /// What `bpf_probe_read_kernel_str` returned: the path's length with
+    /// its NUL, or a negative error. `ATTACH_PATH_LEN` means it may be cut.
+    pub path_len: i32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The path, NUL-terminated.
+    pub path: [u8; ATTACH_PATH_LEN],
+}
+
+/// Size of [`RawAttachEvent`] on the wire.
+pub const RAW_ATTACH_EVENT_SIZE: usize = RAW_EVENT_SIZE + 8 + ATTACH_PATH_LEN;
+const _: () = assert!(core::mem::size_of::<RawAttachEvent>() == RAW_ATTACH_EVENT_SIZE);
 
 impl RawEvent {
     /// An all-zero event, to fill in.
@@ -205,5 +242,6 @@ mod user {
     // SAFETY: both types are repr(C), Copy, have no padding bytes left
     // implicit (sizes asserted above) and every bit pattern is valid.
     unsafe impl aya::Pod for super::RawEvent {}
+    unsafe impl aya::Pod for super::RawAttachEvent {}
     unsafe impl aya::Pod for super::KernelConfig {}
 }

@@ -1,11 +1,14 @@
 //! pidmap's kernel programs.
 //!
-//! Four BTF tracepoints report every process's life into one ring buffer:
+//! Five BTF tracepoints report every process's life into one ring buffer:
 //! fork (new processes only, not threads), exec, exit (once the whole thread
-//! group is dead) and cgroup attach (the moved task is the subject, whatever
-//! task wrote to `cgroup.procs`). Every event carries the subject's key
-//! (tgid + group leader start time), parent, comm and cgroup ids, so any one
-//! event is enough to put a process into the agent's table.
+//! group is dead), cgroup attach (the moved task is the subject, whatever
+//! task wrote to `cgroup.procs`; only moves in the cgroup2 and v1 memory
+//! hierarchies, with the destination's path) and rename (of a thread-group
+//! leader: `prctl(PR_SET_NAME)`, `/proc/PID/comm`, exec). Every event
+//! carries the subject's key (tgid + group leader start time), parent, comm
+//! and cgroup ids, so any one event is enough to put a process into the
+//! agent's table.
 //!
 //! Rust eBPF has no CO-RE, so kernel structures are read with
 //! `bpf_probe_read_kernel` at offsets that the agent took from the running
@@ -17,10 +20,13 @@
 #![no_std]
 #![no_main]
 
-use agent_common::{EventKind, KernelConfig, RawEvent, COMM_LEN, FLAG_MEMORY_CGROUP};
+use agent_common::{
+    EventKind, KernelConfig, RawAttachEvent, RawEvent, ATTACH_PATH_LEN, COMM_LEN,
+    FLAG_ATTACH_MEMORY, FLAG_ATTACH_UNIFIED, FLAG_MEMORY_CGROUP,
+};
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str},
     macros::{btf_tracepoint, map},
     maps::{PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
@@ -66,9 +72,17 @@ fn cgroup_id(cfg: &KernelConfig, cgroup: *const u8) -> Result<u64, ReadError> {
     read(kn, cfg.kernfs_node_id)
 }
 
-/// Fills `ev` with everything about `task`'s thread group.
+/// The cgroups a task is in: its cgroup2 cgroup and, when the kernel has a
+/// memory controller, its memory cgroup (null otherwise).
+struct Cgroups {
+    unified: *const u8,
+    memory: *const u8,
+}
+
+/// Fills `ev` with everything about `task`'s thread group; returns the
+/// task's cgroups.
 #[inline(always)]
-fn fill(cfg: &KernelConfig, ev: &mut RawEvent, task: *const u8) -> Result<(), ReadError> {
+fn fill(cfg: &KernelConfig, ev: &mut RawEvent, task: *const u8) -> Result<Cgroups, ReadError> {
     ev.tgid = read(task, cfg.task_tgid)?;
     let leader: *const u8 = read(task, cfg.task_group_leader)?;
     ev.start_boottime_ns = read(leader, cfg.task_start_boottime)?;
@@ -82,38 +96,56 @@ fn fill(cfg: &KernelConfig, ev: &mut RawEvent, task: *const u8) -> Result<(), Re
     let css_set: *const u8 = read(task, cfg.task_cgroups)?;
     let dfl: *const u8 = read(css_set, cfg.css_set_dfl_cgrp)?;
     ev.cgroup_id = cgroup_id(cfg, dfl)?;
+    let mut memory = core::ptr::null();
     if cfg.memory_subsys_index != u32::MAX {
         let slot = cfg.css_set_subsys + cfg.memory_subsys_index * 8;
         let css: *const u8 = read(css_set, slot)?;
         if !css.is_null() {
-            let cgroup: *const u8 = read(css, cfg.css_cgroup)?;
-            ev.memory_cgroup_id = cgroup_id(cfg, cgroup)?;
+            memory = read(css, cfg.css_cgroup)?;
+            ev.memory_cgroup_id = cgroup_id(cfg, memory)?;
             ev.flags |= FLAG_MEMORY_CGROUP;
         }
     }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
     ev.timestamp_ns = unsafe { bpf_ktime_get_ns() };
-    Ok(())
+    Ok(Cgroups {
+        unified: dfl,
+        memory,
+    })
+}
+
+/// Counts one event lost because the ring buffer was full.
+#[inline(always)]
+fn count_drop() {
+    if let Some(count) = DROPS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *count += 1 };
+    }
+}
+
+/// The submit flags: with `wakeup_bytes` 0 the kernel's own policy (wake
+/// the reader when this is the first record it has not consumed), else a
+/// wake-up only once that many bytes wait.
+#[inline(always)]
+fn wakeup_flags(cfg: &KernelConfig) -> u64 {
+    if cfg.wakeup_bytes == 0 {
+        0
+    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(cfg.wakeup_bytes) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
 }
 
 /// Puts `ev` into the ring buffer, counting a drop when it is full.
 #[inline(always)]
 fn submit(cfg: &KernelConfig, ev: &RawEvent) {
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
-        if let Some(count) = DROPS.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-            unsafe { *count += 1 };
-        }
+        count_drop();
         return;
     };
     entry.write(*ev);
-    let flags = if cfg.wakeup_bytes == 0 {
-        0
-    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(cfg.wakeup_bytes) {
-        u64::from(BPF_RB_FORCE_WAKEUP)
-    } else {
-        u64::from(BPF_RB_NO_WAKEUP)
-    };
-    entry.submit(flags);
+    entry.submit(wakeup_flags(cfg));
 }
 
 #[inline(always)]
@@ -217,14 +249,90 @@ fn try_cgroup_attach(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
         return Ok(());
     }
     let dst: *const u8 = ctx.arg(0);
+    let path: *const u8 = ctx.arg(1);
     let task: *const u8 = ctx.arg(2);
     let mut ev = RawEvent::zeroed();
     ev.kind = EventKind::CgroupAttach as u32;
-    fill(&cfg, &mut ev, task)?;
+    // The tracepoint fires after the move: the task's own cgroups tell
+    // which hierarchy `dst` belongs to. Moves in other v1 hierarchies change
+    // nothing the agent tracks and are not reported.
+    let cgroups = fill(&cfg, &mut ev, task)?;
+    if dst == cgroups.unified {
+        ev.flags |= FLAG_ATTACH_UNIFIED;
+    } else if !cgroups.memory.is_null() && dst == cgroups.memory {
+        ev.flags |= FLAG_ATTACH_MEMORY;
+    } else {
+        return Ok(());
+    }
     ev.attach_cgroup_id = cgroup_id(&cfg, dst)?;
     let root: *const u8 = read(dst, cfg.cgroup_root)?;
     let hierarchy: i32 = read(root, cfg.cgroup_root_hierarchy_id)?;
     ev.hierarchy_id = hierarchy as u32;
+    // Too big for the BPF stack: written in place in the ring buffer.
+    let Some(mut entry) = EVENTS.reserve::<RawAttachEvent>(0) else {
+        count_drop();
+        return Ok(());
+    };
+    let out = entry.as_mut_ptr();
+    // SAFETY: `out` points at the reserved record, valid for writes of a
+    // whole RawAttachEvent until it is submitted; `path` is a kernel string
+    // that bpf_probe_read_kernel_str checks and bounds.
+    unsafe {
+        core::ptr::addr_of_mut!((*out).event).write(ev);
+        core::ptr::addr_of_mut!((*out)._pad).write(0);
+        let len = bpf_probe_read_kernel_str(
+            core::ptr::addr_of_mut!((*out).path).cast(),
+            ATTACH_PATH_LEN as u32,
+            path.cast(),
+        );
+        core::ptr::addr_of_mut!((*out).path_len).write(len as i32);
+    }
+    entry.submit(wakeup_flags(&cfg));
+    Ok(())
+}
+
+/// `task_rename(struct task_struct *task, const char *comm)`: fires before
+/// the new name is copied in, so the name comes from the argument.
+/// Reported only for thread-group leaders, whose comm is the process's.
+#[btf_tracepoint(function = "task_rename")]
+pub fn pidmap_rename(ctx: BtfTracePointContext) -> i32 {
+    if let Err(err) = try_rename(&ctx) {
+        warn!(
+            &ctx,
+            "pidmap: rename event not reported: read error {}", err
+        );
+    }
+    0
+}
+
+fn try_rename(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
+    let cfg = config();
+    if cfg.ready == 0 {
+        return Ok(());
+    }
+    let task: *const u8 = ctx.arg(0);
+    let comm: *const u8 = ctx.arg(1);
+    let pid: i32 = read(task, cfg.task_pid)?;
+    let tgid: i32 = read(task, cfg.task_tgid)?;
+    if pid != tgid {
+        return Ok(()); // a thread's name; /proc/PID/comm shows the leader's
+    }
+    let mut ev = RawEvent::zeroed();
+    ev.kind = EventKind::Rename as u32;
+    fill(&cfg, &mut ev, task)?;
+    let mut name = [0u8; COMM_LEN];
+    // SAFETY: `name` is ours and COMM_LEN bytes long; the helper bounds the
+    // read and checks the kernel address.
+    let len = unsafe {
+        bpf_probe_read_kernel_str(name.as_mut_ptr().cast(), COMM_LEN as u32, comm.cast())
+    };
+    if len < 0 {
+        return Err(len as i32);
+    }
+    if name == ev.comm {
+        return Ok(()); // the same name again: nothing changes
+    }
+    ev.comm = name;
     submit(&cfg, &ev);
     Ok(())
 }

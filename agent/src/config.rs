@@ -1,4 +1,8 @@
-//! Agent configuration: defaults, TOML file, command-line overrides.
+//! Agent configuration: every option is declared once, here — its name,
+//! type, default and help — and serves three sources: the built-in
+//! defaults, a TOML file (keys are the option names with `_`) and the
+//! command line (`--option-name`), where the command line wins over the
+//! file and the file over the defaults.
 
 use std::{
     num::NonZeroUsize,
@@ -6,93 +10,131 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use clap::{parser::ValueSource, ArgMatches, Args, Parser};
+use serde::{Deserialize, Serialize};
 
+/// Default path of the API's Unix socket.
+pub const DEFAULT_SOCKET: &str = "/run/pidmap/pidmap.sock";
 /// Default containerd socket.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// Where the running kernel exposes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Everything the agent can be told. Every field has a default; a TOML file
-/// may set any subset (unknown keys are an error).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// The largest ring buffer the agent accepts: 256 MiB of locked kernel
+/// memory already holds about 2.8 million events.
+pub const MAX_RING_BUFFER_BYTES: u32 = 256 * 1024 * 1024;
+
+/// Every option of `pidmap agent`. Each field is a command-line option and
+/// a TOML key; its doc comment is its `--help`, its `default_value` the
+/// built-in default (see [`Config::default`]).
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Seconds an exited process stays resolvable (state `exited`).
+    /// Seconds an exited process (and a deleted container) stays
+    /// resolvable, with state `exited`.
+    #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub exit_grace_seconds: u64,
     /// Most exited processes kept at once; the oldest go first.
+    #[arg(long, default_value = "65536", value_name = "N")]
     pub max_exited: NonZeroUsize,
-    /// Size of the kernel event ring buffer in bytes (power of two).
+    /// Size of the kernel event ring buffer in bytes: a power of two from
+    /// 4096 to 268435456 (256 MiB).
+    #[arg(long, default_value = "4194304", value_name = "BYTES")]
     pub ring_buffer_bytes: u32,
-    /// Wake the reader once this many events wait in the ring buffer
-    /// (0: on every event that finds the reader idle).
+    /// When the kernel wakes the event reader: 0 wakes it for the first
+    /// event waiting (it then collects events for --ring-batch-us before it
+    /// reads them); N wakes it only once N events wait, and the
+    /// --ring-poll-ms tick finds fewer.
+    #[arg(long, default_value = "0", value_name = "N")]
     pub ring_wakeup_events: u32,
-    /// Milliseconds between ring-buffer polls (picks up batched events and
-    /// checks the drop counter).
+    /// Microseconds the event reader collects events after a wake-up before
+    /// it reads them (fewer wake-ups under load; bounds how far the table
+    /// lags the kernel). 0 reads at once.
+    #[arg(long, default_value = "1000", value_name = "MICROSECONDS")]
+    pub ring_batch_us: u64,
+    /// Milliseconds between checks of the kernel's drop counter (and polls
+    /// of the ring buffer for events that woke nobody). 1 to 1000.
+    #[arg(long, default_value = "10", value_name = "MS")]
     pub ring_poll_ms: u64,
-    /// procfs mount to seed from.
+    /// procfs to seed the process table from (the host's: run the agent in
+    /// the host PID namespace).
+    #[arg(long, default_value = "/proc", value_name = "DIR")]
     pub proc_root: PathBuf,
-    /// Kernel BTF for structure offsets.
+    /// Kernel BTF for structure offsets (needs CONFIG_DEBUG_INFO_BTF=y).
+    #[arg(long, default_value = VMLINUX_BTF, value_name = "FILE")]
     pub btf_path: PathBuf,
-    /// containerd's gRPC socket.
+    /// containerd's gRPC socket. The agent works without containerd (host
+    /// processes and cgroup-path answers) and keeps retrying quietly.
+    #[arg(long, default_value = DEFAULT_CONTAINERD_SOCKET, value_name = "PATH")]
     pub containerd_socket: PathBuf,
-    /// Seconds between full resyncs with containerd (the safety net for
-    /// missed events).
+    /// Seconds between full re-lists of containerd, the safety net for
+    /// missed events. At least 1.
+    #[arg(long, default_value = "60", value_name = "SECONDS")]
     pub containerd_resync_seconds: u64,
-    /// Longest wait between reconnect attempts, in milliseconds.
+    /// Longest wait between containerd reconnect attempts, in
+    /// milliseconds. At least 100.
+    #[arg(long, default_value = "5000", value_name = "MS")]
     pub containerd_max_backoff_ms: u64,
-    /// The API's Unix socket.
+    /// At start, how long readiness waits for containerd's first list to be
+    /// reconciled (when containerd answers at all); after that the agent
+    /// goes ready anyway, with a warning, and container processes answer
+    /// `pending` until containerd is synced.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    pub containerd_sync_timeout_seconds: u64,
+    /// The API's Unix socket; its directory is created if missing.
+    #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH")]
     pub socket: PathBuf,
-    /// Mode of the API socket (octal in TOML as a string, e.g. "0660").
+    /// The socket's mode, in octal.
+    #[arg(long, default_value = "0660", value_name = "MODE")]
     pub socket_mode: String,
-    /// Group that owns the socket and may query everything (name or gid).
+    /// Group (name or gid) that owns the socket and may query everything
+    /// [default: none, the socket stays in root's group].
+    #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
-    /// Peers other than root and `socket_group` get only WhoAmI and Status.
+    /// Peers other than root and --socket-group may call only WhoAmI and
+    /// Status.
+    #[arg(long)]
     pub restrict_peers: bool,
-    /// Most pids in one ResolveBatch.
+    /// Most pids in one ResolveBatch request.
+    #[arg(long, default_value = "4096", value_name = "N")]
     pub batch_limit: usize,
-    /// Most API connections at once.
+    /// Most API connections at once; one more is closed at once.
+    #[arg(long, default_value = "256", value_name = "N")]
     pub max_connections: usize,
     /// Most concurrent requests (HTTP/2 streams) per connection.
+    #[arg(long, default_value = "64", value_name = "N")]
     pub max_streams_per_connection: u32,
-    /// Largest API request message in bytes.
+    /// Largest API request message, in bytes.
+    #[arg(long, default_value = "262144", value_name = "BYTES")]
     pub max_request_bytes: usize,
     /// Seconds a connection may stay silent before it is closed.
+    #[arg(long, default_value = "300", value_name = "SECONDS")]
     pub idle_timeout_seconds: u64,
     /// Changes buffered per Watch stream before a slow watcher is cut off.
+    #[arg(long, default_value = "1024", value_name = "N")]
     pub watch_buffer: usize,
-    /// Serve Prometheus metrics over HTTP on this address (`GET /metrics`);
-    /// `None` (the default) serves none.
+    /// Serve Prometheus metrics at http://ADDR/metrics, ADDR an IP:port such
+    /// as 127.0.0.1:9464 [default: off].
+    #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
+/// Parses nothing but the defaults of [`Config`].
+#[derive(Parser)]
+struct Defaults {
+    #[command(flatten)]
+    config: Config,
+}
+
 impl Default for Config {
+    /// The `default_value`s above. They are constants that always parse
+    /// (a unit test checks it), so this cannot fail at run time.
     fn default() -> Self {
-        Self {
-            exit_grace_seconds: 30,
-            max_exited: NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN),
-            ring_buffer_bytes: agent_common::DEFAULT_RING_BYTES,
-            ring_wakeup_events: 64,
-            ring_poll_ms: 10,
-            proc_root: PathBuf::from("/proc"),
-            btf_path: PathBuf::from(crate::ebpf::VMLINUX_BTF),
-            containerd_socket: PathBuf::from(DEFAULT_CONTAINERD_SOCKET),
-            containerd_resync_seconds: 60,
-            containerd_max_backoff_ms: 5_000,
-            socket: PathBuf::from(crate::api::DEFAULT_SOCKET),
-            socket_mode: "0660".to_owned(),
-            socket_group: None,
-            restrict_peers: false,
-            batch_limit: 4096,
-            max_connections: 256,
-            max_streams_per_connection: 64,
-            max_request_bytes: 256 * 1024,
-            idle_timeout_seconds: 300,
-            watch_buffer: 1024,
-            metrics_addr: None,
-        }
+        Defaults::parse_from(["pidmap"]).config
     }
 }
 
-/// A configuration file that cannot be used.
+/// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -109,6 +151,9 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    /// Command-line values could not be laid over the file's.
+    #[error("cannot combine the command line with the config file")]
+    Merge(#[source] serde_json::Error),
     /// A value is out of range.
     #[error("invalid setting {key}: {reason}")]
     Invalid {
@@ -132,44 +177,56 @@ impl Config {
         Ok(config)
     }
 
+    /// This configuration (parsed from a command line whose matches are
+    /// `matches`) laid over `base`: only the options the command line (or
+    /// the environment) actually gave replace `base`'s values.
+    pub fn over(&self, base: Self, matches: &ArgMatches) -> Result<Self, ConfigError> {
+        let given = serde_json::to_value(self).map_err(ConfigError::Merge)?;
+        let mut merged = serde_json::to_value(base).map_err(ConfigError::Merge)?;
+        if let (Some(given), Some(merged)) = (given.as_object(), merged.as_object_mut()) {
+            for key in given_options(matches) {
+                if let Some(value) = given.get(key) {
+                    merged.insert(key.to_owned(), value.clone());
+                }
+            }
+        }
+        let config: Self = serde_json::from_value(merged).map_err(ConfigError::Merge)?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks ranges the types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let page = 4096;
-        if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < page {
-            return Err(ConfigError::Invalid {
-                key: "ring_buffer_bytes",
-                reason: "must be a power of two of at least 4096",
-            });
+        let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
+        if !self.ring_buffer_bytes.is_power_of_two()
+            || self.ring_buffer_bytes < 4096
+            || self.ring_buffer_bytes > MAX_RING_BUFFER_BYTES
+        {
+            return invalid(
+                "ring_buffer_bytes",
+                "must be a power of two from 4096 to 268435456 (256 MiB)",
+            );
+        }
+        if self.ring_batch_us > 100_000 {
+            return invalid("ring_batch_us", "must be at most 100000 (100 ms)");
         }
         if self.containerd_resync_seconds == 0 {
-            return Err(ConfigError::Invalid {
-                key: "containerd_resync_seconds",
-                reason: "must be at least 1",
-            });
+            return invalid("containerd_resync_seconds", "must be at least 1");
         }
         if self.containerd_max_backoff_ms < 100 {
-            return Err(ConfigError::Invalid {
-                key: "containerd_max_backoff_ms",
-                reason: "must be at least 100",
-            });
+            return invalid("containerd_max_backoff_ms", "must be at least 100");
         }
         if self.socket_mode_bits().is_none() {
-            return Err(ConfigError::Invalid {
-                key: "socket_mode",
-                reason: "must be an octal mode such as 0660",
-            });
+            return invalid("socket_mode", "must be an octal mode such as 0660");
         }
         if self.batch_limit == 0 || self.max_connections == 0 || self.watch_buffer == 0 {
-            return Err(ConfigError::Invalid {
-                key: "batch_limit/max_connections/watch_buffer",
-                reason: "must be at least 1",
-            });
+            return invalid(
+                "batch_limit/max_connections/watch_buffer",
+                "must be at least 1",
+            );
         }
         if self.ring_poll_ms == 0 || self.ring_poll_ms > 1000 {
-            return Err(ConfigError::Invalid {
-                key: "ring_poll_ms",
-                reason: "must be between 1 and 1000",
-            });
+            return invalid("ring_poll_ms", "must be between 1 and 1000");
         }
         Ok(())
     }
@@ -193,27 +250,103 @@ impl Config {
         Duration::from_millis(self.containerd_max_backoff_ms)
     }
 
+    pub fn containerd_sync_timeout(&self) -> Duration {
+        Duration::from_secs(self.containerd_sync_timeout_seconds)
+    }
+
     pub fn ring_poll_interval(&self) -> Duration {
         Duration::from_millis(self.ring_poll_ms)
     }
+
+    pub fn ring_batch(&self) -> Duration {
+        Duration::from_micros(self.ring_batch_us)
+    }
 }
 
-/// A group's id from a numeric gid or a name in /etc/group.
+/// The options (by name, e.g. `socket`) that the command line or the
+/// environment gave in `matches`, rather than their defaults.
+pub fn given_options(matches: &ArgMatches) -> Vec<&str> {
+    matches
+        .ids()
+        .map(|id| id.as_str())
+        .filter(|id| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        })
+        .collect()
+}
+
+/// A group's id from a numeric gid or a group name (looked up through the
+/// system's name service, as `getent group` does).
 pub fn group_id(group: &str) -> Option<u32> {
     if let Ok(gid) = group.parse() {
         return Some(gid);
     }
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|line| {
-        let mut f = line.split(':');
-        (f.next()? == group).then_some(())?;
-        f.nth(1)?.parse().ok()
-    })
+    let name = std::ffi::CString::new(group).ok()?;
+    let mut grp = zeroed_group();
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: every pointer is valid for the call; `buf` is writable for
+        // `buf.len()` bytes and outlives the call; `grp` and `result` are
+        // ours.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &raw mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &raw mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        return (rc == 0 && !result.is_null()).then_some(grp.gr_gid);
+    }
+}
+
+fn zeroed_group() -> libc::group {
+    // SAFETY: `struct group` is plain data (integers and pointers) for which
+    // all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory as _, FromArgMatches as _};
+
+    #[derive(Parser, Debug)]
+    struct Cmd {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    /// Parses `args` the way `pidmap agent` does and lays it over `base`.
+    fn over(base: Config, args: &[&str]) -> Result<Config, ConfigError> {
+        let argv: Vec<&str> = std::iter::once("pidmap")
+            .chain(args.iter().copied())
+            .collect();
+        let matches = Cmd::command().try_get_matches_from(argv).unwrap();
+        let cmd = Cmd::from_arg_matches(&matches).unwrap();
+        cmd.config.over(base, &matches)
+    }
+
+    #[test]
+    fn defaults_parse_and_are_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.exit_grace(), Duration::from_secs(30));
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.socket_group, None);
+        assert!(!c.restrict_peers);
+        assert_eq!(c.metrics_addr, None);
+        Cmd::command().debug_assert();
+    }
 
     #[test]
     fn groups_by_number_or_name() {
@@ -240,7 +373,6 @@ mod tests {
     fn empty_file_gives_defaults() {
         let c: Config = toml::from_str("").unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.exit_grace(), Duration::from_secs(30));
     }
 
     #[test]
@@ -252,8 +384,25 @@ mod tests {
     }
 
     #[test]
+    fn command_line_wins_over_file_only_where_given() {
+        let file: Config =
+            toml::from_str("exit_grace_seconds = 5\nring_poll_ms = 20\nrestrict_peers = true")
+                .unwrap();
+        let c = over(
+            file.clone(),
+            &["--ring-poll-ms", "7", "--socket-group", "12"],
+        )
+        .unwrap();
+        assert_eq!(c.ring_poll_ms, 7, "given on the command line");
+        assert_eq!(c.exit_grace_seconds, 5, "from the file");
+        assert!(c.restrict_peers, "from the file; the flag was not given");
+        assert_eq!(c.socket_group.as_deref(), Some("12"));
+        assert_eq!(over(file.clone(), &[]).unwrap(), file);
+        assert!(over(file, &["--ring-buffer-bytes", "1000"]).is_err());
+    }
+
+    #[test]
     fn metrics_addr_is_off_unless_given() {
-        assert_eq!(Config::default().metrics_addr, None);
         let c: Config = toml::from_str(r#"metrics_addr = "127.0.0.1:9464""#).unwrap();
         assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
         assert!(toml::from_str::<Config>(r#"metrics_addr = "localhost""#).is_err());
@@ -262,16 +411,21 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(toml::from_str::<Config>("exit_grace = 5").is_err());
-        let c = Config {
-            ring_buffer_bytes: 5000,
-            ..Config::default()
-        };
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::Invalid {
-                key: "ring_buffer_bytes",
-                ..
-            })
-        ));
+        for bytes in [5000, 2048, 1 << 31] {
+            let c = Config {
+                ring_buffer_bytes: bytes,
+                ..Config::default()
+            };
+            assert!(
+                matches!(
+                    c.validate(),
+                    Err(ConfigError::Invalid {
+                        key: "ring_buffer_bytes",
+                        ..
+                    })
+                ),
+                "{bytes}"
+            );
+        }
     }
 }

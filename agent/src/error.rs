@@ -1,6 +1,8 @@
-//! The agent's top-level error.
+//! The agent's top-level error: why it could not start, or why it stopped.
 
-/// Why the agent could not start.
+pub use crate::util::chain;
+
+/// Why the agent could not start, or stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The configuration is unusable.
@@ -20,7 +22,7 @@ pub enum Error {
     Api(#[from] crate::api::server::ServerError),
     /// `socket_group` names no group of this host.
     #[error(
-        "socket group {group} does not exist (give a group name from /etc/group or a numeric gid)"
+        "socket group {group} does not exist (give a group name known to the system, as `getent group` shows them, or a numeric gid)"
     )]
     UnknownGroup { group: String },
     /// The metrics endpoint's address could not be bound.
@@ -33,17 +35,23 @@ pub enum Error {
     /// The agent stopped before its first /proc seed completed.
     #[error("the agent stopped before the process table was seeded")]
     NotSeeded,
+    /// A task the agent cannot work without ended on its own (or
+    /// panicked): the agent stops rather than serve a frozen table.
+    #[error("the agent's {task} task {how}")]
+    TaskDied {
+        /// Which task.
+        task: &'static str,
+        /// `ended` or `panicked: <message>`.
+        how: String,
+    },
 }
 
-/// An error and its causes on one line, `outer: inner: innermost`, the way
-/// logs and the command line print them.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut s = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
+impl From<crate::metrics::server::MetricsError> for Error {
+    fn from(e: crate::metrics::server::MetricsError) -> Self {
+        match e {
+            crate::metrics::server::MetricsError::Bind { addr, source } => {
+                Self::MetricsBind { addr, source }
+            }
+        }
     }
-    s
 }

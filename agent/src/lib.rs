@@ -1,9 +1,10 @@
 //! pidmap: an always-current map from every process on a node to its
 //! container and pod.
 //!
-//! [`Agent::start`] loads the eBPF programs, starts the ring reader, seeds
-//! the process table from /proc and returns once the table is ready;
-//! [`run`] does the same and waits for shutdown. Tests start whole agents
+//! [`Agent::start`] loads the eBPF programs, starts every task, and returns
+//! once the agent is ready: the process table seeded from /proc and, when
+//! containerd answers, its containers listed. [`Agent::wait`] supervises the
+//! tasks until shutdown; [`run`] does both. Tests start whole agents
 //! in-process this way.
 
 pub mod api;
@@ -12,35 +13,52 @@ pub mod cli;
 pub mod config;
 pub mod ebpf;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod metrics;
 pub mod proc;
 pub mod resolver;
 pub mod runtime;
 pub mod signals;
 pub mod state;
+pub mod tracker;
 pub mod types;
+pub mod util;
 
-use std::sync::Arc;
+use std::{collections::HashMap, future::Future, sync::Arc};
 
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{
+    sync::oneshot,
+    task::{Id, JoinSet},
+};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 pub use config::Config;
 pub use error::Error;
-use state::{Owner, ProcessTable, State};
+use runtime::containerd::FirstContact;
+use state::{ProcessTable, State};
 
-/// Messages that may wait between the ring reader and the table owner.
-const EVENT_QUEUE: usize = 256;
 /// cgroup id → path pairs cached per hierarchy.
 const CGROUP_PATHS: usize = 65_536;
-/// Least time between two walks of a cgroup hierarchy for unknown ids.
-const CGROUP_WALK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long tasks get to finish after the shutdown signal before the ones
+/// still running are aborted (a hung task must not keep the agent alive).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Names of the agent's long-lived tasks, for logs and [`Error::TaskDied`].
+mod task {
+    pub const TRACKER: &str = "tracker";
+    pub const WATCHER: &str = "containerd watcher";
+    pub const API: &str = "API server";
+    pub const METRICS: &str = "metrics server";
+    pub const EBPF_LOG: &str = "eBPF log";
+}
 
 /// A running agent.
 pub struct Agent {
     state: Arc<State>,
     tasks: JoinSet<()>,
+    names: HashMap<Id, &'static str>,
     shutdown: CancellationToken,
     /// Where the metrics endpoint listens, if it is on.
     metrics_addr: Option<std::net::SocketAddr>,
@@ -49,12 +67,37 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts every part of the agent and returns once the process table
-    /// has been seeded from /proc. All tasks stop when `shutdown` fires.
+    /// Starts every part of the agent and returns once it is ready: the
+    /// process table is seeded from /proc, and containerd's first list is
+    /// reconciled — or containerd did not answer, or did not finish within
+    /// `containerd_sync_timeout_seconds` (then with a warning; container
+    /// processes answer `pending` until it is synced). All tasks stop when
+    /// `shutdown` fires.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Self, Error> {
+        Self::start_inner(config, shutdown, Spawner::default()).await
+    }
+
+    /// [`start`](Self::start), with faults a test can trigger in the
+    /// agent's tasks (see [`faults`]).
+    #[cfg(feature = "fault-injection")]
+    pub async fn start_with_faults(
+        config: Config,
+        shutdown: CancellationToken,
+        faults: faults::Faults,
+    ) -> Result<Self, Error> {
+        Self::start_inner(config, shutdown, Spawner { faults }).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        shutdown: CancellationToken,
+        spawner: Spawner,
+    ) -> Result<Self, Error> {
         config.validate()?;
+        let server_settings = api_settings(&config)?;
         let metrics = Arc::new(metrics::Metrics::default());
         let cgroupfs = Arc::new(cgroup::CgroupFs::discover()?);
+        warn_if_unplaceable(&cgroupfs);
         let loaded = ebpf::load(&ebpf::EbpfSettings {
             ring_buffer_bytes: config.ring_buffer_bytes,
             wakeup_events: config.ring_wakeup_events,
@@ -67,40 +110,44 @@ impl Agent {
             logger,
         } = loaded;
 
-        let table = ProcessTable::new(
-            u64::try_from(config.exit_grace().as_nanos()).unwrap_or(u64::MAX),
-            config.max_exited,
-        );
-        let paths =
-            cgroup::CgroupPathCache::new((*cgroupfs).clone(), CGROUP_PATHS, CGROUP_WALK_INTERVAL);
-        let state = Arc::new(State::new(table, paths, Arc::clone(&metrics)));
-        let mut tasks = JoinSet::new();
-
-        let reader = ebpf::reader::RingReader::new(
-            ring,
-            drops,
-            config.ring_poll_interval(),
+        let table = ProcessTable::new(util::duration_ns(config.exit_grace()), config.max_exited);
+        let (state, table_writer, container_writer) = State::new(
+            table,
+            cgroup::CgroupPathCache::new(CGROUP_PATHS),
             Arc::clone(&metrics),
-        )
-        .map_err(Error::RingPoll)?;
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        let (catch_up_tx, catch_up_rx) = mpsc::channel(state::CATCH_UP_QUEUE);
-        state.set_catch_up(catch_up_tx);
-        tasks.spawn(reader.run(tx, catch_up_rx, shutdown.clone()));
+        );
+        let mut agent = Self {
+            state: Arc::clone(&state),
+            tasks: JoinSet::new(),
+            names: HashMap::new(),
+            shutdown,
+            metrics_addr: None,
+            _ebpf: ebpf,
+        };
+
+        let ring = ebpf::ring::Ring::new(ring, drops).map_err(Error::RingPoll)?;
+        let (seeded_tx, seeded) = oneshot::channel();
+        let tracker = tracker::Tracker::new(
+            table_writer,
+            ring,
+            tracker::TrackerSettings {
+                poll: config.ring_poll_interval(),
+                batch: config.ring_batch(),
+                proc_root: config.proc_root.clone(),
+                cgroupfs: Arc::clone(&cgroupfs),
+            },
+            seeded_tx,
+        );
+        let run = tracker.run(agent.shutdown.clone());
+        agent.spawn(task::TRACKER, spawner.tracker(run));
         if let Some(logger) = logger {
-            tasks.spawn(ebpf::reader::run_logger(logger, shutdown.clone()));
+            agent.spawn(
+                task::EBPF_LOG,
+                ebpf::run_logger(logger, agent.shutdown.clone()),
+            );
         }
 
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let owner = Owner {
-            state: Arc::clone(&state),
-            events: rx,
-            cgroupfs: Arc::clone(&cgroupfs),
-            proc_root: config.proc_root.clone(),
-            ready: Some(ready_tx),
-            unknown_paths: Default::default(),
-        };
-        tasks.spawn(owner.run(shutdown.clone()));
+        let (contact_tx, first_contact) = oneshot::channel();
         let watcher = runtime::containerd::Watcher::new(
             runtime::containerd::WatcherConfig {
                 socket: config.containerd_socket.clone(),
@@ -108,44 +155,117 @@ impl Agent {
                 max_backoff: config.containerd_max_backoff(),
                 grace: config.exit_grace(),
             },
-            Arc::clone(&state),
+            container_writer,
             cgroupfs,
+            contact_tx,
         );
-        tasks.spawn(watcher.run(shutdown.clone()));
+        let run = watcher.run(agent.shutdown.clone());
+        agent.spawn(task::WATCHER, spawner.watcher(run));
 
-        // The socket answers UNAVAILABLE until the seed is in.
-        let server_settings = api_settings(&config)?;
+        // The socket answers UNAVAILABLE until the agent is ready.
         let listener = api::server::bind(&server_settings)?;
-        tasks.spawn(api::server::serve(
+        let serve = api::server::serve(
             listener,
             Arc::clone(&state),
             server_settings,
-            shutdown.clone(),
-        ));
+            agent.shutdown.clone(),
+        );
+        agent.spawn(task::API, spawner.api(serve));
 
-        let metrics_addr = match config.metrics_addr {
-            Some(addr) => {
-                let server = metrics::server::MetricsServer::bind(addr).await?;
-                let bound = server.local_addr();
-                tasks.spawn(server.run(Arc::clone(&state), shutdown.clone()));
-                Some(bound)
-            }
-            None => None,
-        };
-
-        let agent = Self {
-            state,
-            tasks,
-            shutdown,
-            metrics_addr,
-            _ebpf: ebpf,
-        };
-        tokio::select! {
-            seeded = ready_rx => seeded.map_err(|_| Error::NotSeeded)?,
-            () = agent.shutdown.cancelled() => return Err(Error::NotSeeded),
+        if let Some(addr) = config.metrics_addr {
+            let server = metrics::server::MetricsServer::bind(addr).await?;
+            agent.metrics_addr = Some(server.local_addr());
+            let gauge_state = Arc::clone(&state);
+            let registry = metrics::exposition::registry(
+                Arc::clone(&metrics),
+                Box::new(move || gauge_state.gauges()),
+            );
+            agent.spawn(
+                task::METRICS,
+                server.serve(Arc::new(registry), agent.shutdown.clone()),
+            );
         }
-        info!(processes = agent.state.table().live_len(), "agent ready");
+
+        agent.until_ready(seeded, first_contact, &config).await?;
         Ok(agent)
+    }
+
+    /// Waits for the seed, then for containerd's first contact (bounded),
+    /// then marks the agent ready. A task that dies meanwhile fails the
+    /// start.
+    async fn until_ready(
+        &mut self,
+        seeded: oneshot::Receiver<()>,
+        first_contact: oneshot::Receiver<FirstContact>,
+        config: &Config,
+    ) -> Result<(), Error> {
+        let shutdown = self.shutdown.clone();
+        tokio::select! {
+            seeded = seeded => seeded.map_err(|_| Error::NotSeeded)?,
+            () = shutdown.cancelled() => return Err(Error::NotSeeded),
+            died = self.next_death() => return Err(died),
+        }
+        warn_if_all_at_the_root(&self.state);
+        let wait = config.containerd_sync_timeout();
+        tokio::select! {
+            contact = tokio::time::timeout(wait, first_contact) => match contact {
+                Ok(Ok(FirstContact::Synced)) => {}
+                Ok(Ok(FirstContact::Unreachable)) => info!(
+                    socket = %config.containerd_socket.display(),
+                    "containerd did not answer at start; ready without it (it is retried in the background)"
+                ),
+                Ok(Err(_)) => {}
+                Err(_) => warn!(
+                    socket = %config.containerd_socket.display(),
+                    waited_s = wait.as_secs(),
+                    "containerd answered but its containers were not listed in time; ready anyway: \
+                     container processes answer `pending` until it is synced"
+                ),
+            },
+            () = shutdown.cancelled() => return Err(Error::NotSeeded),
+            died = self.next_death() => return Err(died),
+        }
+        self.state.set_ready();
+        info!(
+            processes = self.state.table().live_len(),
+            containers = self.state.containers().len(),
+            containerd_synced = self.state.containerd_synced(),
+            "agent ready"
+        );
+        Ok(())
+    }
+
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits until a task ends on its own (or panics) and says which.
+    async fn next_death(&mut self) -> Error {
+        loop {
+            let joined = self.tasks.join_next_with_id().await;
+            let (id, how) = match joined {
+                None => {
+                    // No task left: nothing can die any more.
+                    std::future::pending::<()>().await;
+                    continue;
+                }
+                Some(Ok((id, ()))) => (id, "ended".to_owned()),
+                Some(Err(e)) if e.is_panic() => {
+                    let id = e.id();
+                    let payload = e.into_panic();
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".to_owned());
+                    (id, format!("panicked: {message}"))
+                }
+                Some(Err(e)) => (e.id(), "was cancelled".to_owned()),
+            };
+            let task = self.names.get(&id).copied().unwrap_or("unnamed");
+            return Error::TaskDied { task, how };
+        }
     }
 
     /// The shared state, for queries.
@@ -159,15 +279,111 @@ impl Agent {
         self.metrics_addr
     }
 
-    /// Waits for the shutdown signal, then for every task to finish.
-    pub async fn wait(mut self) {
-        self.shutdown.cancelled().await;
-        while let Some(joined) = self.tasks.join_next().await {
-            if let Err(error) = joined {
-                tracing::warn!(%error, "agent task ended abnormally");
+    /// Supervises the agent's tasks until the shutdown signal, then waits
+    /// for every task to finish. A task that ends on its own or panics
+    /// before the shutdown stops the whole agent — a tracker that stopped
+    /// would leave a frozen table behind a healthy-looking socket — and is
+    /// returned as [`Error::TaskDied`], so the caller exits non-zero and
+    /// the service manager restarts it.
+    pub async fn wait(mut self) -> Result<(), Error> {
+        let shutdown = self.shutdown.clone();
+        let outcome = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Ok(()),
+            died = self.next_death() => Err(died),
+        };
+        let outcome = match outcome {
+            Err(_) if self.shutdown.is_cancelled() => Ok(()),
+            Err(died) => {
+                error!(error = %util::chain(&died), "stopping the agent");
+                Err(died)
             }
+            ok => ok,
+        };
+        self.shutdown.cancel();
+        let joined = tokio::time::timeout(STOP_GRACE, async {
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                if let Err(error) = joined {
+                    let task = self.names.get(&error.id()).copied().unwrap_or("unnamed");
+                    warn!(task, %error, "agent task ended abnormally during shutdown");
+                }
+            }
+        })
+        .await;
+        if joined.is_err() {
+            warn!(
+                grace = ?STOP_GRACE,
+                tasks = self.tasks.len(),
+                "agent tasks did not stop in time; aborting them"
+            );
+            self.tasks.shutdown().await;
         }
         info!("agent stopped");
+        outcome
+    }
+}
+
+/// Wraps tasks in the test faults when the feature is on; a no-op
+/// otherwise.
+#[derive(Default)]
+struct Spawner {
+    #[cfg(feature = "fault-injection")]
+    faults: faults::Faults,
+}
+
+#[cfg(not(feature = "fault-injection"))]
+impl Spawner {
+    fn tracker<F: Future<Output = ()>>(&self, f: F) -> F {
+        f
+    }
+    fn watcher<F: Future<Output = ()>>(&self, f: F) -> F {
+        f
+    }
+    fn api<F: Future<Output = ()>>(&self, f: F) -> F {
+        f
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Spawner {
+    fn tracker(&self, f: impl Future<Output = ()>) -> impl Future<Output = ()> {
+        self.faults.tracker.clone().wrap(task::TRACKER, f)
+    }
+    fn watcher(&self, f: impl Future<Output = ()>) -> impl Future<Output = ()> {
+        self.faults.watcher.clone().wrap(task::WATCHER, f)
+    }
+    fn api(&self, f: impl Future<Output = ()>) -> impl Future<Output = ()> {
+        self.faults.api.clone().wrap(task::API, f)
+    }
+}
+
+/// Warns when no mounted hierarchy can tell processes' cgroups apart.
+fn warn_if_unplaceable(fs: &cgroup::CgroupFs) {
+    if fs.v2_root().is_none() && fs.v1_memory_root().is_none() {
+        warn!(
+            "neither cgroup2 nor a cgroup v1 memory hierarchy is mounted: pidmap cannot tell \
+             which cgroup a process is in, so it cannot match processes to containers (mount \
+             cgroup2, or the v1 memory controller, where the agent runs)"
+        );
+    }
+}
+
+/// Warns when, after the seed, every process sits at the cgroup2 root and
+/// no v1 memory cgroup places any: cgroup ids then tell nothing apart
+/// (e.g. a hybrid or v1 host whose kernel has no v1 memory controller).
+fn warn_if_all_at_the_root(state: &State) {
+    let table = state.table();
+    let placed = table.live().any(|p| {
+        p.cgroups.v2.is_some_and(|id| id.0 != 1) || p.cgroups.v1_memory.is_some_and(|id| id.0 != 1)
+    });
+    if table.live_len() > 1 && !placed {
+        warn!(
+            processes = table.live_len(),
+            "every process is in the cgroup2 root and no cgroup v1 memory hierarchy places any: \
+             this host's cgroup layout gives no hierarchy pidmap can tell containers apart by \
+             (on a v1 or hybrid host, the kernel may lack the v1 memory controller: \
+             CONFIG_MEMCG_V1); container answers will come from cgroup paths only"
+        );
     }
 }
 
@@ -197,8 +413,8 @@ fn api_settings(config: &Config) -> Result<api::server::ServerSettings, Error> {
     })
 }
 
-/// Runs an agent until `shutdown` fires.
+/// Runs an agent until `shutdown`; an error if it could not start or a
+/// task died.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    Agent::start(config, shutdown).await?.wait().await;
-    Ok(())
+    Agent::start(config, shutdown).await?.wait().await
 }

@@ -3,13 +3,15 @@
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
-use clap::Parser;
 use pidmap::cli::{client, Cli, Command};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{util::SubscriberInitExt as _, EnvFilter};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, matches) = Cli::parse_with_matches();
+    if !matches!(cli.command, Command::Agent(_)) {
+        restore_sigpipe();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         }
         Command::Ls {
             conn,
+            all,
             namespace,
             pod,
             label,
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
                 pod_name: pod,
                 pod_namespace: None,
                 labels: label,
+                include_deleted: all,
             };
             return client::run_query(async move {
                 client::ls(&socket_of(&conn), filter, conn.output).await
@@ -67,7 +71,8 @@ fn main() -> ExitCode {
             })
         }
     };
-    let config = match args.to_config() {
+    let agent_matches = matches.subcommand_matches("agent").unwrap_or(&matches);
+    let config = match args.to_config(agent_matches) {
         Ok(config) => config,
         Err(error) => return fail(&error, 2),
     };
@@ -92,4 +97,16 @@ fn main() -> ExitCode {
 fn fail(error: &dyn std::error::Error, code: u8) -> ExitCode {
     eprintln!("pidmap: error: {}", pidmap::error::chain(error));
     ExitCode::from(code)
+}
+
+/// Lets a query subcommand die quietly of SIGPIPE when its reader goes
+/// away (`pidmap watch | head -3`), like other Unix tools, instead of
+/// failing to print (Rust ignores SIGPIPE by default). The agent keeps
+/// ignoring it: a client closing its socket must never kill it.
+fn restore_sigpipe() {
+    // SAFETY: resetting a signal's disposition to its default has no
+    // memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::{is_gone, proc_pid_dir, read_all, CgroupError, CgroupFs, CgroupPaths, Scratch};
 use crate::types::{CgroupIds, Comm, ProcKey, StartTime};
+use crate::util::monotonic_ns;
 
 /// One process found by a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub struct ScannedProcess {
     pub cgroups: CgroupIds,
     /// Its cgroup paths, as `/proc/PID/cgroup` shows them.
     pub cgroup_paths: CgroupPaths,
+    /// A zombie whose whole thread group is dead: exited, not yet reaped.
+    /// (A zombie leader with threads still running has not exited yet.)
+    pub exited: bool,
 }
 
 /// The outcome of one scan of `/proc`.
@@ -57,6 +61,8 @@ pub struct StatFields {
     pub pid: u32,
     /// Field 2, the command name (without the parentheses).
     pub comm: Comm,
+    /// Field 3, the state (`R`, `S`, `Z`, …).
+    pub state: u8,
     /// Field 4, the parent's PID.
     pub ppid: u32,
     /// Field 22, the start time in clock ticks since boot.
@@ -275,13 +281,36 @@ fn read_with(
     let (cgroups, cgroup_paths) = fs
         .ids_of_pid_with(root, pid, |data| dir.read(c"cgroup", data), scratch)
         .map_err(|source| ProcError::Cgroup { pid, source })?;
+    // A zombie leader: its group is dead once no other thread is left.
+    let exited = stat.state == b'Z'
+        && std::fs::read_dir(scratch.path.join("task")).map_or(true, |tasks| tasks.count() <= 1);
     Ok(ScannedProcess {
         key: ProcKey::new(pid, stat.start_time),
         ppid: stat.ppid,
         comm: stat.comm,
         cgroups,
         cgroup_paths,
+        exited,
     })
+}
+
+/// Reads and parses `/proc/PID/stat` under `root` (normally `/proc`).
+///
+/// # Errors
+///
+/// As [`read_process`]: a process that is gone gives an error whose
+/// [`is_vanished`](ProcError::is_vanished) is true.
+pub fn read_stat(root: &Path, pid: u32) -> Result<StatFields, ProcError> {
+    let mut path = PathBuf::new();
+    proc_pid_dir(&mut path, root, pid);
+    path.push("stat");
+    let mut data = Vec::with_capacity(512);
+    let read = File::open(&path).and_then(|file| read_all(file, &mut data));
+    match read {
+        Ok(()) => parse_stat_bytes(&data),
+        Err(source) if is_gone(&source) => Err(ProcError::ProcessGone { pid }),
+        Err(source) => Err(ProcError::Read { path, source }),
+    }
 }
 
 /// Parses a `/proc/PID/stat` line.
@@ -320,7 +349,10 @@ pub fn parse_stat_bytes(line: &[u8]) -> Result<StatFields, ProcError> {
     let mut fields = line[close + 1..]
         .split(|&b| b == b' ' || b == b'\n')
         .filter(|f| !f.is_empty());
-    fields.next().ok_or(malformed(StatField::State))?;
+    let state = fields
+        .next()
+        .and_then(|f| f.first().copied())
+        .ok_or(malformed(StatField::State))?;
     let ppid = fields
         .next()
         .and_then(parse_u64)
@@ -334,6 +366,7 @@ pub fn parse_stat_bytes(line: &[u8]) -> Result<StatFields, ProcError> {
     Ok(StatFields {
         pid,
         comm,
+        state,
         ppid,
         start_time: StartTime(start_time),
     })
@@ -384,23 +417,6 @@ impl ProcDir {
         let file = unsafe { File::from_raw_fd(fd) };
         read_all(file, data)
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds (0 if the clock cannot be read, which
-/// Linux never does for this clock).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
-    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
 #[cfg(test)]

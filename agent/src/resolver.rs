@@ -3,12 +3,33 @@
 //! read and no containerd call happen here, and nothing is cached: every
 //! answer is computed from the current state, so no stale negative answer
 //! can outlive the metadata that fixes it.
+//!
+//! One rule — [`membership`] — decides which container a process belongs
+//! to, for `Resolve`, `ListProcesses`, `ListContainers` and `Watch` alike.
+//! It never answers "host" for a process that may be in a container:
+//!
+//! | The process's cgroup | containerd synced | not synced (starting, reconnecting) | containerd never seen |
+//! |---|---|---|---|
+//! | a container containerd reported (by cgroup id or path) | `containerd` | `containerd` | — |
+//! | a containerd layout (CRI, kubepods, `/<known namespace>/…`) without metadata | `pending` | `cgroup-path` when the path names an id, else `pending` | `cgroup-path` or `host` |
+//! | another runtime's layout (CRI-O, podman, Docker) | `cgroup-path` | `cgroup-path` | `cgroup-path` |
+//! | a cgroup whose path is not known yet | `pending` | `pending` | `pending` |
+//! | anything else | `host` | `host` | `host` |
+//!
+//! Exited processes answer as they were last known, with state `exited`;
+//! their container is found the same way (deleted containers stay for the
+//! grace window too).
+
+use std::collections::BTreeMap;
 
 use crate::{
-    cgroup::{container_from_path, Hierarchy, PathContainer, PathRuntime},
-    runtime::container::Container,
-    state::{Process, ProcessState, State},
-    types::{CgroupId, StartTime},
+    cgroup::{container_from_path, CgroupPathCache, Hierarchy, PathContainer, PathRuntime},
+    state::{
+        container::{Container, ContainerKey, TaskStatus},
+        containers::ContainerStore,
+        Process, ProcessState, State,
+    },
+    types::{CgroupId, ProcKey, StartTime},
 };
 
 /// The state of a resolved process.
@@ -18,8 +39,8 @@ pub enum Resolved {
     Running,
     /// Exited within the grace window.
     Exited,
-    /// Running in a cgroup that looks like a container containerd manages,
-    /// whose metadata has not arrived yet.
+    /// Running in a cgroup that may be a container's, whose metadata (or
+    /// the cgroup's path) is not known yet.
     Pending,
     /// Not a process the agent knows (never seen, or gone for longer than
     /// the grace window, or the start time does not match).
@@ -27,6 +48,7 @@ pub enum Resolved {
 }
 
 impl Resolved {
+    /// The name every output uses.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
@@ -50,6 +72,7 @@ pub enum Source {
 }
 
 impl Source {
+    /// The name every output uses.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Containerd => "containerd",
@@ -57,6 +80,47 @@ impl Source {
             Self::Host => "host",
         }
     }
+}
+
+/// The name every output uses for a runtime recognised in a cgroup path.
+pub fn path_runtime_name(r: PathRuntime) -> &'static str {
+    match r {
+        PathRuntime::Containerd => "containerd",
+        PathRuntime::CriO => "cri-o",
+        PathRuntime::Docker => "docker",
+        PathRuntime::Podman => "podman",
+        PathRuntime::Kubepods => "kubepods",
+    }
+}
+
+/// The name every output uses for a cgroup hierarchy.
+pub fn hierarchy_name(h: Hierarchy) -> &'static str {
+    match h {
+        Hierarchy::V2 => "unified",
+        Hierarchy::V1Memory => "memory",
+    }
+}
+
+/// Which container a process belongs to. See the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// A container containerd reported.
+    Runtime(ContainerKey),
+    /// A container recognised from its cgroup path only.
+    Path(PathContainer),
+    /// A cgroup that may be a container's, not confirmed yet; what the path
+    /// says, if anything.
+    Pending(Option<PathContainer>),
+    /// Not in a container.
+    Host,
+}
+
+/// The cgroup a process is placed by: its hierarchy, id and (cached) path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub hierarchy: Hierarchy,
+    pub id: CgroupId,
+    pub path: Option<String>,
 }
 
 /// One answer.
@@ -75,13 +139,129 @@ pub struct Resolution {
     pub cgroup_path: Option<String>,
     /// The cgroup id matching `cgroup_path`.
     pub cgroup_id: Option<CgroupId>,
+    /// The hierarchy `cgroup_id` belongs to.
+    pub cgroup_hierarchy: Option<Hierarchy>,
+}
+
+/// containerd namespaces found wherever containerd runs: `k8s.io`
+/// (kubelet's CRI), `moby` (Docker) and `default` (`ctr`). While containerd
+/// is not synced, their `/<namespace>/…` cgroups are taken for
+/// containerd's even if no list named them yet; once it is synced, only the
+/// namespaces it has count.
+const WELL_KNOWN_NAMESPACES: [&str; 3] = ["k8s.io", "moby", "default"];
+
+/// What [`membership`] needs to see, borrowed once.
+pub struct View<'a> {
+    pub store: &'a ContainerStore,
+    pub paths: &'a CgroupPathCache,
+    /// containerd is listed, reconciled and followed.
+    pub synced: bool,
+    /// containerd runs on this node: it answered since the agent started.
+    pub seen: bool,
+}
+
+impl View<'_> {
+    /// Runs `f` with a view of `state` (each structure read-locked for the
+    /// call).
+    pub fn with<R>(state: &State, f: impl FnOnce(&View<'_>) -> R) -> R {
+        let store = state.containers();
+        let paths = state.cgroup_paths();
+        f(&View {
+            store: &store,
+            paths: &paths,
+            synced: state.containerd_synced(),
+            seen: state.containerd_seen() || state.containerd_connected(),
+        })
+    }
+
+    /// The cgroup that places `p`: cgroup2 unless the process is at the
+    /// cgroup2 root and has a v1 memory cgroup (pure-v1 and hybrid hosts
+    /// where only v1 places processes).
+    pub fn placement(&self, p: &Process) -> Option<Placement> {
+        let v2 = p.cgroups.v2.map(|id| (Hierarchy::V2, id));
+        let v1 = p.cgroups.v1_memory.map(|id| (Hierarchy::V1Memory, id));
+        let (hierarchy, id) = match (v2, v1) {
+            (Some(v2), _) if v2.1 .0 != 1 => v2,
+            (_, Some(v1)) if v1.1 .0 != 1 => v1,
+            (Some(one), _) | (None, Some(one)) => one,
+            (None, None) => return None,
+        };
+        Some(Placement {
+            hierarchy,
+            id,
+            path: self.paths.cached(hierarchy, id).map(str::to_owned),
+        })
+    }
+
+    /// The container containerd reported for `p`'s cgroups.
+    pub fn runtime_container(&self, p: &Process, path: Option<&str>) -> Option<&Container> {
+        p.cgroups
+            .v2
+            .filter(|id| id.0 != 1)
+            .and_then(|id| self.store.by_cgroup_v2(id))
+            .or_else(|| {
+                p.cgroups
+                    .v1_memory
+                    .filter(|id| id.0 != 1)
+                    .and_then(|id| self.store.by_cgroup_v1_memory(id))
+            })
+            .or_else(|| path.and_then(|p| self.store.by_cgroup_path(p)))
+    }
+
+    /// A cgroup path containerd would own: a CRI, kubepods or Docker
+    /// layout, or `/<namespace>/…` for a namespace containerd has.
+    fn looks_containerd(&self, path: &str, parsed: Option<&PathContainer>) -> bool {
+        if parsed.is_some_and(|pc| {
+            matches!(
+                pc.runtime,
+                PathRuntime::Containerd | PathRuntime::Kubepods | PathRuntime::Docker
+            )
+        }) {
+            return true;
+        }
+        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        path.trim_start_matches('/').contains('/')
+            && ((!self.synced && WELL_KNOWN_NAMESPACES.contains(&first))
+                || self.store.namespaces().any(|ns| ns == first))
+    }
+}
+
+/// Which container `p` belongs to; see the module docs.
+pub fn membership(view: &View<'_>, p: &Process, placement: Option<&Placement>) -> Membership {
+    let path = placement.and_then(|pl| pl.path.as_deref());
+    if let Some(c) = view.runtime_container(p, path) {
+        return Membership::Runtime(c.key.clone());
+    }
+    let running = matches!(p.state, ProcessState::Running);
+    let Some(path) = path else {
+        // A cgroup (not a root) whose path the tracker has not learned
+        // yet: it may well be a container's.
+        let unplaced = placement.is_none_or(|pl| pl.id.0 == 1);
+        return if running && !unplaced {
+            Membership::Pending(None)
+        } else {
+            Membership::Host
+        };
+    };
+    let parsed = container_from_path(path);
+    if running && view.seen && view.looks_containerd(path, parsed.as_ref()) {
+        return match parsed {
+            // Not synced: the path's own answer is sure enough.
+            Some(pc) if !view.synced => Membership::Path(pc),
+            other => Membership::Pending(other),
+        };
+    }
+    match parsed {
+        Some(pc) => Membership::Path(pc),
+        None => Membership::Host,
+    }
 }
 
 /// Resolves `pid`; with `start_time`, only the process with exactly that
 /// start time (a reused pid resolves `unknown`).
 pub fn resolve(state: &State, pid: u32, start_time: Option<StartTime>) -> Resolution {
     let process = match start_time {
-        Some(start) => state.process_by_key(crate::types::ProcKey::new(pid, start)),
+        Some(start) => state.process_by_key(ProcKey::new(pid, start)),
         None => state.process(pid),
     };
     let Some(process) = process else {
@@ -94,260 +274,140 @@ pub fn resolve(state: &State, pid: u32, start_time: Option<StartTime>) -> Resolu
             path_container: None,
             cgroup_path: None,
             cgroup_id: None,
+            cgroup_hierarchy: None,
         };
     };
-    let running = matches!(process.state, ProcessState::Running);
-    let (cgroup_id, cgroup_path) = cgroup_of(state, &process);
-    let container = {
-        let store = state.containers();
-        process
-            .cgroups
-            .v2
-            .filter(|id| id.0 != 1)
-            .and_then(|id| store.by_cgroup_v2(id))
-            .or_else(|| {
-                process
-                    .cgroups
-                    .v1_memory
-                    .filter(|id| id.0 != 1)
-                    .and_then(|id| store.by_cgroup_v1_memory(id))
-            })
-            .or_else(|| cgroup_path.as_deref().and_then(|p| store.by_cgroup_path(p)))
-            .cloned()
+    View::with(state, |view| resolve_in(view, process))
+}
+
+/// Resolves a process the table holds, within `view`.
+pub fn resolve_in(view: &View<'_>, process: Process) -> Resolution {
+    let placement = view.placement(&process);
+    let member = membership(view, &process, placement.as_ref());
+    let lifecycle = match process.state {
+        ProcessState::Running => Resolved::Running,
+        ProcessState::Exited { .. } => Resolved::Exited,
+    };
+    let (state, source, container, path_container) = match member {
+        Membership::Runtime(key) => (
+            lifecycle,
+            Source::Containerd,
+            view.store.get(&key).cloned(),
+            None,
+        ),
+        Membership::Path(pc) => (lifecycle, Source::CgroupPath, None, Some(pc)),
+        Membership::Pending(pc) => (Resolved::Pending, Source::CgroupPath, None, pc),
+        Membership::Host => (lifecycle, Source::Host, None, None),
     };
     // A cgroup made a moment ago may not be in the path cache yet; the
     // container it belongs to knows the path.
-    let cgroup_path =
-        cgroup_path.or_else(|| container.as_ref().and_then(|c| c.cgroup_path.clone()));
-    let base = |state, source, container, path_container| Resolution {
-        pid,
+    let cgroup_path = placement
+        .as_ref()
+        .and_then(|pl| pl.path.clone())
+        .or_else(|| container.as_ref().and_then(|c| c.cgroup_path.clone()));
+    Resolution {
+        pid: process.key.pid,
         state,
         source: Some(source),
-        process: Some(process.clone()),
+        process: Some(process),
         container,
         path_container,
-        cgroup_path: cgroup_path.clone(),
-        cgroup_id,
-    };
-    let lifecycle = if running {
-        Resolved::Running
-    } else {
-        Resolved::Exited
-    };
-    if container.is_some() {
-        return base(lifecycle, Source::Containerd, container, None);
-    }
-    let path_container = cgroup_path.as_deref().and_then(container_from_path);
-    let looks_containerd = cgroup_path
-        .as_deref()
-        .is_some_and(|p| looks_like_containerd(state, p, path_container.as_ref()));
-    if running && state.containerd_connected() && looks_containerd {
-        return base(Resolved::Pending, Source::CgroupPath, None, path_container);
-    }
-    match path_container {
-        Some(pc) => base(lifecycle, Source::CgroupPath, None, Some(pc)),
-        None => base(lifecycle, Source::Host, None, None),
+        cgroup_path,
+        cgroup_id: placement.as_ref().map(|pl| pl.id),
+        cgroup_hierarchy: placement.map(|pl| pl.hierarchy),
     }
 }
 
-/// The process's cgroup id and cached path: cgroup2 unless the process is
-/// at the cgroup2 root and has a v1 memory cgroup (pure-v1 hosts).
-fn cgroup_of(state: &State, p: &Process) -> (Option<CgroupId>, Option<String>) {
-    let cache = state.cgroup_paths();
-    let v2 = p.cgroups.v2.map(|id| (id, cache.cached(Hierarchy::V2, id)));
-    let v1 = p
-        .cgroups
-        .v1_memory
-        .map(|id| (id, cache.cached(Hierarchy::V1Memory, id)));
-    let pick = match (v2, v1) {
-        (Some((id, path)), _) if id.0 != 1 => (Some(id), path),
-        (_, Some((id, path))) if id.0 != 1 => (Some(id), path),
-        (Some((id, path)), _) | (None, Some((id, path))) => (Some(id), path),
-        (None, None) => (None, None),
-    };
-    (pick.0, pick.1.map(str::to_owned))
+/// A container recognised only from its processes' cgroup paths, as
+/// listed: running while any of its processes runs, stopped while only
+/// exited ones (inside the grace window) remain, gone after that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathContainerEntry {
+    pub container: PathContainer,
+    pub status: TaskStatus,
+    /// The cgroup of its first process found, and its hierarchy.
+    pub cgroup_path: Option<String>,
+    pub cgroup_id: Option<CgroupId>,
+    pub cgroup_hierarchy: Option<Hierarchy>,
+    /// The lowest live pid in it (its init, usually).
+    pub first_pid: Option<u32>,
 }
 
-/// A cgroup path containerd would own: a CRI/kubepods layout, or
-/// `/<namespace>/…` for a namespace containerd has.
-fn looks_like_containerd(state: &State, path: &str, parsed: Option<&PathContainer>) -> bool {
-    if parsed.is_some_and(|pc| {
-        matches!(
-            pc.runtime,
-            PathRuntime::Containerd | PathRuntime::Kubepods | PathRuntime::Docker
-        )
-    }) {
-        return true;
-    }
-    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    !first.is_empty() && state.containers().namespaces().any(|ns| ns == first)
+/// The key a path-known container is listed under: its namespace when the
+/// path names one (containerd's `/<ns>/<id>` layout), else the runtime.
+pub fn path_container_key(pc: &PathContainer) -> ContainerKey {
+    let ns = pc
+        .namespace
+        .clone()
+        .unwrap_or_else(|| path_runtime_name(pc.runtime).to_owned());
+    ContainerKey::new(ns, pc.container_id.clone())
+}
+
+/// Every container known only from cgroup paths, by its
+/// [`path_container_key`].
+pub fn path_containers(state: &State) -> BTreeMap<ContainerKey, PathContainerEntry> {
+    let table = state.table();
+    View::with(state, |view| {
+        let mut out: BTreeMap<ContainerKey, PathContainerEntry> = BTreeMap::new();
+        let processes = table.live().chain(table.exited());
+        for p in processes {
+            let placement = view.placement(p);
+            let pc = match membership(view, p, placement.as_ref()) {
+                Membership::Path(pc) => pc,
+                _ => continue,
+            };
+            let running = matches!(p.state, ProcessState::Running);
+            let entry = out
+                .entry(path_container_key(&pc))
+                .or_insert_with(|| PathContainerEntry {
+                    container: pc,
+                    status: TaskStatus::Stopped,
+                    cgroup_path: placement.as_ref().and_then(|pl| pl.path.clone()),
+                    cgroup_id: placement.as_ref().map(|pl| pl.id),
+                    cgroup_hierarchy: placement.as_ref().map(|pl| pl.hierarchy),
+                    first_pid: None,
+                });
+            if running {
+                entry.status = TaskStatus::Running;
+                entry.first_pid = Some(entry.first_pid.map_or(p.key.pid, |f| f.min(p.key.pid)));
+            }
+        }
+        out
+    })
+}
+
+/// Which container [`processes_of`] lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerRef {
+    /// One containerd reported.
+    Runtime(ContainerKey),
+    /// One known from cgroup paths.
+    Path(ContainerKey),
+}
+
+/// The live processes of a container, by the same rule as [`membership`],
+/// resolved.
+pub fn processes_of(state: &State, target: &ContainerRef) -> Vec<Resolution> {
+    let live: Vec<Process> = state.table().live().cloned().collect();
+    View::with(state, |view| {
+        let mut out: Vec<Resolution> = live
+            .into_iter()
+            .filter(|p| {
+                let placement = view.placement(p);
+                match (membership(view, p, placement.as_ref()), target) {
+                    (Membership::Runtime(k), ContainerRef::Runtime(want)) => &k == want,
+                    (Membership::Path(pc), ContainerRef::Path(want)) => {
+                        &path_container_key(&pc) == want
+                    }
+                    _ => false,
+                }
+            })
+            .map(|p| resolve_in(view, p))
+            .collect();
+        out.sort_by_key(|r| r.pid);
+        out
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use std::{num::NonZeroUsize, sync::Arc};
-
-    use agent_common::EventKind;
-
-    use super::*;
-    use crate::{
-        cgroup::{CgroupFs, CgroupPathCache},
-        ebpf::event::KernelEvent,
-        metrics::Metrics,
-        runtime::{
-            container::{ContainerKey, TaskStatus},
-            containerd::events::RuntimeEvent,
-        },
-        state::ProcessTable,
-        types::{CgroupIds, Comm, ProcKey},
-    };
-
-    const ID: &str = "3f1a9c2b7e5d4a6f8b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a";
-
-    fn state() -> State {
-        let paths = CgroupPathCache::new(
-            CgroupFs::from_roots(None, None),
-            100,
-            std::time::Duration::from_secs(3600),
-        );
-        State::new(
-            ProcessTable::new(30_000_000_000, NonZeroUsize::new(100).unwrap()),
-            paths,
-            Arc::new(Metrics::default()),
-        )
-    }
-
-    /// A running process `pid` in cgroup2 `cg` at `path`.
-    fn add_process(s: &State, pid: u32, cg: u64, path: &str) {
-        s.write().apply_event(&KernelEvent {
-            kind: EventKind::Exec,
-            key: ProcKey::new(pid, StartTime(pid.into())),
-            parent: ProcKey::new(1, StartTime(1)),
-            comm: Comm::from_bytes(b"app"),
-            cgroups: CgroupIds {
-                v2: Some(CgroupId(cg)),
-                v1_memory: None,
-            },
-            exit_code: None,
-            attach: None,
-            timestamp_ns: 1,
-        });
-        s.cgroup_paths().insert(Hierarchy::V2, CgroupId(cg), path);
-    }
-
-    #[test]
-    fn unknown_pid_is_unknown_without_source() {
-        let r = resolve(&state(), 4711, None);
-        assert_eq!(r.state, Resolved::Unknown);
-        assert_eq!(r.source, None);
-    }
-
-    #[test]
-    fn host_process_has_its_path_and_no_container() {
-        let s = state();
-        add_process(&s, 10, 5, "/user.slice/user-0.slice/session-1.scope");
-        let r = resolve(&s, 10, None);
-        assert_eq!((r.state, r.source), (Resolved::Running, Some(Source::Host)));
-        assert_eq!(
-            r.cgroup_path.as_deref(),
-            Some("/user.slice/user-0.slice/session-1.scope")
-        );
-    }
-
-    #[test]
-    fn containerd_container_is_matched_by_cgroup_id() {
-        let s = state();
-        add_process(&s, 10, 77, "/k8s.io/web");
-        let mut c =
-            crate::runtime::container::Container::placeholder(ContainerKey::new("k8s.io", "web"));
-        c.status = TaskStatus::Running;
-        c.cgroup_v2 = Some(CgroupId(77));
-        s.containers_mut().upsert(c);
-        let r = resolve(&s, 10, None);
-        assert_eq!(r.source, Some(Source::Containerd));
-        assert_eq!(r.container.map(|c| c.key.id), Some("web".to_owned()));
-    }
-
-    #[test]
-    fn containerd_looking_cgroup_is_pending_until_metadata_then_resolved() {
-        let s = state();
-        let path = format!("/kubepods/besteffort/pod0b8f3c3e-2a9a-4c8e-9b3a-5d7f1e2c4a6b/{ID}");
-        add_process(&s, 10, 88, &path);
-        // Without containerd, the path is the answer.
-        let r = resolve(&s, 10, None);
-        assert_eq!(
-            (r.state, r.source),
-            (Resolved::Running, Some(Source::CgroupPath))
-        );
-        assert_eq!(
-            r.path_container.map(|p| p.container_id),
-            Some(ID.to_owned())
-        );
-        // With containerd connected but no metadata yet: pending.
-        s.set_containerd_connected(true);
-        assert_eq!(resolve(&s, 10, None).state, Resolved::Pending);
-        // Metadata arrives: no stale negative answer remains.
-        s.containers_mut().apply(
-            &RuntimeEvent::TaskStart {
-                namespace: "k8s.io".into(),
-                container_id: ID.into(),
-                pid: 10,
-            },
-            0,
-        );
-        let mut c = s
-            .containers()
-            .get(&ContainerKey::new("k8s.io", ID))
-            .cloned()
-            .unwrap();
-        c.cgroup_path = Some(path.clone());
-        s.containers_mut().upsert(c);
-        let r = resolve(&s, 10, None);
-        assert_eq!(
-            (r.state, r.source),
-            (Resolved::Running, Some(Source::Containerd))
-        );
-    }
-
-    #[test]
-    fn other_runtimes_resolve_from_the_path_even_with_containerd_up() {
-        let s = state();
-        s.set_containerd_connected(true);
-        add_process(&s, 10, 99, &format!("/kubepods.slice/crio-{ID}.scope"));
-        let r = resolve(&s, 10, None);
-        assert_eq!(
-            (r.state, r.source),
-            (Resolved::Running, Some(Source::CgroupPath))
-        );
-    }
-
-    #[test]
-    fn namespace_path_of_a_known_namespace_is_pending() {
-        let s = state();
-        s.set_containerd_connected(true);
-        s.containers_mut().apply(
-            &RuntimeEvent::NamespaceCreate {
-                name: "default".into(),
-            },
-            0,
-        );
-        add_process(&s, 10, 66, "/default/long1");
-        assert_eq!(resolve(&s, 10, None).state, Resolved::Pending);
-        add_process(&s, 11, 67, "/process_api/7d3463dfea2602ef2806174009a1f474");
-        assert_eq!(resolve(&s, 11, None).source, Some(Source::Host));
-    }
-
-    #[test]
-    fn wrong_start_time_is_unknown() {
-        let s = state();
-        add_process(&s, 10, 5, "/");
-        assert_eq!(
-            resolve(&s, 10, Some(StartTime(10))).state,
-            Resolved::Running
-        );
-        assert_eq!(
-            resolve(&s, 10, Some(StartTime(11))).state,
-            Resolved::Unknown
-        );
-    }
-}
+mod tests;

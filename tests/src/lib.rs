@@ -18,6 +18,7 @@ use pidmap::{Agent, Config};
 use tokio_util::sync::CancellationToken;
 
 pub mod containerd;
+pub mod oracle;
 
 /// Fails the test clearly unless it runs as root.
 pub fn require_root() {
@@ -79,7 +80,13 @@ impl TestAgent {
     /// Starts an agent with `config` and waits until it is ready. A config
     /// that keeps the default API socket gets a private one instead, so
     /// tests never touch /run/pidmap.
-    pub async fn start(mut config: Config) -> Self {
+    pub async fn start(config: Config) -> Self {
+        Self::start_with_faults(config, pidmap::faults::Faults::default()).await
+    }
+
+    /// [`start`](Self::start), with faults the test can trigger in the
+    /// agent's tasks.
+    pub async fn start_with_faults(mut config: Config, faults: pidmap::faults::Faults) -> Self {
         require_root();
         init_logging();
         if config.socket == Config::default().socket {
@@ -87,13 +94,22 @@ impl TestAgent {
         }
         let socket = config.socket.clone();
         let shutdown = CancellationToken::new();
-        let agent = Agent::start(config, shutdown.clone())
+        let agent = Agent::start_with_faults(config, shutdown.clone(), faults)
             .await
             .unwrap_or_else(|e| panic!("agent failed to start: {}", pidmap::error::chain(&e)));
         Self {
             agent: Some(agent),
             shutdown,
             socket,
+        }
+    }
+
+    /// Waits for the agent to stop on its own (a task died, or the test
+    /// cancelled it), without cancelling it; returns how it ended.
+    pub async fn ended(mut self) -> Result<(), pidmap::Error> {
+        match self.agent.take() {
+            Some(agent) => agent.wait().await,
+            None => Ok(()),
         }
     }
 
@@ -110,12 +126,13 @@ impl TestAgent {
         agent
     }
 
-    /// Waits until the agent is connected to containerd (and has listed).
+    /// Waits until the agent is connected to containerd and has listed
+    /// (synced).
     pub async fn wait_connected(&self) {
         let state = self.state();
         assert!(
-            wait_until(Duration::from_secs(15), || state.containerd_connected()).await,
-            "agent never connected to containerd"
+            wait_until(Duration::from_secs(15), || state.containerd_synced()).await,
+            "agent never synced with containerd"
         );
     }
 
@@ -132,11 +149,14 @@ impl TestAgent {
         self.agent().state()
     }
 
-    /// Stops the agent and waits for every task.
+    /// Stops the agent and waits for every task; panics if a task had
+    /// died before.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(agent) = self.agent.take() {
-            agent.wait().await;
+            if let Err(e) = agent.wait().await {
+                panic!("the agent failed: {}", pidmap::error::chain(&e));
+            }
         }
     }
 }
@@ -153,6 +173,47 @@ impl Drop for TestAgent {
             }
         }
     }
+}
+
+/// A process this test started indirectly (an orphan, say), killed by
+/// PID on drop if it still is the same process.
+pub struct PidGuard {
+    pub pid: u32,
+    start_time: Option<u64>,
+}
+
+impl PidGuard {
+    pub fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            start_time: proc_start_time(pid),
+        }
+    }
+}
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if self.start_time.is_some() && proc_start_time(self.pid) == self.start_time {
+            // SAFETY: kill has no memory-safety preconditions; the pid is
+            // still the process we started (same start time).
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Spawns `cmd` with a piped stdout and waits for its first line (the
+/// process says it is set up); returns it with that line, trimmed.
+pub fn spawn_until_ready(cmd: &mut Command) -> (ChildGuard, String) {
+    use std::io::BufRead as _;
+    let mut child = ChildGuard::spawn(
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped()),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the child's first line");
+    (child, line.trim().to_owned())
 }
 
 /// A child process that is killed and reaped on drop.
@@ -194,9 +255,15 @@ pub struct CgroupGuard {
 impl CgroupGuard {
     /// Creates `<cgroup2 root>/pidmap-test-<pid>-<n>`.
     pub fn new_v2() -> Self {
-        let root = cgroup2_root().expect("a cgroup2 hierarchy is mounted");
         let n = NEXT_CGROUP.fetch_add(1, Ordering::Relaxed);
-        let path = root.join(format!("pidmap-test-{}-{n}", std::process::id()));
+        Self::new_v2_named(&format!("pidmap-test-{}-{n}", std::process::id()))
+    }
+
+    /// Creates `<cgroup2 root>/<name>` (a name only this test uses, e.g.
+    /// one that looks like another runtime's container cgroup).
+    pub fn new_v2_named(name: &str) -> Self {
+        let root = cgroup2_root().expect("a cgroup2 hierarchy is mounted");
+        let path = root.join(name);
         fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         Self { path, root }
     }
@@ -285,11 +352,34 @@ pub fn proc_pids() -> std::io::Result<Vec<u32>> {
         .collect())
 }
 
-/// Field 22 of /proc/PID/stat (start time in ticks), if the process exists.
-pub fn proc_start_time(pid: u32) -> Option<u64> {
+/// Field `n` (1-based, 3 or more) of /proc/PID/stat, if the process
+/// exists.
+fn proc_stat_field(pid: u32, n: usize) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    after
+        .split_whitespace()
+        .nth(n.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// Field 22 of /proc/PID/stat (start time in ticks), if the process exists.
+pub fn proc_start_time(pid: u32) -> Option<u64> {
+    proc_stat_field(pid, 22)
+}
+
+/// Field 4 of /proc/PID/stat (the parent's pid), if the process exists.
+pub fn proc_ppid(pid: u32) -> Option<u32> {
+    proc_stat_field(pid, 4).and_then(|p| u32::try_from(p).ok())
+}
+
+/// /proc/PID/comm without the one newline procfs adds (a name may hold a
+/// newline of its own: `echo name > /proc/PID/comm` keeps it), if the
+/// process exists.
+pub fn proc_comm(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(text.strip_suffix('\n').unwrap_or(&text).to_owned())
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns

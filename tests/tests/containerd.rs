@@ -7,7 +7,7 @@ use std::{process::Command, time::Duration};
 
 use pidmap::{
     resolver::{resolve, Resolution, Resolved, Source},
-    runtime::container::{ContainerKey, TaskStatus},
+    state::container::{ContainerKey, TaskStatus},
     state::State,
     Config,
 };

@@ -458,7 +458,8 @@ fn agent_runs_with_its_config_and_volumes_match_it() {
     // is the binary); its --config file comes from the ConfigMap.
     assert!(agent.command.is_none(), "keep the image's entrypoint");
     let args = agent.args.as_deref().unwrap_or_default();
-    let cli = parse_cli(&[&[BINARY.to_owned()], args].concat());
+    let argv = [&[BINARY.to_owned()], args].concat();
+    let cli = parse_cli(&argv);
     let Command::Agent(agent_args) = cli.command else {
         panic!("the DaemonSet does not run `pidmap agent`: {args:?}")
     };
@@ -473,8 +474,16 @@ fn agent_runs_with_its_config_and_volumes_match_it() {
     );
     // Flags given besides --config would override the file; there are none
     // that change where things are.
-    assert!(agent_args.socket.is_none() && agent_args.containerd_socket.is_none());
-    assert!(agent_args.btf_path.is_none() && agent_args.proc_root.is_none());
+    let matches = Cli::command()
+        .try_get_matches_from(&argv)
+        .expect("a pidmap command line");
+    let given = pidmap::config::given_options(
+        matches
+            .subcommand_matches("agent")
+            .expect("the agent subcommand"),
+    );
+    assert!(!given.contains(&"socket") && !given.contains(&"containerd_socket"));
+    assert!(!given.contains(&"btf_path") && !given.contains(&"proc_root"));
 
     let defaults = Config::default();
     assert_eq!(config.socket, defaults.socket);

@@ -1,31 +1,70 @@
-//! Domain types → API messages.
+//! Domain types ↔ API messages, and the names every output uses for
+//! them (spelled once, in the resolver and the state).
 
 use super::proto;
 use crate::{
-    cgroup::PathRuntime,
-    resolver::{Resolution, Resolved, Source},
-    runtime::container::Container,
-    state::ProcessState,
+    resolver::{
+        hierarchy_name, path_runtime_name, PathContainerEntry, Resolution, Resolved, Source,
+    },
+    state::{
+        container::{Container, ContainerKey, TaskStatus},
+        ProcessState,
+    },
 };
+
+impl From<Resolved> for proto::ProcessState {
+    fn from(r: Resolved) -> Self {
+        match r {
+            Resolved::Running => Self::Running,
+            Resolved::Exited => Self::Exited,
+            Resolved::Pending => Self::Pending,
+            Resolved::Unknown => Self::Unknown,
+        }
+    }
+}
+
+impl From<Source> for proto::Source {
+    fn from(s: Source) -> Self {
+        match s {
+            Source::Containerd => Self::Containerd,
+            Source::CgroupPath => Self::CgroupPath,
+            Source::Host => Self::Host,
+        }
+    }
+}
+
+/// The name of a record's state, as every output spells it.
+pub fn state_name(state: i32) -> Option<&'static str> {
+    Some(match proto::ProcessState::try_from(state).ok()? {
+        proto::ProcessState::Running => Resolved::Running.as_str(),
+        proto::ProcessState::Exited => Resolved::Exited.as_str(),
+        proto::ProcessState::Pending => Resolved::Pending.as_str(),
+        proto::ProcessState::Unknown => Resolved::Unknown.as_str(),
+        proto::ProcessState::Unspecified => return None,
+    })
+}
+
+/// The name of a record's source, as every output spells it.
+pub fn source_name(source: i32) -> Option<&'static str> {
+    Some(match proto::Source::try_from(source).ok()? {
+        proto::Source::Containerd => Source::Containerd.as_str(),
+        proto::Source::CgroupPath => Source::CgroupPath.as_str(),
+        proto::Source::Host => Source::Host.as_str(),
+        proto::Source::Unspecified => return None,
+    })
+}
 
 /// A resolver answer as an API record.
 pub fn record(r: &Resolution) -> proto::ProcessRecord {
     let mut rec = proto::ProcessRecord {
         pid: r.pid,
-        state: match r.state {
-            Resolved::Running => proto::ProcessState::Running,
-            Resolved::Exited => proto::ProcessState::Exited,
-            Resolved::Pending => proto::ProcessState::Pending,
-            Resolved::Unknown => proto::ProcessState::Unknown,
-        } as i32,
-        source: match r.source {
-            Some(Source::Containerd) => proto::Source::Containerd,
-            Some(Source::CgroupPath) => proto::Source::CgroupPath,
-            Some(Source::Host) => proto::Source::Host,
-            None => proto::Source::Unspecified,
-        } as i32,
+        state: proto::ProcessState::from(r.state) as i32,
+        source: r
+            .source
+            .map_or(proto::Source::Unspecified, proto::Source::from) as i32,
         cgroup_id: r.cgroup_id.map(|id| id.0),
         cgroup_path: r.cgroup_path.clone(),
+        cgroup_hierarchy: r.cgroup_hierarchy.map(|h| hierarchy_name(h).to_owned()),
         container: r.container.as_ref().map(container),
         ..Default::default()
     };
@@ -39,24 +78,19 @@ pub fn record(r: &Resolution) -> proto::ProcessRecord {
     }
     if let Some(pc) = &r.path_container {
         rec.path_container_id = Some(pc.container_id.clone());
-        rec.path_runtime = Some(path_runtime(pc.runtime).to_owned());
+        rec.path_runtime = Some(path_runtime_name(pc.runtime).to_owned());
         rec.path_pod_uid = pc.pod_uid.clone();
     }
     rec
 }
 
-fn path_runtime(r: PathRuntime) -> &'static str {
-    match r {
-        PathRuntime::Containerd => "containerd",
-        PathRuntime::CriO => "cri-o",
-        PathRuntime::Docker => "docker",
-        PathRuntime::Podman => "podman",
-        PathRuntime::Kubepods => "kubepods",
-    }
-}
-
-/// A container as an API message.
+/// A container containerd reported, as an API message.
 pub fn container(c: &Container) -> proto::Container {
+    let (cgroup_id, hierarchy) = match (c.cgroup_v2, c.cgroup_v1_memory) {
+        (Some(id), _) => (Some(id), Some(crate::cgroup::Hierarchy::V2)),
+        (None, Some(id)) => (Some(id), Some(crate::cgroup::Hierarchy::V1Memory)),
+        (None, None) => (None, None),
+    };
     proto::Container {
         id: c.key.id.clone(),
         runtime_namespace: c.key.namespace.clone(),
@@ -77,8 +111,42 @@ pub fn container(c: &Container) -> proto::Container {
         sandbox_id: c.pod.sandbox_id.clone(),
         is_sandbox: c.pod.is_sandbox,
         cgroup_path: c.cgroup_path.clone(),
-        cgroup_id: c.cgroup_v2.or(c.cgroup_v1_memory).map(|id| id.0),
+        cgroup_id: cgroup_id.map(|id| id.0),
+        cgroup_hierarchy: hierarchy.map(|h| hierarchy_name(h).to_owned()),
         created_at: c.created_at,
         deleted: c.deleted_at_ns.is_some(),
+        source: proto::Source::Containerd as i32,
+    }
+}
+
+/// A container known only from its processes' cgroup paths, as an API
+/// message.
+pub fn path_container(e: &PathContainerEntry) -> proto::Container {
+    let key = crate::resolver::path_container_key(&e.container);
+    proto::Container {
+        id: key.id,
+        runtime_namespace: key.namespace,
+        runtime: path_runtime_name(e.container.runtime).to_owned(),
+        status: e.status.as_str().to_owned(),
+        task_pid: e.first_pid,
+        pod_uid: e.container.pod_uid.clone(),
+        cgroup_path: e.cgroup_path.clone(),
+        cgroup_id: e.cgroup_id.map(|id| id.0),
+        cgroup_hierarchy: e.cgroup_hierarchy.map(|h| hierarchy_name(h).to_owned()),
+        source: proto::Source::CgroupPath as i32,
+        ..Default::default()
+    }
+}
+
+/// The last word on a container known from cgroup paths whose processes
+/// are all gone.
+pub fn gone_path_container(key: &ContainerKey) -> proto::Container {
+    proto::Container {
+        id: key.id.clone(),
+        runtime_namespace: key.namespace.clone(),
+        status: TaskStatus::Deleted.as_str().to_owned(),
+        deleted: true,
+        source: proto::Source::CgroupPath as i32,
+        ..Default::default()
     }
 }

@@ -1,9 +1,12 @@
 //! The query API: gRPC over a Unix socket.
 //!
-//! [`proto`] is generated from `proto/pidmap/v1/pidmap.proto`; [`service`]
-//! answers from memory; [`server`] owns the socket and the limits.
+//! [`proto`] is generated from `proto/pidmap/v1/pidmap.proto`; [`policy`]
+//! decides who may ask what and when, and counts every request;
+//! [`service`] answers from memory; [`server`] owns the socket and the
+//! limits.
 
 pub mod convert;
+pub mod policy;
 pub mod server;
 pub mod service;
 
@@ -16,5 +19,4 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pidmap_descriptor");
 }
 
-/// Default socket path.
-pub const DEFAULT_SOCKET: &str = "/run/pidmap/pidmap.sock";
+pub use crate::config::DEFAULT_SOCKET;

@@ -29,10 +29,14 @@ use tonic::transport::server::{Connected, UdsConnectInfo};
 use tracing::{debug, info, warn};
 
 use super::{
+    policy::{Policy, PolicyLayer},
     proto::{pidmap_server::PidmapServer, FILE_DESCRIPTOR_SET},
     service::{PidmapService, ServiceSettings},
 };
 use crate::state::State;
+
+/// How long connections may take to finish once the agent shuts down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Socket and connection limits.
 #[derive(Debug, Clone)]
@@ -118,13 +122,24 @@ pub async fn serve(
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
-    let service = PidmapService::new(state, settings.service.clone());
-    let pidmap = PidmapServer::new(service)
-        .max_decoding_message_size(settings.max_request_bytes)
-        .max_encoding_message_size(64 * 1024 * 1024);
+    let policy = Policy::new(
+        Arc::clone(&state),
+        settings.service.restrict_peers,
+        settings.service.allowed_gid,
+    );
+    let service = PidmapService::new(state, settings.service.clone(), shutdown.clone());
+    let pidmap = tower::Layer::layer(
+        &PolicyLayer::new(policy),
+        PidmapServer::new(service)
+            .max_decoding_message_size(settings.max_request_bytes)
+            .max_encoding_message_size(64 * 1024 * 1024),
+    );
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<PidmapServer<PidmapService>>()
+        .set_service_status(
+            super::proto::pidmap_server::SERVICE_NAME,
+            tonic_health::ServingStatus::Serving,
+        )
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -150,11 +165,21 @@ pub async fn serve(
     };
     info!(socket = %settings.socket.display(), "API listening");
     let stop = shutdown.clone();
-    if let Err(error) = router
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await
-    {
-        warn!(%error, "API server stopped with an error");
+    let serving = router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+    // At shutdown, connections get a moment to finish what they are doing
+    // (Watch streams end at once); then the server is dropped regardless.
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = serving => if let Err(error) = served {
+            warn!(%error, "API server stopped with an error");
+        },
+        () = deadline => warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "API connections still open after the shutdown grace; closing them"
+        ),
     }
     let _ = std::fs::remove_file(&settings.socket);
     debug!("API server stopped");

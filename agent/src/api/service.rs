@@ -1,11 +1,13 @@
 //! The `pidmap.v1.Pidmap` service. Every answer comes from memory (the
 //! process table, the container store, the cgroup path cache): no /proc
-//! read and no containerd call happen on the request path.
+//! read and no containerd call happen on the request path. Readiness, peer
+//! restrictions and request metrics are the [`super::policy`] layer's.
 
-use std::{pin::Pin, sync::Arc, time::Instant};
+use std::{collections::BTreeSet, pin::Pin, sync::Arc};
 
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tokio_util::sync::CancellationToken;
 use tonic::{transport::server::UdsConnectInfo, Request, Response, Status};
 use tracing::{debug, instrument};
 
@@ -14,14 +16,10 @@ use super::{
     proto::{self, pidmap_server::Pidmap},
 };
 use crate::{
-    resolver::resolve,
-    runtime::container::Container,
-    state::{Change, State},
+    resolver::{self, path_containers, processes_of, resolve, ContainerRef},
+    state::{container::Container, Change, State},
     types::StartTime,
 };
-
-/// How long a slow watcher gets to take its disconnect reason.
-const SLOW_WATCHER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long WhoAmI waits for a caller that is not in the table yet.
 const WHOAMI_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(500);
@@ -46,58 +44,17 @@ pub struct ServiceSettings {
 pub struct PidmapService {
     state: Arc<State>,
     settings: ServiceSettings,
+    /// Ends every `Watch` stream when the agent shuts down.
+    shutdown: CancellationToken,
 }
 
 impl PidmapService {
-    pub fn new(state: Arc<State>, settings: ServiceSettings) -> Self {
-        Self { state, settings }
-    }
-
-    fn ready(&self) -> Result<(), Status> {
-        if self.state.is_ready() {
-            Ok(())
-        } else {
-            Err(Status::unavailable(
-                "pidmap is starting: the process table is not seeded yet; retry shortly",
-            ))
+    pub fn new(state: Arc<State>, settings: ServiceSettings, shutdown: CancellationToken) -> Self {
+        Self {
+            state,
+            settings,
+            shutdown,
         }
-    }
-
-    /// With `restrict_peers`, only root and the socket's group may query
-    /// other processes.
-    fn privileged<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if !self.settings.restrict_peers {
-            return Ok(());
-        }
-        let cred = req
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred);
-        let allowed =
-            cred.is_some_and(|c| c.uid() == 0 || Some(c.gid()) == self.settings.allowed_gid);
-        if allowed {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(
-                "restrict_peers is on: only root and the socket's group may resolve other processes; WhoAmI and Status are open to all",
-            ))
-        }
-    }
-
-    /// Counts a finished request by method and code.
-    fn done<T>(
-        &self,
-        method: &'static str,
-        started: Instant,
-        result: Result<T, Status>,
-    ) -> Result<T, Status> {
-        let code = result
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.state
-            .metrics()
-            .record_request(method, code, started.elapsed());
-        result
     }
 
     /// Resolves every request, after one
@@ -117,6 +74,69 @@ impl PidmapService {
             .iter()
             .map(|&(pid, start)| convert::record(&resolve(&self.state, pid, start)))
             .collect())
+    }
+
+    /// The containers `req` asks for, sorted by namespace and id:
+    /// containerd's, then those known only from cgroup paths.
+    fn containers(&self, req: &proto::ListContainersRequest) -> Vec<proto::Container> {
+        let mut out: Vec<proto::Container> = self
+            .state
+            .containers()
+            .iter()
+            .filter(|c| req.include_deleted || c.deleted_at_ns.is_none())
+            .filter(|c| matches(c, req))
+            .map(convert::container)
+            .collect();
+        let by_path = path_containers(&self.state);
+        out.extend(
+            by_path
+                .values()
+                .map(convert::path_container)
+                .filter(|c| path_matches(c, req)),
+        );
+        out.sort_by(|a, b| (&a.runtime_namespace, &a.id).cmp(&(&b.runtime_namespace, &b.id)));
+        out
+    }
+
+    /// The container `id` (in `namespace`, when given) names, whichever
+    /// way it is known.
+    fn find(&self, id: &str, namespace: Option<&str>) -> Result<ContainerRef, Status> {
+        let in_ns = |ns: &str| namespace.is_none_or(|want| want == ns);
+        let mut found: Vec<ContainerRef> = self
+            .state
+            .containers()
+            .iter()
+            .filter(|c| c.key.id == id && in_ns(&c.key.namespace))
+            .map(|c| ContainerRef::Runtime(c.key.clone()))
+            .collect();
+        if found.is_empty() {
+            found = path_containers(&self.state)
+                .into_keys()
+                .filter(|k| k.id == id && in_ns(&k.namespace))
+                .map(ContainerRef::Path)
+                .collect();
+        }
+        match found.as_slice() {
+            [] => Err(Status::not_found(format!(
+                "no container {id} known{}",
+                namespace
+                    .map(|ns| format!(" in namespace {ns}"))
+                    .unwrap_or_default()
+            ))),
+            [one] => Ok(one.clone()),
+            many => {
+                let namespaces: Vec<&str> = many
+                    .iter()
+                    .map(|r| match r {
+                        ContainerRef::Runtime(k) | ContainerRef::Path(k) => k.namespace.as_str(),
+                    })
+                    .collect();
+                Err(Status::invalid_argument(format!(
+                    "container id {id} exists in namespaces {}: set runtime_namespace",
+                    namespaces.join(", ")
+                )))
+            }
+        }
     }
 }
 
@@ -149,6 +169,17 @@ fn matches(c: &Container, req: &proto::ListContainersRequest) -> bool {
         })
 }
 
+/// Filters for containers known from their paths: they have no labels
+/// and no pod name.
+fn path_matches(c: &proto::Container, req: &proto::ListContainersRequest) -> bool {
+    req.runtime_namespace
+        .as_deref()
+        .is_none_or(|ns| ns == c.runtime_namespace)
+        && req.pod_name.is_none()
+        && req.pod_namespace.is_none()
+        && req.labels.is_empty()
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -158,17 +189,10 @@ impl Pidmap for PidmapService {
         &self,
         req: Request<proto::ResolveRequest>,
     ) -> Result<Response<proto::ProcessRecord>, Status> {
-        let started = Instant::now();
-        let result = async move {
-            self.privileged(&req)?;
-            self.ready()?;
-            let mut records = self
-                .resolve_all(std::slice::from_ref(req.get_ref()))
-                .await?;
-            Ok(Response::new(records.pop().unwrap_or_default()))
-        }
-        .await;
-        self.done("Resolve", started, result)
+        let mut records = self
+            .resolve_all(std::slice::from_ref(req.get_ref()))
+            .await?;
+        Ok(Response::new(records.pop().unwrap_or_default()))
     }
 
     #[instrument(skip_all, fields(n = req.get_ref().requests.len()))]
@@ -176,23 +200,16 @@ impl Pidmap for PidmapService {
         &self,
         req: Request<proto::ResolveBatchRequest>,
     ) -> Result<Response<proto::ResolveBatchResponse>, Status> {
-        let started = Instant::now();
-        let result = async move {
-            self.privileged(&req)?;
-            self.ready()?;
-            let requests = &req.get_ref().requests;
-            if requests.len() > self.settings.batch_limit {
-                return Err(Status::invalid_argument(format!(
-                    "batch of {} pids is over the limit of {}; split it",
-                    requests.len(),
-                    self.settings.batch_limit
-                )));
-            }
-            let records = self.resolve_all(requests).await?;
-            Ok(Response::new(proto::ResolveBatchResponse { records }))
+        let requests = &req.get_ref().requests;
+        if requests.len() > self.settings.batch_limit {
+            return Err(Status::invalid_argument(format!(
+                "batch of {} pids is over the limit of {}; split it",
+                requests.len(),
+                self.settings.batch_limit
+            )));
         }
-        .await;
-        self.done("ResolveBatch", started, result)
+        let records = self.resolve_all(requests).await?;
+        Ok(Response::new(proto::ResolveBatchResponse { records }))
     }
 
     #[instrument(skip_all)]
@@ -200,24 +217,8 @@ impl Pidmap for PidmapService {
         &self,
         req: Request<proto::ListContainersRequest>,
     ) -> Result<Response<proto::ListContainersResponse>, Status> {
-        let started = Instant::now();
-        let result = async move {
-            self.privileged(&req)?;
-            self.ready()?;
-            let filter = req.get_ref();
-            let mut containers: Vec<proto::Container> = self
-                .state
-                .containers()
-                .iter()
-                .filter(|c| matches(c, filter))
-                .map(convert::container)
-                .collect();
-            containers
-                .sort_by(|a, b| (&a.runtime_namespace, &a.id).cmp(&(&b.runtime_namespace, &b.id)));
-            Ok(Response::new(proto::ListContainersResponse { containers }))
-        }
-        .await;
-        self.done("ListContainers", started, result)
+        let containers = self.containers(req.get_ref());
+        Ok(Response::new(proto::ListContainersResponse { containers }))
     }
 
     #[instrument(skip_all, fields(container = %req.get_ref().container_id))]
@@ -225,68 +226,16 @@ impl Pidmap for PidmapService {
         &self,
         req: Request<proto::ListProcessesRequest>,
     ) -> Result<Response<proto::ListProcessesResponse>, Status> {
-        let started = Instant::now();
-        let result = async move {
-            self.privileged(&req)?;
-            self.ready()?;
-            let r = req.get_ref();
-            if r.container_id.is_empty() {
-                return Err(Status::invalid_argument("container_id is required"));
-            }
-            let found: Vec<Container> = self
-                .state
-                .containers()
-                .iter()
-                .filter(|c| {
-                    c.key.id == r.container_id
-                        && r.runtime_namespace
-                            .as_deref()
-                            .is_none_or(|ns| ns == c.key.namespace)
-                })
-                .cloned()
-                .collect();
-            let container = match found.as_slice() {
-                [] => {
-                    return Err(Status::not_found(format!(
-                        "no container {} known{}",
-                        r.container_id,
-                        r.runtime_namespace
-                            .as_deref()
-                            .map(|ns| format!(" in namespace {ns}"))
-                            .unwrap_or_default()
-                    )))
-                }
-                [one] => one.clone(),
-                many => {
-                    let namespaces: Vec<&str> =
-                        many.iter().map(|c| c.key.namespace.as_str()).collect();
-                    return Err(Status::invalid_argument(format!(
-                        "container id {} exists in namespaces {}: set runtime_namespace",
-                        r.container_id,
-                        namespaces.join(", ")
-                    )));
-                }
-            };
-            let pids: Vec<u32> = self
-                .state
-                .table()
-                .live()
-                .filter(|p| {
-                    (p.cgroups.v2.is_some() && p.cgroups.v2 == container.cgroup_v2)
-                        || (p.cgroups.v1_memory.is_some()
-                            && p.cgroups.v1_memory == container.cgroup_v1_memory)
-                })
-                .map(|p| p.key.pid)
-                .collect();
-            let mut processes: Vec<proto::ProcessRecord> = pids
-                .into_iter()
-                .map(|pid| convert::record(&resolve(&self.state, pid, None)))
-                .collect();
-            processes.sort_by_key(|p| p.pid);
-            Ok(Response::new(proto::ListProcessesResponse { processes }))
+        let r = req.get_ref();
+        if r.container_id.is_empty() {
+            return Err(Status::invalid_argument("container_id is required"));
         }
-        .await;
-        self.done("ListProcesses", started, result)
+        let target = self.find(&r.container_id, r.runtime_namespace.as_deref())?;
+        let processes = processes_of(&self.state, &target)
+            .iter()
+            .map(convert::record)
+            .collect();
+        Ok(Response::new(proto::ListProcessesResponse { processes }))
     }
 
     type WatchStream = WatchStream;
@@ -294,22 +243,30 @@ impl Pidmap for PidmapService {
     #[instrument(skip_all)]
     async fn watch(
         &self,
-        req: Request<proto::WatchRequest>,
+        _req: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let started = Instant::now();
-        let result = async move {
-            self.privileged(&req)?;
-            self.ready()?;
-            // Subscribe first, then snapshot: nothing between the two is lost
-            // (a change may repeat what the snapshot already shows).
-            let changes = self.state.subscribe_changes();
-            let (tx, rx) = mpsc::channel(self.settings.watch_buffer);
-            tokio::spawn(feed_watcher(Arc::clone(&self.state), changes, tx));
-            let stream: WatchStream = Box::pin(ReceiverStream::new(rx));
-            Ok(Response::new(stream))
-        }
-        .await;
-        self.done("Watch", started, result)
+        // Subscribe first, then snapshot: nothing between the two is lost
+        // (a change may repeat what the snapshot already shows).
+        let changes = self.state.subscribe_changes();
+        let state = Arc::clone(&self.state);
+        // One slot more than the buffer: it is kept for the reason a slow
+        // watcher is cut off, so that reason always reaches it.
+        let (tx, rx) = mpsc::channel(self.settings.watch_buffer + 1);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let reason = tx.clone();
+            tokio::select! {
+                () = feed_watcher(Arc::clone(&state), changes, tx) => {}
+                () = shutdown.cancelled() => {
+                    // The stream ends with a reason a client can act on.
+                    let _ = reason.try_send(Err(Status::unavailable(
+                        "pidmap is shutting down; reconnect to its replacement",
+                    )));
+                }
+            }
+        });
+        let stream: WatchStream = Box::pin(ReceiverStream::new(rx));
+        Ok(Response::new(stream))
     }
 
     #[instrument(skip_all)]
@@ -317,41 +274,35 @@ impl Pidmap for PidmapService {
         &self,
         req: Request<proto::WhoAmIRequest>,
     ) -> Result<Response<proto::ProcessRecord>, Status> {
-        let started = Instant::now();
-        let result = async move {
-            self.ready()?;
-            let pid = req
-                .extensions()
-                .get::<UdsConnectInfo>()
-                .and_then(|info| info.peer_cred)
-                .and_then(|cred| cred.pid())
-                .ok_or_else(|| {
-                    Status::failed_precondition(
-                        "cannot tell who is calling: the connection carries no peer credentials",
-                    )
-                })?;
-            let pid = valid_pid(i64::from(pid))?;
-            // The caller is alive, but it may have started or exec'd a moment
-            // ago, with its kernel events still in the ring buffer: apply
-            // them first, so that its comm and cgroup are current. Should
-            // that not find it, wait a short while for its events rather than
-            // answer `unknown`.
-            let mut changes = self.state.subscribe_changes();
-            self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
-            let mut r = resolve(&self.state, pid, None);
-            let deadline = tokio::time::Instant::now() + WHOAMI_CATCH_UP;
-            while r.process.is_none() {
-                match tokio::time::timeout_at(deadline, changes.recv()).await {
-                    Ok(Ok(Change::Process(key))) if key.pid != pid => continue,
-                    Ok(Ok(Change::Container(_))) => continue,
-                    Ok(_) => r = resolve(&self.state, pid, None),
-                    Err(_) => break,
-                }
+        let pid = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .and_then(|cred| cred.pid())
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "cannot tell who is calling: the connection carries no peer credentials",
+                )
+            })?;
+        let pid = valid_pid(i64::from(pid))?;
+        // The caller is alive, but it may have started or exec'd a moment
+        // ago, with its kernel events still in the ring buffer: apply them
+        // first, so that its comm and cgroup are current. Should that not
+        // find it, wait a short while for its events rather than answer
+        // `unknown`.
+        let mut changes = self.state.subscribe_changes();
+        self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
+        let mut r = resolve(&self.state, pid, None);
+        let deadline = tokio::time::Instant::now() + WHOAMI_CATCH_UP;
+        while r.process.is_none() {
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Ok(Ok(Change::Process(key))) if key.pid != pid => continue,
+                Ok(Ok(Change::Container(_) | Change::Expired)) => continue,
+                Ok(_) => r = resolve(&self.state, pid, None),
+                Err(_) => break,
             }
-            Ok(Response::new(convert::record(&r)))
         }
-        .await;
-        self.done("WhoAmI", started, result)
+        Ok(Response::new(convert::record(&r)))
     }
 
     #[instrument(skip_all)]
@@ -359,44 +310,50 @@ impl Pidmap for PidmapService {
         &self,
         _req: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        let started = Instant::now();
-        let result = async move {
-            let m = self.state.metrics().snapshot();
-            let (processes, exited) = {
-                let t = self.state.table();
-                (t.live_len(), t.exited_len())
-            };
-            Ok(Response::new(proto::StatusResponse {
-                ready: self.state.is_ready(),
-                processes: processes as u64,
-                exited_processes: exited as u64,
-                containers: self.state.containers().len() as u64,
-                events_received: m.events_received(),
-                events_lost: m.lost_events,
-                containerd_connected: self.state.containerd_connected(),
-                containerd_reconnects: m.containerd_reconnects,
-                rescans: m.rescans,
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-            }))
-        }
-        .await;
-        self.done("Status", started, result)
+        let m = self.state.metrics().snapshot();
+        let (processes, exited) = {
+            let t = self.state.table();
+            (t.live_len(), t.exited_len())
+        };
+        Ok(Response::new(proto::StatusResponse {
+            ready: self.state.is_ready(),
+            processes: processes as u64,
+            exited_processes: exited as u64,
+            containers: self.state.containers().len() as u64,
+            events_received: m.events_received(),
+            events_lost: m.lost_events,
+            containerd_connected: self.state.containerd_connected(),
+            containerd_reconnects: m.containerd_reconnects,
+            rescans: m.rescans,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            containerd_synced: self.state.containerd_synced(),
+        }))
     }
 }
 
 /// Sends the snapshot, then changes, until the watcher goes away or falls
-/// behind.
+/// behind. Containers known only from cgroup paths are announced before
+/// the first of their processes, and announced deleted once their last
+/// process has left the grace window.
 async fn feed_watcher(
     state: Arc<State>,
     mut changes: broadcast::Receiver<Change>,
     tx: mpsc::Sender<Result<proto::WatchEvent, Status>>,
 ) {
     use proto::watch_event::Event;
-    let containers: Vec<proto::Container> =
-        state.containers().iter().map(convert::container).collect();
+    let mut out = Outbox { tx };
+    let containers: Vec<proto::Container> = state
+        .containers()
+        .iter()
+        .filter(|c| c.deleted_at_ns.is_none())
+        .map(convert::container)
+        .collect();
+    let by_path = path_containers(&state);
+    let mut announced: BTreeSet<_> = by_path.keys().cloned().collect();
     let pids: Vec<u32> = state.table().live().map(|p| p.key.pid).collect();
     let snapshot = containers
         .into_iter()
+        .chain(by_path.values().map(convert::path_container))
         .map(Event::Container)
         .chain(
             pids.into_iter()
@@ -404,111 +361,116 @@ async fn feed_watcher(
         )
         .chain(std::iter::once(Event::SnapshotDone(true)));
     for event in snapshot {
-        if tx
-            .send(Ok(proto::WatchEvent { event: Some(event) }))
-            .await
-            .is_err()
-        {
+        if !out.send_waiting(event).await {
             return;
         }
     }
     loop {
-        let event = match changes.recv().await {
-            Ok(Change::Process(key)) => Event::ProcessChanged(convert::record(&resolve(
-                &state,
-                key.pid,
-                Some(key.start_time),
-            ))),
+        let events = match changes.recv().await {
+            Ok(Change::Process(key)) => {
+                let r = resolve(&state, key.pid, Some(key.start_time));
+                let mut events = Vec::new();
+                if let Some(pc) = &r.path_container {
+                    if r.source == Some(resolver::Source::CgroupPath)
+                        && r.state != resolver::Resolved::Pending
+                    {
+                        let key = resolver::path_container_key(pc);
+                        if !announced.contains(&key) {
+                            if let Some(entry) = path_containers(&state).get(&key) {
+                                events
+                                    .push(Event::ContainerChanged(convert::path_container(entry)));
+                                announced.insert(key);
+                            }
+                        }
+                    }
+                }
+                events.push(Event::ProcessChanged(convert::record(&r)));
+                events
+            }
             Ok(Change::Container(key)) => match state.containers().get(&key) {
-                Some(c) => Event::ContainerChanged(convert::container(c)),
+                Some(c) if c.deleted_at_ns.is_some() => {
+                    vec![Event::ContainerDeleted(convert::container(c))]
+                }
+                Some(c) => vec![Event::ContainerChanged(convert::container(c))],
                 None => continue,
             },
+            Ok(Change::Expired) => {
+                let now = path_containers(&state);
+                let gone: Vec<_> = announced
+                    .iter()
+                    .filter(|k| !now.contains_key(*k))
+                    .cloned()
+                    .collect();
+                gone.iter()
+                    .map(|k| {
+                        announced.remove(k);
+                        Event::ContainerDeleted(convert::gone_path_container(k))
+                    })
+                    .collect()
+            }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                let _ = tx.try_send(Err(Status::resource_exhausted(format!(
+                out.cut_off(format!(
                     "watcher too slow: {n} changes dropped; reconnect to get a fresh snapshot"
-                ))));
+                ));
                 return;
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        match tx.try_send(Ok(proto::WatchEvent { event: Some(event) })) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                debug!("disconnecting a slow watcher");
-                // Give the reason a moment to fit in, then end the stream.
-                let reason = Status::resource_exhausted(
-                    "watcher too slow: its buffer is full; reconnect to get a fresh snapshot",
-                );
-                let _ = tokio::time::timeout(SLOW_WATCHER_GRACE, tx.send(Err(reason))).await;
+        for event in events {
+            if !out.try_send(event) {
                 return;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+/// A watcher's stream, with its last slot kept for the cut-off reason.
+struct Outbox {
+    tx: mpsc::Sender<Result<proto::WatchEvent, Status>>,
+}
+
+impl Outbox {
+    /// Sends, waiting while the watcher reads (the snapshot); false once
+    /// it is gone.
+    async fn send_waiting(&mut self, event: proto::watch_event::Event) -> bool {
+        // Room for this event and the reserved slot; the second permit is
+        // given back when the iterator is dropped.
+        match self.tx.reserve_many(2).await {
+            Ok(mut permits) => permits.next().is_some_and(|permit| {
+                permit.send(Ok(proto::WatchEvent { event: Some(event) }));
+                true
+            }),
+            Err(_) => false,
+        }
+    }
+
+    /// Sends without waiting; a full buffer cuts the watcher off with
+    /// `RESOURCE_EXHAUSTED`. False when the stream is over.
+    fn try_send(&mut self, event: proto::watch_event::Event) -> bool {
+        if self.tx.is_closed() {
+            return false;
+        }
+        if self.tx.capacity() <= 1 {
+            self.cut_off(
+                "watcher too slow: its buffer is full; reconnect to get a fresh snapshot".into(),
+            );
+            return false;
+        }
+        self.tx
+            .try_send(Ok(proto::WatchEvent { event: Some(event) }))
+            .is_ok()
+    }
+
+    /// Ends the stream with `RESOURCE_EXHAUSTED`, into the reserved slot.
+    fn cut_off(&mut self, reason: String) {
+        debug!("disconnecting a slow watcher");
+        let _ = self.tx.try_send(Err(Status::resource_exhausted(reason)));
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroUsize;
-
     use super::*;
-    use crate::{
-        cgroup::{CgroupFs, CgroupPathCache},
-        metrics::Metrics,
-        state::ProcessTable,
-    };
-
-    fn service(restrict_peers: bool) -> PidmapService {
-        let state = State::new(
-            ProcessTable::new(1, NonZeroUsize::MIN),
-            CgroupPathCache::new(
-                CgroupFs::from_roots(None, None),
-                1,
-                std::time::Duration::ZERO,
-            ),
-            Arc::new(Metrics::default()),
-        );
-        PidmapService::new(
-            Arc::new(state),
-            ServiceSettings {
-                batch_limit: 2,
-                restrict_peers,
-                allowed_gid: None,
-                watch_buffer: 1,
-            },
-        )
-    }
-
-    #[tokio::test]
-    async fn unavailable_until_seeded_but_status_answers() {
-        let svc = service(false);
-        let err = svc
-            .resolve(Request::new(proto::ResolveRequest {
-                pid: 1,
-                start_time: None,
-            }))
-            .await
-            .expect_err("not ready");
-        assert_eq!(err.code(), tonic::Code::Unavailable);
-        let status = svc
-            .status(Request::new(proto::StatusRequest {}))
-            .await
-            .expect("status")
-            .into_inner();
-        assert!(!status.ready);
-        let requests = svc.state.metrics().snapshot();
-        assert_eq!(requests.events_received(), 0);
-    }
-
-    #[tokio::test]
-    async fn restricted_peers_without_credentials_are_refused() {
-        let svc = service(true);
-        let err = svc
-            .list_containers(Request::new(proto::ListContainersRequest::default()))
-            .await
-            .expect_err("no credentials");
-        assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    }
 
     #[test]
     fn pids_are_checked() {
@@ -520,5 +482,20 @@ mod tests {
                 tonic::Code::InvalidArgument
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_cut_off_reason_always_fits() {
+        let (tx, mut rx) = mpsc::channel(3);
+        let mut out = Outbox { tx };
+        let ev = || proto::watch_event::Event::SnapshotDone(true);
+        assert!(out.try_send(ev()));
+        assert!(out.try_send(ev()));
+        assert!(!out.try_send(ev()), "the last slot is the reason's");
+        let mut got = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            got.push(item.map(|_| ()).map_err(|s| s.code()));
+        }
+        assert_eq!(got, [Ok(()), Ok(()), Err(tonic::Code::ResourceExhausted)]);
     }
 }

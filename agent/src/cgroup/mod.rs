@@ -8,8 +8,8 @@
 //!   `/proc/PID/cgroup`;
 //! - [`CgroupFs`] knows where the hierarchies are mounted and turns a path
 //!   into an id (one `stat`);
-//! - [`CgroupPathCache`] turns an id back into a path (a bounded cache over a
-//!   rate-limited walk of the hierarchy);
+//! - [`CgroupPathCache`] turns an id back into a path (a bounded cache;
+//!   [`walk_hierarchy`] fills it when nothing else told it);
 //! - [`container_from_path`] recognises the container id (and pod uid) that
 //!   common runtimes encode in cgroup paths, as a fallback for runtimes
 //!   pidmap does not watch.
@@ -35,7 +35,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-pub use cache::CgroupPathCache;
+pub use cache::{walk_hierarchy, CgroupPathCache};
 pub use container::{container_from_path, PathContainer, PathRuntime};
 pub use fs::CgroupFs;
 pub(crate) use fs::{proc_pid_dir, read_all, Scratch};

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, path::Path, process::ExitCode};
 use serde_json::{json, Value};
 use tonic::{transport::Channel, Code, Status};
 
-use crate::api::proto::{self, pidmap_client::PidmapClient};
+use crate::api::{
+    convert::{source_name, state_name},
+    proto::{self, pidmap_client::PidmapClient},
+};
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -88,25 +91,6 @@ pub async fn channel(socket: &Path) -> Result<Channel, Failure> {
     Ok(channel)
 }
 
-fn state_name(state: i32) -> Option<&'static str> {
-    match proto::ProcessState::try_from(state).ok()? {
-        proto::ProcessState::Running => Some("running"),
-        proto::ProcessState::Exited => Some("exited"),
-        proto::ProcessState::Pending => Some("pending"),
-        proto::ProcessState::Unknown => Some("unknown"),
-        proto::ProcessState::Unspecified => None,
-    }
-}
-
-fn source_name(source: i32) -> Option<&'static str> {
-    match proto::Source::try_from(source).ok()? {
-        proto::Source::Containerd => Some("containerd"),
-        proto::Source::CgroupPath => Some("cgroup-path"),
-        proto::Source::Host => Some("host"),
-        proto::Source::Unspecified => None,
-    }
-}
-
 /// The flat JSON object of a record (every key present).
 pub fn record_json(r: &proto::ProcessRecord) -> Value {
     let c = r.container.as_ref();
@@ -131,6 +115,7 @@ pub fn record_json(r: &proto::ProcessRecord) -> Value {
         "pod_uid": c.and_then(|c| c.pod_uid.clone()).or_else(|| r.path_pod_uid.clone()),
         "container_name": c.and_then(|c| c.container_name.clone()),
         "cgroup_id": r.cgroup_id,
+        "cgroup_hierarchy": r.cgroup_hierarchy,
         "cgroup_path": r.cgroup_path,
         "ppid": r.ppid,
         "comm": r.comm,
@@ -240,7 +225,10 @@ fn container_json(c: &proto::Container) -> Value {
         "sandbox_id": c.sandbox_id,
         "is_sandbox": c.is_sandbox,
         "cgroup_id": c.cgroup_id,
+        "cgroup_hierarchy": c.cgroup_hierarchy,
         "cgroup_path": c.cgroup_path,
+        "runtime": (!c.runtime.is_empty()).then_some(&c.runtime),
+        "source": source_name(c.source),
         "labels": c.labels.iter().collect::<BTreeMap<_, _>>(),
     })
 }
@@ -341,6 +329,9 @@ pub async fn watch(socket: &Path, output: Output) -> Result<u8, Failure> {
             (Some(Event::ContainerChanged(c)), Output::Table) => {
                 format!("C {}", container_row(&c))
             }
+            (Some(Event::ContainerDeleted(c)), Output::Table) => {
+                format!("C {}", container_row(&c))
+            }
             (Some(Event::SnapshotDone(_)), Output::Table) => {
                 "--- snapshot complete; following changes ---".into()
             }
@@ -355,6 +346,9 @@ pub async fn watch(socket: &Path, output: Output) -> Result<u8, Failure> {
             }
             (Some(Event::ContainerChanged(c)), Output::Json) => {
                 json!({"event": "container_changed", "container": container_json(&c)}).to_string()
+            }
+            (Some(Event::ContainerDeleted(c)), Output::Json) => {
+                json!({"event": "container_deleted", "container": container_json(&c)}).to_string()
             }
             (Some(Event::SnapshotDone(_)), Output::Json) => {
                 json!({"event": "snapshot_done"}).to_string()
@@ -384,6 +378,7 @@ pub async fn status(socket: &Path, output: Output) -> Result<u8, Failure> {
                 "events_received": s.events_received,
                 "events_lost": s.events_lost,
                 "containerd_connected": s.containerd_connected,
+                "containerd_synced": s.containerd_synced,
                 "containerd_reconnects": s.containerd_reconnects,
                 "rescans": s.rescans,
                 "version": s.version,
@@ -404,6 +399,7 @@ pub async fn status(socket: &Path, output: Output) -> Result<u8, Failure> {
                 "containerd connected:  {} ({} reconnects)",
                 s.containerd_connected, s.containerd_reconnects
             );
+            println!("containerd synced:     {}", s.containerd_synced);
             println!("/proc rescans:         {}", s.rescans);
             println!("version:               {}", s.version);
         }

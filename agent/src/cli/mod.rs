@@ -4,7 +4,7 @@ pub mod client;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
 
@@ -23,7 +23,7 @@ pub enum Command {
     /// Every option can also be set in a TOML file given with --config;
     /// options on the command line win over the file. Logging follows
     /// RUST_LOG (default: info).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Which container and pod are these processes in?
     ///
     /// Exit status: 0 when every pid is running, exited or pending; 3 when
@@ -36,10 +36,15 @@ pub enum Command {
         #[arg(required = true, allow_negative_numbers = true)]
         pids: Vec<i64>,
     },
-    /// List containers (optionally filtered).
+    /// List containers (optionally filtered): those containerd reports, and
+    /// those recognised from their processes' cgroup paths (CRI-O, podman,
+    /// Docker without containerd, …).
     Ls {
         #[command(flatten)]
         conn: Conn,
+        /// Also containers deleted within the grace window.
+        #[arg(long, short = 'a')]
+        all: bool,
         /// Only this containerd namespace (k8s.io, moby, default, …).
         #[arg(long, short = 'n')]
         namespace: Option<String>,
@@ -81,111 +86,64 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct Conn {
     /// The agent's socket.
-    #[arg(long, env = "PIDMAP_SOCKET", default_value = crate::api::DEFAULT_SOCKET)]
+    #[arg(long, env = "PIDMAP_SOCKET", default_value = crate::config::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = client::Output::Table)]
     pub output: client::Output,
 }
 
-/// Options of `pidmap agent`.
+/// Options of `pidmap agent`: a config file, and every [`Config`] option.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// TOML configuration file (keys are the long option names with '_').
-    #[arg(long, short, env = "PIDMAP_CONFIG")]
+    /// TOML configuration file (keys are the long option names with '_');
+    /// options given on the command line win over it.
+    #[arg(long, short, env = "PIDMAP_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Seconds an exited process stays resolvable as `exited` [default: 30].
-    #[arg(long)]
-    pub exit_grace_seconds: Option<u64>,
-    /// Most exited processes kept at once [default: 65536].
-    #[arg(long)]
-    pub max_exited: Option<std::num::NonZeroUsize>,
-    /// Kernel event ring buffer size in bytes, a power of two [default: 4194304].
-    #[arg(long)]
-    pub ring_buffer_bytes: Option<u32>,
-    /// Wake the event reader once this many events wait; 0 wakes it for
-    /// every event that finds it idle [default: 64].
-    #[arg(long)]
-    pub ring_wakeup_events: Option<u32>,
-    /// Milliseconds between ring-buffer polls and drop checks [default: 10].
-    #[arg(long)]
-    pub ring_poll_ms: Option<u64>,
-    /// procfs mount to seed the process table from [default: /proc].
-    #[arg(long)]
-    pub proc_root: Option<PathBuf>,
-    /// Kernel BTF file for structure offsets [default: /sys/kernel/btf/vmlinux].
-    #[arg(long)]
-    pub btf_path: Option<PathBuf>,
-    /// containerd's gRPC socket; the agent works without containerd and
-    /// keeps retrying [default: /run/containerd/containerd.sock].
-    #[arg(long)]
-    pub containerd_socket: Option<PathBuf>,
-    /// Seconds between full resyncs with containerd [default: 60].
-    #[arg(long)]
-    pub containerd_resync_seconds: Option<u64>,
-    /// Longest wait between containerd reconnect attempts, ms [default: 5000].
-    #[arg(long)]
-    pub containerd_max_backoff_ms: Option<u64>,
-    /// The API's Unix socket [default: /run/pidmap/pidmap.sock].
-    #[arg(long)]
-    pub socket: Option<PathBuf>,
-    /// Group (name or gid) owning the socket; it may query everything [default: none].
-    #[arg(long)]
-    pub socket_group: Option<String>,
-    /// Let peers other than root and --socket-group call only WhoAmI and Status
-    /// [default: off].
-    #[arg(long)]
-    pub restrict_peers: bool,
-    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9464) [default: off].
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub options: Config,
 }
 
 impl AgentArgs {
-    /// Defaults, then the file, then the command line.
-    pub fn to_config(&self) -> Result<Config, ConfigError> {
-        let mut c = match &self.config {
+    /// Defaults, then the file, then what the command line gave (`matches`
+    /// are the `agent` subcommand's).
+    pub fn to_config(&self, matches: &ArgMatches) -> Result<Config, ConfigError> {
+        let base = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        macro_rules! set {
-            ($($field:ident),*) => {$(
-                if let Some(v) = &self.$field {
-                    c.$field = v.clone();
-                }
-            )*};
+        self.options.over(base, matches)
+    }
+}
+
+impl Cli {
+    /// Parses the process's arguments, keeping clap's matches (they tell
+    /// which options were given, so they can win over the config file).
+    /// Exits with clap's message on a usage error, like `Parser::parse`.
+    pub fn parse_with_matches() -> (Self, ArgMatches) {
+        let matches = Self::command().get_matches();
+        match Self::from_arg_matches(&matches) {
+            Ok(cli) => (cli, matches),
+            Err(error) => error.exit(),
         }
-        set!(
-            exit_grace_seconds,
-            max_exited,
-            ring_buffer_bytes,
-            ring_wakeup_events,
-            ring_poll_ms,
-            proc_root,
-            btf_path,
-            containerd_socket,
-            containerd_resync_seconds,
-            containerd_max_backoff_ms,
-            socket
-        );
-        if self.socket_group.is_some() {
-            c.socket_group = self.socket_group.clone();
-        }
-        if self.restrict_peers {
-            c.restrict_peers = true;
-        }
-        if let Some(addr) = self.metrics_addr {
-            c.metrics_addr = Some(addr);
-        }
-        c.validate()?;
-        Ok(c)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+
+    /// `pidmap agent ARGS` as the binary would configure itself.
+    fn agent_config(args: &[&str]) -> Result<Config, ConfigError> {
+        let argv: Vec<&str> = ["pidmap", "agent"].iter().chain(args).copied().collect();
+        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not agent")
+        };
+        let sub = matches.subcommand_matches("agent").unwrap();
+        args.to_config(sub)
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -194,22 +152,28 @@ mod tests {
 
     #[test]
     fn flags_override_defaults() {
-        let cli = Cli::try_parse_from(["pidmap", "agent", "--exit-grace-seconds", "7"]).unwrap();
-        let Command::Agent(args) = cli.command else {
-            panic!("not agent")
-        };
-        let c = args.to_config().unwrap();
+        let c = agent_config(&["--exit-grace-seconds", "7"]).unwrap();
         assert_eq!(c.exit_grace_seconds, 7);
         assert_eq!(c.ring_poll_ms, Config::default().ring_poll_ms);
     }
 
     #[test]
+    fn flags_override_the_file_and_the_file_the_defaults() {
+        let dir = std::env::temp_dir().join(format!("pidmap-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pidmap.toml");
+        std::fs::write(&file, "exit_grace_seconds = 9\nbatch_limit = 10\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = agent_config(&["--config", path, "--batch-limit", "20"]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.exit_grace_seconds, 9);
+        assert_eq!(c.batch_limit, 20);
+        assert_eq!(c.ring_poll_ms, Config::default().ring_poll_ms);
+    }
+
+    #[test]
     fn invalid_values_are_usage_errors() {
-        let cli = Cli::try_parse_from(["pidmap", "agent", "--ring-buffer-bytes", "1000"]).unwrap();
-        let Command::Agent(args) = cli.command else {
-            panic!("not agent")
-        };
-        assert!(args.to_config().is_err());
+        assert!(agent_config(&["--ring-buffer-bytes", "1000"]).is_err());
         assert!(Cli::try_parse_from(["pidmap", "agent", "--max-exited", "0"]).is_err());
         assert!(
             Cli::try_parse_from(["pidmap", "resolve"]).is_err(),
@@ -220,17 +184,10 @@ mod tests {
 
     #[test]
     fn metrics_addr_flag_turns_the_endpoint_on() {
-        let parse = |args: &[&str]| {
-            let cli = Cli::try_parse_from(args)?;
-            let Command::Agent(args) = cli.command else {
-                panic!("not agent")
-            };
-            Ok::<_, clap::Error>(args.to_config().unwrap())
-        };
-        assert_eq!(parse(&["pidmap", "agent"]).unwrap().metrics_addr, None);
-        let c = parse(&["pidmap", "agent", "--metrics-addr", "127.0.0.1:9464"]).unwrap();
+        assert_eq!(agent_config(&[]).unwrap().metrics_addr, None);
+        let c = agent_config(&["--metrics-addr", "127.0.0.1:9464"]).unwrap();
         assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
-        assert!(parse(&["pidmap", "agent", "--metrics-addr", "9464"]).is_err());
+        assert!(Cli::try_parse_from(["pidmap", "agent", "--metrics-addr", "9464"]).is_err());
     }
 
     #[test]

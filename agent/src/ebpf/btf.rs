@@ -2,7 +2,9 @@
 //!
 //! Rust eBPF has no CO-RE, so the programs read kernel structures at offsets
 //! the agent looks up here, in `/sys/kernel/btf/vmlinux`, and passes in the
-//! read-only global [`agent_common::CONFIG_GLOBAL`].
+//! read-only global [`agent_common::CONFIG_GLOBAL`]. The programs read each
+//! member with a fixed width, so the width is checked too: a kernel whose
+//! layout differs is refused with an error naming the member.
 //!
 //! # Minimum kernel version
 //!
@@ -11,10 +13,9 @@
 use std::path::{Path, PathBuf};
 
 use agent_common::KernelConfig;
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 
-/// Where the running kernel exposes its BTF.
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub use crate::config::VMLINUX_BTF;
 
 /// Errors looking up kernel structure layouts.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +46,38 @@ pub enum BtfError {
     /// A BTF type reference could not be followed.
     #[error("kernel BTF is inconsistent")]
     Resolve(#[source] btf_rs::Error),
+    /// The member has a width other than the one the programs read.
+    #[error(
+        "kernel BTF member {strukt}.{member} is {found} bytes wide where pidmap's programs read \
+         {expected}: this kernel's layout is not supported"
+    )]
+    Size {
+        strukt: &'static str,
+        member: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    /// The member's type has no fixed size (a function, `void`, …).
+    #[error("kernel BTF member {strukt}.{member} has no size")]
+    Unsized {
+        strukt: &'static str,
+        member: &'static str,
+    },
 }
+
+/// Where a member is and how wide it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberLayout {
+    /// Byte offset in its struct.
+    pub offset: u32,
+    /// Width in bytes (for an array: the whole array).
+    pub size: usize,
+    /// For an array: the width of one element.
+    pub element_size: Option<usize>,
+}
+
+/// Bytes of a kernel pointer (the agent runs only on 64-bit kernels).
+const POINTER: usize = 8;
 
 /// Parsed kernel BTF, for member offset look-ups.
 pub struct KernelBtf {
@@ -53,12 +85,17 @@ pub struct KernelBtf {
 }
 
 impl KernelBtf {
-    /// Parses the BTF at `path` (normally [`VMLINUX_BTF`]).
+    /// Opens the BTF at `path` (normally [`VMLINUX_BTF`]). Mapped into
+    /// memory and parsed lazily where the kernel allows it (it does for
+    /// sysfs BTF since 6.16), which keeps the agent's start-up peak low;
+    /// read and parsed whole otherwise.
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+            .or_else(|_| Btf::from_file_with_backend(path, Backend::Cache))
+            .map_err(|source| BtfError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(Self { btf })
     }
 
@@ -69,6 +106,15 @@ impl KernelBtf {
         strukt: &'static str,
         member: &'static str,
     ) -> Result<u32, BtfError> {
+        self.member(strukt, member).map(|m| m.offset)
+    }
+
+    /// Offset and width of `member` in `struct strukt`.
+    pub fn member(
+        &self,
+        strukt: &'static str,
+        member: &'static str,
+    ) -> Result<MemberLayout, BtfError> {
         let types = self
             .btf
             .resolve_types_by_name(strukt)
@@ -78,30 +124,80 @@ impl KernelBtf {
             _ => None,
         });
         let s = found.ok_or(BtfError::NoStruct { name: strukt })?;
-        match self.find_member(s, member)? {
-            Some((bits, false)) => Ok(bits / 8),
-            Some((_, true)) => Err(BtfError::Bitfield { strukt, member }),
-            None => Err(BtfError::NoMember { strukt, member }),
+        let (bits, m) = match self.find_member(s, member)? {
+            Some((_, _, true)) => return Err(BtfError::Bitfield { strukt, member }),
+            Some((bits, m, false)) => (bits, m),
+            None => return Err(BtfError::NoMember { strukt, member }),
+        };
+        let ty = self.strip(
+            self.btf
+                .resolve_chained_type(&m)
+                .map_err(BtfError::Resolve)?,
+        )?;
+        let (size, element_size) = match &ty {
+            Type::Array(a) => {
+                let element = self.strip(
+                    self.btf
+                        .resolve_chained_type(a)
+                        .map_err(BtfError::Resolve)?,
+                )?;
+                let element = self
+                    .size_of(&element)
+                    .ok_or(BtfError::Unsized { strukt, member })?;
+                (element * a.len(), Some(element))
+            }
+            other => (
+                self.size_of(other)
+                    .ok_or(BtfError::Unsized { strukt, member })?,
+                None,
+            ),
+        };
+        Ok(MemberLayout {
+            offset: bits / 8,
+            size,
+            element_size,
+        })
+    }
+
+    /// The width of a (stripped) type, if it has one.
+    fn size_of(&self, t: &Type) -> Option<usize> {
+        match t {
+            Type::Int(i) => Some(i.size()),
+            Type::Ptr(_) => Some(POINTER),
+            Type::Struct(s) | Type::Union(s) => Some(s.size()),
+            Type::Enum(e) => Some(e.size()),
+            Type::Enum64(e) => Some(e.size()),
+            Type::Float(f) => Some(f.size()),
+            Type::Array(a) => {
+                let element = self.strip(self.btf.resolve_chained_type(a).ok()?).ok()?;
+                Some(self.size_of(&element)? * a.len())
+            }
+            _ => None,
         }
     }
 
-    /// Returns (bit offset, is bitfield) of `member` in `s`.
+    /// Returns (bit offset, the member, is bitfield) of `member` in `s`.
     fn find_member(
         &self,
         s: &btf_rs::Struct,
         member: &str,
-    ) -> Result<Option<(u32, bool)>, BtfError> {
+    ) -> Result<Option<(u32, btf_rs::Member, bool)>, BtfError> {
         for m in &s.members {
             let name = self.btf.resolve_name(m).unwrap_or_default();
             if name == member {
                 let bitfield =
                     m.bitfield_size().is_some_and(|size| size != 0) || m.bit_offset() % 8 != 0;
-                return Ok(Some((m.bit_offset(), bitfield)));
+                return Ok(Some((m.bit_offset(), m.clone(), bitfield)));
             }
             if name.is_empty() {
-                if let Type::Struct(inner) | Type::Union(inner) = self.strip(m)? {
-                    if let Some((bits, bf)) = self.find_member(&inner, member)? {
-                        return Ok(Some((m.bit_offset() + bits, bf)));
+                let inner = self.strip(
+                    self.btf
+                        .resolve_chained_type(m)
+                        .map_err(BtfError::Resolve)?,
+                )?;
+                if let Type::Struct(inner) | Type::Union(inner) = inner {
+                    if let Some((bits, found, bf)) = self.find_member(&inner, member)? {
+                        return Ok(Some((m.bit_offset() + bits, found, bf)));
                     }
                 }
             }
@@ -109,12 +205,8 @@ impl KernelBtf {
         Ok(None)
     }
 
-    /// The type a member refers to, through typedefs and qualifiers.
-    fn strip(&self, member: &btf_rs::Member) -> Result<Type, BtfError> {
-        let mut t = self
-            .btf
-            .resolve_chained_type(member)
-            .map_err(BtfError::Resolve)?;
+    /// `t` without typedefs and qualifiers.
+    fn strip(&self, mut t: Type) -> Result<Type, BtfError> {
         loop {
             let next = match &t {
                 Type::Typedef(x) => self.btf.resolve_chained_type(x),
@@ -141,31 +233,66 @@ impl KernelBtf {
         })
     }
 
-    /// Every offset the programs need, with `wakeup_bytes` as given.
+    /// Offset of `member`, checked to be `width` bytes wide: the width the
+    /// programs read it with.
+    fn sized(
+        &self,
+        strukt: &'static str,
+        member: &'static str,
+        width: usize,
+    ) -> Result<u32, BtfError> {
+        let m = self.member(strukt, member)?;
+        if m.size != width {
+            return Err(BtfError::Size {
+                strukt,
+                member,
+                expected: width,
+                found: m.size,
+            });
+        }
+        Ok(m.offset)
+    }
+
+    /// Every offset the programs need, with `wakeup_bytes` as given. Each
+    /// member's width is checked against what the programs read (`pid_t`
+    /// and `int` 4 bytes, `u64` and pointers 8, `comm` 16, `atomic_t` 4).
     pub fn kernel_config(&self, wakeup_bytes: u32) -> Result<KernelConfig, BtfError> {
-        let task = |m| self.member_offset("task_struct", m);
+        use agent_common::COMM_LEN;
+        let task = |m, width| self.sized("task_struct", m, width);
+        // css_set.subsys is an array of pointers, indexed by controller id.
+        let subsys = self.member("css_set", "subsys")?;
+        if subsys.element_size != Some(POINTER) {
+            return Err(BtfError::Size {
+                strukt: "css_set",
+                member: "subsys",
+                expected: POINTER,
+                found: subsys.element_size.unwrap_or(subsys.size),
+            });
+        }
+        let memory_subsys_index = self
+            .enum_value("cgroup_subsys_id", "memory_cgrp_id")
+            .filter(|&i| (i as usize + 1) * POINTER <= subsys.size)
+            .unwrap_or(u32::MAX);
         Ok(KernelConfig {
             ready: 1,
-            task_pid: task("pid")?,
-            task_tgid: task("tgid")?,
-            task_real_parent: task("real_parent")?,
-            task_group_leader: task("group_leader")?,
-            task_comm: task("comm")?,
-            task_cgroups: task("cgroups")?,
-            task_start_boottime: task("start_boottime")?,
-            task_signal: task("signal")?,
-            task_exit_code: task("exit_code")?,
-            signal_live: self.member_offset("signal_struct", "live")?,
-            css_set_dfl_cgrp: self.member_offset("css_set", "dfl_cgrp")?,
-            css_set_subsys: self.member_offset("css_set", "subsys")?,
-            css_cgroup: self.member_offset("cgroup_subsys_state", "cgroup")?,
-            cgroup_kn: self.member_offset("cgroup", "kn")?,
-            cgroup_root: self.member_offset("cgroup", "root")?,
-            cgroup_root_hierarchy_id: self.member_offset("cgroup_root", "hierarchy_id")?,
-            kernfs_node_id: self.member_offset("kernfs_node", "id")?,
-            memory_subsys_index: self
-                .enum_value("cgroup_subsys_id", "memory_cgrp_id")
-                .unwrap_or(u32::MAX),
+            task_pid: task("pid", 4)?,
+            task_tgid: task("tgid", 4)?,
+            task_real_parent: task("real_parent", POINTER)?,
+            task_group_leader: task("group_leader", POINTER)?,
+            task_comm: task("comm", COMM_LEN)?,
+            task_cgroups: task("cgroups", POINTER)?,
+            task_start_boottime: task("start_boottime", 8)?,
+            task_signal: task("signal", POINTER)?,
+            task_exit_code: task("exit_code", 4)?,
+            signal_live: self.sized("signal_struct", "live", 4)?,
+            css_set_dfl_cgrp: self.sized("css_set", "dfl_cgrp", POINTER)?,
+            css_set_subsys: subsys.offset,
+            css_cgroup: self.sized("cgroup_subsys_state", "cgroup", POINTER)?,
+            cgroup_kn: self.sized("cgroup", "kn", POINTER)?,
+            cgroup_root: self.sized("cgroup", "root", POINTER)?,
+            cgroup_root_hierarchy_id: self.sized("cgroup_root", "hierarchy_id", 4)?,
+            kernfs_node_id: self.sized("kernfs_node", "id", 8)?,
+            memory_subsys_index,
             wakeup_bytes,
         })
     }
@@ -228,6 +355,33 @@ mod tests {
         // structs; the offset must include the enclosing member's offset.
         let off = btf.member_offset("page", "mapping").unwrap();
         assert!(off > 0 && off < 64, "page.mapping at {off}");
+    }
+
+    #[test]
+    fn member_widths_are_known_and_checked() {
+        let Some(btf) = kernel() else { return };
+        let pid = btf.member("task_struct", "pid").unwrap();
+        assert_eq!((pid.size, pid.element_size), (4, None));
+        let comm = btf.member("task_struct", "comm").unwrap();
+        assert_eq!((comm.size, comm.element_size), (16, Some(1)));
+        assert_eq!(btf.member("task_struct", "real_parent").unwrap().size, 8);
+        let err = btf.sized("task_struct", "pid", 8).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BtfError::Size {
+                    expected: 8,
+                    found: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "kernel BTF member task_struct.pid is 4 bytes wide where pidmap's programs read 8: \
+             this kernel's layout is not supported"
+        );
     }
 
     #[test]

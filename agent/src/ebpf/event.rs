@@ -1,8 +1,26 @@
 //! Decoding of ring-buffer records into typed events.
 
-use agent_common::{EventKind, RawEvent, FLAG_MEMORY_CGROUP, RAW_EVENT_SIZE};
+use agent_common::{
+    EventKind, RawAttachEvent, RawEvent, ATTACH_PATH_LEN, FLAG_ATTACH_MEMORY, FLAG_ATTACH_UNIFIED,
+    FLAG_MEMORY_CGROUP, RAW_ATTACH_EVENT_SIZE, RAW_EVENT_SIZE,
+};
 
-use crate::types::{CgroupId, CgroupIds, Comm, ProcKey, StartTime};
+use crate::{
+    cgroup::Hierarchy,
+    types::{CgroupId, CgroupIds, Comm, ProcKey, StartTime},
+};
+
+/// Where a cgroup attach moved its subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attach {
+    /// The hierarchy of the destination.
+    pub hierarchy: Hierarchy,
+    /// The destination cgroup's id.
+    pub cgroup: CgroupId,
+    /// Its path relative to the hierarchy's root (the host's view), unless
+    /// the kernel's path did not fit or could not be read.
+    pub path: Option<String>,
+}
 
 /// A process event from the kernel, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,15 +31,14 @@ pub struct KernelEvent {
     pub key: ProcKey,
     /// Its parent process (`real_parent`) at the time of the event.
     pub parent: ProcKey,
-    /// The subject's comm (its group leader's).
+    /// The subject's comm (its group leader's; for a rename, the new one).
     pub comm: Comm,
     /// The subject's cgroups at the time of the event.
     pub cgroups: CgroupIds,
     /// For exits: the wait status (`task->exit_code`).
     pub exit_code: Option<i32>,
-    /// For cgroup attach: (hierarchy id, destination cgroup id); hierarchy
-    /// 0 is cgroup2.
-    pub attach: Option<(u32, CgroupId)>,
+    /// For cgroup attach: where the subject went.
+    pub attach: Option<Attach>,
     /// CLOCK_MONOTONIC nanoseconds when the kernel made the event.
     pub timestamp_ns: u64,
 }
@@ -35,6 +52,10 @@ pub enum DecodeError {
     /// The kind field holds no known [`EventKind`].
     #[error("event record has unknown kind {kind}")]
     UnknownKind { kind: u32 },
+    /// A cgroup attach record is shorter than [`RawAttachEvent`] or names
+    /// no hierarchy pidmap tracks.
+    #[error("cgroup attach record of {len} bytes is malformed")]
+    BadAttach { len: usize },
 }
 
 /// Decodes one ring-buffer record.
@@ -45,7 +66,41 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
     // SAFETY: the length was checked; RawEvent is plain data valid for any
     // bit pattern; read_unaligned copes with any alignment of the slice.
     let raw: RawEvent = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<RawEvent>()) };
-    from_raw(&raw)
+    let mut ev = from_raw(&raw)?;
+    if ev.kind == EventKind::CgroupAttach {
+        let bad = DecodeError::BadAttach { len: record.len() };
+        if record.len() < RAW_ATTACH_EVENT_SIZE {
+            return Err(bad);
+        }
+        // SAFETY: as above, for the longer record.
+        let full: RawAttachEvent =
+            unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<RawAttachEvent>()) };
+        let hierarchy = if raw.flags & FLAG_ATTACH_UNIFIED != 0 {
+            Hierarchy::V2
+        } else if raw.flags & FLAG_ATTACH_MEMORY != 0 {
+            Hierarchy::V1Memory
+        } else {
+            return Err(bad);
+        };
+        ev.attach = Some(Attach {
+            hierarchy,
+            cgroup: CgroupId(raw.attach_cgroup_id),
+            path: attach_path(&full),
+        });
+    }
+    Ok(ev)
+}
+
+/// The path of an attach record, when it was read whole.
+fn attach_path(raw: &RawAttachEvent) -> Option<String> {
+    let len = usize::try_from(raw.path_len).ok()?;
+    // The helper's length counts the NUL; a full buffer may be a cut path.
+    if len == 0 || len >= ATTACH_PATH_LEN {
+        return None;
+    }
+    let bytes = raw.path.get(..len - 1)?;
+    let path = std::str::from_utf8(bytes).ok()?;
+    path.starts_with('/').then(|| path.to_owned())
 }
 
 /// Converts a [`RawEvent`] into a [`KernelEvent`].
@@ -65,8 +120,7 @@ pub fn from_raw(raw: &RawEvent) -> Result<KernelEvent, DecodeError> {
             v1_memory: memory,
         },
         exit_code: (kind == EventKind::Exit).then_some(raw.exit_code),
-        attach: (kind == EventKind::CgroupAttach)
-            .then_some((raw.hierarchy_id, CgroupId(raw.attach_cgroup_id))),
+        attach: None,
         timestamp_ns: raw.timestamp_ns,
     })
 }
@@ -119,8 +173,62 @@ mod tests {
         let mut r = raw(EventKind::CgroupAttach);
         r.hierarchy_id = 4;
         r.attach_cgroup_id = 555;
+        r.flags |= FLAG_ATTACH_MEMORY;
+        let mut a = RawAttachEvent {
+            event: r,
+            path_len: 11,
+            _pad: 0,
+            path: [0; ATTACH_PATH_LEN],
+        };
+        a.path[..10].copy_from_slice(b"/default/x");
+        let ev = decode(&attach_bytes(&a)).unwrap();
+        assert_eq!(
+            ev.attach,
+            Some(Attach {
+                hierarchy: Hierarchy::V1Memory,
+                cgroup: CgroupId(555),
+                path: Some("/default/x".into())
+            })
+        );
+        // A path that filled the buffer may be cut: not trusted.
+        a.path_len = ATTACH_PATH_LEN as i32;
+        assert_eq!(
+            decode(&attach_bytes(&a)).unwrap().attach.unwrap().path,
+            None
+        );
+        // A read error, and a record without the path part.
+        a.path_len = -14;
+        assert_eq!(
+            decode(&attach_bytes(&a)).unwrap().attach.unwrap().path,
+            None
+        );
+        assert_eq!(
+            decode(&bytes(&r)),
+            Err(DecodeError::BadAttach {
+                len: RAW_EVENT_SIZE
+            })
+        );
+    }
+
+    fn attach_bytes(a: &RawAttachEvent) -> Vec<u8> {
+        // SAFETY: RawAttachEvent is repr(C) plain data of its asserted size.
+        unsafe {
+            std::slice::from_raw_parts(
+                (a as *const RawAttachEvent).cast::<u8>(),
+                RAW_ATTACH_EVENT_SIZE,
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn rename_carries_the_new_comm() {
+        let mut r = raw(EventKind::Rename);
+        r.comm = [0; 16];
+        r.comm[..7].copy_from_slice(b"renamed");
         let ev = decode(&bytes(&r)).unwrap();
-        assert_eq!(ev.attach, Some((4, CgroupId(555))));
+        assert_eq!(ev.kind, EventKind::Rename);
+        assert_eq!(ev.comm.as_string(), "renamed");
     }
 
     #[test]

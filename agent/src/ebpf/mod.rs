@@ -2,9 +2,9 @@
 //!
 //! [`load`] raises RLIMIT_MEMLOCK (a failure is only a warning: the kernel
 //! accounts BPF memory through memcg since 5.11), looks up kernel structure
-//! offsets in BTF, loads the programs built by `aya-build` into the kernel
-//! with those offsets, attaches all four tracepoints and hands back the ring
-//! buffer and drop counter for [`reader::RingReader`].
+//! offsets and widths in BTF, loads the programs built by `aya-build` into
+//! the kernel with those offsets, attaches every tracepoint and hands back
+//! the ring buffer and drop counter, which [`ring::Ring`] reads.
 //!
 //! # Minimum kernel version
 //!
@@ -21,7 +21,7 @@
 
 pub mod btf;
 pub mod event;
-pub mod reader;
+pub mod ring;
 
 use std::path::PathBuf;
 
@@ -31,6 +31,7 @@ use aya::{
     programs::{BtfTracePoint, ProgramError},
     Ebpf, EbpfLoader,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use btf::{BtfError, VMLINUX_BTF};
@@ -46,8 +47,8 @@ pub const RECORD_BYTES: u32 = agent_common::RAW_EVENT_SIZE as u32 + 8;
 pub struct EbpfSettings {
     /// Size of the event ring buffer in bytes (a power of two ≥ page size).
     pub ring_buffer_bytes: u32,
-    /// Wake the reader once this many events wait (0: wake on every event
-    /// that finds the reader idle, the kernel default).
+    /// Wake the reader once this many events wait (0: when the first event
+    /// waits, the kernel's default policy).
     pub wakeup_events: u32,
     /// Kernel BTF to take offsets from.
     pub btf_path: PathBuf,
@@ -57,7 +58,7 @@ impl Default for EbpfSettings {
     fn default() -> Self {
         Self {
             ring_buffer_bytes: DEFAULT_RING_BYTES,
-            wakeup_events: 64,
+            wakeup_events: 0,
             btf_path: PathBuf::from(VMLINUX_BTF),
         }
     }
@@ -152,6 +153,8 @@ pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
     let offsets = btf::KernelBtf::from_file(&settings.btf_path)?
         .kernel_config(settings.wakeup_events.saturating_mul(RECORD_BYTES))?;
     debug!(?offsets, "kernel structure offsets from BTF");
+    // Whatever the offset look-up parsed is free again before aya parses.
+    release_freed_heap();
     let aya_btf = aya::Btf::parse_file(&settings.btf_path, aya::Endianness::default())
         .map_err(LoadError::AyaBtf)?;
 
@@ -200,8 +203,8 @@ pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
 }
 
 /// Hands memory freed on the heap back to the kernel. Parsing the kernel
-/// BTF twice (offsets, then aya's loader) peaks at tens of MiB that are free
-/// once the programs are attached; glibc keeps such memory for reuse unless
+/// BTF (offsets, then aya's loader) peaks at tens of MiB that are free once
+/// the programs are attached; glibc keeps such memory for reuse unless
 /// asked, and the agent would carry it for its whole life.
 fn release_freed_heap() {
     #[cfg(target_env = "gnu")]
@@ -244,4 +247,39 @@ where
         },
     })?;
     T::try_from(map).map_err(|source| LoadError::Map { name, source })
+}
+
+/// Forwards `aya-log` records from the programs to the `log` facade (and so
+/// to tracing) until `shutdown`. Losing the programs' logs is not worth
+/// stopping the agent for: on a poll error it warns and idles until
+/// `shutdown`.
+pub async fn run_logger(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    shutdown: CancellationToken,
+) {
+    let mut fd = match ring::register(logger) {
+        Ok(fd) => fd,
+        Err(error) => {
+            warn!(%error, "cannot poll the eBPF log buffer; eBPF-side logs are lost");
+            shutdown.cancelled().await;
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            ready = fd.readable_mut() => match ready {
+                Ok(mut guard) => {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                Err(error) => {
+                    warn!(%error, "eBPF log buffer poll failed; eBPF-side logs are lost");
+                    shutdown.cancelled().await;
+                    break;
+                }
+            },
+        }
+    }
 }

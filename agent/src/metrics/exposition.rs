@@ -2,8 +2,8 @@
 //! keeps, in the OpenMetrics text format, rendered by `prometheus-client`.
 //!
 //! Nothing is copied into the registry ahead of time: a [`Collector`] reads
-//! the [`Metrics`] atomics and the table sizes from [`State`] at each
-//! scrape. The names, types and labels are listed in `docs/metrics.md`.
+//! the [`Metrics`] atomics, and the table sizes from a [`GaugeSource`], at
+//! each scrape. The names, types and labels are listed in `docs/metrics.md`.
 
 use std::{fmt, sync::Arc};
 
@@ -16,14 +16,13 @@ use prometheus_client::{
 };
 
 use super::{histogram::HistogramSample, Metrics};
-use crate::state::State;
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The prefix of every metric name.
 pub const PREFIX: &str = "pidmap";
 
-/// What the exposition reads from [`State`] at scrape time.
+/// What the exposition reads from the agent's state at scrape time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Gauges {
     /// Live processes in the table.
@@ -34,44 +33,36 @@ pub struct Gauges {
     pub containers: usize,
     /// Whether a containerd session is up.
     pub containerd_connected: bool,
+    /// Whether the container store is synced with containerd.
+    pub containerd_synced: bool,
 }
 
-impl Gauges {
-    /// Reads the sizes now (each under its own short read lock).
-    pub fn read(state: &State) -> Self {
-        let (live_processes, exited_processes) = {
-            let table = state.table();
-            (table.live_len(), table.exited_len())
-        };
-        Self {
-            live_processes,
-            exited_processes,
-            containers: state.containers().len(),
-            containerd_connected: state.containerd_connected(),
-        }
-    }
-}
+/// Reads the [`Gauges`] at scrape time.
+pub type GaugeSource = Box<dyn Fn() -> Gauges + Send + Sync>;
 
 /// Renders a running agent's metrics at each scrape.
-struct StateCollector(Arc<State>);
+struct AgentCollector {
+    metrics: Arc<Metrics>,
+    gauges: GaugeSource,
+}
 
-impl fmt::Debug for StateCollector {
+impl fmt::Debug for AgentCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StateCollector").finish_non_exhaustive()
+        f.debug_struct("AgentCollector").finish_non_exhaustive()
     }
 }
 
-impl Collector for StateCollector {
+impl Collector for AgentCollector {
     fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
-        encode(encoder, self.0.metrics(), Gauges::read(&self.0))
+        encode(encoder, &self.metrics, (self.gauges)())
     }
 }
 
-/// A registry holding every metric of the agent behind `state`, with the
-/// [`PREFIX`].
-pub fn registry(state: Arc<State>) -> Registry {
+/// A registry holding every metric of an agent — its counters and the
+/// sizes `gauges` reads — with the [`PREFIX`].
+pub fn registry(metrics: Arc<Metrics>, gauges: GaugeSource) -> Registry {
     let mut registry = Registry::with_prefix(PREFIX);
-    registry.register_collector(Box::new(StateCollector(state)));
+    registry.register_collector(Box::new(AgentCollector { metrics, gauges }));
     registry
 }
 
@@ -98,6 +89,7 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
         (EventKind::Exec, s.exec_events),
         (EventKind::Exit, s.exit_events),
         (EventKind::CgroupAttach, s.cgroup_attach_events),
+        (EventKind::Rename, s.rename_events),
     ] {
         let labels = [("kind", kind_label(kind))];
         ConstCounter::new(value).encode(events.encode_family(&labels)?)?;
@@ -121,7 +113,7 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
         ),
         (
             "catch_up_timeouts",
-            "Queries answered from the table without waiting for the ring buffer to be drained and applied (the reader was too far behind)",
+            "Queries answered from the table without waiting for the ring buffer to be drained and applied (the tracker was too far behind)",
             s.catch_up_timeouts,
         ),
         (
@@ -173,8 +165,13 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
         ),
         (
             "containerd_connected",
-            "1 while a containerd session is up (listed and following events), else 0",
+            "1 while a containerd session is up, else 0",
             ConstGauge::new(i64::from(g.containerd_connected)),
+        ),
+        (
+            "containerd_synced",
+            "1 while the container store reflects containerd (listed, reconciled, following events), else 0",
+            ConstGauge::new(i64::from(g.containerd_synced)),
         ),
     ];
     for (name, help, value) in gauges {
@@ -229,6 +226,7 @@ fn kind_label(kind: EventKind) -> &'static str {
         EventKind::Exec => "exec",
         EventKind::Exit => "exit",
         EventKind::CgroupAttach => "cgroup_attach",
+        EventKind::Rename => "rename",
     }
 }
 

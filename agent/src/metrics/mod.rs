@@ -14,15 +14,15 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Mutex, RwLock,
+        RwLock,
     },
     time::Duration,
 };
 
 use agent_common::EventKind;
-use hdrhistogram::Histogram;
 
-use histogram::{Buckets, REQUEST_BOUNDS_NS, RESOLVABLE_BOUNDS_NS};
+use crate::util::duration_ns as nanos;
+use histogram::{Buckets, LogHistogram, REQUEST_BOUNDS_NS, RESOLVABLE_BOUNDS_NS};
 
 /// Most (method, code) request series kept; later ones are counted under
 /// method [`OTHER_METHOD`]. Methods are `&'static str`, so this only
@@ -31,39 +31,34 @@ const MAX_REQUEST_SERIES: usize = 256;
 /// The method label of requests past the most series kept (256).
 pub const OTHER_METHOD: &str = "other";
 
-/// A latency histogram in nanoseconds: an HDR histogram (1 µs to 60 s, 3
-/// significant digits) for benchmarks' percentiles, and fixed Prometheus
-/// buckets (100 µs to 10 s) for the metrics endpoint.
+/// A latency histogram in nanoseconds: fine log-linear buckets for
+/// percentiles, and fixed Prometheus buckets (100 µs to 10 s) for the
+/// metrics endpoint. Recording takes no lock.
 #[derive(Debug)]
 pub struct Latency {
-    hdr: Mutex<Option<Histogram<u64>>>,
+    fine: LogHistogram,
     buckets: Buckets,
 }
 
 impl Default for Latency {
     fn default() -> Self {
         Self {
-            // The bounds are constants within hdrhistogram's limits, so
-            // this is always `Some`.
-            hdr: Mutex::new(Histogram::new_with_bounds(1_000, 60_000_000_000, 3).ok()),
+            fine: LogHistogram::default(),
             buckets: Buckets::new(RESOLVABLE_BOUNDS_NS),
         }
     }
 }
 
 impl Latency {
-    /// Records one latency; values outside the HDR bounds are clamped.
+    /// Records one latency.
     pub fn record(&self, ns: u64) {
         self.buckets.observe(ns);
-        let mut h = self.hdr.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = h.as_mut() {
-            h.saturating_record(ns.max(1_000));
-        }
+        self.fine.record(ns);
     }
 
-    /// A copy of the HDR histogram.
-    pub fn histogram(&self) -> Option<Histogram<u64>> {
-        self.hdr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The fine histogram, for percentiles.
+    pub fn fine(&self) -> &LogHistogram {
+        &self.fine
     }
 
     /// The Prometheus buckets.
@@ -137,15 +132,10 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Nanoseconds in `d`, saturating.
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// The agent's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    events: [AtomicU64; 4],
+    events: [AtomicU64; 5],
     malformed: AtomicU64,
     lost: AtomicU64,
     rescans: AtomicU64,
@@ -175,6 +165,8 @@ pub struct MetricsSnapshot {
     pub exit_events: u64,
     /// cgroup attach events.
     pub cgroup_attach_events: u64,
+    /// Rename events (a process's comm changed).
+    pub rename_events: u64,
     /// Records that did not decode.
     pub malformed_events: u64,
     /// Events the kernel dropped because the ring buffer was full.
@@ -198,7 +190,11 @@ pub struct MetricsSnapshot {
 impl MetricsSnapshot {
     /// All decoded events.
     pub fn events_received(&self) -> u64 {
-        self.fork_events + self.exec_events + self.exit_events + self.cgroup_attach_events
+        self.fork_events
+            + self.exec_events
+            + self.exit_events
+            + self.cgroup_attach_events
+            + self.rename_events
     }
 }
 
@@ -271,6 +267,7 @@ impl Metrics {
             exec_events: ev(EventKind::Exec),
             exit_events: ev(EventKind::Exit),
             cgroup_attach_events: ev(EventKind::CgroupAttach),
+            rename_events: ev(EventKind::Rename),
             malformed_events: self.malformed.load(Relaxed),
             lost_events: self.lost.load(Relaxed),
             rescans: self.rescans.load(Relaxed),
@@ -309,11 +306,11 @@ mod tests {
         let m = Metrics::default();
         m.record_container_start_to_resolvable(Duration::from_millis(2));
         m.exec_to_resolvable.record(10);
-        let hdr = m.container_start_to_resolvable.histogram().unwrap();
-        assert_eq!(hdr.len(), 1);
+        let fine = m.container_start_to_resolvable.fine();
+        assert_eq!(fine.count(), 1);
+        assert!(fine.quantile(0.5).unwrap() >= 2_000_000);
         assert_eq!(m.container_start_to_resolvable.buckets().count(), 1);
-        // Below the HDR floor: clamped there, but summed as it was.
-        assert_eq!(m.exec_to_resolvable.histogram().unwrap().len(), 1);
+        assert_eq!(m.exec_to_resolvable.fine().quantile(1.0), Some(10));
         assert_eq!(m.exec_to_resolvable.buckets().sample().sum_seconds, 1e-8);
     }
 

@@ -10,13 +10,14 @@
 //! # Examples
 //!
 //! ```no_run
-//! # async fn example(state: std::sync::Arc<pidmap::state::State>) -> Result<(), pidmap::Error> {
+//! # async fn example(registry: std::sync::Arc<prometheus_client::registry::Registry>)
+//! #     -> Result<(), pidmap::metrics::server::MetricsError> {
 //! use pidmap::metrics::server::MetricsServer;
 //! use tokio_util::sync::CancellationToken;
 //!
 //! let server = MetricsServer::bind("127.0.0.1:9464".parse().unwrap()).await?;
 //! println!("metrics on http://{}/metrics", server.local_addr());
-//! server.run(state, CancellationToken::new()).await;
+//! server.serve(registry, CancellationToken::new()).await;
 //! # Ok(())
 //! # }
 //! ```
@@ -42,7 +43,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::exposition;
-use crate::{error::Error, state::State};
+
+/// The metrics endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The address could not be bound.
+    #[error("cannot serve metrics on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The one path served.
 pub const METRICS_PATH: &str = "/metrics";
@@ -90,13 +102,13 @@ pub struct MetricsServer {
 
 impl MetricsServer {
     /// Binds `addr` (port 0 picks a free port; see [`local_addr`](Self::local_addr)).
-    pub async fn bind(addr: SocketAddr) -> Result<Self, Error> {
+    pub async fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| Error::MetricsBind { addr, source })?;
+            .map_err(|source| MetricsError::Bind { addr, source })?;
         let local_addr = listener
             .local_addr()
-            .map_err(|source| Error::MetricsBind { addr, source })?;
+            .map_err(|source| MetricsError::Bind { addr, source })?;
         Ok(Self {
             listener,
             local_addr,
@@ -115,14 +127,8 @@ impl MetricsServer {
         self.local_addr
     }
 
-    /// Serves the metrics of the agent behind `state` until `shutdown`;
-    /// open connections are closed then.
-    pub async fn run(self, state: Arc<State>, shutdown: CancellationToken) {
-        self.serve(Arc::new(exposition::registry(state)), shutdown)
-            .await;
-    }
-
-    /// Serves `registry` until `shutdown`.
+    /// Serves `registry` until `shutdown`; open connections are closed
+    /// then.
     pub async fn serve(self, registry: Arc<Registry>, shutdown: CancellationToken) {
         info!(addr = %self.local_addr, path = METRICS_PATH, "serving metrics");
         let permits = Arc::new(Semaphore::new(self.limits.max_connections.max(1)));

@@ -1,5 +1,7 @@
-//! Container runtimes the agent correlates processes with: runtime-neutral
-//! container metadata, and the containerd watcher that keeps it current.
+//! Container runtimes the agent correlates processes with. Each adapter
+//! translates its runtime's events and lists into the runtime-neutral
+//! [`ContainerEvent`](crate::state::containers::ContainerEvent)s and
+//! [`Container`](crate::state::container::Container)s of `state`, and is
+//! the only writer of the container store.
 
-pub mod container;
 pub mod containerd;

@@ -1,16 +1,117 @@
 //! The container store: every container the runtime reported, indexed by
-//! the cgroups its processes live in. Pure logic; the containerd watcher is
-//! its only writer.
+//! the cgroups its processes live in. Pure, runtime-neutral logic; the
+//! containerd watcher is its only writer (through
+//! [`ContainerWriter`](super::ContainerWriter)).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use crate::{
-    runtime::{
-        container::{Container, ContainerKey, TaskStatus},
-        containerd::events::RuntimeEvent,
+use super::container::{Container, ContainerKey, TaskStatus};
+use crate::types::CgroupId;
+
+/// What a container runtime reports about its containers, in the runtime's
+/// own order; the runtime adapters (`runtime::containerd`) translate their
+/// events into these. Container ids are within `namespace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerEvent {
+    TaskStart {
+        namespace: String,
+        container_id: String,
+        pid: u32,
     },
-    types::CgroupId,
-};
+    ExecStarted {
+        namespace: String,
+        container_id: String,
+        exec_id: String,
+        pid: u32,
+    },
+    /// A process of the task exited: the init process when `exec_id` is
+    /// the container id or empty, an exec otherwise.
+    TaskExit {
+        namespace: String,
+        container_id: String,
+        exec_id: String,
+        pid: u32,
+        exit_status: u32,
+        exited_at: Option<i64>,
+    },
+    TaskDelete {
+        namespace: String,
+        container_id: String,
+        exit_status: u32,
+        exited_at: Option<i64>,
+    },
+    TaskOom {
+        namespace: String,
+        container_id: String,
+    },
+    TaskPaused {
+        namespace: String,
+        container_id: String,
+        paused: bool,
+    },
+    /// Created or updated: metadata must be (re)fetched.
+    ContainerChanged {
+        namespace: String,
+        container_id: String,
+    },
+    ContainerDelete {
+        namespace: String,
+        container_id: String,
+    },
+    NamespaceCreate {
+        name: String,
+    },
+    NamespaceDelete {
+        name: String,
+    },
+}
+
+impl ContainerEvent {
+    /// The container the event is about, if any.
+    pub fn container_key(&self) -> Option<ContainerKey> {
+        let (ns, id) = match self {
+            Self::TaskStart {
+                namespace,
+                container_id,
+                ..
+            }
+            | Self::ExecStarted {
+                namespace,
+                container_id,
+                ..
+            }
+            | Self::TaskExit {
+                namespace,
+                container_id,
+                ..
+            }
+            | Self::TaskDelete {
+                namespace,
+                container_id,
+                ..
+            }
+            | Self::TaskOom {
+                namespace,
+                container_id,
+            }
+            | Self::TaskPaused {
+                namespace,
+                container_id,
+                ..
+            }
+            | Self::ContainerChanged {
+                namespace,
+                container_id,
+            }
+            | Self::ContainerDelete {
+                namespace,
+                container_id,
+            } => (namespace, container_id),
+            Self::NamespaceCreate { .. } | Self::NamespaceDelete { .. } => return None,
+        };
+        Some(ContainerKey::new(ns.clone(), id.clone()))
+    }
+}
 
 /// See the module docs.
 #[derive(Debug, Default)]
@@ -98,7 +199,11 @@ impl ContainerStore {
     pub fn upsert(&mut self, mut c: Container) {
         self.namespaces.insert(c.key.namespace.clone());
         if let Some(old) = self.containers.get(&c.key) {
-            if c.task_pid.is_none() && c.status == TaskStatus::Created {
+            // A container deleted and created again starts afresh.
+            if c.task_pid.is_none()
+                && c.status == TaskStatus::Created
+                && old.deleted_at_ns.is_none()
+            {
                 c.status = old.status;
                 c.task_pid = old.task_pid;
                 c.exec_pids = old.exec_pids.clone();
@@ -169,9 +274,9 @@ impl ContainerStore {
     /// Applies one runtime event at CLOCK_MONOTONIC `now_ns`. Returns the
     /// key of a container whose metadata must be fetched (an event about a
     /// container not known yet, or a create/update).
-    pub fn apply(&mut self, ev: &RuntimeEvent, now_ns: u64) -> Option<ContainerKey> {
+    pub fn apply(&mut self, ev: &ContainerEvent, now_ns: u64) -> Option<ContainerKey> {
         match ev {
-            RuntimeEvent::TaskStart {
+            ContainerEvent::TaskStart {
                 namespace,
                 container_id,
                 pid,
@@ -183,7 +288,7 @@ impl ContainerStore {
                 c.exited_at = None;
                 fetch
             }
-            RuntimeEvent::ExecStarted {
+            ContainerEvent::ExecStarted {
                 namespace,
                 container_id,
                 exec_id,
@@ -193,7 +298,7 @@ impl ContainerStore {
                 c.exec_pids.insert(exec_id.clone(), *pid);
                 fetch
             }
-            RuntimeEvent::TaskExit {
+            ContainerEvent::TaskExit {
                 namespace,
                 container_id,
                 exec_id,
@@ -211,7 +316,7 @@ impl ContainerStore {
                 }
                 fetch
             }
-            RuntimeEvent::TaskDelete {
+            ContainerEvent::TaskDelete {
                 namespace,
                 container_id,
                 exit_status,
@@ -222,13 +327,19 @@ impl ContainerStore {
                     c.exit_code = Some(*exit_status);
                     c.exited_at = *exited_at;
                 }
-                c.status = TaskStatus::Created;
+                // A task that never started leaves the container created; one
+                // that ran leaves it stopped (as `ctr` and CRI show it).
+                if c.status != TaskStatus::Deleted
+                    && (c.task_pid.is_some() || c.status != TaskStatus::Created)
+                {
+                    c.status = TaskStatus::Stopped;
+                }
                 c.task_pid = None;
                 c.exec_pids.clear();
                 fetch
             }
-            RuntimeEvent::TaskOom { .. } => None,
-            RuntimeEvent::TaskPaused {
+            ContainerEvent::TaskOom { .. } => None,
+            ContainerEvent::TaskPaused {
                 namespace,
                 container_id,
                 paused,
@@ -241,14 +352,14 @@ impl ContainerStore {
                 };
                 fetch
             }
-            RuntimeEvent::ContainerChanged {
+            ContainerEvent::ContainerChanged {
                 namespace,
                 container_id,
             } => {
                 self.entry(namespace, container_id);
                 Some(ContainerKey::new(namespace.clone(), container_id.clone()))
             }
-            RuntimeEvent::ContainerDelete {
+            ContainerEvent::ContainerDelete {
                 namespace,
                 container_id,
             } => {
@@ -258,11 +369,11 @@ impl ContainerStore {
                 );
                 None
             }
-            RuntimeEvent::NamespaceCreate { name } => {
+            ContainerEvent::NamespaceCreate { name } => {
                 self.namespaces.insert(name.clone());
                 None
             }
-            RuntimeEvent::NamespaceDelete { name } => {
+            ContainerEvent::NamespaceDelete { name } => {
                 self.namespaces.remove(name);
                 None
             }
@@ -286,9 +397,7 @@ impl ContainerStore {
         if let Some(c) = self.containers.get_mut(key) {
             if c.deleted_at_ns.is_none() {
                 c.deleted_at_ns = Some(now_ns);
-                if c.status == TaskStatus::Running || c.status == TaskStatus::Paused {
-                    c.status = TaskStatus::Stopped;
-                }
+                c.status = TaskStatus::Deleted;
                 c.task_pid = None;
                 c.exec_pids.clear();
                 self.deleted.push_back((key.clone(), now_ns));
@@ -320,9 +429,7 @@ impl ContainerStore {
                 None => stats.added += 1,
                 Some(old) => {
                     stats.updated += 1;
-                    if matches!(old.status, TaskStatus::Running | TaskStatus::Paused)
-                        && !matches!(c.status, TaskStatus::Running | TaskStatus::Paused)
-                    {
+                    if old.status.is_live() && !c.status.is_live() {
                         stats.stopped += 1;
                     }
                 }
@@ -333,9 +440,19 @@ impl ContainerStore {
         stats
     }
 
-    /// Like [`upsert`](Self::upsert) but the list's task state wins.
+    /// Like [`upsert`](Self::upsert) but the list's task state wins. A
+    /// listed container without a task that had one stays stopped.
     fn upsert_listed(&mut self, mut c: Container) {
         if let Some(old) = self.containers.get(&c.key) {
+            if c.status == TaskStatus::Created
+                && c.task_pid.is_none()
+                && matches!(
+                    old.status,
+                    TaskStatus::Running | TaskStatus::Paused | TaskStatus::Stopped
+                )
+            {
+                c.status = TaskStatus::Stopped;
+            }
             c.cgroup_v2 = c.cgroup_v2.or(old.cgroup_v2);
             c.cgroup_v1_memory = c.cgroup_v1_memory.or(old.cgroup_v1_memory);
             if c.status != TaskStatus::Running && c.exit_code.is_none() {

@@ -39,6 +39,10 @@ pub struct Process {
     pub state: ProcessState,
     /// CLOCK_MONOTONIC ns of the newest information about this process.
     pub updated_ns: u64,
+    /// CLOCK_MONOTONIC ns of the newest information about its parent: a
+    /// re-parenting (the parent exited) is newer than any event the process
+    /// made before it.
+    pub parent_ns: u64,
 }
 
 /// What a scan reconcile changed.
@@ -55,6 +59,8 @@ pub struct ReconcileStats {
 /// The table. See the module docs.
 pub struct ProcessTable {
     live: HashMap<u32, Process>,
+    /// Live processes by their parent's pid, for re-parenting.
+    children: HashMap<u32, Vec<u32>>,
     exited: LruCache<ProcKey, Process>,
     /// Start time of the newest exited entry per pid, for bare-pid look-ups.
     latest_exit: HashMap<u32, ProcKey>,
@@ -67,6 +73,7 @@ impl ProcessTable {
     pub fn new(grace_ns: u64, max_exited: NonZeroUsize) -> Self {
         Self {
             live: HashMap::new(),
+            children: HashMap::new(),
             exited: LruCache::new(max_exited),
             latest_exit: HashMap::new(),
             grace_ns,
@@ -107,6 +114,89 @@ impl ProcessTable {
         self.live.values()
     }
 
+    /// Every exited process still inside the grace window.
+    pub fn exited(&self) -> impl Iterator<Item = &Process> {
+        self.exited.iter().map(|(_, p)| p)
+    }
+
+    /// The live processes whose parent is `parent` (by pid, and by start
+    /// time where the child's record has one).
+    pub fn children_of(&self, parent: ProcKey) -> Vec<ProcKey> {
+        let Some(pids) = self.children.get(&parent.pid) else {
+            return Vec::new();
+        };
+        pids.iter()
+            .filter_map(|pid| self.live.get(pid))
+            .filter(|c| {
+                c.parent
+                    .is_some_and(|p| p.start_time == parent.start_time || p.start_time.0 == 0)
+            })
+            .map(|c| c.key)
+            .collect()
+    }
+
+    /// Records that live process `child` now has `parent` (its parent
+    /// exited and the kernel handed it to a reaper at CLOCK_MONOTONIC
+    /// `at_ns`). Returns false when `child` is not live.
+    pub fn reparent(&mut self, child: ProcKey, parent: u32, at_ns: u64) -> bool {
+        let parent = self.parent_key(parent);
+        let Some(mut p) = self.take_live(child.pid) else {
+            return false;
+        };
+        if p.key != child {
+            self.put_live(p);
+            return false;
+        }
+        if at_ns >= p.parent_ns {
+            p.parent = Some(parent);
+            p.parent_ns = at_ns;
+        }
+        self.put_live(p);
+        true
+    }
+
+    /// The key of the live process holding `pid`, or `pid` with start time
+    /// 0 (unknown) when the table has none.
+    fn parent_key(&self, pid: u32) -> ProcKey {
+        self.live
+            .get(&pid)
+            .map_or(ProcKey::new(pid, crate::types::StartTime(0)), |p| p.key)
+    }
+
+    /// Inserts a live process, indexing it under its parent.
+    fn put_live(&mut self, p: Process) {
+        if let Some(parent) = p.parent {
+            let siblings = self.children.entry(parent.pid).or_default();
+            if !siblings.contains(&p.key.pid) {
+                siblings.push(p.key.pid);
+            }
+        }
+        self.live.insert(p.key.pid, p);
+    }
+
+    /// Removes the live process holding `pid`, and its index entry.
+    fn take_live(&mut self, pid: u32) -> Option<Process> {
+        let p = self.live.remove(&pid)?;
+        if let Some(parent) = p.parent {
+            if let Some(siblings) = self.children.get_mut(&parent.pid) {
+                siblings.retain(|&c| c != pid);
+                if siblings.is_empty() {
+                    self.children.remove(&parent.pid);
+                }
+            }
+        }
+        Some(p)
+    }
+
+    /// Applies `f` to the live process holding `pid`, keeping the parent
+    /// index right.
+    fn update_live(&mut self, pid: u32, f: impl FnOnce(&mut Process)) {
+        if let Some(mut p) = self.take_live(pid) {
+            f(&mut p);
+            self.put_live(p);
+        }
+    }
+
     /// Applies one kernel event.
     pub fn apply_event(&mut self, ev: &KernelEvent) {
         let incoming = Process {
@@ -116,9 +206,10 @@ impl ProcessTable {
             cgroups: ev.cgroups,
             state: ProcessState::Running,
             updated_ns: ev.timestamp_ns,
+            parent_ns: ev.timestamp_ns,
         };
         match ev.kind {
-            EventKind::Fork | EventKind::Exec | EventKind::CgroupAttach => {
+            EventKind::Fork | EventKind::Exec | EventKind::CgroupAttach | EventKind::Rename => {
                 self.upsert(incoming, ev.timestamp_ns);
             }
             EventKind::Exit => self.exit(incoming, ev.timestamp_ns, ev.exit_code),
@@ -132,19 +223,17 @@ impl ProcessTable {
         if self.exited.contains(&key) {
             return;
         }
-        match self.live.get_mut(&key.pid) {
-            Some(p) if p.key == key => merge(p, incoming),
+        match self.live.get(&key.pid) {
+            Some(p) if p.key == key => self.update_live(key.pid, |p| merge(p, incoming)),
             Some(p) if p.key.start_time > key.start_time => {} // stale news of an older process
             Some(_) => {
                 // A newer process holds the pid: the old one's exit was missed.
-                if let Some(old) = self.live.remove(&key.pid) {
+                if let Some(old) = self.take_live(key.pid) {
                     self.retire(old, now_ns, None);
                 }
-                self.live.insert(key.pid, incoming);
+                self.put_live(incoming);
             }
-            None => {
-                self.live.insert(key.pid, incoming);
-            }
+            None => self.put_live(incoming),
         }
     }
 
@@ -164,7 +253,7 @@ impl ProcessTable {
         }
         let merged = match self.live.get(&key.pid) {
             Some(p) if p.key == key => {
-                let mut p = self.live.remove(&key.pid).unwrap_or(incoming);
+                let mut p = self.take_live(key.pid).unwrap_or(incoming);
                 p.updated_ns = p.updated_ns.max(at_ns);
                 p
             }
@@ -211,20 +300,37 @@ impl ProcessTable {
                 stats.skipped_exited += 1;
                 continue;
             }
-            let incoming = from_scan(sp, started);
-            match self.live.get_mut(&sp.key.pid) {
-                Some(p) if p.key == sp.key => merge(p, incoming),
+            if sp.exited {
+                // A zombie: it exited before the agent could see it.
+                let p = match self.live.get(&sp.key.pid) {
+                    Some(p) if p.key == sp.key => self.take_live(sp.key.pid),
+                    _ => Some(from_scan(sp, started)),
+                };
+                if let Some(p) = p {
+                    self.retire(p, now_ns, None);
+                    stats.marked_exited += 1;
+                }
+                continue;
+            }
+            let mut incoming = from_scan(sp, started);
+            // The parent's start time, when the table knows the process
+            // holding that pid and it is older than the child.
+            incoming.parent = Some(self.parent_key(sp.ppid))
+                .filter(|k| k.start_time <= sp.key.start_time)
+                .or(incoming.parent);
+            match self.live.get(&sp.key.pid) {
+                Some(p) if p.key == sp.key => self.update_live(sp.key.pid, |p| merge(p, incoming)),
                 Some(p) if p.key.start_time > sp.key.start_time => {}
                 Some(_) => {
-                    if let Some(old) = self.live.remove(&sp.key.pid) {
+                    if let Some(old) = self.take_live(sp.key.pid) {
                         self.retire(old, now_ns, None);
                         stats.marked_exited += 1;
                     }
-                    self.live.insert(sp.key.pid, incoming);
+                    self.put_live(incoming);
                     stats.added += 1;
                 }
                 None => {
-                    self.live.insert(sp.key.pid, incoming);
+                    self.put_live(incoming);
                     stats.added += 1;
                 }
             }
@@ -236,7 +342,7 @@ impl ProcessTable {
             .map(|p| p.key.pid)
             .collect();
         for pid in gone {
-            if let Some(p) = self.live.remove(&pid) {
+            if let Some(p) = self.take_live(pid) {
                 self.retire(p, now_ns, None);
                 stats.marked_exited += 1;
             }
@@ -271,6 +377,7 @@ fn from_scan(sp: &ScannedProcess, at_ns: u64) -> Process {
         cgroups: sp.cgroups,
         state: ProcessState::Running,
         updated_ns: at_ns,
+        parent_ns: at_ns,
     }
     .with_ppid(sp.ppid)
 }
@@ -285,19 +392,29 @@ impl Process {
 }
 
 /// Merges news about the same process: the newer source wins field by
-/// field, the older one only fills gaps.
+/// field, the older one only fills gaps. The parent has its own time: a
+/// re-parenting is newer than events the process made before it.
 fn merge(p: &mut Process, incoming: Process) {
+    let (old_parent, old_parent_ns) = (p.parent, p.parent_ns);
+    let parent_newer = incoming.parent_ns >= old_parent_ns;
     if incoming.updated_ns >= p.updated_ns {
-        let old_parent = p.parent;
         let old_cgroups = p.cgroups;
         *p = incoming;
-        p.parent = pick_parent(p.parent, old_parent);
         p.cgroups.v2 = p.cgroups.v2.or(old_cgroups.v2);
         p.cgroups.v1_memory = p.cgroups.v1_memory.or(old_cgroups.v1_memory);
     } else {
-        p.parent = pick_parent(p.parent, incoming.parent);
         p.cgroups.v2 = p.cgroups.v2.or(incoming.cgroups.v2);
         p.cgroups.v1_memory = p.cgroups.v1_memory.or(incoming.cgroups.v1_memory);
+        if parent_newer {
+            p.parent = incoming.parent;
+        }
+    }
+    if parent_newer {
+        p.parent = pick_parent(p.parent, old_parent);
+        p.parent_ns = p.parent_ns.max(old_parent_ns);
+    } else {
+        p.parent = pick_parent(old_parent, p.parent);
+        p.parent_ns = old_parent_ns;
     }
 }
 

@@ -4,21 +4,37 @@ use agent_common::EventKind;
 
 use super::*;
 use crate::{
-    cgroup::{CgroupFs, CgroupPathCache},
+    cgroup::CgroupPathCache,
     ebpf::event::KernelEvent,
-    runtime::container::{Container, ContainerKey},
-    state::ProcessTable,
+    state::{
+        container::{Container, ContainerKey},
+        ContainerWriter, ContainerdLink, ProcessTable, State, TableWriter,
+    },
     types::{CgroupIds, Comm, ProcKey, StartTime},
 };
 
-fn state() -> Arc<State> {
-    let paths = CgroupPathCache::new(
-        CgroupFs::from_roots(None, None),
-        100,
-        Duration::from_secs(3600),
-    );
+/// An agent state and its writers.
+struct Agent {
+    state: Arc<State>,
+    table: TableWriter,
+    containers: ContainerWriter,
+}
+
+fn state() -> Agent {
+    let paths = CgroupPathCache::new(100);
     let table = ProcessTable::new(30_000_000_000, NonZeroUsize::new(100).unwrap());
-    Arc::new(State::new(table, paths, Arc::new(Metrics::default())))
+    let (state, table, containers) = State::new(table, paths, Arc::new(Metrics::default()));
+    Agent {
+        state,
+        table,
+        containers,
+    }
+}
+
+/// The registry a running agent serves.
+fn registry_of(a: &Agent) -> Registry {
+    let state = Arc::clone(&a.state);
+    registry(a.state.metrics_handle(), Box::new(move || state.gauges()))
 }
 
 fn event(kind: EventKind, pid: u32) -> KernelEvent {
@@ -35,20 +51,21 @@ fn event(kind: EventKind, pid: u32) -> KernelEvent {
 }
 
 /// An agent state with known counts everywhere.
-fn known_state() -> Arc<State> {
-    let s = state();
+fn known_state() -> Agent {
+    let a = state();
     {
-        let mut table = s.write();
+        let mut table = a.table.table();
         for pid in [10, 11, 12] {
             table.apply_event(&event(EventKind::Exec, pid));
         }
         table.apply_event(&event(EventKind::Exit, 12));
     }
-    s.containers_mut()
+    a.containers
+        .store()
         .upsert(Container::placeholder(ContainerKey::new("k8s.io", "web")));
-    s.set_containerd_connected(true);
+    a.containers.set_link(ContainerdLink::Synced);
 
-    let m = s.metrics();
+    let m = a.state.metrics();
     for kind in [
         EventKind::Exec,
         EventKind::Exec,
@@ -73,11 +90,11 @@ fn known_state() -> Arc<State> {
     m.record_request("List", tonic::Code::Ok, Duration::from_secs(20));
     m.exec_to_resolvable.record(300_000);
     m.record_container_start_to_resolvable(Duration::from_millis(1_500));
-    s
+    a
 }
 
-fn render_state(s: &Arc<State>) -> String {
-    render(&registry(Arc::clone(s))).unwrap()
+fn render_state(a: &Agent) -> String {
+    render(&registry_of(a)).unwrap()
 }
 
 fn assert_lines(text: &str, expected: &[&str]) {
@@ -101,6 +118,7 @@ fn counters_have_their_values_kinds_and_help() {
             r#"pidmap_events_total{kind="exec"} 3"#,
             r#"pidmap_events_total{kind="exit"} 0"#,
             r#"pidmap_events_total{kind="cgroup_attach"} 0"#,
+            r#"pidmap_events_total{kind="rename"} 0"#,
             "pidmap_malformed_events_total 2",
             "# TYPE pidmap_ring_drops counter",
             "pidmap_ring_drops_total 7",
@@ -128,17 +146,19 @@ fn gauges_are_read_from_the_state_at_scrape_time() {
             "pidmap_containers 1",
             "# TYPE pidmap_containerd_connected gauge",
             "pidmap_containerd_connected 1",
+            "pidmap_containerd_synced 1",
         ],
     );
     // The same registry sees later changes.
-    let registry = registry(Arc::clone(&s));
-    s.set_containerd_connected(false);
-    s.write().apply_event(&event(EventKind::Exec, 13));
+    let registry = registry_of(&s);
+    s.containers.set_link(ContainerdLink::Down);
+    s.table.table().apply_event(&event(EventKind::Exec, 13));
     let text = render(&registry).unwrap();
     assert_lines(
         &text,
         &[
             "pidmap_containerd_connected 0",
+            "pidmap_containerd_synced 0",
             r#"pidmap_processes{state="live"} 3"#,
         ],
     );
@@ -211,8 +231,8 @@ fn every_family_has_help_and_type_and_the_text_ends_with_eof() {
         }
     }
     // events, 9 counters, processes, containers, containerd_connected,
-    // api requests and durations, two latencies.
-    assert_eq!(families, 17, "{text}");
+    // containerd_synced, api requests and durations, two latencies.
+    assert_eq!(families, 18, "{text}");
 }
 
 #[test]

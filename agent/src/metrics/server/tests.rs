@@ -178,7 +178,7 @@ async fn a_taken_address_is_a_bind_error() {
     let addr = first.local_addr();
     let error = MetricsServer::bind(addr).await.unwrap_err();
     assert!(
-        matches!(&error, Error::MetricsBind { addr: a, .. } if *a == addr),
+        matches!(&error, MetricsError::Bind { addr: a, .. } if *a == addr),
         "{error:?}"
     );
     assert_eq!(error.to_string(), format!("cannot serve metrics on {addr}"));

@@ -3,6 +3,8 @@
 use containerd_client::{events as ev, types::Envelope};
 use prost::Message as _;
 
+use crate::state::containers::ContainerEvent;
+
 /// Topics pidmap acts on, in one place.
 pub mod topics {
     pub const TASK_START: &str = "/tasks/start";
@@ -43,112 +45,6 @@ pub mod topics {
     }
 }
 
-/// A containerd event pidmap acts on. Container ids are within `namespace`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RuntimeEvent {
-    TaskStart {
-        namespace: String,
-        container_id: String,
-        pid: u32,
-    },
-    ExecStarted {
-        namespace: String,
-        container_id: String,
-        exec_id: String,
-        pid: u32,
-    },
-    /// A process of the task exited: the init process when `exec_id` is
-    /// the container id (containerd's convention), an exec otherwise.
-    TaskExit {
-        namespace: String,
-        container_id: String,
-        exec_id: String,
-        pid: u32,
-        exit_status: u32,
-        exited_at: Option<i64>,
-    },
-    TaskDelete {
-        namespace: String,
-        container_id: String,
-        exit_status: u32,
-        exited_at: Option<i64>,
-    },
-    TaskOom {
-        namespace: String,
-        container_id: String,
-    },
-    TaskPaused {
-        namespace: String,
-        container_id: String,
-        paused: bool,
-    },
-    /// Created or updated: metadata must be (re)fetched.
-    ContainerChanged {
-        namespace: String,
-        container_id: String,
-    },
-    ContainerDelete {
-        namespace: String,
-        container_id: String,
-    },
-    NamespaceCreate {
-        name: String,
-    },
-    NamespaceDelete {
-        name: String,
-    },
-}
-
-impl RuntimeEvent {
-    /// The container the event is about, if any.
-    pub fn container_key(&self) -> Option<crate::runtime::container::ContainerKey> {
-        let (ns, id) = match self {
-            Self::TaskStart {
-                namespace,
-                container_id,
-                ..
-            }
-            | Self::ExecStarted {
-                namespace,
-                container_id,
-                ..
-            }
-            | Self::TaskExit {
-                namespace,
-                container_id,
-                ..
-            }
-            | Self::TaskDelete {
-                namespace,
-                container_id,
-                ..
-            }
-            | Self::TaskOom {
-                namespace,
-                container_id,
-            }
-            | Self::TaskPaused {
-                namespace,
-                container_id,
-                ..
-            }
-            | Self::ContainerChanged {
-                namespace,
-                container_id,
-            }
-            | Self::ContainerDelete {
-                namespace,
-                container_id,
-            } => (namespace, container_id),
-            Self::NamespaceCreate { .. } | Self::NamespaceDelete { .. } => return None,
-        };
-        Some(crate::runtime::container::ContainerKey::new(
-            ns.clone(),
-            id.clone(),
-        ))
-    }
-}
-
 /// An envelope pidmap could not decode.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -169,7 +65,7 @@ pub enum EventError {
 ///
 /// The payload is decoded by topic. containerd's `Any.type_url` lacks the
 /// leading `/` prost expects, so it is only used in error messages.
-pub fn decode(env: &Envelope) -> Result<Option<RuntimeEvent>, EventError> {
+pub fn decode(env: &Envelope) -> Result<Option<ContainerEvent>, EventError> {
     let any = env.event.as_ref().ok_or_else(|| EventError::Empty {
         topic: env.topic.clone(),
     })?;
@@ -183,7 +79,7 @@ pub fn decode(env: &Envelope) -> Result<Option<RuntimeEvent>, EventError> {
     let event = match env.topic.as_str() {
         topics::TASK_START => {
             let e = ev::TaskStart::decode(bytes).map_err(fail)?;
-            RuntimeEvent::TaskStart {
+            ContainerEvent::TaskStart {
                 namespace,
                 container_id: e.container_id,
                 pid: e.pid,
@@ -191,7 +87,7 @@ pub fn decode(env: &Envelope) -> Result<Option<RuntimeEvent>, EventError> {
         }
         topics::TASK_EXEC_STARTED => {
             let e = ev::TaskExecStarted::decode(bytes).map_err(fail)?;
-            RuntimeEvent::ExecStarted {
+            ContainerEvent::ExecStarted {
                 namespace,
                 container_id: e.container_id,
                 exec_id: e.exec_id,
@@ -200,7 +96,7 @@ pub fn decode(env: &Envelope) -> Result<Option<RuntimeEvent>, EventError> {
         }
         topics::TASK_EXIT => {
             let e = ev::TaskExit::decode(bytes).map_err(fail)?;
-            RuntimeEvent::TaskExit {
+            ContainerEvent::TaskExit {
                 namespace,
                 container_id: e.container_id,
                 exec_id: e.id,
@@ -211,7 +107,7 @@ pub fn decode(env: &Envelope) -> Result<Option<RuntimeEvent>, EventError> {
         }
         topics::TASK_DELETE => {
             let e = ev::TaskDelete::decode(bytes).map_err(fail)?;
-            RuntimeEvent::TaskDelete {
+            ContainerEvent::TaskDelete {
                 namespace,
                 container_id: e.container_id,
                 exit_status: e.exit_status,
@@ -220,14 +116,14 @@ pub fn decode(env: &Envelope) -> Result<Option<RuntimeEvent>, EventError> {
         }
         topics::TASK_OOM => {
             let e = ev::TaskOom::decode(bytes).map_err(fail)?;
-            RuntimeEvent::TaskOom {
+            ContainerEvent::TaskOom {
                 namespace,
                 container_id: e.container_id,
             }
         }
         topics::TASK_PAUSED | topics::TASK_RESUMED => {
             let e = ev::TaskPaused::decode(bytes).map_err(fail)?;
-            RuntimeEvent::TaskPaused {
+            ContainerEvent::TaskPaused {
                 namespace,
                 container_id: e.container_id,
                 paused: env.topic == topics::TASK_PAUSED,
@@ -235,32 +131,32 @@ pub fn decode(env: &Envelope) -> Result<Option<RuntimeEvent>, EventError> {
         }
         topics::CONTAINER_CREATE => {
             let e = ev::ContainerCreate::decode(bytes).map_err(fail)?;
-            RuntimeEvent::ContainerChanged {
+            ContainerEvent::ContainerChanged {
                 namespace,
                 container_id: e.id,
             }
         }
         topics::CONTAINER_UPDATE => {
             let e = ev::ContainerUpdate::decode(bytes).map_err(fail)?;
-            RuntimeEvent::ContainerChanged {
+            ContainerEvent::ContainerChanged {
                 namespace,
                 container_id: e.id,
             }
         }
         topics::CONTAINER_DELETE => {
             let e = ev::ContainerDelete::decode(bytes).map_err(fail)?;
-            RuntimeEvent::ContainerDelete {
+            ContainerEvent::ContainerDelete {
                 namespace,
                 container_id: e.id,
             }
         }
         topics::NAMESPACE_CREATE => {
             let e = ev::NamespaceCreate::decode(bytes).map_err(fail)?;
-            RuntimeEvent::NamespaceCreate { name: e.name }
+            ContainerEvent::NamespaceCreate { name: e.name }
         }
         topics::NAMESPACE_DELETE => {
             let e = ev::NamespaceDelete::decode(bytes).map_err(fail)?;
-            RuntimeEvent::NamespaceDelete { name: e.name }
+            ContainerEvent::NamespaceDelete { name: e.name }
         }
         _ => return Ok(None),
     };
@@ -297,7 +193,7 @@ mod tests {
         );
         assert_eq!(
             decode(&env).unwrap(),
-            Some(RuntimeEvent::TaskStart {
+            Some(ContainerEvent::TaskStart {
                 namespace: "k8s.io".into(),
                 container_id: "c1".into(),
                 pid: 4711
@@ -322,7 +218,7 @@ mod tests {
             "containerd.events.TaskExit",
             msg.encode_to_vec(),
         );
-        let Some(RuntimeEvent::TaskExit {
+        let Some(ContainerEvent::TaskExit {
             exec_id,
             exit_status,
             exited_at,

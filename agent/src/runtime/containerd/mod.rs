@@ -19,17 +19,18 @@ use containerd_client::{
     tonic::transport::Channel,
     types::Envelope,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::CgroupFs,
-    error::chain,
-    runtime::container::{ContainerKey, TaskStatus},
-    state::{monotonic_ns, State},
+    state::{
+        container::ContainerKey, containers::ContainerEvent, Change, ContainerWriter,
+        ContainerdLink, State,
+    },
+    util::{chain, duration_ns, monotonic_ns},
 };
-use events::RuntimeEvent;
 
 /// Events that may wait while a list runs; beyond that the stream is not
 /// read (gRPC flow control holds the rest in containerd).
@@ -71,20 +72,53 @@ enum SessionEnd {
     StreamEnded,
 }
 
+/// How the first attempt to reach containerd went (for the agent's
+/// readiness: see `Agent::start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstContact {
+    /// Listed and reconciled: the container store is current.
+    Synced,
+    /// Nobody answers on the socket: there is no containerd (yet).
+    Unreachable,
+}
+
 /// The watcher task. See the module docs.
 pub struct Watcher {
     config: WatcherConfig,
-    state: Arc<State>,
+    writer: ContainerWriter,
     fs: Arc<CgroupFs>,
+    first_contact: Option<oneshot::Sender<FirstContact>>,
 }
 
 impl Watcher {
-    pub fn new(config: WatcherConfig, state: Arc<State>, fs: Arc<CgroupFs>) -> Self {
-        Self { config, state, fs }
+    /// A watcher writing through `writer`; `first_contact` hears how the
+    /// first attempt went.
+    pub fn new(
+        config: WatcherConfig,
+        writer: ContainerWriter,
+        fs: Arc<CgroupFs>,
+        first_contact: oneshot::Sender<FirstContact>,
+    ) -> Self {
+        Self {
+            config,
+            writer,
+            fs,
+            first_contact: Some(first_contact),
+        }
+    }
+
+    fn state(&self) -> &Arc<State> {
+        self.writer.state()
+    }
+
+    fn tell_first(&mut self, contact: FirstContact) {
+        if let Some(tx) = self.first_contact.take() {
+            let _ = tx.send(contact);
+        }
     }
 
     /// Runs until `shutdown`, reconnecting whenever the session ends.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = BACKOFF_START;
         let mut said_absent = false;
         loop {
@@ -93,9 +127,12 @@ impl Watcher {
                 () = shutdown.cancelled() => break,
                 ended = self.session(&shutdown, &mut backoff) => ended,
             };
-            let was_connected = self.state.set_containerd_connected(false);
+            let was_synced = self.writer.set_link(ContainerdLink::Down) == ContainerdLink::Synced;
             if shutdown.is_cancelled() {
                 break;
+            }
+            if matches!(ended, SessionEnd::Connect(_) | SessionEnd::ConnectTimeout) {
+                self.tell_first(FirstContact::Unreachable);
             }
             match &ended {
                 SessionEnd::Connect(_) | SessionEnd::ConnectTimeout if !said_absent => {
@@ -114,8 +151,8 @@ impl Watcher {
                     said_absent = false;
                 }
             }
-            if was_connected {
-                self.state.metrics().count_containerd_reconnect();
+            if was_synced {
+                self.state().metrics().count_containerd_reconnect();
             }
             tokio::select! {
                 biased;
@@ -124,12 +161,16 @@ impl Watcher {
             }
             backoff = (backoff * 2).min(self.config.max_backoff);
         }
-        self.state.set_containerd_connected(false);
+        self.writer.set_link(ContainerdLink::Down);
         debug!("containerd watcher stopped");
     }
 
     /// One connection: subscribe, list, reconcile, follow events.
-    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Duration) -> SessionEnd {
+    async fn session(
+        &mut self,
+        shutdown: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> SessionEnd {
         let channel = match tokio::time::timeout(
             CONNECT_TIMEOUT,
             containerd_client::connect(&self.config.socket),
@@ -146,7 +187,10 @@ impl Watcher {
         let (tx, mut rx) = mpsc::channel::<Envelope>(EVENT_QUEUE);
         let forward = CancellationToken::new();
         let _stop_forwarder = forward.clone().drop_guard();
+        // The stream task ends when `forward` fires (the session ends) or
+        // the stream does; it is not joined, but it cannot outlive us.
         tokio::spawn(forward_stream(channel.clone(), tx, forward));
+        self.writer.set_link(ContainerdLink::Listing);
         let early = match self.confirm_subscription(&channel, &mut rx).await {
             Ok(early) => early,
             Err(e) => return e,
@@ -156,10 +200,11 @@ impl Watcher {
             return e;
         }
         *backoff = BACKOFF_START;
-        self.state.set_containerd_connected(true);
+        self.writer.set_link(ContainerdLink::Synced);
+        self.tell_first(FirstContact::Synced);
         info!(
             socket = %self.config.socket.display(),
-            containers = self.state.containers().len(),
+            containers = self.state().containers().len(),
             "connected to containerd"
         );
 
@@ -167,27 +212,31 @@ impl Watcher {
         resync.reset();
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
+            // Periodic work first: a busy event stream must not starve it.
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return SessionEnd::StreamEnded,
-                env = rx.recv() => match env {
-                    Some(env) => self.handle(&channel, &env).await,
-                    None => return SessionEnd::StreamEnded,
-                },
+                _ = sweep.tick() => self.expire(),
                 _ = resync.tick() => {
-                    self.state.metrics().count_containerd_resync();
+                    self.state().metrics().count_containerd_resync();
                     if let Err(e) = self.resync(&channel, &mut rx, Vec::new()).await {
                         return e;
                     }
                 }
-                _ = sweep.tick() => {
-                    let grace = u64::try_from(self.config.grace.as_nanos()).unwrap_or(u64::MAX);
-                    let removed = self.state.containers_mut().expire(monotonic_ns(), grace);
-                    if removed > 0 {
-                        debug!(removed, "deleted containers expired");
-                    }
-                }
+                env = rx.recv() => match env {
+                    Some(env) => self.handle(&channel, &env).await,
+                    None => return SessionEnd::StreamEnded,
+                },
             }
+        }
+    }
+
+    /// Forgets deleted containers whose grace window has passed.
+    fn expire(&self) {
+        let grace = duration_ns(self.config.grace);
+        let removed = self.writer.store().expire(monotonic_ns(), grace);
+        if removed > 0 {
+            debug!(removed, "deleted containers expired");
         }
     }
 
@@ -245,8 +294,22 @@ impl Watcher {
     ) -> Result<(), SessionEnd> {
         let started = std::time::Instant::now();
         let snap = snapshot::list_all(channel, &self.fs).await?;
-        let stats = self.state.containers_mut().reconcile(snap, monotonic_ns());
+        let changed: Vec<ContainerKey> = snap.containers.iter().map(|c| c.key.clone()).collect();
+        let stats = self.writer.store().reconcile(snap, monotonic_ns());
         self.learn_ids_from_processes();
+        if self.state().has_watchers() {
+            // Listed ones may have changed; deleted ones are announced too.
+            let deleted: Vec<ContainerKey> = self
+                .state()
+                .containers()
+                .iter()
+                .filter(|c| c.deleted_at_ns.is_some())
+                .map(|c| c.key.clone())
+                .collect();
+            for key in changed.into_iter().chain(deleted) {
+                self.writer.notify(|| Change::Container(key));
+            }
+        }
         let mut replayed = 0;
         for env in early {
             self.handle(channel, &env).await;
@@ -280,13 +343,13 @@ impl Watcher {
                 return;
             }
         };
-        self.state.metrics().count_containerd_event();
+        self.state().metrics().count_containerd_event();
         debug!(?event, "containerd event");
-        let fetch = self.state.containers_mut().apply(&event, monotonic_ns());
+        let fetch = self.writer.store().apply(&event, monotonic_ns());
         if let Some(key) = fetch {
             self.fetch(channel, &key).await;
         }
-        if let RuntimeEvent::TaskStart {
+        if let ContainerEvent::TaskStart {
             namespace,
             container_id,
             ..
@@ -302,14 +365,14 @@ impl Watcher {
                         u32::try_from(ts.nanos).unwrap_or(0),
                     );
                 if let Ok(elapsed) = std::time::SystemTime::now().duration_since(started) {
-                    self.state
+                    self.state()
                         .metrics()
                         .record_container_start_to_resolvable(elapsed);
                 }
             }
         }
         if let Some(key) = event.container_key() {
-            self.state.notify(|| crate::state::Change::Container(key));
+            self.writer.notify(|| Change::Container(key));
         }
     }
 
@@ -317,7 +380,7 @@ impl Watcher {
     async fn fetch(&self, channel: &Channel, key: &ContainerKey) {
         match snapshot::get_container(channel, key).await {
             Ok(Some(c)) => {
-                self.state.containers_mut().upsert(c);
+                self.writer.store().upsert(c);
                 self.refresh_ids(key);
             }
             Ok(None) => debug!(container = %key, "container gone before its metadata was fetched"),
@@ -330,21 +393,21 @@ impl Watcher {
     /// Finds a running container's cgroup ids: from its cgroup directory,
     /// or else from its init process in the process table.
     fn refresh_ids(&self, key: &ContainerKey) {
-        let Some(mut c) = self.state.containers().get(key).cloned() else {
+        let Some(mut c) = self.state().containers().get(key).cloned() else {
             return;
         };
-        if c.status != TaskStatus::Running && c.status != TaskStatus::Paused {
+        if !c.status.is_live() {
             return;
         }
         snapshot::resolve_cgroup_ids(&mut c, &self.fs);
         if c.cgroup_v2.is_none() && c.cgroup_v1_memory.is_none() {
-            if let Some(p) = c.task_pid.and_then(|pid| self.state.process(pid)) {
+            if let Some(p) = c.task_pid.and_then(|pid| self.state().process(pid)) {
                 c.cgroup_v2 = p.cgroups.v2.filter(|id| id.0 != 1);
                 c.cgroup_v1_memory = p.cgroups.v1_memory.filter(|id| id.0 != 1);
             }
         }
-        self.state
-            .containers_mut()
+        self.writer
+            .store()
             .set_cgroup_ids(key, c.cgroup_v2, c.cgroup_v1_memory);
     }
 
@@ -352,7 +415,7 @@ impl Watcher {
     /// take the ids from their init processes.
     fn learn_ids_from_processes(&self) {
         let missing: Vec<ContainerKey> = self
-            .state
+            .state()
             .containers()
             .iter()
             .filter(|c| {

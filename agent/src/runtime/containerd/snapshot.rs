@@ -17,7 +17,7 @@ use prost::Message as _;
 use super::spec::{cgroup_dir, parse_spec};
 use crate::{
     cgroup::{CgroupFs, Hierarchy},
-    runtime::container::{pod_identity, Container, ContainerKey, TaskStatus},
+    state::container::{pod_identity, Container, ContainerKey, TaskStatus},
     state::containers::Snapshot,
 };
 

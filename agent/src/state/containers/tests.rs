@@ -16,16 +16,16 @@ fn listed(ns: &str, id: &str, status: TaskStatus, pid: Option<u32>, cg: u64) -> 
     c
 }
 
-fn start(ns: &str, id: &str, pid: u32) -> RuntimeEvent {
-    RuntimeEvent::TaskStart {
+fn start(ns: &str, id: &str, pid: u32) -> ContainerEvent {
+    ContainerEvent::TaskStart {
         namespace: ns.into(),
         container_id: id.into(),
         pid,
     }
 }
 
-fn exit(ns: &str, id: &str, exec: &str, pid: u32, status: u32) -> RuntimeEvent {
-    RuntimeEvent::TaskExit {
+fn exit(ns: &str, id: &str, exec: &str, pid: u32, status: u32) -> ContainerEvent {
+    ContainerEvent::TaskExit {
         namespace: ns.into(),
         container_id: id.into(),
         exec_id: exec.into(),
@@ -89,7 +89,7 @@ fn exec_exit_removes_the_exec_and_init_exit_stops_the_task() {
     let mut s = ContainerStore::new();
     s.apply(&start("d", "c", 10), 0);
     s.apply(
-        &RuntimeEvent::ExecStarted {
+        &ContainerEvent::ExecStarted {
             namespace: "d".into(),
             container_id: "c".into(),
             exec_id: "e1".into(),
@@ -113,7 +113,7 @@ fn delete_keeps_the_container_for_the_grace_window() {
     let mut s = ContainerStore::new();
     s.upsert(listed("d", "c", TaskStatus::Running, Some(10), 100));
     s.apply(
-        &RuntimeEvent::ContainerDelete {
+        &ContainerEvent::ContainerDelete {
             namespace: "d".into(),
             container_id: "c".into(),
         },
@@ -135,7 +135,7 @@ fn recreated_container_survives_the_old_deletion_expiring() {
     let mut s = ContainerStore::new();
     s.upsert(listed("d", "c", TaskStatus::Running, Some(10), 100));
     s.apply(
-        &RuntimeEvent::ContainerDelete {
+        &ContainerEvent::ContainerDelete {
             namespace: "d".into(),
             container_id: "c".into(),
         },
@@ -193,4 +193,51 @@ fn buffered_events_after_reconcile_win() {
     }
     assert_eq!(s.get(&key("d", "a")).unwrap().status, TaskStatus::Stopped);
     assert_eq!(s.get(&key("d", "b")).unwrap().task_pid, Some(20));
+}
+
+#[test]
+fn lifecycle_follows_containerd_created_running_stopped_deleted() {
+    let mut s = ContainerStore::new();
+    s.apply(
+        &ContainerEvent::ContainerChanged {
+            namespace: "d".into(),
+            container_id: "c".into(),
+        },
+        0,
+    );
+    assert_eq!(s.get(&key("d", "c")).unwrap().status, TaskStatus::Created);
+    s.apply(&start("d", "c", 10), 0);
+    assert_eq!(s.get(&key("d", "c")).unwrap().status, TaskStatus::Running);
+    s.apply(&exit("d", "c", "c", 10, 0), 0);
+    s.apply(
+        &ContainerEvent::TaskDelete {
+            namespace: "d".into(),
+            container_id: "c".into(),
+            exit_status: 0,
+            exited_at: None,
+        },
+        0,
+    );
+    // The task is gone but it ran: stopped, as ctr and CRI show it.
+    let c = s.get(&key("d", "c")).unwrap();
+    assert_eq!((c.status, c.task_pid), (TaskStatus::Stopped, None));
+    s.apply(
+        &ContainerEvent::ContainerDelete {
+            namespace: "d".into(),
+            container_id: "c".into(),
+        },
+        SEC,
+    );
+    assert_eq!(s.get(&key("d", "c")).unwrap().status, TaskStatus::Deleted);
+    // Created again with the same id: a new container.
+    s.apply(
+        &ContainerEvent::ContainerChanged {
+            namespace: "d".into(),
+            container_id: "c".into(),
+        },
+        2 * SEC,
+    );
+    s.upsert(Container::placeholder(key("d", "c")));
+    let c = s.get(&key("d", "c")).unwrap();
+    assert_eq!((c.status, c.deleted_at_ns), (TaskStatus::Created, None));
 }

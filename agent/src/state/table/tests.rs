@@ -42,6 +42,7 @@ fn scanned(k: ProcKey, comm: &str) -> ScannedProcess {
             v1_memory: None,
         },
         cgroup_paths: CgroupPaths::default(),
+        exited: false,
     }
 }
 
@@ -254,4 +255,91 @@ fn scan_replaces_a_stale_entry_whose_pid_was_reused() {
     assert_eq!(stats.marked_exited, 1);
     assert_eq!(t.get(500).unwrap().key, key(500, 99));
     assert!(t.get_key(key(500, 1)).is_some());
+}
+
+#[test]
+fn renames_replace_the_comm() {
+    let mut t = table();
+    let k = key(100, 5);
+    t.apply_event(&ev(EventKind::Exec, k, 10));
+    let mut rename = ev(EventKind::Rename, k, 20);
+    rename.comm = Comm::from_bytes(b"renamed");
+    t.apply_event(&rename);
+    assert_eq!(t.get(100).unwrap().comm.as_string(), "renamed");
+}
+
+#[test]
+fn children_are_found_and_reparented_once_their_parent_exits() {
+    let mut t = table();
+    let mut init = ev(EventKind::Fork, key(1, 1), 1);
+    init.parent = key(0, 0);
+    t.apply_event(&init);
+    let parent = key(50, 4);
+    t.apply_event(&ev(EventKind::Fork, parent, 5));
+    let mut child = ev(EventKind::Fork, key(100, 5), 10);
+    child.parent = parent;
+    t.apply_event(&child);
+    // A child known only from /proc (parent start time unknown) counts too.
+    t.apply_scan(
+        &scan(
+            1,
+            vec![{
+                let mut s = scanned(key(101, 6), "kid");
+                s.ppid = 50;
+                s
+            }],
+        ),
+        12,
+    );
+    let mut kids = t.children_of(parent);
+    kids.sort();
+    assert_eq!(kids, [key(100, 5), key(101, 6)]);
+    // Another process that reused the parent's pid has no such children.
+    assert!(t.children_of(key(50, 99)).is_empty());
+
+    t.apply_event(&ev(EventKind::Exit, parent, 20));
+    assert!(t.reparent(key(100, 5), 1, 20));
+    assert_eq!(
+        t.get(100).unwrap().parent,
+        Some(key(1, 1)),
+        "the reaper's key"
+    );
+    // An older event of the child does not bring the dead parent back.
+    let mut late = ev(EventKind::Exec, key(100, 5), 15);
+    late.parent = parent;
+    late.comm = Comm::from_bytes(b"late");
+    t.apply_event(&late);
+    assert_eq!(t.get(100).unwrap().parent, Some(key(1, 1)));
+    // A newer one carries the kernel's truth.
+    let mut newer = ev(EventKind::Exec, key(100, 5), 30);
+    newer.parent = key(7, 3);
+    t.apply_event(&newer);
+    assert_eq!(t.get(100).unwrap().parent, Some(key(7, 3)));
+    assert_eq!(t.children_of(key(7, 3)), [key(100, 5)]);
+    assert!(!t.children_of(key(1, 1)).contains(&key(100, 5)));
+    // Not live (or another process now): nothing to do.
+    assert!(!t.reparent(key(100, 6), 1, 40));
+    assert!(!t.reparent(key(999, 1), 1, 40));
+}
+
+#[test]
+fn zombies_in_a_scan_are_exited() {
+    let mut t = table();
+    t.apply_event(&ev(EventKind::Fork, key(600, 1), 10));
+    let zombie = |k| ScannedProcess {
+        exited: true,
+        ..scanned(k, "zombie")
+    };
+    let stats = t.apply_scan(
+        &scan(50, vec![zombie(key(600, 1)), zombie(key(601, 2))]),
+        60,
+    );
+    assert_eq!((stats.added, stats.marked_exited), (0, 2));
+    for pid in [600, 601] {
+        assert!(matches!(
+            t.get(pid).unwrap().state,
+            ProcessState::Exited { at_ns: 60, .. }
+        ));
+    }
+    assert_eq!(t.live_len(), 0);
 }

@@ -70,8 +70,15 @@ pub fn run(n: usize) -> Result<()> {
     );
     println!("  socket: one gRPC (HTTP/2) round trip over the Unix socket per call, client encode/decode included; answers the agent's full record (state, start time, cgroup, container/pod metadata; exited processes too, for the grace window)");
     println!("  /proc: open+read /proc/PID/cgroup, parse the 0::/memory line, guess a container id from the path (pidmap's own parser); gives a cgroup path and a guessed id only: no image/pod/labels, nothing once the process has exited");
+    // The floor: a Status call is the same gRPC round trip over the same
+    // socket, with no catch-up and no look-up.
+    let floor = clients.block_on(resolve_clients(&socket, &pids, 1, Call::Status))?;
+    floor.print(
+        "status over the socket (the gRPC round trip alone: no catch-up, no look-up), 1 client",
+        "calls",
+    );
     for concurrency in [1, MANY] {
-        let api = clients.block_on(resolve_clients(&socket, &pids, concurrency))?;
+        let api = clients.block_on(resolve_clients(&socket, &pids, concurrency, Call::Resolve))?;
         let (clients_label, conns) = if concurrency == 1 {
             ("1 client".to_owned(), String::new())
         } else {
@@ -160,7 +167,7 @@ impl Drop for BenchAgent {
     fn drop(&mut self) {
         self.shutdown.cancel();
         if let Some(agent) = self.agent.take() {
-            self.rt.block_on(agent.wait());
+            let _ = self.rt.block_on(agent.wait());
         }
         let _ = std::fs::remove_file(&self.socket);
         if let Some(dir) = self.socket.parent() {
@@ -232,6 +239,15 @@ fn batch_request(pids: &[u32]) -> proto::ResolveBatchRequest {
     }
 }
 
+/// Which call the clients make.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    /// `Resolve` of the next pid.
+    Resolve,
+    /// `Status`: the round trip alone.
+    Status,
+}
+
 /// Per-call latencies and the throughput of one concurrent run.
 struct Run {
     latency: Histogram<u64>,
@@ -275,7 +291,12 @@ impl Run {
 /// `concurrency` clients, one connection each, each calling Resolve one pid
 /// at a time over the pid set (starting at different places) for
 /// [`WARM_UP`] + [`MEASURE`].
-async fn resolve_clients(socket: &Path, pids: &Arc<[u32]>, concurrency: usize) -> Result<Run> {
+async fn resolve_clients(
+    socket: &Path,
+    pids: &Arc<[u32]>,
+    concurrency: usize,
+    call: Call,
+) -> Result<Run> {
     let mut connections = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         connections.push(connect(socket).await?);
@@ -295,16 +316,26 @@ async fn resolve_clients(socket: &Path, pids: &Arc<[u32]>, concurrency: usize) -
                     let pid = pids[next % pids.len()];
                     next += 1;
                     let t = Instant::now();
-                    let r = client
-                        .resolve(proto::ResolveRequest {
-                            pid: i64::from(pid),
-                            start_time: None,
-                        })
-                        .await
-                        .with_context(|| format!("Resolve {pid}"))?
-                        .into_inner();
+                    match call {
+                        Call::Resolve => {
+                            let r = client
+                                .resolve(proto::ResolveRequest {
+                                    pid: i64::from(pid),
+                                    start_time: None,
+                                })
+                                .await
+                                .with_context(|| format!("Resolve {pid}"))?
+                                .into_inner();
+                            check_record(&r, pid)?;
+                        }
+                        Call::Status => {
+                            client
+                                .status(proto::StatusRequest {})
+                                .await
+                                .context("Status")?;
+                        }
+                    }
                     let done = Instant::now();
-                    check_record(&r, pid)?;
                     if t >= measured_from {
                         latency.saturating_record(nanos(done - t));
                         calls += 1;

@@ -62,11 +62,41 @@ fn main() -> Result<()> {
         let bin = agent_bin.context("--rss-only needs --agent-bin target/release/pidmap")?;
         return agent_rss(&bin, extra);
     }
-    // Batched wake-ups (the default) and one wake-up per event, side by side;
+    // The default wake-up policy (wake on the first waiting event, collect
+    // for ring_batch_us), reading at every wake-up, and the old batched
+    // policy (wake once 64 events wait, else the 10 ms poll), side by side;
     // then the default again with a query-like catch-up every millisecond.
-    exec_storm(storm, spawners, Config::default().ring_wakeup_events, false)?;
-    exec_storm(storm, spawners, 0, false)?;
-    exec_storm(storm, spawners, Config::default().ring_wakeup_events, true)?;
+    let default = Config::default();
+    exec_storm(
+        storm,
+        spawners,
+        &default,
+        "default: wake on the first event, 1 ms batches",
+        false,
+    )?;
+    let eager = Config {
+        ring_batch_us: 0,
+        ..Config::default()
+    };
+    exec_storm(
+        storm,
+        spawners,
+        &eager,
+        "read at every wake-up (ring_batch_us = 0)",
+        false,
+    )?;
+    let polled = Config {
+        ring_wakeup_events: 64,
+        ..Config::default()
+    };
+    exec_storm(
+        storm,
+        spawners,
+        &polled,
+        "wake once 64 wait, else the 10 ms poll (ring_wakeup_events = 64)",
+        false,
+    )?;
+    exec_storm(storm, spawners, &default, "default", true)?;
     seed_time(extra)?;
     if let Some(bin) = agent_bin {
         agent_rss(&bin, extra)?;
@@ -124,23 +154,24 @@ pub(crate) fn agent_runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Spawns `n` × `/bin/true` from `spawners` threads against an in-process
-/// agent and prints throughput, events, drops and agent CPU. With `probe`,
-/// another thread meanwhile calls `State::catch_up` (what every Resolve,
-/// ResolveBatch and WhoAmI does first) once a millisecond and prints its
-/// latency and how often it gave up.
-fn exec_storm(n: usize, spawners: usize, wakeup_events: u32, probe: bool) -> Result<()> {
+/// agent configured as `base` and prints throughput, events, drops, agent
+/// CPU and the time from exec to the table. With `probe`, another thread
+/// meanwhile calls `State::catch_up` (what every Resolve, ResolveBatch and
+/// WhoAmI does first) once a millisecond and prints its latency and how
+/// often it gave up.
+fn exec_storm(n: usize, spawners: usize, base: &Config, label: &str, probe: bool) -> Result<()> {
     let rt = agent_runtime()?;
     let shutdown = CancellationToken::new();
     let socket = pidmap_tests::private_socket();
     let config = Config {
         socket: socket.clone(),
         exit_grace_seconds: 600,
-        ring_wakeup_events: wakeup_events,
-        ..Config::default()
+        ..base.clone()
     };
     let agent = rt.block_on(Agent::start(config, shutdown.clone()))?;
     let state = Arc::clone(agent.state());
     let before = state.metrics().snapshot();
+    let exec_latency_before = state.metrics().exec_to_resolvable.fine().counts();
     let cpu_before = agent_cpu_ticks();
     let started = Instant::now();
     let storming = std::sync::atomic::AtomicBool::new(true);
@@ -196,7 +227,7 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32, probe: bool) -> Res
     let cpu_secs = cpu_ticks as f64 / 100.0;
     let with = if probe { ", catch-up every 1 ms" } else { "" };
     println!(
-        "exec storm (ring_wakeup_events = {wakeup_events}{with}): {total} x /bin/true from {spawners} threads in {spawn_secs:.2} s = {:.0} processes/s",
+        "exec storm ({label}{with}): {total} x /bin/true from {spawners} threads in {spawn_secs:.2} s = {:.0} processes/s",
         total as f64 / spawn_secs
     );
     println!(
@@ -207,6 +238,20 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32, probe: bool) -> Res
         "  agent CPU: {cpu_secs:.2} s = {:.2} µs per event ({:.1}% of one core during the storm)",
         cpu_secs * 1e6 / received.max(1) as f64,
         cpu_secs * 100.0 / drain_secs
+    );
+    let exec = state
+        .metrics()
+        .exec_to_resolvable
+        .fine()
+        .counts()
+        .since(&exec_latency_before);
+    let ms = |q| exec.quantile(q).unwrap_or(0) as f64 / 1e6;
+    println!(
+        "  exec → in the table: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} execs (log buckets: within 12.5 %)",
+        ms(0.5),
+        ms(0.99),
+        ms(1.0),
+        exec.count()
     );
     if let Some(probed) = probed {
         let (latency, gave_up) = probed?;
@@ -221,7 +266,7 @@ fn exec_storm(n: usize, spawners: usize, wakeup_events: u32, probe: bool) -> Res
         );
     }
     shutdown.cancel();
-    rt.block_on(agent.wait());
+    rt.block_on(agent.wait())?;
     if let Some(dir) = socket.parent() {
         let _ = std::fs::remove_dir(dir);
     }

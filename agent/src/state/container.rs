@@ -27,27 +27,36 @@ impl std::fmt::Display for ContainerKey {
     }
 }
 
-/// What the runtime says the container's task is doing.
+/// Where a container is in its life, as its runtime says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskStatus {
-    /// Created, no task yet (or the task was deleted).
+    /// Created; its task has not started yet.
     Created,
     Running,
     Paused,
-    /// The init process exited.
+    /// Its init process exited (its task may be deleted already).
     Stopped,
+    /// The runtime deleted the container; it is kept for the grace window.
+    Deleted,
     Unknown,
 }
 
 impl TaskStatus {
+    /// The name every output uses.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Created => "created",
             Self::Running => "running",
             Self::Paused => "paused",
             Self::Stopped => "stopped",
+            Self::Deleted => "deleted",
             Self::Unknown => "unknown",
         }
+    }
+
+    /// Whether a task is running (or paused): its processes are alive.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
     }
 }
 

@@ -1,0 +1,492 @@
+//! The tracker: the one task that reads the kernel's event ring buffer and
+//! applies what it reads, and so the only writer of the process table and
+//! the cgroup path cache (it holds the [`TableWriter`]).
+//!
+//! - **Events** are applied in ring order, in batches. The kernel wakes the
+//!   tracker for the first record that waits (or once `ring_wakeup_events`
+//!   wait); the tracker then collects records for `ring_batch_us` before it
+//!   reads them all, so a busy node costs one wake-up per batch, not per
+//!   event, and the table lags the kernel by about one batch.
+//! - **Catch-ups**: a query that must see everything recorded before it
+//!   ([`State::catch_up`](crate::state::State::catch_up)) sends one request
+//!   here; the tracker drains and applies the ring at once and answers.
+//! - **Periodic work** — the drop-counter check (lost events start a /proc
+//!   rescan), expiry of exited processes, walks for unknown cgroup paths,
+//!   re-parenting of orphans — runs on a tick that is polled *first*, so a
+//!   ring that never empties cannot starve it.
+//! - **Blocking work** — /proc scans, cgroupfs walks, /proc reads of
+//!   orphans' new parents — runs on tokio's blocking threads, one job of a
+//!   kind at a time, outside any lock; its result is applied afterwards.
+
+mod orphans;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use agent_common::EventKind;
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::MissedTickBehavior,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    cgroup::{walk_hierarchy, CgroupFs, Hierarchy},
+    ebpf::{
+        event::KernelEvent,
+        ring::{Positions, Ring},
+    },
+    metrics::Metrics,
+    proc::{self, ProcError, ScanResult},
+    state::{CatchUpReply, Change, TableWriter},
+    types::{CgroupId, CgroupIds},
+    util::{chain, monotonic_ns},
+};
+use orphans::Orphans;
+
+/// Most records applied under one write lock.
+const MAX_BATCH: usize = 1024;
+/// Longest a catch-up waits for a record another CPU is still writing.
+const BUSY_RECORD_WAIT: Duration = Duration::from_millis(1);
+/// How often exited entries are checked against the grace window.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Least time between two walks of cgroupfs for unknown cgroup ids.
+const WALK_INTERVAL: Duration = Duration::from_millis(20);
+/// Most cgroup ids waiting for their path to be found.
+const MAX_UNKNOWN_PATHS: usize = 1024;
+/// Walks an unknown cgroup id is looked for before it is given up (its
+/// cgroup was removed before any walk saw it).
+const PATH_RETRIES: u8 = 5;
+
+/// How the tracker runs.
+#[derive(Debug, Clone)]
+pub struct TrackerSettings {
+    /// Period of the tick: drop-counter checks and ring polls.
+    pub poll: Duration,
+    /// How long records are collected after a wake-up before they are read.
+    pub batch: Duration,
+    /// procfs to scan.
+    pub proc_root: PathBuf,
+    /// The cgroup hierarchies.
+    pub cgroupfs: Arc<CgroupFs>,
+}
+
+/// The tracker task. See the module docs.
+pub struct Tracker {
+    writer: TableWriter,
+    ring: Ring,
+    positions: Positions,
+    catch_ups: mpsc::Receiver<CatchUpReply>,
+    settings: TrackerSettings,
+    metrics: Arc<Metrics>,
+    /// Told once the first seed is in.
+    seeded: Option<oneshot::Sender<()>>,
+    /// Drops already reported (the kernel's counter only grows).
+    reported_drops: u64,
+    scan: Option<JoinHandle<Result<ScanResult, ProcError>>>,
+    rescan_wanted: bool,
+    walk: Option<JoinHandle<Vec<(Hierarchy, CgroupId, String)>>>,
+    last_walk: Option<Instant>,
+    /// cgroups whose path is not known yet, and how many walks missed them.
+    unknown_paths: HashMap<(Hierarchy, CgroupId), u8>,
+    orphans: Orphans,
+    /// When the records collected since the last wake-up are read.
+    batch_deadline: Option<tokio::time::Instant>,
+    last_sweep: Instant,
+    /// Records taken from the ring, reused between batches.
+    buffer: Vec<KernelEvent>,
+}
+
+impl Tracker {
+    /// A tracker over `ring`, writing through `writer`. `seeded` is told
+    /// once the first /proc scan is in the table.
+    pub fn new(
+        writer: TableWriter,
+        ring: Ring,
+        settings: TrackerSettings,
+        seeded: oneshot::Sender<()>,
+    ) -> Self {
+        let positions = ring.positions();
+        let catch_ups = writer.serve_catch_ups(positions.clone());
+        let metrics = writer.state().metrics_handle();
+        Self {
+            writer,
+            ring,
+            positions,
+            catch_ups,
+            orphans: Orphans::new(settings.proc_root.clone()),
+            settings,
+            metrics,
+            seeded: Some(seeded),
+            reported_drops: 0,
+            scan: None,
+            rescan_wanted: false,
+            walk: None,
+            last_walk: None,
+            unknown_paths: HashMap::new(),
+            batch_deadline: None,
+            last_sweep: Instant::now(),
+            buffer: Vec::with_capacity(MAX_BATCH),
+        }
+    }
+
+    /// Runs until `shutdown`. Starts the /proc seed at once: the ring buffer
+    /// is already attached, so nothing that happens during the scan is
+    /// lost.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.scan = Some(self.start_scan());
+        let mut tick = tokio::time::interval(self.settings.poll);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.batch_deadline;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => self.on_tick(),
+                done = wait(&mut self.scan) => {
+                    self.scan = None;
+                    self.on_scan(done);
+                }
+                done = wait(&mut self.walk) => {
+                    self.walk = None;
+                    self.on_walk(done);
+                }
+                done = self.orphans.wait() => self.orphans.apply(done, &self.writer),
+                Some(first) = self.catch_ups.recv() => self.on_catch_up(first),
+                () = sleep_until(deadline) => {
+                    self.batch_deadline = None;
+                    self.drain();
+                }
+                ready = self.ring.readable(), if deadline.is_none() => match ready {
+                    Ok(()) if self.settings.batch.is_zero() => self.drain(),
+                    Ok(()) => {
+                        self.batch_deadline =
+                            Some(tokio::time::Instant::now() + self.settings.batch);
+                    }
+                    Err(error) => {
+                        warn!(%error, "ring buffer poll failed; relying on the periodic tick");
+                        tick.tick().await;
+                    }
+                },
+            }
+        }
+        if let Some(scan) = self.scan.take() {
+            scan.abort();
+        }
+        if let Some(walk) = self.walk.take() {
+            walk.abort();
+        }
+        self.orphans.abort();
+        debug!("tracker stopped");
+    }
+
+    /// Periodic work; see the module docs.
+    fn on_tick(&mut self) {
+        self.writer.heartbeat();
+        // Records that woke nobody (ring_wakeup_events > 0).
+        self.drain();
+        self.check_drops();
+        if self.last_sweep.elapsed() >= SWEEP_INTERVAL {
+            self.last_sweep = Instant::now();
+            let removed = self.writer.table().expire(monotonic_ns());
+            if removed > 0 {
+                debug!(removed, "exited processes expired");
+                self.writer.notify(|| Change::Expired);
+            }
+        }
+        self.start_walk();
+        self.orphans.start();
+    }
+
+    /// Answers every waiting catch-up once everything the programs had
+    /// reserved when it arrived is applied.
+    fn on_catch_up(&mut self, first: CatchUpReply) {
+        let mut replies = vec![first];
+        while let Ok(more) = self.catch_ups.try_recv() {
+            replies.push(more);
+        }
+        self.batch_deadline = None;
+        let target = self.positions.producer();
+        self.drain();
+        // A record still being written on another CPU holds back the ones
+        // behind it (committed or not): it takes microseconds.
+        let deadline = Instant::now() + BUSY_RECORD_WAIT;
+        while self.positions.consumer() < target && Instant::now() < deadline {
+            std::thread::yield_now();
+            self.drain();
+        }
+        for reply in replies {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Reads and applies every record written before this call (records
+    /// written meanwhile wait for the next drain, so a storm cannot hold
+    /// the tracker here).
+    fn drain(&mut self) {
+        let target = self.positions.producer();
+        loop {
+            let mut events = std::mem::take(&mut self.buffer);
+            let metrics = &self.metrics;
+            let taken = self.ring.drain(MAX_BATCH, &mut events, |error| {
+                metrics.count_malformed();
+                warn!(%error, "malformed event record skipped");
+            });
+            if !events.is_empty() {
+                self.apply(&events);
+            }
+            events.clear();
+            self.buffer = events;
+            if taken < MAX_BATCH || self.positions.consumer() >= target {
+                break;
+            }
+        }
+        self.writer.set_applied(self.positions.consumer());
+    }
+
+    /// Applies a batch of events in ring order.
+    fn apply(&mut self, events: &[KernelEvent]) {
+        {
+            let mut table = self.writer.table();
+            for ev in events {
+                table.apply_event(ev);
+                if ev.kind == EventKind::Exit {
+                    for child in table.children_of(ev.key) {
+                        self.orphans.push(child, ev.key.pid);
+                    }
+                }
+            }
+        }
+        self.learn_paths(events);
+        if self.writer.state().has_watchers() {
+            for ev in events {
+                self.writer.notify(|| Change::Process(ev.key));
+            }
+        }
+        let now = monotonic_ns();
+        for ev in events {
+            self.metrics.count_event(ev.kind);
+            if ev.kind == EventKind::Exec {
+                self.metrics
+                    .exec_to_resolvable
+                    .record(now.saturating_sub(ev.timestamp_ns));
+            }
+        }
+        if !self.orphans.is_empty() {
+            self.orphans.start();
+        }
+    }
+
+    /// Caches the paths attach events carry, and notes cgroup ids whose
+    /// path is not known (a walk will look for them), so that queries never
+    /// walk cgroupfs.
+    fn learn_paths(&mut self, events: &[KernelEvent]) {
+        let attached: Vec<_> = events
+            .iter()
+            .filter_map(|ev| ev.attach.as_ref())
+            .filter_map(|a| Some((a.hierarchy, a.cgroup, a.path.clone()?)))
+            .collect();
+        if !attached.is_empty() {
+            let mut paths = self.writer.paths();
+            for (h, id, path) in attached {
+                self.unknown_paths.remove(&(h, id));
+                paths.insert(h, id, path);
+            }
+        }
+        let fs = &self.settings.cgroupfs;
+        let paths = self.writer.state().cgroup_paths();
+        for ev in events.iter().filter(|ev| ev.kind != EventKind::Exit) {
+            for (h, id) in ids(ev.cgroups) {
+                if fs.root(h).is_none()
+                    || paths.cached(h, id).is_some()
+                    || self.unknown_paths.contains_key(&(h, id))
+                    || self.unknown_paths.len() >= MAX_UNKNOWN_PATHS
+                {
+                    continue;
+                }
+                self.unknown_paths.insert((h, id), 0);
+            }
+        }
+    }
+
+    /// Starts a walk for the unknown cgroup ids, at most one at a time and
+    /// one per [`WALK_INTERVAL`].
+    fn start_walk(&mut self) {
+        if self.unknown_paths.is_empty()
+            || self.walk.is_some()
+            || self.last_walk.is_some_and(|t| t.elapsed() < WALK_INTERVAL)
+        {
+            return;
+        }
+        self.last_walk = Some(Instant::now());
+        let mut wanted: HashMap<Hierarchy, Vec<CgroupId>> = HashMap::new();
+        for &(h, id) in self.unknown_paths.keys() {
+            wanted.entry(h).or_default().push(id);
+        }
+        let fs = Arc::clone(&self.settings.cgroupfs);
+        self.walk = Some(tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            for (h, ids) in wanted {
+                // Only the wanted ids (and the root): the walk stops once
+                // it has seen them all.
+                found.extend(
+                    walk_hierarchy(&fs, h, 0, &ids)
+                        .into_iter()
+                        .map(|(id, path)| (h, id, path)),
+                );
+            }
+            found
+        }));
+    }
+
+    fn on_walk(
+        &mut self,
+        done: Result<Vec<(Hierarchy, CgroupId, String)>, tokio::task::JoinError>,
+    ) {
+        let found = match done {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(%error, "cgroupfs walk failed");
+                return;
+            }
+        };
+        {
+            let mut paths = self.writer.paths();
+            for (h, id, path) in found {
+                if self.unknown_paths.remove(&(h, id)).is_some() {
+                    paths.insert(h, id, path);
+                }
+            }
+        }
+        // Ids still unknown after a few walks belong to cgroups removed
+        // before any walk saw them.
+        self.unknown_paths.retain(|_, tries| {
+            *tries += 1;
+            *tries < PATH_RETRIES
+        });
+    }
+
+    /// Reads the kernel's drop counter; new drops start a /proc rescan.
+    fn check_drops(&mut self) {
+        let total = match self.ring.dropped_total() {
+            Ok(total) => total,
+            Err(error) => {
+                warn!(%error, "cannot read the eBPF drop counter");
+                return;
+            }
+        };
+        if total <= self.reported_drops {
+            return;
+        }
+        let new = total - self.reported_drops;
+        self.reported_drops = total;
+        self.metrics.set_events_lost(total);
+        warn!(
+            new,
+            total,
+            "kernel dropped process events (ring buffer full); the table will be repaired from /proc"
+        );
+        if self.scan.is_some() {
+            self.rescan_wanted = true;
+        } else {
+            self.metrics.count_rescan();
+            self.scan = Some(self.start_scan());
+        }
+    }
+
+    fn start_scan(&self) -> JoinHandle<Result<ScanResult, ProcError>> {
+        let fs = Arc::clone(&self.settings.cgroupfs);
+        let root = self.settings.proc_root.clone();
+        tokio::task::spawn_blocking(move || proc::try_scan(&fs, &root))
+    }
+
+    fn on_scan(&mut self, done: Result<Result<ScanResult, ProcError>, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(result)) => self.apply_scan(&result),
+            // An unreadable /proc must not look like an empty node: keep
+            // the table as it is.
+            Ok(Err(error)) => {
+                warn!(error = %chain(&error), "/proc scan failed; table left as it was")
+            }
+            Err(error) => warn!(%error, "/proc scan task failed"),
+        }
+        if self.rescan_wanted {
+            self.rescan_wanted = false;
+            self.metrics.count_rescan();
+            self.scan = Some(self.start_scan());
+        }
+    }
+
+    fn apply_scan(&mut self, result: &ScanResult) {
+        // Events recorded before the scan started are older than it: apply
+        // them first.
+        self.drain();
+        {
+            let mut paths = self.writer.paths();
+            for p in &result.processes {
+                if let (Some(id), Some(path)) = (p.cgroups.v2, &p.cgroup_paths.v2) {
+                    self.unknown_paths.remove(&(Hierarchy::V2, id));
+                    paths.insert(Hierarchy::V2, id, path.clone());
+                }
+                if let (Some(id), Some(path)) = (p.cgroups.v1_memory, &p.cgroup_paths.v1_memory) {
+                    self.unknown_paths.remove(&(Hierarchy::V1Memory, id));
+                    paths.insert(Hierarchy::V1Memory, id, path.clone());
+                }
+            }
+        }
+        let stats = self.writer.table().apply_scan(result, monotonic_ns());
+        self.metrics.count_scan(stats.added, stats.marked_exited);
+        if self.writer.state().has_watchers() {
+            self.writer.notify(|| Change::Expired);
+        }
+        let first = self.seeded.is_some();
+        info!(
+            scanned = result.processes.len(),
+            vanished = result.skipped_vanished,
+            added = stats.added,
+            marked_exited = stats.marked_exited,
+            elapsed_ms = result.elapsed.as_millis() as u64,
+            "{}",
+            if first {
+                "process table seeded from /proc"
+            } else {
+                "process table repaired from /proc"
+            }
+        );
+        if let Some(tx) = self.seeded.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The (hierarchy, id) pairs of a process's cgroups.
+fn ids(cgroups: CgroupIds) -> impl Iterator<Item = (Hierarchy, CgroupId)> {
+    [
+        (Hierarchy::V2, cgroups.v2),
+        (Hierarchy::V1Memory, cgroups.v1_memory),
+    ]
+    .into_iter()
+    .filter_map(|(h, id)| Some((h, id?)))
+}
+
+/// Waits for a background job, or forever when there is none.
+async fn wait<T>(job: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match job {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

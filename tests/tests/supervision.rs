@@ -1,0 +1,160 @@
+//! The agent's supervision (issue 12): a task that dies stops the agent
+//! with an error naming it; a tracker that hangs makes the agent unready,
+//! so the liveness probe fails; periodic work keeps running while the ring
+//! never empties. Faults are injected through the `fault-injection`
+//! feature. Run as root with `--test-threads=1`.
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use pidmap::{
+    api::proto,
+    faults::{Fault, Faults},
+    state::STALL_LIMIT,
+    Config, Error,
+};
+use pidmap_tests::{containerd::Containerd, pidmap_bin, wait_until, TestAgent};
+
+const EVENTUALLY: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_tracker_stops_the_agent_with_an_error() {
+    let faults = Faults::default();
+    let agent = TestAgent::start_with_faults(Config::default(), faults.clone()).await;
+    let socket = agent.socket().to_path_buf();
+    assert!(socket.exists());
+    faults.tracker.trigger(Fault::Panic);
+    let ended = tokio::time::timeout(EVENTUALLY, agent.ended())
+        .await
+        .expect("the agent stopped");
+    match ended {
+        Err(Error::TaskDied { task, how }) => {
+            assert_eq!(task, "tracker");
+            assert!(how.starts_with("panicked"), "{how}");
+        }
+        other => panic!("wrong outcome: {other:?}"),
+    }
+    // The socket is gone with it: the liveness probe fails.
+    assert!(!socket.exists(), "socket left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_ends_stops_the_agent() {
+    let ctrd = Containerd::start();
+    let faults = Faults::default();
+    let agent = TestAgent::start_with_faults(
+        Config {
+            containerd_socket: ctrd.socket().to_path_buf(),
+            ..Config::default()
+        },
+        faults.clone(),
+    )
+    .await;
+    faults.watcher.trigger(Fault::End);
+    let ended = tokio::time::timeout(EVENTUALLY, agent.ended())
+        .await
+        .expect("the agent stopped");
+    assert!(
+        matches!(&ended, Err(Error::TaskDied { task: "containerd watcher", how }) if how == "ended"),
+        "{ended:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_tracker_fails_readiness_and_the_liveness_probe() {
+    let faults = Faults::default();
+    let agent = TestAgent::start_with_faults(Config::default(), faults.clone()).await;
+    let status = || {
+        Command::new(pidmap_bin())
+            .arg("status")
+            .env("PIDMAP_SOCKET", agent.socket())
+            .output()
+            .expect("pidmap status")
+    };
+    assert_eq!(status().status.code(), Some(0));
+    faults.tracker.trigger(Fault::Hang);
+    let state = agent.state();
+    assert!(
+        wait_until(STALL_LIMIT + EVENTUALLY, || !state.is_ready()).await,
+        "a hung tracker left the agent ready"
+    );
+    let out = status();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ready:                 false"));
+    let mut c = pidmap::cli::client::connect(agent.socket())
+        .await
+        .unwrap_or_else(|f| panic!("{}", f.message));
+    let err = c
+        .resolve(proto::ResolveRequest {
+            pid: 1,
+            start_time: None,
+        })
+        .await
+        .expect_err("a frozen table is not served");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(
+        err.message().contains("stopped applying kernel events"),
+        "{err}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_work_keeps_running_while_the_ring_never_empties() {
+    // The smallest ring and a short grace: during the storm the ring
+    // overflows again and again (every drop check must start a rescan) and
+    // exited processes must keep expiring.
+    let agent = TestAgent::start(Config {
+        ring_buffer_bytes: 4096,
+        exit_grace_seconds: 1,
+        ..Config::default()
+    })
+    .await;
+    let state = agent.state();
+    let before = state.metrics().snapshot();
+    let storming = AtomicBool::new(true);
+    let storm = Duration::from_secs(6);
+    let (rescans_during, max_exited_age) = std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while storming.load(Ordering::Relaxed) {
+                    let _ = Command::new("/bin/true").status();
+                }
+            });
+        }
+        let started = Instant::now();
+        // Every exited process the table holds must have exited within
+        // grace + one sweep (+ slack) ago: the sweep is not starved.
+        let mut worst = Duration::ZERO;
+        while started.elapsed() < storm {
+            std::thread::sleep(Duration::from_millis(200));
+            if started.elapsed() < Duration::from_secs(3) {
+                continue;
+            }
+            let now = pidmap::util::monotonic_ns();
+            let table = state.table();
+            for p in table.exited() {
+                if let pidmap::state::ProcessState::Exited { at_ns, .. } = p.state {
+                    worst = worst.max(Duration::from_nanos(now.saturating_sub(at_ns)));
+                }
+            }
+        }
+        let rescans = state.metrics().snapshot().rescans - before.rescans;
+        storming.store(false, Ordering::Relaxed);
+        (rescans, worst)
+    });
+    let after = state.metrics().snapshot();
+    assert!(
+        after.lost_events > before.lost_events,
+        "the tiny ring never overflowed"
+    );
+    assert!(rescans_during > 0, "no rescan ran during the storm");
+    assert!(
+        max_exited_age < Duration::from_secs(4),
+        "exited entries {max_exited_age:?} old were kept with a 1 s grace: the sweep starved"
+    );
+    agent.stop().await;
+}
