@@ -397,7 +397,7 @@ fn kernel_section(
     }
     Ok(Section {
         title: "kernel × cgroup layout",
-        columns: kernel::CHECKS.to_vec(),
+        columns: kernel::CHECKS.map(str::to_owned).to_vec(),
         rows,
     })
 }
@@ -412,14 +412,19 @@ fn containerd_section(
     // The CLI and image tests run the debug `pidmap` binary.
     run_shown(cargo().args(["build", "-p", "pidmap"]))?;
     run_shown(cargo().args(["test", "-p", "pidmap-tests", "--no-run"]))?;
+    let tests = containerd::fixture_tests()?;
+    say(format!(
+        "the test files that start the containerd fixture: {}",
+        tests.join(", ")
+    ));
     let mut rows = Vec::new();
     for &version in &plan.containerds {
         let row = match containerd::prepare(version, cache, debian) {
-            Ok(runtime) => containerd::run_tests(version, &runtime, logs),
+            Ok(runtime) => containerd::run_tests(version, &runtime, &tests, logs),
             Err(err) => Row::failed(
                 format!("containerd {}", version.series()),
                 format!("containerd {}", version.series()),
-                &containerd::TESTS,
+                &tests,
                 &format!("cannot get containerd: {err:#}"),
             ),
         };
@@ -427,7 +432,7 @@ fn containerd_section(
     }
     Ok(Section {
         title: "containerd (+ runc)",
-        columns: containerd::TESTS.to_vec(),
+        columns: tests,
         rows,
     })
 }

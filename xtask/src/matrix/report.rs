@@ -70,13 +70,13 @@ pub struct Row {
 
 impl Row {
     /// A row whose every column failed for one reason (e.g. its kernel could not be fetched).
-    pub fn failed(name: String, label: String, columns: &[&str], why: &str) -> Self {
+    pub fn failed(name: String, label: String, columns: &[impl AsRef<str>], why: &str) -> Self {
         Self {
             name,
             label,
             cells: columns
                 .iter()
-                .map(|c| ((*c).to_owned(), Cell::fail(why)))
+                .map(|c| (c.as_ref().to_owned(), Cell::fail(why)))
                 .collect(),
             notes: Vec::new(),
             duration: Duration::ZERO,
@@ -93,7 +93,7 @@ impl Row {
 pub struct Section {
     /// The header of the row labels, e.g. `kernel × cgroup layout`.
     pub title: &'static str,
-    pub columns: Vec<&'static str>,
+    pub columns: Vec<String>,
     pub rows: Vec<Row>,
 }
 
@@ -316,7 +316,7 @@ mod tests {
         Report {
             sections: vec![Section {
                 title: "kernel × cgroup layout",
-                columns: vec!["ready", "rename"],
+                columns: vec!["ready".into(), "rename".into()],
                 rows: vec![
                     Row {
                         name: "6.1 v2".into(),
