@@ -67,7 +67,7 @@ pub fn run(args: &Args) -> Result<()> {
         )
     });
     // Debian's 5.10, 6.1 and 6.12 kernels with pure cgroup v2 under QEMU, and the containerd
-    // tests against containerd 1.6 and 2.1: what fits CI's time (about 5 minutes).
+    // tests against containerd 1.6 and 2.1: what fits CI's time (4–6 minutes here).
     stages.run(MATRIX, || {
         if !is_root() {
             bail!("the matrix boots VMs with eBPF and drives containerd: run `cargo xtask test` as root");
