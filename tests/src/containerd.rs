@@ -14,6 +14,11 @@
 //! multi-threaded runtime. Needs root, `containerd`, `ctr`, `runc` and
 //! `/bin/busybox` (Debian: `containerd runc busybox-static`).
 //!
+//! Another containerd: set [`BIN_DIR_ENV`] to a directory holding its
+//! `containerd`, `ctr` and `containerd-shim-runc-v2` (runc still comes from
+//! `PATH`); `cargo xtask matrix` does so for containerd 1.7 and 2.1. The
+//! config is written in the format the binary's major version reads.
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -57,13 +62,37 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where every containerd's shims put their sockets, whatever the config says.
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
-/// containerd's config: everything under the dir, no CRI, no exotic snapshotters.
+/// The variable naming a directory with the `containerd`, `ctr` and
+/// `containerd-shim-runc-v2` to test (unset: those on `PATH`).
+pub const BIN_DIR_ENV: &str = "PIDMAP_TEST_CONTAINERD_BIN_DIR";
+/// containerd 1.x's config: everything under the dir, no CRI, no exotic snapshotters.
 const CONFIG: &str = r#"version = 2
 root = "DIR/root"
 state = "DIR/state"
 disabled_plugins = [
   "io.containerd.grpc.v1.cri",
   "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "DIR/containerd.sock"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "DIR/opt"
+"#;
+/// containerd 2.x's: the same in config version 3, where CRI is three plugins,
+/// aufs is gone and NRI (on by default, with a socket under /var/run) is off.
+const CONFIG_V3: &str = r#"version = 3
+root = "DIR/root"
+state = "DIR/state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.cri.v1.images",
+  "io.containerd.cri.v1.runtime",
+  "io.containerd.nri.v1.nri",
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper",
   "io.containerd.snapshotter.v1.zfs",
@@ -102,7 +131,12 @@ impl Containerd {
             .tempdir_in("/tmp")
             .expect("create the containerd temp dir");
         let path = dir.path().to_path_buf();
-        let config = CONFIG.replace("DIR", &path.to_string_lossy());
+        let template = match containerd_major() {
+            Ok(major) if major >= 2 => CONFIG_V3,
+            Ok(_) => CONFIG,
+            Err(e) => panic!("{e:#}"),
+        };
+        let config = template.replace("DIR", &path.to_string_lossy());
         fs::write(path.join("config.toml"), config).expect("write config.toml");
         fs::create_dir(path.join("exec-logs")).expect("create exec-logs");
         rootfs::build_rootfs(&path.join("rootfs")).unwrap_or_else(|e| {
@@ -279,7 +313,7 @@ impl Containerd {
             .append(true)
             .open(self.path.join("containerd.log"))
             .context("open containerd.log")?;
-        let child = Command::new("containerd")
+        let child = tool("containerd")
             .arg("--config")
             .arg(self.path.join("config.toml"))
             .stdin(Stdio::null())
@@ -416,7 +450,7 @@ impl Ctr {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = tool("ctr");
         cmd.args(["--connect-timeout", "5s", "--timeout", "60s", "-a"])
             .arg(&self.socket)
             .args(args)
@@ -441,6 +475,39 @@ impl Ctr {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// `program` from [`BIN_DIR_ENV`]'s directory, with that directory first on
+/// `PATH` (containerd looks its shim up there, the shim finds runc after it);
+/// plain `program` from `PATH` when the variable is unset.
+fn tool(program: &str) -> Command {
+    let Some(dir) = std::env::var_os(BIN_DIR_ENV).filter(|d| !d.is_empty()) else {
+        return Command::new(program);
+    };
+    let dir = PathBuf::from(dir);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let paths = std::iter::once(dir.clone()).chain(std::env::split_paths(&path));
+    let mut cmd = Command::new(dir.join(program));
+    match std::env::join_paths(paths) {
+        Ok(path) => cmd.env("PATH", path),
+        Err(e) => panic!("{BIN_DIR_ENV}={}: {e}", dir.display()),
+    };
+    cmd
+}
+
+/// The major version `containerd --version` reports
+/// (`containerd github.com/containerd/containerd/v2 2.1.9+ds1 …`).
+fn containerd_major() -> anyhow::Result<u32> {
+    let out = tool("containerd")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .context("run `containerd --version` (apt-get install containerd runc)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|version| version.split('.').next()?.parse().ok())
+        .with_context(|| format!("no version in `containerd --version`: {}", text.trim()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

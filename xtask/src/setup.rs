@@ -409,6 +409,12 @@ fn is_static_elf(path: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Installs Debian `packages` with the system's apt-get (`update` first); for tools that
+/// only some subcommands need (`cargo xtask matrix`: QEMU, gcc).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    Apt::default().install(packages)
+}
+
 /// apt-get, run at most once with `update`, and only when something must be installed.
 #[derive(Default)]
 struct Apt {

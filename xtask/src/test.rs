@@ -1,11 +1,12 @@
-//! `cargo xtask test`: setup --for-tests, lint, unit tests, then the privileged tests.
+//! `cargo xtask test`: setup --for-tests, lint, unit tests, the privileged tests, then the
+//! CI subset of `cargo xtask matrix`.
 
 use std::ffi::OsString;
 
 use anyhow::{bail, Result};
 
 use crate::{
-    lint, setup,
+    lint, matrix, setup,
     stages::Stages,
     util::{cargo, is_root, run_shown},
 };
@@ -20,6 +21,7 @@ pub struct Args {
 
 const UNIT: &str = "unit tests";
 const PRIVILEGED: &str = "privileged tests";
+const MATRIX: &str = "matrix --ci";
 
 /// Runs every stage (a failed lint does not stop the tests), then prints a summary.
 pub fn run(args: &Args) -> Result<()> {
@@ -33,7 +35,7 @@ pub fn run(args: &Args) -> Result<()> {
     if !stages.run("setup --for-tests", || {
         setup::run(&setup::Options { for_tests: true })
     }) {
-        for name in lint::STAGES.into_iter().chain([UNIT, PRIVILEGED]) {
+        for name in lint::STAGES.into_iter().chain([UNIT, PRIVILEGED, MATRIX]) {
             stages.skip(name, "setup failed");
         }
         return stages.finish();
@@ -62,6 +64,17 @@ pub fn run(args: &Args) -> Result<()> {
             cargo()
                 .args(["test", "-p", "pidmap-tests", "--", "--test-threads=1"])
                 .args(&args.test_args),
+        )
+    });
+    // Debian's 5.10, 6.1 and 6.12 kernels with pure cgroup v2 under QEMU, and the containerd
+    // tests against containerd 1.6 and 2.1: what fits CI's time (4–6 minutes here).
+    stages.run(MATRIX, || {
+        if !is_root() {
+            bail!("the matrix boots VMs with eBPF and drives containerd: run `cargo xtask test` as root");
+        }
+        matrix::run_plan(
+            &matrix::Plan::ci(),
+            "cargo xtask matrix --ci (from cargo xtask test)",
         )
     });
     stages.finish()

@@ -258,10 +258,13 @@ impl RunningContainer {
                     .trim()
                     .split_once(char::is_whitespace)
                     .unwrap_or((line, ""));
+                // containerd 1.x prints `&ProcessDetails{ExecID:probe,}`,
+                // 2.x `exec_id:"probe"`.
                 let exec = info
                     .split("ExecID:")
                     .nth(1)
-                    .and_then(|s| s.split(',').next());
+                    .and_then(|s| s.split(',').next())
+                    .or_else(|| info.split("exec_id:\"").nth(1)?.split('"').next());
                 Some((pid.trim().parse().ok()?, exec.map(str::to_owned)))
             })
             .collect()

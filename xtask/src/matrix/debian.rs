@@ -1,0 +1,334 @@
+//! Debian packages from other suites, without touching the system's apt state.
+//!
+//! apt-get and apt-cache run with a private sources list, list directory and cache under
+//! `target/matrix-cache/apt/`; the mirror is the one the system's own
+//! `/etc/apt/sources.list.d/debian.sources` names (read at run time, never written down
+//! here). Exact package versions are looked up at run time too, so the matrix follows the
+//! suites as Debian updates them.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::util::{self, output};
+
+/// Where the system's Debian sources are (deb822 format).
+const SYSTEM_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
+/// The suites the matrix takes packages from.
+const SUITES: [&str; 4] = ["bullseye", "bookworm", "trixie", "sid"];
+/// Package lists older than this are fetched again.
+const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// A private view of Debian's suites (see the [module docs](self)).
+pub struct Debian {
+    dir: PathBuf,
+    mirror: String,
+    updated_now: bool,
+}
+
+impl Debian {
+    /// Prepares `dir` (the sources list names the system's mirror) and fetches the package
+    /// lists unless they are less than a day old.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let sources = fs::read_to_string(SYSTEM_SOURCES)
+            .with_context(|| format!("cannot read {SYSTEM_SOURCES} to find the Debian mirror"))?;
+        let mirror = mirror_from_deb822(&sources).with_context(|| {
+            format!(
+                "{SYSTEM_SOURCES} names no Debian mirror (a `URIs:` line of a non-security suite)"
+            )
+        })?;
+        for sub in ["lists/partial", "cache/archives/partial", "debs"] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+        }
+        let list: String = SUITES
+            .iter()
+            .map(|suite| format!("deb {mirror} {suite} main\n"))
+            .collect();
+        fs::write(dir.join("sources.list"), list)
+            .context("cannot write the private sources.list")?;
+        let mut debian = Self {
+            dir: dir.to_path_buf(),
+            mirror,
+            updated_now: false,
+        };
+        if debian.lists_are_stale() {
+            debian.update()?;
+        } else {
+            say(format!(
+                "package lists of {} in {} are less than a day old",
+                SUITES.join(", "),
+                debian.dir.join("lists").display()
+            ));
+        }
+        Ok(debian)
+    }
+
+    /// `apt-get update` on the private lists.
+    pub fn update(&mut self) -> Result<()> {
+        say(format!(
+            "fetching the package lists of {} from {}",
+            SUITES.join(", "),
+            self.mirror
+        ));
+        let mut update = self.apt("apt-get");
+        update.args(["-q", "update"]);
+        util::run_shown(&mut update)?;
+        self.updated_now = true;
+        Ok(())
+    }
+
+    fn lists_are_stale(&self) -> bool {
+        let newest = fs::read_dir(self.dir.join("lists"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+            .filter_map(|e| e.metadata().ok()?.modified().ok())
+            .max();
+        match newest {
+            Some(time) => SystemTime::now()
+                .duration_since(time)
+                .is_ok_and(|age| age > LISTS_MAX_AGE),
+            None => true,
+        }
+    }
+
+    /// apt-get or apt-cache with the private sources, lists and cache.
+    fn apt(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        let opt = |key: &str, value: &Path| format!("{key}={}", value.display());
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .arg("-o")
+            .arg(opt("Dir::Etc::SourceList", &self.dir.join("sources.list")))
+            .args(["-o", "Dir::Etc::SourceParts=/dev/null"])
+            .arg("-o")
+            .arg(opt("Dir::State::Lists", &self.dir.join("lists")))
+            .arg("-o")
+            .arg(opt("Dir::Cache", &self.dir.join("cache")))
+            // The cache is root's own directory: no sandbox user needs to reach it.
+            .args(["-o", "APT::Sandbox::User=root"]);
+        // AppStream metadata (DEP-11) is for software centres; skip it.
+        for target in [
+            "DEP-11",
+            "DEP-11-icons-small",
+            "DEP-11-icons",
+            "DEP-11-icons-hidpi",
+        ] {
+            cmd.args([
+                "-o",
+                &format!("Acquire::IndexTargets::deb::{target}::DefaultEnabled=false"),
+            ]);
+        }
+        cmd
+    }
+
+    /// The version of `package` in `suite` (from `apt-cache madison`).
+    pub fn version_in(&self, package: &str, suite: &str) -> Result<String> {
+        let text = output(self.apt("apt-cache").args(["madison", package]))?;
+        version_in_madison(&text, suite)
+            .with_context(|| format!("Debian {suite} has no package {package} (apt-cache madison)"))
+    }
+
+    /// Field `field` (e.g. `Depends`) of `package` at `version` (from `apt-cache show`).
+    pub fn field(&self, package: &str, version: &str, field: &str) -> Result<String> {
+        let text = output(
+            self.apt("apt-cache")
+                .args(["show", "--no-all-versions"])
+                .arg(format!("{package}={version}")),
+        )?;
+        let prefix = format!("{field}:");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map(|value| value.trim().to_owned())
+            .with_context(|| format!("{package} {version} has no {field} field"))
+    }
+
+    /// Downloads `package` at `version` into the cache and returns the `.deb`'s path.
+    pub fn download(&self, package: &str, version: &str) -> Result<PathBuf> {
+        let debs = self.dir.join("debs");
+        let mut download = self.apt("apt-get");
+        download
+            .current_dir(&debs)
+            .args(["-q", "download"])
+            .arg(format!("{package}={version}"));
+        util::run_shown(&mut download)?;
+        let prefix = format!("{package}_{}_", version.replace(':', "%3a"));
+        fs::read_dir(&debs)
+            .with_context(|| format!("cannot list {}", debs.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .with_context(|| {
+                format!(
+                    "apt-get download left no {prefix}*.deb in {}",
+                    debs.display()
+                )
+            })
+    }
+
+    /// Runs `fetch` (look a version up, download it); if it fails and the lists were not
+    /// fetched in this run, they may be stale (the mirror dropped that version): fetches
+    /// them and runs `fetch` once more.
+    pub fn with_fresh_retry<T>(&mut self, mut fetch: impl FnMut(&Self) -> Result<T>) -> Result<T> {
+        match fetch(self) {
+            Ok(value) => Ok(value),
+            Err(err) if !self.updated_now => {
+                say(format!(
+                    "{err:#}\nmatrix: the package lists may be stale: fetching them again and retrying"
+                ));
+                self.update()?;
+                fetch(self)
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
+/// A [`Debian`] opened (its lists fetched when stale) on first use, so a matrix that needs
+/// no package never touches the mirror.
+pub struct LazyDebian {
+    dir: PathBuf,
+    opened: Option<Debian>,
+}
+
+impl LazyDebian {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir, opened: None }
+    }
+
+    pub fn get(&mut self) -> Result<&mut Debian> {
+        let debian = match self.opened.take() {
+            Some(debian) => debian,
+            None => Debian::open(&self.dir)?,
+        };
+        Ok(self.opened.insert(debian))
+    }
+}
+
+/// Extracts a `.deb`'s files into `dir` (`dpkg-deb -x`), through a sibling temp directory
+/// renamed into place, so an interrupted extraction never looks complete.
+pub fn extract(deb: &Path, dir: &Path) -> Result<()> {
+    let partial = dir.with_extension("partial");
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    util::run_shown(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&partial))?;
+    let _ = fs::remove_dir_all(dir);
+    fs::rename(&partial, dir)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), dir.display()))
+}
+
+/// Extracts the members of a `.deb` whose paths match `pattern` (a tar wildcard such as
+/// `./boot/vmlinuz-*`) into `dir`.
+pub fn extract_matching(deb: &Path, pattern: &str, dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    println!(
+        "$ dpkg-deb --fsys-tarfile {} | tar -x -C {} --wildcards '{pattern}'",
+        deb.display(),
+        dir.display()
+    );
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start dpkg-deb")?;
+    let tar_input = dpkg.stdout.take().context("dpkg-deb has no stdout")?;
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(dir)
+        .args(["--wildcards", pattern])
+        .stdin(tar_input)
+        .status();
+    let dpkg = dpkg.wait().context("cannot wait for dpkg-deb")?;
+    let tar = tar.context("cannot start tar")?;
+    if !dpkg.success() || !tar.success() {
+        bail!(
+            "extracting {pattern} from {} failed (dpkg-deb {dpkg}, tar {tar})",
+            deb.display()
+        );
+    }
+    Ok(())
+}
+
+fn say(message: impl std::fmt::Display) {
+    println!("matrix: {message}");
+}
+
+/// The first `URIs:` of a deb822 sources file's stanzas that carry a plain suite (not
+/// `-security`, which lives elsewhere on most mirrors).
+fn mirror_from_deb822(text: &str) -> Option<String> {
+    text.split("\n\n").find_map(|stanza| {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let suites = field("Suites")?;
+        if suites.split_whitespace().all(|s| s.ends_with("-security")) {
+            return None;
+        }
+        field("URIs")?.split_whitespace().next().map(str::to_owned)
+    })
+}
+
+/// The version on the `madison` line whose suite is `suite` (`pkg | ver | URI suite/main …`).
+fn version_in_madison(text: &str, suite: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let mut parts = line.split('|').map(str::trim);
+        let (_package, version, source) = (parts.next()?, parts.next()?, parts.next()?);
+        let dist = source.split_whitespace().nth(1)?;
+        (dist.split('/').next() == Some(suite)).then(|| version.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mirror_is_the_first_non_security_uri() {
+        let sources = "Types: deb\n# a comment\nURIs: http://mirror.invalid/debian\n\
+                       Suites: bookworm bookworm-updates\nComponents: main\n\n\
+                       Types: deb\nURIs: http://mirror.invalid/debian-security\n\
+                       Suites: bookworm-security\nComponents: main\n";
+        assert_eq!(
+            mirror_from_deb822(sources).as_deref(),
+            Some("http://mirror.invalid/debian")
+        );
+        let security_first = "Types: deb\nURIs: http://s.invalid/ds\nSuites: bookworm-security\n\n\
+                              Types: deb\nURIs: http://m.invalid/d\nSuites: bookworm\n";
+        assert_eq!(
+            mirror_from_deb822(security_first).as_deref(),
+            Some("http://m.invalid/d")
+        );
+        assert_eq!(mirror_from_deb822("Types: deb\n"), None);
+    }
+
+    #[test]
+    fn madison_lines_are_picked_by_suite() {
+        let text = "containerd | 2.1.9+ds1-5 | http://m.invalid/debian sid/main amd64 Packages\n\
+                    containerd | 1.7.24~ds1-6+deb13u1 | http://m.invalid/debian trixie/main amd64 Packages\n\
+                    containerd | 1.6.20~ds1-1+deb12u3 | http://m.invalid/debian bookworm/main amd64 Packages";
+        assert_eq!(
+            version_in_madison(text, "trixie").as_deref(),
+            Some("1.7.24~ds1-6+deb13u1")
+        );
+        assert_eq!(
+            version_in_madison(text, "sid").as_deref(),
+            Some("2.1.9+ds1-5")
+        );
+        assert_eq!(version_in_madison(text, "bullseye"), None);
+    }
+}

@@ -1,0 +1,532 @@
+//! `cargo xtask matrix`: prove pidmap on the kernels, cgroup layouts and containerd
+//! versions people run, and print one table.
+//!
+//! Two matrices: [`kernel`] boots Debian's cloud kernels under QEMU with each cgroup
+//! layout (plus the host's own kernel, natively) and runs the kernel-path checks of
+//! `checks.sh`; [`containerd`] runs the privileged containerd tests against each
+//! containerd version. Downloads are cached in `target/matrix-cache/` (kept between runs),
+//! console and test logs go to `target/matrix-logs/`, the table also to
+//! `target/matrix-last.md`. Temporary files live in a temp dir removed at the end.
+
+mod containerd;
+mod cpio;
+mod debian;
+mod kernel;
+mod report;
+
+use std::{
+    fmt::Display,
+    fs,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use self::{
+    debian::LazyDebian,
+    report::{Report, Row, Section},
+};
+use crate::{
+    setup,
+    util::{cargo, fmt_duration, is_root, output, probe, run_shown, Metadata, Probe},
+};
+
+/// A kernel row of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Kernel {
+    /// Linux 5.10, Debian bullseye's `linux-image-cloud-amd64`.
+    #[value(name = "5.10")]
+    V5_10,
+    /// Linux 6.1, Debian bookworm's.
+    #[value(name = "6.1")]
+    V6_1,
+    /// Linux 6.12, Debian trixie's.
+    #[value(name = "6.12")]
+    V6_12,
+    /// This host's own kernel, natively (no QEMU), in its own cgroup layout.
+    #[value(name = "host")]
+    Host,
+}
+
+impl Kernel {
+    const DEBIAN: [Self; 3] = [Self::V5_10, Self::V6_1, Self::V6_12];
+
+    fn series(self) -> &'static str {
+        match self {
+            Self::V5_10 => "5.10",
+            Self::V6_1 => "6.1",
+            Self::V6_12 => "6.12",
+            Self::Host => "host",
+        }
+    }
+}
+
+/// A cgroup layout the guests mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Layout {
+    /// Pure cgroup v2: cgroup2 at /sys/fs/cgroup.
+    V2,
+    /// Hybrid: every v1 controller at /sys/fs/cgroup/<name>, cgroup2 at /sys/fs/cgroup/unified.
+    Hybrid,
+    /// Pure v1: every v1 controller at /sys/fs/cgroup/<name>, no cgroup2.
+    V1,
+}
+
+impl Layout {
+    const ALL: [Self; 3] = [Self::V2, Self::Hybrid, Self::V1];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::V2 => "v2",
+            Self::Hybrid => "hybrid",
+            Self::V1 => "v1",
+        }
+    }
+}
+
+/// A containerd version of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Containerd {
+    /// containerd 1.6 (Debian bookworm; the system's when it has that version).
+    #[value(name = "1.6")]
+    V1_6,
+    /// containerd 1.7 (Debian trixie), unpacked privately.
+    #[value(name = "1.7")]
+    V1_7,
+    /// containerd 2.1 (Debian sid), unpacked privately.
+    #[value(name = "2.1")]
+    V2_1,
+}
+
+impl Containerd {
+    const ALL: [Self; 3] = [Self::V1_6, Self::V1_7, Self::V2_1];
+
+    fn series(self) -> &'static str {
+        match self {
+            Self::V1_6 => "1.6",
+            Self::V1_7 => "1.7",
+            Self::V2_1 => "2.1",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A kernel to check (repeatable; default: all). Debian kernels boot under QEMU;
+    /// `host` runs the checks natively on this machine's kernel and cgroup layout.
+    #[arg(long = "kernel", value_enum, value_name = "VERSION")]
+    kernels: Vec<Kernel>,
+    /// A cgroup layout to boot the Debian kernels with (repeatable; default: all). Without
+    /// --kernel, the host row runs only if its own layout is selected.
+    #[arg(long = "cgroup", value_enum, value_name = "LAYOUT")]
+    layouts: Vec<Layout>,
+    /// A containerd version to run the containerd tests against (repeatable; default: all).
+    #[arg(long = "containerd", value_enum, value_name = "VERSION")]
+    containerds: Vec<Containerd>,
+    /// Skip the kernel matrix.
+    #[arg(long, conflicts_with_all = ["kernels", "layouts"])]
+    no_kernel: bool,
+    /// Skip the containerd matrix.
+    #[arg(long, conflicts_with = "containerds")]
+    no_containerd: bool,
+    /// The subset CI runs: the three Debian kernels with pure cgroup v2, and containerd
+    /// 1.6 and 2.1.
+    #[arg(long, conflicts_with_all = ["kernels", "layouts", "containerds", "no_kernel", "no_containerd"])]
+    ci: bool,
+    /// How long one VM (or the host run) may take before it is stopped and its missing
+    /// checks fail.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    vm_timeout: u64,
+}
+
+/// What one run does.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Debian kernels and the layouts each boots with.
+    vms: Vec<(Kernel, Layout)>,
+    host: bool,
+    containerds: Vec<Containerd>,
+    vm_timeout: Duration,
+}
+
+impl Plan {
+    /// The subset `cargo xtask test` runs (and `--ci` selects).
+    pub fn ci() -> Self {
+        Self {
+            vms: Kernel::DEBIAN.iter().map(|&k| (k, Layout::V2)).collect(),
+            host: false,
+            containerds: vec![Containerd::V1_6, Containerd::V2_1],
+            vm_timeout: Duration::from_secs(600),
+        }
+    }
+
+    fn from_args(args: &Args, host_layout: Option<Layout>) -> Self {
+        if args.ci {
+            return Self {
+                vm_timeout: Duration::from_secs(args.vm_timeout),
+                ..Self::ci()
+            };
+        }
+        let layouts = if args.layouts.is_empty() {
+            Layout::ALL.to_vec()
+        } else {
+            sorted(&args.layouts)
+        };
+        let (vms, host) = if args.no_kernel {
+            (Vec::new(), false)
+        } else {
+            let kernels = if args.kernels.is_empty() {
+                Kernel::DEBIAN.to_vec()
+            } else {
+                sorted(&args.kernels)
+            };
+            let vms = kernels
+                .iter()
+                .filter(|&&k| k != Kernel::Host)
+                .flat_map(|&k| layouts.iter().map(move |&l| (k, l)))
+                .collect();
+            let host = args.kernels.contains(&Kernel::Host)
+                || (args.kernels.is_empty()
+                    && host_layout
+                        .is_some_and(|l| args.layouts.is_empty() || args.layouts.contains(&l)));
+            (vms, host)
+        };
+        let containerds = if args.no_containerd {
+            Vec::new()
+        } else if args.containerds.is_empty() {
+            Containerd::ALL.to_vec()
+        } else {
+            sorted(&args.containerds)
+        };
+        Self {
+            vms,
+            host,
+            containerds,
+            vm_timeout: Duration::from_secs(args.vm_timeout),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.vms.is_empty() {
+            let vms: Vec<String> = self
+                .vms
+                .iter()
+                .map(|(k, l)| format!("{} {}", k.series(), l.name()))
+                .collect();
+            parts.push(format!("QEMU guests: {}", vms.join(", ")));
+        }
+        if self.host {
+            parts.push("the host kernel, natively".to_owned());
+        }
+        if !self.containerds.is_empty() {
+            let versions: Vec<&str> = self.containerds.iter().map(|c| c.series()).collect();
+            parts.push(format!("containerd {}", versions.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+fn sorted<T: Ord + Copy>(items: &[T]) -> Vec<T> {
+    let mut items = items.to_vec();
+    items.sort_unstable();
+    items.dedup();
+    items
+}
+
+fn say(message: impl Display) {
+    println!("matrix: {message}");
+}
+
+/// `cargo xtask matrix`: see the [module docs](self) and `--help`.
+pub fn run(args: &Args) -> Result<()> {
+    let words: Vec<String> = std::env::args().skip(1).collect();
+    let command = format!("cargo xtask {}", words.join(" "));
+    run_plan(&Plan::from_args(args, kernel::host_layout()), &command)
+}
+
+/// This machine in a few words, e.g. `Debian GNU/Linux 12 (bookworm), kernel 6.18.44, 2 cores`.
+fn machine() -> String {
+    let os = fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|name| name.trim_matches('"').to_owned())
+        })
+        .unwrap_or_else(|| "unknown OS".to_owned());
+    let kernel = output(Command::new("uname").arg("-r")).unwrap_or_else(|_| "?".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{os}, kernel {kernel}, {cores} cores")
+}
+
+/// Runs `plan` (started by `command`, which the report names), prints the table and writes
+/// `target/matrix-last.md`; fails if a cell failed.
+pub fn run_plan(plan: &Plan, command: &str) -> Result<()> {
+    if plan.vms.is_empty() && !plan.host && plan.containerds.is_empty() {
+        bail!("nothing selected: --no-kernel and --no-containerd together leave no matrix");
+    }
+    if !is_root() {
+        bail!(
+            "the matrix loads eBPF programs, creates cgroups and drives containerd: run \
+             `cargo xtask matrix` as root"
+        );
+    }
+    let start = Instant::now();
+    say(format!("plan: {}", plan.describe()));
+    setup::run(&setup::Options { for_tests: true })?;
+    let target = Metadata::load()?.target_dir()?;
+    let cache = target.join("matrix-cache");
+    let logs = target.join("matrix-logs");
+    let _ = fs::remove_dir_all(&logs);
+    fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix("pidmap-matrix-")
+        .tempdir()
+        .context("cannot create a temp dir")?;
+    let mut debian = LazyDebian::new(cache.join("apt"));
+
+    let mut report = Report::default();
+    if !plan.vms.is_empty() || plan.host {
+        report.sections.push(kernel_section(
+            plan,
+            &target,
+            &cache,
+            &logs,
+            work.path(),
+            &mut debian,
+        )?);
+    }
+    if !plan.containerds.is_empty() {
+        report
+            .sections
+            .push(containerd_section(plan, &cache, &logs, &mut debian)?);
+    }
+    work.close()
+        .context("cannot remove the matrix's temp dir")?;
+
+    let elapsed = start.elapsed();
+    let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
+    println!(
+        "\nmatrix results ({date}, {} in all):\n",
+        fmt_duration(elapsed)
+    );
+    print!("{}", report.text());
+    let last = target.join("matrix-last.md");
+    let markdown = format!(
+        "`{command}` on {date}, {} in all, on {}: {}.\n\n{}",
+        fmt_duration(elapsed),
+        machine(),
+        plan.describe(),
+        report.markdown()
+    );
+    fs::write(&last, markdown).with_context(|| format!("cannot write {}", last.display()))?;
+    println!(
+        "\nmatrix: the table is also in {}; logs in {}",
+        last.display(),
+        logs.display()
+    );
+    let (failed, total) = report.counts();
+    if failed > 0 {
+        bail!("{failed} of {total} matrix cells failed");
+    }
+    Ok(())
+}
+
+fn kernel_section(
+    plan: &Plan,
+    target: &Path,
+    cache: &Path,
+    logs: &Path,
+    work: &Path,
+    debian: &mut LazyDebian,
+) -> Result<Section> {
+    say("building the release agent for the kernel checks");
+    run_shown(cargo().args(["build", "--release", "-p", "pidmap"]))?;
+    let pidmap = target.join("release/pidmap");
+    require_tool("gcc", &["gcc", "libc6-dev"])?;
+    let static_true = kernel::build_static_true(work)?;
+    let mut rows = Vec::new();
+    if !plan.vms.is_empty() {
+        require_tool("qemu-system-x86_64", &["qemu-system-x86"])?;
+        let initramfs = kernel::build_initramfs(work, &pidmap, &static_true)?;
+        let mut kernels: Vec<Kernel> = plan.vms.iter().map(|(k, _)| *k).collect();
+        kernels.dedup();
+        for release in kernels {
+            let layouts = plan
+                .vms
+                .iter()
+                .filter(|(k, _)| *k == release)
+                .map(|(_, l)| *l);
+            let image = debian.get().and_then(|d| kernel::fetch(d, cache, release));
+            for layout in layouts {
+                let row = match &image {
+                    Ok(image) => kernel::run_vm(
+                        image,
+                        release,
+                        layout,
+                        &initramfs,
+                        plan.vm_timeout,
+                        &logs.join(format!("kernel-{}-{}.log", release.series(), layout.name())),
+                    ),
+                    Err(err) => Row::failed(
+                        format!("{} {}", release.series(), layout.name()),
+                        format!(
+                            "Linux {} (Debian), cgroup {}",
+                            release.series(),
+                            layout.name()
+                        ),
+                        &kernel::CHECKS,
+                        &format!("cannot get the kernel: {err:#}"),
+                    ),
+                };
+                rows.push(row);
+            }
+        }
+    }
+    if plan.host {
+        rows.push(kernel::run_host(
+            &pidmap,
+            &static_true,
+            work,
+            plan.vm_timeout,
+            &logs.join("kernel-host.log"),
+        ));
+    }
+    Ok(Section {
+        title: "kernel × cgroup layout",
+        columns: kernel::CHECKS.map(str::to_owned).to_vec(),
+        rows,
+    })
+}
+
+fn containerd_section(
+    plan: &Plan,
+    cache: &Path,
+    logs: &Path,
+    debian: &mut LazyDebian,
+) -> Result<Section> {
+    say("building the agent and the privileged tests for the containerd matrix");
+    // The CLI and image tests run the debug `pidmap` binary.
+    run_shown(cargo().args(["build", "-p", "pidmap"]))?;
+    run_shown(cargo().args(["test", "-p", "pidmap-tests", "--no-run"]))?;
+    let tests = containerd::fixture_tests()?;
+    say(format!(
+        "the test files that start the containerd fixture: {}",
+        tests.join(", ")
+    ));
+    let mut rows = Vec::new();
+    for &version in &plan.containerds {
+        let row = match containerd::prepare(version, cache, debian) {
+            Ok(runtime) => containerd::run_tests(version, &runtime, &tests, logs),
+            Err(err) => Row::failed(
+                format!("containerd {}", version.series()),
+                format!("containerd {}", version.series()),
+                &tests,
+                &format!("cannot get containerd: {err:#}"),
+            ),
+        };
+        rows.push(row);
+    }
+    Ok(Section {
+        title: "containerd (+ runc)",
+        columns: tests,
+        rows,
+    })
+}
+
+/// Installs `packages` (with the system's apt) unless `tool --version` works.
+fn require_tool(tool: &str, packages: &[&str]) -> Result<()> {
+    match probe(tool, &["--version"]) {
+        Probe::Works(version) => {
+            say(format!("{tool} present ({version})"));
+            Ok(())
+        }
+        Probe::Fails(why) => bail!("{tool} is installed but `{tool} --version` fails: {why}"),
+        Probe::NotFound => {
+            say(format!(
+                "{tool} not found: installing {}",
+                packages.join(" ")
+            ));
+            setup::apt_install(packages)?;
+            match probe(tool, &["--version"]) {
+                Probe::Works(_) => Ok(()),
+                _ => bail!(
+                    "{tool} still does not run after installing {}",
+                    packages.join(" ")
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn plan(argv: &[&str], host: Option<Layout>) -> Plan {
+        let cli = Cli::try_parse_from([&["matrix"], argv].concat()).expect("valid arguments");
+        Plan::from_args(&cli.args, host)
+    }
+
+    #[test]
+    fn no_options_is_everything_and_the_host_in_its_layout() {
+        let p = plan(&[], Some(Layout::Hybrid));
+        assert_eq!(p.vms.len(), 9);
+        assert!(p.host);
+        assert_eq!(p.containerds, Containerd::ALL);
+    }
+
+    #[test]
+    fn ci_is_three_kernels_on_v2_and_two_containerds() {
+        let p = plan(&["--ci"], Some(Layout::Hybrid));
+        assert_eq!(
+            p.vms,
+            [
+                (Kernel::V5_10, Layout::V2),
+                (Kernel::V6_1, Layout::V2),
+                (Kernel::V6_12, Layout::V2)
+            ]
+        );
+        assert!(!p.host);
+        assert_eq!(p.containerds, [Containerd::V1_6, Containerd::V2_1]);
+        assert!(Cli::try_parse_from(["matrix", "--ci", "--kernel", "6.1"]).is_err());
+    }
+
+    #[test]
+    fn subsets_combine() {
+        let p = plan(
+            &["--kernel", "6.1", "--cgroup", "v2", "--no-containerd"],
+            Some(Layout::Hybrid),
+        );
+        assert_eq!(p.vms, [(Kernel::V6_1, Layout::V2)]);
+        assert!(!p.host);
+        assert!(p.containerds.is_empty());
+
+        // The host row follows the layout filter unless named.
+        assert!(!plan(&["--cgroup", "v2"], Some(Layout::Hybrid)).host);
+        assert!(plan(&["--cgroup", "hybrid"], Some(Layout::Hybrid)).host);
+        let host_only = plan(
+            &["--kernel", "host", "--cgroup", "v2"],
+            Some(Layout::Hybrid),
+        );
+        assert!(host_only.host && host_only.vms.is_empty());
+
+        let c = plan(
+            &["--no-kernel", "--containerd", "2.1", "--containerd", "1.7"],
+            None,
+        );
+        assert!(c.vms.is_empty() && !c.host);
+        assert_eq!(c.containerds, [Containerd::V1_7, Containerd::V2_1]);
+    }
+}
