@@ -13,8 +13,9 @@ use std::{
 use clap::{parser::ValueSource, ArgMatches, Args, Parser};
 use serde::{Deserialize, Serialize};
 
-/// Default path of the API's Unix socket.
-pub const DEFAULT_SOCKET: &str = "/run/pidmap/pidmap.sock";
+/// Default path of the API's Unix socket (defined once, in the client
+/// crate, whose socket discovery every tool shares).
+pub use pidmap_client::DEFAULT_SOCKET;
 /// Default containerd socket.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// Where the running kernel exposes its BTF.

@@ -85,8 +85,9 @@ pub enum Command {
 /// Where the agent is and how to print.
 #[derive(Debug, Args)]
 pub struct Conn {
-    /// The agent's socket.
-    #[arg(long, env = "PIDMAP_SOCKET", default_value = crate::config::DEFAULT_SOCKET)]
+    /// The agent's socket (gRPC and HTTP/JSON: `curl --unix-socket SOCKET
+    /// http://localhost/v1/status`).
+    #[arg(long, env = pidmap_client::SOCKET_ENV, default_value = crate::config::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = client::Output::Table)]
