@@ -4,9 +4,10 @@
 //! `pidmap-client` crate, so that clients and the agent share one copy);
 //! [`policy`] decides who may ask what and when, and counts every request;
 //! [`service`] answers from memory; [`json`] is the one JSON shape of
-//! records, containers and status; [`server`] owns the socket, the
-//! connections and the limits.
+//! records, containers and status; [`authority`] lets stock gRPC clients
+//! in; [`server`] owns the socket, the connections and the limits.
 
+pub mod authority;
 pub mod convert;
 pub mod json;
 pub mod policy;
