@@ -535,10 +535,8 @@ fn print_pass(label: &str, what: &str, latency: &Histogram<u64>, n: usize) {
 
 /// A duration in nanoseconds as ns, µs or ms, with sensible precision.
 pub(crate) fn fmt_ns(ns: f64) -> String {
-    if ns < 100.0 {
+    if ns < 1_000.0 {
         format!("{ns:.0} ns")
-    } else if ns < 1_000.0 {
-        format!("{:.2} µs", ns / 1e3)
     } else if ns < 10_000.0 {
         format!("{:.1} µs", ns / 1e3)
     } else if ns < 1_000_000.0 {
