@@ -306,7 +306,10 @@ impl Rewriter {
                         raw,
                     });
                 }
-                None => return Ok(self.pass_malformed(&header, payload, out)),
+                None => {
+                    self.pass_malformed(&header, payload, out);
+                    return Ok(());
+                }
             },
             (Some(block), CONTINUATION)
                 if block.stream == stream && block.raw.len() + payload.len() <= MAX_BLOCK =>
@@ -315,7 +318,10 @@ impl Rewriter {
                 block.raw.extend_from_slice(&header);
                 block.raw.extend_from_slice(payload);
             }
-            _ => return Ok(self.pass_malformed(&header, payload, out)),
+            _ => {
+                self.pass_malformed(&header, payload, out);
+                return Ok(());
+            }
         }
         if flags & END_HEADERS == 0 {
             return Ok(());

@@ -57,9 +57,20 @@ fn feed(bytes: &[u8], chunk: usize) -> Result<BytesMut, RewriteError> {
     Ok(out)
 }
 
+/// A header list as the server decodes it.
+type Fields = Vec<(String, String)>;
+
+/// What the server makes of the bytes it is given.
+struct ServerView {
+    /// Per header block, its stream and its fields.
+    lists: Vec<(u32, Fields)>,
+    /// Every frame's (kind, flags).
+    frames: Vec<(u8, u8)>,
+}
+
 /// The header lists the server decodes from `out` (one HPACK decoder for
-/// the connection, as h2 has), per stream, and every frame's (kind, flags).
-fn server_view(out: &[u8]) -> (Vec<(u32, Vec<(String, String)>)>, Vec<(u8, u8)>) {
+/// the connection, as h2 has), and its frames.
+fn server_view(out: &[u8]) -> ServerView {
     let mut rest = out.strip_prefix(PREFACE).expect("the preface first");
     let mut decoder = loona_hpack::Decoder::new();
     let (mut lists, mut frames, mut fragment) = (Vec::new(), Vec::new(), Vec::new());
@@ -87,10 +98,10 @@ fn server_view(out: &[u8]) -> (Vec<(u32, Vec<(String, String)>)>, Vec<(u8, u8)>)
             }
         }
     }
-    (lists, frames)
+    ServerView { lists, frames }
 }
 
-fn authority(fields: &[(String, String)]) -> Option<&str> {
+fn authority(fields: &Fields) -> Option<&str> {
     fields
         .iter()
         .find(|(n, _)| n == ":authority")
@@ -103,7 +114,7 @@ fn a_percent_encoded_socket_path_becomes_localhost() {
     let block = request(0x01, &string(b"tmp%2Fx.sock"));
     let bytes = conversation(&[frame(HEADERS, END_HEADERS, 1, &block)]);
     let out = feed(&bytes, bytes.len()).unwrap();
-    let (lists, _) = server_view(&out);
+    let ServerView { lists, .. } = server_view(&out);
     assert_eq!(lists.len(), 1);
     let fields = &lists[0].1;
     assert_eq!(authority(fields), Some("localhost"));
@@ -126,7 +137,7 @@ fn a_huffman_coded_authority_is_decoded_and_rewritten() {
     let check = loona_hpack::Decoder::new().decode(&block).unwrap();
     assert_eq!(check[3].1, b"https://www.example.com", "the test's bytes");
     let bytes = conversation(&[frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)]);
-    let (lists, frames) = server_view(&feed(&bytes, 7).unwrap());
+    let ServerView { lists, frames } = server_view(&feed(&bytes, 7).unwrap());
     assert_eq!(authority(&lists[0].1), Some("localhost"));
     assert_eq!(frames.last(), Some(&(HEADERS, END_HEADERS | END_STREAM)));
 }
@@ -151,7 +162,7 @@ fn dynamic_table_references_resolve_and_later_blocks_are_reencoded() {
     let out = feed(&bytes, 1).unwrap();
     let first = conversation(&[frame(HEADERS, END_HEADERS, 1, &valid)]);
     assert_eq!(&out[..first.len()], &first[..], "block 1 byte for byte");
-    let (lists, _) = server_view(&out);
+    let ServerView { lists, .. } = server_view(&out);
     let streams: Vec<u32> = lists.iter().map(|(s, _)| *s).collect();
     assert_eq!(streams, [1, 3, 5]);
     assert_eq!(authority(&lists[0].1), Some("localhost"));
@@ -180,7 +191,7 @@ fn continuation_frames_padding_and_priority() {
     ]);
     for chunk in [1, 2, 13, bytes.len()] {
         let out = feed(&bytes, chunk).unwrap();
-        let (lists, frames) = server_view(&out);
+        let ServerView { lists, frames } = server_view(&out);
         assert_eq!(authority(&lists[0].1), Some("localhost"), "chunk {chunk}");
         assert_eq!(
             frames,
@@ -207,7 +218,7 @@ fn a_block_larger_than_a_frame_is_split_again() {
         frame(HEADERS, 0, 1, a),
         frame(CONTINUATION, END_HEADERS, 1, b),
     ]);
-    let (lists, frames) = server_view(&feed(&bytes, 4096).unwrap());
+    let ServerView { lists, frames } = server_view(&feed(&bytes, 4096).unwrap());
     assert_eq!(authority(&lists[0].1), Some("localhost"));
     assert_eq!(lists[0].1.last().map(|(_, v)| v.len()), Some(long.len()));
     assert_eq!(
