@@ -412,12 +412,17 @@ fn python_client(apt: &mut Apt, tools: &Path) -> Result<()> {
             "--disable-pip-version-check",
         ])
         .args(&wanted);
+    install_packages(&wanted, &mut install)
+}
+
+/// Says what `install` installs, then runs it.
+fn install_packages(wanted: &[String], install: &mut Command) -> Result<()> {
     say(format!(
         "installing {} ({})…",
         wanted.join(", "),
-        util::display(&install)
+        util::display(install)
     ));
-    util::run(&mut install)
+    util::run(install)
 }
 
 /// `TOOLS/node/node_modules` with [`NODE_PACKAGES`], for the grpc-js client tests; no
@@ -458,12 +463,7 @@ fn node_client(apt: &mut Apt, tools: &Path) -> Result<()> {
             "--silent",
         ])
         .args(&wanted);
-    say(format!(
-        "installing {} ({})…",
-        wanted.join(", "),
-        util::display(&install)
-    ));
-    util::run(&mut install)
+    install_packages(&wanted, &mut install)
 }
 
 fn require_tool(tool: &str) -> Result<()> {

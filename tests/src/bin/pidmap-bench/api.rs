@@ -321,21 +321,72 @@ struct Run {
     secs: f64,
 }
 
+/// The timed window of a latency/throughput run: [`WARM_UP`], then
+/// [`MEASURE`].
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    measured_from: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn starting_now() -> Self {
+        let measured_from = Instant::now() + WARM_UP;
+        Self {
+            measured_from,
+            end: measured_from + MEASURE,
+        }
+    }
+}
+
+/// One worker's calls within a [`Window`].
+struct Sample {
+    window: Window,
+    latency: Histogram<u64>,
+    calls: u64,
+    /// When its last measured call finished.
+    last: Instant,
+}
+
+impl Sample {
+    fn new(window: Window) -> Result<Self> {
+        Ok(Self {
+            window,
+            latency: histogram()?,
+            calls: 0,
+            last: window.measured_from,
+        })
+    }
+
+    /// Records a call that started at `started` and has just finished
+    /// (counted if it started after the warm-up); false once the window is
+    /// over.
+    fn record(&mut self, started: Instant) -> bool {
+        let done = Instant::now();
+        if started >= self.window.measured_from {
+            self.latency.saturating_record(nanos(done - started));
+            self.calls += 1;
+            self.last = done;
+        }
+        done < self.window.end
+    }
+}
+
 impl Run {
-    /// Merges the workers' results: `(latencies, calls, last finish)`.
-    fn merge(parts: Vec<(Histogram<u64>, u64, Instant)>, started: Instant) -> Result<Self> {
+    /// Merges the workers' samples of one window.
+    fn merge(parts: Vec<Sample>, window: Window) -> Result<Self> {
         let mut latency = histogram()?;
         let mut calls = 0;
-        let mut last = started;
-        for (h, n, done) in parts {
-            latency.add(&h).context("merge histograms")?;
-            calls += n;
-            last = last.max(done);
+        let mut last = window.measured_from;
+        for part in parts {
+            latency.add(&part.latency).context("merge histograms")?;
+            calls += part.calls;
+            last = last.max(part.last);
         }
         Ok(Self {
             latency,
             calls,
-            secs: (last - started).as_secs_f64(),
+            secs: (last - window.measured_from).as_secs_f64(),
         })
     }
 
@@ -367,16 +418,14 @@ async fn resolve_clients(
     for _ in 0..concurrency {
         connections.push(connect(socket).await?);
     }
-    let measured_from = Instant::now() + WARM_UP;
-    let end = measured_from + MEASURE;
+    let window = Window::starting_now();
     let tasks: Vec<_> = connections
         .into_iter()
         .enumerate()
         .map(|(i, mut client)| {
             let pids = Arc::clone(pids);
             tokio::spawn(async move {
-                let mut latency = histogram()?;
-                let (mut calls, mut last) = (0, measured_from);
+                let mut sample = Sample::new(window)?;
                 let mut next = i * pids.len() / concurrency;
                 loop {
                     let pid = pids[next % pids.len()];
@@ -401,14 +450,8 @@ async fn resolve_clients(
                                 .context("Status")?;
                         }
                     }
-                    let done = Instant::now();
-                    if t >= measured_from {
-                        latency.saturating_record(nanos(done - t));
-                        calls += 1;
-                        last = done;
-                    }
-                    if done >= end {
-                        return Ok::<_, anyhow::Error>((latency, calls, last));
+                    if !sample.record(t) {
+                        return Ok::<_, anyhow::Error>(sample);
                     }
                 }
             })
@@ -418,7 +461,7 @@ async fn resolve_clients(
     for task in tasks {
         parts.push(task.await.context("client task")??);
     }
-    Run::merge(parts, measured_from)
+    Run::merge(parts, window)
 }
 
 /// The baseline's lookup of one pid: its cgroup path and the container id
@@ -438,28 +481,20 @@ fn proc_lookup(pid: u32) -> Result<(String, Option<String>)> {
 /// The baseline of [`resolve_clients`]: `threads` threads, each looking up
 /// one pid at a time from /proc for the same time.
 fn proc_threads(pids: &[u32], threads: usize) -> Result<Run> {
-    let measured_from = Instant::now() + WARM_UP;
-    let end = measured_from + MEASURE;
+    let window = Window::starting_now();
     let parts = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|i| {
                 s.spawn(move || {
-                    let mut latency = histogram()?;
-                    let (mut calls, mut last) = (0, measured_from);
+                    let mut sample = Sample::new(window)?;
                     let mut next = i * pids.len() / threads;
                     loop {
                         let pid = pids[next % pids.len()];
                         next += 1;
                         let t = Instant::now();
                         black_box(proc_lookup(black_box(pid))?);
-                        let done = Instant::now();
-                        if t >= measured_from {
-                            latency.saturating_record(nanos(done - t));
-                            calls += 1;
-                            last = done;
-                        }
-                        if done >= end {
-                            return Ok::<_, anyhow::Error>((latency, calls, last));
+                        if !sample.record(t) {
+                            return Ok::<_, anyhow::Error>(sample);
                         }
                     }
                 })
@@ -470,7 +505,7 @@ fn proc_threads(pids: &[u32], threads: usize) -> Result<Run> {
             .map(|w| w.join().map_err(|_| anyhow!("baseline thread panicked"))?)
             .collect::<Result<Vec<_>>>()
     })?;
-    Run::merge(parts, measured_from)
+    Run::merge(parts, window)
 }
 
 /// ResolveBatch of the whole pid set, [`BATCH_RUNS`] times after a
@@ -602,10 +637,8 @@ impl Http {
 /// a time over the pid set for [`WARM_UP`] + [`MEASURE`].
 async fn http_clients(socket: &Path, pids: &Arc<[u32]>) -> Result<Run> {
     let mut http = Http::connect(socket).await?;
-    let measured_from = Instant::now() + WARM_UP;
-    let end = measured_from + MEASURE;
-    let mut latency = histogram()?;
-    let (mut calls, mut last) = (0, measured_from);
+    let window = Window::starting_now();
+    let mut sample = Sample::new(window)?;
     for &pid in pids.iter().cycle() {
         let t = Instant::now();
         let r = http.get(&format!("/v1/processes/{pid}")).await?;
@@ -613,17 +646,11 @@ async fn http_clients(socket: &Path, pids: &Arc<[u32]>) -> Result<Run> {
             r["pid"].as_u64() == Some(u64::from(pid)) && r["state"] == "running",
             "pid {pid} answered {r}"
         );
-        let done = Instant::now();
-        if t >= measured_from {
-            latency.saturating_record(nanos(done - t));
-            calls += 1;
-            last = done;
-        }
-        if done >= end {
+        if !sample.record(t) {
             break;
         }
     }
-    Run::merge(vec![(latency, calls, last)], measured_from)
+    Run::merge(vec![sample], window)
 }
 
 /// `GET /v1/processes?pid=…` of the whole pid set, [`BATCH_RUNS`] times
@@ -737,16 +764,11 @@ async fn watch_delivery(socket: &Path) -> Result<Delivery> {
         .await
         .map_err(|e| anyhow!(pidmap::error::chain(&e)))?;
     let mut stream = client.watch().await.context("Watch")?;
-    loop {
-        let event = stream
-            .message()
-            .await
-            .context("Watch")?
-            .context("Watch ended")?;
-        if matches!(event.event, Some(Event::SnapshotDone(_))) {
-            break;
-        }
-    }
+    let mut next = async || -> Result<Option<Event>> {
+        let message = stream.message().await.context("Watch")?;
+        Ok(message.context("Watch ended")?.event)
+    };
+    while !matches!(next().await?, Some(Event::SnapshotDone(_))) {}
     let (mut total, mut spawn) = (histogram()?, histogram()?);
     for _ in 0..WATCH_SPAWNS {
         let t = Instant::now();
@@ -759,12 +781,7 @@ async fn watch_delivery(socket: &Path) -> Result<Delivery> {
         let pid = child.pid();
         let seen = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                let event = stream
-                    .message()
-                    .await
-                    .context("Watch")?
-                    .context("Watch ended")?;
-                if let Some(Event::ProcessChanged(r)) = event.event {
+                if let Some(Event::ProcessChanged(r)) = next().await? {
                     if r.pid == pid && r.comm() == "sleep" {
                         return Ok::<_, anyhow::Error>(t.elapsed());
                     }
