@@ -26,7 +26,8 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Which container and pod are these processes in?
     ///
-    /// Exit status: 0 when every pid is running, exited or pending; 3 when
+    /// `-o otel` prints OpenTelemetry resource attributes (container.id,
+    /// k8s.pod.name, process.pid, …). Exit status: 0 when every pid is running, exited or pending; 3 when
     /// any pid is unknown; 2 for a usage error; 1 when the agent cannot be
     /// reached.
     Resolve {
