@@ -600,15 +600,14 @@ pub struct AuthorityStream<IO> {
     rewriter: Rewriter,
     /// What the server is given next.
     out: BytesMut,
-    /// Reads from the client land here first.
-    scratch: BytesMut,
     eof: bool,
     written: WriteScan,
     reports: Arc<Reports>,
 }
 
-/// How much is read from the client at once.
-const READ_CHUNK: usize = 16 * 1024;
+/// How much is read from the client at once (on the stack: an idle
+/// connection holds no read buffer).
+const READ_CHUNK: usize = 8 * 1024;
 
 impl<IO> AuthorityStream<IO> {
     /// Wraps an accepted connection; `reports` is shared by the server's
@@ -618,7 +617,6 @@ impl<IO> AuthorityStream<IO> {
             io,
             rewriter: Rewriter::default(),
             out: BytesMut::new(),
-            scratch: BytesMut::new(),
             eof: false,
             written: WriteScan::default(),
             reports,
@@ -676,18 +674,16 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityStream<IO> {
             if this.rewriter.is_transparent() {
                 return Pin::new(&mut this.io).poll_read(cx, buf);
             }
-            this.scratch.clear();
-            this.scratch.resize(READ_CHUNK, 0);
-            let mut read = ReadBuf::new(&mut this.scratch);
+            let mut chunk = [0; READ_CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
             ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
-            let n = read.filled().len();
-            if n == 0 {
+            if read.filled().is_empty() {
                 // A partial frame is of no use to the server: it sees EOF.
                 this.eof = true;
                 continue;
             }
             this.rewriter
-                .feed(&this.scratch[..n], &mut this.out, &this.reports)?;
+                .feed(read.filled(), &mut this.out, &this.reports)?;
         }
     }
 }

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
@@ -383,19 +381,25 @@ fn random_input_never_panics_and_output_stays_bounded() {
     }
 }
 
-/// An h2 server (the real one) behind an [`AuthorityStream`]: the
+/// An h2 server (the real one) behind an [`AuthorityStream`] on a pipe
+/// that carries `pipe` bytes at a time, given `client_bytes` and then a
+/// GOAWAY (the server ends the connection once it has answered): the
 /// authority and path of every request it accepted, and whether a refusal
 /// was reported.
-async fn h2_server(client_bytes: Vec<u8>) -> (Vec<(Option<String>, String)>, bool) {
-    let (client, server_io) = tokio::io::duplex(1 << 20);
+async fn h2_server(
+    mut client_bytes: Vec<u8>,
+    pipe: usize,
+) -> (Vec<(Option<String>, String)>, bool) {
+    const GOAWAY: u8 = 0x7;
+    // Last stream: every one sent; error code NO_ERROR.
+    client_bytes.extend(frame(GOAWAY, 0, 0, &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]));
+    let (client, server_io) = tokio::io::duplex(pipe);
     let reports = Arc::new(Reports::default());
     let stream = AuthorityStream::new(server_io, Arc::clone(&reports));
     let server = tokio::spawn(async move {
         let mut conn = h2::server::handshake(stream).await.expect("handshake");
         let mut seen = Vec::new();
-        while let Ok(Some(Ok((request, mut respond)))) =
-            tokio::time::timeout(Duration::from_millis(300), conn.accept()).await
-        {
+        while let Some(Ok((request, mut respond))) = conn.accept().await {
             seen.push((
                 request.uri().authority().map(ToString::to_string),
                 request.uri().path().to_owned(),
@@ -405,15 +409,28 @@ async fn h2_server(client_bytes: Vec<u8>) -> (Vec<(Option<String>, String)>, boo
         seen
     });
     let (mut read, mut write) = tokio::io::split(client);
+    // The server's answers are drained as they come: a small pipe would
+    // otherwise block it.
+    let drain = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        let _ = read.read_to_end(&mut answers).await;
+    });
     write.write_all(&client_bytes).await.unwrap();
     let seen = server.await.unwrap();
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_millis(100), read.read_to_end(&mut rest)).await;
+    drop(write);
+    drain.await.unwrap();
     (seen, reports.refused.load(Ordering::Relaxed))
 }
 
 #[tokio::test]
 async fn h2_serves_rewritten_requests_and_a_refusal_is_reported() {
+    // Whole, and one byte per read and per write.
+    for pipe in [1 << 20, 1] {
+        h2_serves_rewritten_requests(pipe).await;
+    }
+}
+
+async fn h2_serves_rewritten_requests(pipe: usize) {
     let bytes = conversation(&[
         frame(
             HEADERS,
@@ -434,7 +451,7 @@ async fn h2_serves_rewritten_requests_and_a_refusal_is_reported() {
             &request(0x01, &string(b"localhost")),
         ),
     ]);
-    let (seen, refused) = h2_server(bytes).await;
+    let (seen, refused) = h2_server(bytes, pipe).await;
     let localhost = Some("localhost".to_owned());
     assert_eq!(
         seen,
@@ -453,7 +470,7 @@ async fn h2_serves_rewritten_requests_and_a_refusal_is_reported() {
     bad.push(0x01);
     bad.extend(string(b"tmp%2Fx.sock"));
     let bytes = conversation(&[frame(HEADERS, END_HEADERS | END_STREAM, 1, &bad)]);
-    let (seen, refused) = h2_server(bytes).await;
+    let (seen, refused) = h2_server(bytes, pipe).await;
     assert!(seen.is_empty());
     assert!(refused, "the refusal was reported");
 }
