@@ -6,7 +6,6 @@
 use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
-    build_proto()?;
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
@@ -34,18 +33,5 @@ fn main() -> anyhow::Result<()> {
     if !out.exists() {
         std::fs::write(&out, []).with_context(|| format!("write {}", out.display()))?;
     }
-    Ok(())
-}
-
-/// Generates the query API (server and client) from proto/, and its file
-/// descriptor set for gRPC reflection.
-fn build_proto() -> anyhow::Result<()> {
-    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
-    let proto = "../proto/pidmap/v1/pidmap.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out.join("pidmap_descriptor.bin"))
-        .compile_protos(&[proto], &["../proto"])
-        .context("compile proto/pidmap/v1/pidmap.proto (needs protoc: cargo xtask setup)")?;
     Ok(())
 }

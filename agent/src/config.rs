@@ -13,8 +13,9 @@ use std::{
 use clap::{parser::ValueSource, ArgMatches, Args, Parser};
 use serde::{Deserialize, Serialize};
 
-/// Default path of the API's Unix socket.
-pub const DEFAULT_SOCKET: &str = "/run/pidmap/pidmap.sock";
+/// Default path of the API's Unix socket (defined once, in the client
+/// crate, whose socket discovery every tool shares).
+pub use pidmap_client::DEFAULT_SOCKET;
 /// Default containerd socket.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// Where the running kernel exposes its BTF.
@@ -84,7 +85,9 @@ pub struct Config {
     /// `pending` until containerd is synced.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub containerd_sync_timeout_seconds: u64,
-    /// The API's Unix socket; its directory is created if missing.
+    /// The API's Unix socket, speaking gRPC and HTTP/1.1 + JSON (`curl
+    /// --unix-socket PATH http://localhost/v1/status`); its directory is
+    /// created if missing.
     #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH")]
     pub socket: PathBuf,
     /// The socket's mode, in octal.
@@ -95,7 +98,7 @@ pub struct Config {
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
     /// Peers other than root and --socket-group may call only WhoAmI and
-    /// Status.
+    /// Status (over HTTP: /v1/whoami and /v1/status).
     #[arg(long)]
     pub restrict_peers: bool,
     /// Most pids in one ResolveBatch request.
@@ -107,7 +110,8 @@ pub struct Config {
     /// Most concurrent requests (HTTP/2 streams) per connection.
     #[arg(long, default_value = "64", value_name = "N")]
     pub max_streams_per_connection: u32,
-    /// Largest API request message, in bytes.
+    /// Largest API request, in bytes: a gRPC message, or an HTTP request's
+    /// path and query (a longer one is answered 413).
     #[arg(long, default_value = "262144", value_name = "BYTES")]
     pub max_request_bytes: usize,
     /// Seconds a connection may stay silent before it is closed.

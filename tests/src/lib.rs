@@ -58,22 +58,126 @@ pub fn private_socket() -> PathBuf {
         .join("pidmap.sock")
 }
 
+/// The profile's directory of the target directory this test binary was
+/// built in: target/<profile>/deps/<test> → target/<profile>.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target dir")
+}
+
 /// The `pidmap` binary next to this test binary (`cargo xtask test` builds
 /// it before the privileged tests).
 pub fn pidmap_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/pidmap
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("pidmap"))
-        .expect("target dir");
+    let bin = profile_dir().join("pidmap");
     assert!(
         bin.exists(),
         "{} not built: run `cargo build -p pidmap` first (cargo xtask test does)",
         bin.display()
     );
     bin
+}
+
+/// The example program `name` of the pidmap-client crate (`cargo xtask
+/// test` builds the examples before the privileged tests).
+pub fn client_example_bin(name: &str) -> PathBuf {
+    let bin = profile_dir().join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p pidmap-client --examples` first (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repository")
+        .to_path_buf()
+}
+
+/// Where `cargo xtask setup --for-tests` installs the stock gRPC clients:
+/// `client-tools` in the target directory (`CLIENT_TOOLS` in
+/// xtask/src/setup.rs).
+fn client_tools() -> PathBuf {
+    let tools = profile_dir()
+        .parent()
+        .map(|target| target.join("client-tools"))
+        .expect("target dir");
+    assert!(
+        tools.exists(),
+        "{} missing: run `cargo xtask setup --for-tests` (it installs Python grpcio and Node \
+         @grpc/grpc-js there)",
+        tools.display()
+    );
+    tools
+}
+
+/// The Python of the virtualenv with grpcio and grpcio-tools.
+pub fn python_bin() -> PathBuf {
+    client_tools().join("python/bin/python")
+}
+
+/// The directory of the virtualenv's programs (`python3`, `pip`), to put
+/// first on `PATH`.
+pub fn python_bin_dir() -> PathBuf {
+    client_tools().join("python/bin")
+}
+
+/// The `node_modules` with @grpc/grpc-js and @grpc/proto-loader, for
+/// `NODE_PATH`.
+pub fn node_modules() -> PathBuf {
+    client_tools().join("node/node_modules")
+}
+
+/// A fenced code block of a Markdown document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snippet {
+    /// The `## ` heading it stands under.
+    pub section: String,
+    /// Its info string's first word (`python`, `sh`, …).
+    pub lang: String,
+    /// Its text, with the final newline.
+    pub code: String,
+}
+
+/// Every fenced code block of `markdown`, in order.
+pub fn snippets(markdown: &str) -> Vec<Snippet> {
+    let mut out = Vec::new();
+    let mut section = String::new();
+    let mut open: Option<Snippet> = None;
+    for line in markdown.lines() {
+        match &mut open {
+            Some(snippet) if line.trim_start().starts_with("```") => {
+                out.push(snippet.clone());
+                open = None;
+            }
+            Some(snippet) => {
+                snippet.code.push_str(line);
+                snippet.code.push('\n');
+            }
+            None => {
+                if let Some(heading) = line.strip_prefix("## ") {
+                    section = heading.trim().to_owned();
+                } else if let Some(info) = line.trim_start().strip_prefix("```") {
+                    open = Some(Snippet {
+                        section: section.clone(),
+                        lang: info
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        code: String::new(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 impl TestAgent {
@@ -394,5 +498,28 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
             return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_carry_their_section_and_language() {
+        let md = "# T\n```sh\nnot in a section\n```\n## Python (grpcio)\ntext\n```python title\nimport grpc\n\nprint(1)\n```\n## Go\n```\nplain\n```\n";
+        let found = snippets(md);
+        let got: Vec<(&str, &str, &str)> = found
+            .iter()
+            .map(|s| (s.section.as_str(), s.lang.as_str(), s.code.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("", "sh", "not in a section\n"),
+                ("Python (grpcio)", "python", "import grpc\n\nprint(1)\n"),
+                ("Go", "", "plain\n"),
+            ]
+        );
     }
 }

@@ -561,3 +561,308 @@ async fn connection_limit_and_idle_timeout_are_enforced() {
     assert!(served, "places freed by closed connections are reused");
     agent.stop().await;
 }
+
+/// The next line of a watch, within 10 s (`None`: the stream ended).
+async fn next(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) -> Option<serde_json::Value> {
+    tokio::time::timeout(Duration::from_secs(10), lines.recv())
+        .await
+        .expect("a line in time")
+}
+
+/// `curl --unix-socket SOCKET ARGS http://localhost{path}`: the HTTP status
+/// and the body, parsed as JSON.
+fn http(socket: &std::path::Path, args: &[&str], path: &str) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(socket)
+        .args(args)
+        .arg(format!("http://localhost{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').expect("a status line");
+    let body =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"));
+    (status.parse().expect("an HTTP status"), body)
+}
+
+/// The error code of an error answer.
+fn error_code(body: &serde_json::Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_json_answers_every_endpoint_on_the_same_socket() {
+    let agent = TestAgent::start(Config {
+        batch_limit: 3,
+        max_request_bytes: 1024,
+        metrics_addr: Some("127.0.0.1:0".parse().expect("address")),
+        ..Config::default()
+    })
+    .await;
+    let socket = agent.socket();
+    let me = std::process::id();
+    let (status, r) = http(socket, &[], &format!("/v1/processes/{me}"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        (r["pid"].as_u64(), &r["state"], &r["source"]),
+        (Some(me.into()), &"running".into(), &"host".into())
+    );
+    let start = r["start_time"].as_u64().expect("start time");
+    // The record has exactly the CLI's JSON keys (one shape for both).
+    let cli = Command::new(pidmap_bin())
+        .args(["resolve", "-o", "json", &me.to_string()])
+        .env("PIDMAP_SOCKET", socket)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("pidmap resolve");
+    let cli: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("CLI JSON");
+    let keys = |v: &serde_json::Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(keys(&r), keys(&cli));
+
+    let (_, r) = http(
+        socket,
+        &[],
+        &format!("/v1/processes/{me}?start_time={}", start + 1),
+    );
+    assert_eq!(r["state"], "unknown", "another start time");
+    let (_, r) = http(
+        socket,
+        &[],
+        &format!("/v1/processes?pid=1&pid={me}:{start}&pid=4000000"),
+    );
+    let states: Vec<&str> = r
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["state"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(states, ["running", "running", "unknown"]);
+    let (_, r) = http(socket, &[], &format!("/v1/processes/{me}?format=otel"));
+    assert_eq!(r["process.pid"].as_u64(), Some(me.into()));
+    assert!(r.get("container.id").is_none(), "{r}");
+    let (status, r) = http(
+        socket,
+        &[],
+        "/v1/containers?all=true&namespace=no-such-namespace",
+    );
+    assert_eq!((status, r), (200, serde_json::json!([])));
+    let (_, r) = http(socket, &[], "/v1/whoami");
+    assert_eq!(r["comm"], "curl", "the caller, from the peer credentials");
+    let (_, r) = http(socket, &[], "/v1/status");
+    assert_eq!(r["ready"], true);
+
+    // Errors: JSON, with the status matching the gRPC code.
+    for (path, want, code) in [
+        ("/v1/processes/0", 400, "InvalidArgument"),
+        ("/v1/processes/5000000", 400, "InvalidArgument"),
+        ("/v1/processes/abc", 400, "InvalidArgument"),
+        ("/v1/processes/1?startime=5", 400, "InvalidArgument"),
+        ("/v1/processes", 400, "InvalidArgument"),
+        (
+            "/v1/processes?pid=1&pid=2&pid=3&pid=4",
+            413,
+            "InvalidArgument",
+        ),
+        ("/v1/containers/nope/processes", 404, "NotFound"),
+        ("/v1/nope", 404, "NotFound"),
+        ("/", 404, "NotFound"),
+    ] {
+        let (status, body) = http(socket, &[], path);
+        assert_eq!((status, error_code(&body)), (want, code), "{path}: {body}");
+    }
+    let long = format!("/v1/processes/1?{}", "x".repeat(2000));
+    let (status, body) = http(socket, &[], &long);
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = http(socket, &["-X", "POST"], "/v1/status");
+    assert_eq!((status, error_code(&body)), (405, "Unimplemented"));
+
+    // Keep-alive: two requests, one connection.
+    let out = Command::new("curl")
+        .args(["-sv", "-o", "/dev/null", "-o", "/dev/null", "--unix-socket"])
+        .arg(socket)
+        .args([
+            "http://localhost/v1/status",
+            "http://localhost/v1/processes/1",
+        ])
+        .output()
+        .expect("curl");
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        verbose.contains("Re-using existing connection"),
+        "{verbose}"
+    );
+
+    // Requests over HTTP count in the same metrics as gRPC's.
+    let addr = agent.agent().metrics_addr().expect("metrics on");
+    let scrape = Command::new("curl")
+        .args(["-s", &format!("http://{addr}/metrics")])
+        .output()
+        .expect("curl metrics");
+    let scrape = String::from_utf8_lossy(&scrape.stdout);
+    let count = |method: &str, code: &str| {
+        let series = format!("pidmap_api_requests_total{{method=\"{method}\",code=\"{code}\"}} ");
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("Resolve", "OK") >= 4, "{scrape}");
+    assert!(count("ResolveBatch", "InvalidArgument") >= 2, "{scrape}");
+    assert!(count("WhoAmI", "OK") >= 1, "{scrape}");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_json_keeps_the_same_peer_restrictions_and_readiness() {
+    use pidmap::faults::{Fault, Faults};
+    let faults = Faults::default();
+    let config = Config {
+        restrict_peers: true,
+        socket_mode: "0666".into(),
+        ..Config::default()
+    };
+    let agent = TestAgent::start_with_faults(config, faults.clone()).await;
+    let dir = agent.socket().parent().expect("dir").to_path_buf();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let as_nobody = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(agent.socket())
+            .arg(format!("http://localhost{path}"))
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("curl as nobody");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text
+            .rsplit_once('\n')
+            .map(|(b, s)| (b.to_owned(), s.to_owned()))
+            .expect("status");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        (status.parse::<u16>().expect("status"), body)
+    };
+    let (status, body) = as_nobody("/v1/processes/1");
+    assert_eq!(
+        (status, error_code(&body)),
+        (403, "PermissionDenied"),
+        "{body}"
+    );
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("restrict_peers")));
+    let (status, body) = as_nobody("/v1/whoami");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["comm"], "curl");
+    assert_eq!(as_nobody("/v1/status").0, 200);
+    assert_eq!(
+        http(agent.socket(), &[], "/v1/processes/1").0,
+        200,
+        "root may"
+    );
+
+    // A hung tracker: not ready, 503, and Status still answers.
+    faults.tracker.trigger(Fault::Hang);
+    let state = agent.state();
+    assert!(
+        pidmap_tests::wait_until(pidmap::state::STALL_LIMIT + Duration::from_secs(5), || {
+            !state.is_ready()
+        })
+        .await
+    );
+    let (status, body) = http(agent.socket(), &[], "/v1/processes/1");
+    assert_eq!((status, error_code(&body)), (503, "Unavailable"), "{body}");
+    let (status, body) = http(agent.socket(), &[], "/v1/status");
+    assert_eq!(
+        (status, &body["ready"]),
+        (200, &serde_json::Value::Bool(false))
+    );
+    agent.stop().await;
+}
+
+/// Watch over HTTP gives the snapshot, then changes, as JSON lines; at
+/// shutdown it ends with an error line, and a gRPC Watch with UNAVAILABLE,
+/// and the agent stops within the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_over_both_protocols_end_with_unavailable_at_shutdown() {
+    use std::io::BufRead as _;
+    let agent = TestAgent::start(Config::default()).await;
+    let mut curl = ChildGuard::spawn(
+        Command::new("curl")
+            .args(["-sN", "--unix-socket"])
+            .arg(agent.socket())
+            .arg("http://localhost/v1/watch")
+            .stdout(std::process::Stdio::piped()),
+    );
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = curl.0.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let value: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+            if lines_tx.send(value).is_err() {
+                return;
+            }
+        }
+    });
+    let mut snapshot = 0;
+    loop {
+        let line = next(&mut lines).await.expect("the stream is open");
+        if line["event"] == "snapshot_done" {
+            break;
+        }
+        snapshot += 1;
+    }
+    assert!(snapshot > 0);
+    let (child, _) = spawn_shell();
+    let pid = u64::from(child.pid());
+    loop {
+        let line = next(&mut lines).await.expect("the stream is open");
+        if line["event"] == "process_changed" && line["record"]["pid"].as_u64() == Some(pid) {
+            break;
+        }
+    }
+
+    let mut grpc = client(&agent)
+        .await
+        .watch(proto::WatchRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let grpc_end = tokio::spawn(async move {
+        loop {
+            match grpc.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    });
+    let stopping = std::time::Instant::now();
+    agent.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "stopped within the grace"
+    );
+    assert_eq!(
+        grpc_end.await.expect("gRPC watcher"),
+        Some(Code::Unavailable)
+    );
+    let last = loop {
+        match next(&mut lines).await {
+            Some(line) if line["event"] == "error" => break line,
+            Some(_) => continue,
+            None => panic!("the HTTP watch ended without an error line"),
+        }
+    };
+    assert_eq!(error_code(&last), "Unavailable", "{last}");
+    assert!(
+        next(&mut lines).await.is_none(),
+        "nothing after the error line"
+    );
+    drop(child);
+}

@@ -185,6 +185,24 @@ async fn ls_ps_and_watch_show_containers() {
     assert_eq!(r["pod_name"], "web-0");
     assert_eq!(r["labels"]["io.kubernetes.pod.namespace"], "shop");
 
+    // The same facts under OpenTelemetry's names.
+    let out = pidmap(&agent, &["resolve", "-o", "otel", &init.to_string()]);
+    let attrs = &json_lines(&out)[0];
+    assert_eq!(attrs["process.pid"].as_u64(), Some(u64::from(init)));
+    assert_eq!(attrs["container.id"], "clitest");
+    assert_eq!(attrs["container.runtime"], "containerd");
+    assert_eq!(attrs["k8s.pod.name"], "web-0");
+    assert_eq!(attrs["k8s.namespace.name"], "shop");
+    assert!(attrs.get("pod_name").is_none(), "{attrs}");
+    let out = pidmap(&agent, &["ls", "-o", "otel", "-n", "k8s.io"]);
+    assert_eq!(json_lines(&out)[0]["container.id"], "clitest");
+    let out = pidmap(&agent, &["status", "-o", "otel"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no OpenTelemetry shape for counters"
+    );
+
     // watch: the snapshot, its end, then a change as it happens.
     let mut watch = ChildGuard::spawn(
         Command::new(pidmap_bin())

@@ -24,9 +24,21 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where the static busybox for test containers must be.
 const BUSYBOX: &str = "/bin/busybox";
 
+/// Where the stock gRPC clients the tests run are installed, under the target directory
+/// (`tests/src/lib.rs`, `client_tools`, finds them there).
+const CLIENT_TOOLS: &str = "client-tools";
+
+/// The Python packages of the client tests, pinned (no lockfile in the repo).
+const PYTHON_PACKAGES: [(&str, &str); 2] = [("grpcio", "1.85.1"), ("grpcio-tools", "1.85.1")];
+
+/// The npm packages of the client tests, pinned (no package-lock.json in the repo).
+const NODE_PACKAGES: [(&str, &str); 2] =
+    [("@grpc/grpc-js", "1.14.7"), ("@grpc/proto-loader", "0.8.1")];
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// Also install what the privileged tests need: containerd, ctr, runc and a static busybox.
+    /// Also install what the privileged tests need: containerd, ctr, runc, a static busybox,
+    /// and the stock gRPC clients (Python grpcio, Node @grpc/grpc-js) under target/.
     #[arg(long)]
     for_tests: bool,
 }
@@ -52,6 +64,9 @@ pub fn run(options: &Options) -> Result<()> {
     step("protoc", || protoc(&mut apt))?;
     if options.for_tests {
         step("test tools", || test_tools(&mut apt))?;
+        let tools = util::Metadata::load()?.target_dir()?.join(CLIENT_TOOLS);
+        step("python gRPC client", || python_client(&mut apt, &tools))?;
+        step("node gRPC client", || node_client(&mut apt, &tools))?;
     }
     Ok(())
 }
@@ -353,6 +368,102 @@ fn test_tools(apt: &mut Apt) -> Result<()> {
         bail!("{BUSYBOX} is still not a static busybox after installing busybox-static");
     }
     Ok(())
+}
+
+/// A virtualenv at `TOOLS/python` with [`PYTHON_PACKAGES`], for the grpcio client tests.
+fn python_client(apt: &mut Apt, tools: &Path) -> Result<()> {
+    let venv = tools.join("python");
+    let python = venv.join("bin/python");
+    let wanted = PYTHON_PACKAGES.map(|(name, version)| format!("{name}=={version}"));
+    let installed = output(Command::new(&python).args(["-m", "pip", "freeze"]));
+    if let Ok(frozen) = &installed {
+        if wanted.iter().all(|w| frozen.lines().any(|l| l == w)) {
+            say(format!(
+                "{} present in {}",
+                wanted.join(", "),
+                venv.display()
+            ));
+            return Ok(());
+        }
+    }
+    if !python.exists() {
+        if !matches!(
+            probe("python3", &["-c", "import venv, ensurepip"]),
+            Probe::Works(_)
+        ) {
+            say("python3 with venv not found");
+            apt.install(&["python3", "python3-venv"])?;
+        }
+        let mut create = Command::new("python3");
+        create.arg("-m").arg("venv").arg(&venv);
+        say(format!(
+            "creating a Python virtualenv ({})…",
+            util::display(&create)
+        ));
+        util::run(&mut create)?;
+    }
+    let mut install = Command::new(&python);
+    install
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(&wanted);
+    install_packages(&wanted, &mut install)
+}
+
+/// Says what `install` installs, then runs it.
+fn install_packages(wanted: &[String], install: &mut Command) -> Result<()> {
+    say(format!(
+        "installing {} ({})…",
+        wanted.join(", "),
+        util::display(install)
+    ));
+    util::run(install)
+}
+
+/// `TOOLS/node/node_modules` with [`NODE_PACKAGES`], for the grpc-js client tests; no
+/// package.json or lockfile is written.
+fn node_client(apt: &mut Apt, tools: &Path) -> Result<()> {
+    let prefix = tools.join("node");
+    let present = NODE_PACKAGES.iter().all(|(name, version)| {
+        let manifest = prefix.join("node_modules").join(name).join("package.json");
+        fs::read_to_string(manifest)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .is_some_and(|json| json["version"] == *version)
+    });
+    let wanted = NODE_PACKAGES.map(|(name, version)| format!("{name}@{version}"));
+    if present {
+        say(format!(
+            "{} present in {}",
+            wanted.join(", "),
+            prefix.display()
+        ));
+        return Ok(());
+    }
+    if !matches!(probe("npm", &["--version"]), Probe::Works(_)) {
+        say("node and npm not found");
+        apt.install(&["nodejs", "npm"])?;
+    }
+    fs::create_dir_all(&prefix).with_context(|| format!("cannot create {}", prefix.display()))?;
+    let mut install = Command::new("npm");
+    install
+        .arg("install")
+        .arg("--prefix")
+        .arg(&prefix)
+        .args([
+            "--no-save",
+            "--no-package-lock",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+        ])
+        .args(&wanted);
+    install_packages(&wanted, &mut install)
 }
 
 fn require_tool(tool: &str) -> Result<()> {

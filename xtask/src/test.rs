@@ -58,8 +58,10 @@ pub fn run(args: &Args) -> Result<()> {
                  `cargo xtask test` as root"
             );
         }
-        // The CLI tests run the `pidmap` binary itself.
+        // The CLI tests run the `pidmap` binary itself, the client tests the
+        // pidmap-client example that docs/clients.md shows.
         run_shown(cargo().args(["build", "-p", "pidmap"]))?;
+        run_shown(cargo().args(["build", "-p", "pidmap-client", "--examples"]))?;
         run_shown(
             cargo()
                 .args(["test", "-p", "pidmap-tests", "--", "--test-threads=1"])

@@ -1,22 +1,21 @@
-//! The query API: gRPC over a Unix socket.
+//! The query API: gRPC and HTTP/JSON on one Unix socket.
 //!
-//! [`proto`] is generated from `proto/pidmap/v1/pidmap.proto`; [`policy`]
-//! decides who may ask what and when, and counts every request;
-//! [`service`] answers from memory; [`server`] owns the socket and the
-//! limits.
+//! [`proto`] is generated from `proto/pidmap/v1/pidmap.proto` (by the
+//! `pidmap-client` crate, so that clients and the agent share one copy);
+//! [`policy`] decides who may ask what and when, and counts every request;
+//! [`service`] answers from memory; [`http`] answers the same questions as
+//! HTTP/1.1 + JSON; [`json`] is the one JSON shape of records, containers
+//! and status (the CLI prints it too); [`authority`] lets stock gRPC clients
+//! in; [`server`] owns the socket, the connections and the limits.
 
+pub mod authority;
 pub mod convert;
+pub mod http;
+pub mod json;
 pub mod policy;
 pub mod server;
 pub mod service;
 
-/// Generated messages, server and client of `pidmap.v1`.
-#[allow(clippy::all, missing_docs)]
-pub mod proto {
-    tonic::include_proto!("pidmap.v1");
-
-    /// The file descriptor set, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pidmap_descriptor");
-}
+pub use pidmap_client::proto;
 
 pub use crate::config::DEFAULT_SOCKET;

@@ -1,7 +1,8 @@
 //! What every API method requires, in one place — readiness, who may call
 //! it — and the one wrapper that enforces it and counts every request
-//! (method, status code, time): [`PolicyLayer`] around the gRPC service.
-//! The handlers in [`super::service`] only answer.
+//! (method, status code, time): [`PolicyLayer`] around the gRPC service;
+//! the HTTP routes ([`super::http`]) are the same methods and ask the same
+//! [`Policy`]. The handlers in [`super::service`] only answer.
 
 use std::{
     convert::Infallible,
@@ -117,7 +118,8 @@ impl Policy {
         Ok(())
     }
 
-    fn record(&self, method: Method, code: tonic::Code, started: Instant) {
+    /// Counts a request to `method` that ended with `code`.
+    pub fn record(&self, method: Method, code: tonic::Code, started: Instant) {
         self.state
             .metrics()
             .record_request(method.name(), code, started.elapsed());

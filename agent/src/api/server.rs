@@ -1,4 +1,5 @@
-//! The API socket: created race-free, bounded, and served until shutdown.
+//! The API socket: created race-free, bounded, and served until shutdown,
+//! gRPC and HTTP/1.1 on one listener.
 //!
 //! The socket is bound inside a private directory (mode 0700) next to the
 //! final path, given its final mode and group there, and renamed into
@@ -7,7 +8,8 @@
 //! exit with a clear error.
 
 use std::{
-    future::Future as _,
+    convert::Infallible,
+    future::Future,
     io,
     os::unix::fs::{chown, DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
@@ -17,18 +19,28 @@ use std::{
     time::Duration,
 };
 
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{UnixListener, UnixStream},
     sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
     time::{Instant, Sleep},
 };
-use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Connected, UdsConnectInfo};
+use tonic::{
+    service::Routes,
+    transport::server::{Connected as _, UdsConnectInfo},
+    Status,
+};
 use tracing::{debug, info, warn};
 
 use super::{
+    authority::{AuthorityStream, Reports},
+    http::{Body, HttpApi, HttpError},
     policy::{Policy, PolicyLayer},
     proto::{pidmap_server::PidmapServer, FILE_DESCRIPTOR_SET},
     service::{PidmapService, ServiceSettings},
@@ -37,6 +49,10 @@ use crate::state::State;
 
 /// How long connections may take to finish once the agent shuts down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long an HTTP/1.1 client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Room for an HTTP/1.1 request's headers beside its target.
+const HEADER_ROOM: usize = 16 * 1024;
 
 /// Socket and connection limits.
 #[derive(Debug, Clone)]
@@ -116,122 +132,218 @@ pub fn bind(settings: &ServerSettings) -> Result<UnixListener, ServerError> {
 }
 
 /// Serves the API on `listener` until `shutdown`, then removes the socket.
+///
+/// One listener speaks both protocols: hyper-util's `auto` connection reads
+/// the first bytes, and the HTTP/2 preface makes a connection HTTP/2, any
+/// other start HTTP/1.1. On either, requests with a gRPC content type go to
+/// the gRPC routes (pidmap, health, reflection), all others to
+/// [`HttpApi`]. Every connection passes through an [`AuthorityStream`]
+/// first, so that stock gRPC clients that send a socket path as authority
+/// are served.
 pub async fn serve(
     listener: UnixListener,
     state: Arc<State>,
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
-    let policy = Policy::new(
-        Arc::clone(&state),
-        settings.service.restrict_peers,
-        settings.service.allowed_gid,
-    );
-    let service = PidmapService::new(state, settings.service.clone(), shutdown.clone());
-    let pidmap = tower::Layer::layer(
-        &PolicyLayer::new(policy),
-        PidmapServer::new(service)
-            .max_decoding_message_size(settings.max_request_bytes)
-            .max_encoding_message_size(64 * 1024 * 1024),
-    );
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status(
-            super::proto::pidmap_server::SERVICE_NAME,
-            tonic_health::ServingStatus::Serving,
-        )
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1();
-    let incoming = Incoming {
-        listener,
-        permits: Arc::new(Semaphore::new(settings.max_connections)),
-        idle: settings.idle_timeout,
-        pause: None,
-    };
-    let mut builder = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(settings.max_streams_per_connection))
-        .timeout(settings.request_timeout)
-        .http2_keepalive_interval(Some(settings.idle_timeout / 3))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-    let router = builder.add_service(pidmap).add_service(health);
-    let router = match reflection {
-        Ok(reflection) => router.add_service(reflection),
-        Err(error) => {
-            warn!(%error, "gRPC reflection unavailable");
-            router
-        }
-    };
+    let app = App::new(state, &settings, &shutdown).await;
+    let builder = connection_builder(&settings);
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let reports = Arc::new(Reports::default());
+    let mut connections = JoinSet::new();
     info!(socket = %settings.socket.display(), "API listening");
-    let stop = shutdown.clone();
-    let serving = router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
-    // At shutdown, connections get a moment to finish what they are doing
-    // (Watch streams end at once); then the server is dropped regardless.
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        served = serving => if let Err(error) = served {
-            warn!(%error, "API server stopped with an error");
-        },
-        () = deadline => warn!(
+    loop {
+        let stream = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(_) = connections.join_next() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // EMFILE and friends: report, accept again a bit later.
+                    warn!(%error, "accept failed; pausing 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            debug!("connection limit reached; closing a new connection");
+            continue;
+        };
+        let info = stream.connect_info();
+        let io = AuthorityStream::new(
+            Conn::new(stream, permit, settings.idle_timeout),
+            Arc::clone(&reports),
+        );
+        let service = ConnService {
+            app: app.clone(),
+            info,
+        };
+        connections.spawn(serve_connection(
+            builder.clone(),
+            TokioIo::new(io),
+            service,
+            shutdown.clone(),
+        ));
+    }
+    // No new connections; the ones open finish what they are doing
+    // (Watch streams end at once) within the grace, or are closed.
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
             grace = ?SHUTDOWN_GRACE,
+            open = connections.len(),
             "API connections still open after the shutdown grace; closing them"
-        ),
+        );
+        connections.shutdown().await;
     }
     let _ = std::fs::remove_file(&settings.socket);
     debug!("API server stopped");
 }
 
-/// Accepted connections, at most `permits` at once; one over the limit is
-/// closed at once.
-struct Incoming {
-    listener: UnixListener,
-    permits: Arc<Semaphore>,
-    idle: Duration,
-    /// After an accept error (EMFILE, …): wait before accepting again.
-    pause: Option<Pin<Box<Sleep>>>,
+/// The HTTP/1.1 and HTTP/2 settings every connection is served with.
+fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Room for a request target of max_request_bytes (a longer one is
+        // answered 413 by the HTTP API) and its headers; hyper's minimum
+        // is 8 KiB.
+        .max_buf_size((settings.max_request_bytes + HEADER_ROOM).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_streams_per_connection)
+        .keep_alive_interval(settings.idle_timeout / 3)
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
 }
 
-impl Stream for Incoming {
-    type Item = io::Result<Conn>;
+/// Serves one connection until it ends; at shutdown, asks it to finish
+/// (HTTP/2 GOAWAY, HTTP/1.1 close after the current response).
+async fn serve_connection(
+    builder: auto::Builder<TokioExecutor>,
+    io: TokioIo<AuthorityStream<Conn>>,
+    service: ConnService,
+    shutdown: CancellationToken,
+) {
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = served {
+        debug!(error = %crate::error::chain(&*error), "API connection ended with an error");
+    }
+}
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(pause) = this.pause.as_mut() {
-                if pause.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                this.pause = None;
+/// What every request is answered by: the gRPC routes and the HTTP API,
+/// over one service.
+#[derive(Clone)]
+struct App {
+    grpc: Routes,
+    http: Arc<HttpApi>,
+    request_timeout: Duration,
+}
+
+impl App {
+    async fn new(
+        state: Arc<State>,
+        settings: &ServerSettings,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        let policy = Policy::new(
+            Arc::clone(&state),
+            settings.service.restrict_peers,
+            settings.service.allowed_gid,
+        );
+        let service = Arc::new(PidmapService::new(
+            state,
+            settings.service.clone(),
+            shutdown.clone(),
+        ));
+        let pidmap = tower::Layer::layer(
+            &PolicyLayer::new(policy.clone()),
+            PidmapServer::from_arc(Arc::clone(&service))
+                .max_decoding_message_size(settings.max_request_bytes)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        );
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_service_status(
+                super::proto::pidmap_server::SERVICE_NAME,
+                tonic_health::ServingStatus::Serving,
+            )
+            .await;
+        let mut grpc = Routes::new(pidmap).add_service(health);
+        match tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .build_v1()
+        {
+            Ok(reflection) => grpc = grpc.add_service(reflection),
+            Err(error) => warn!(%error, "gRPC reflection unavailable"),
+        }
+        Self {
+            grpc: grpc.prepare(),
+            http: Arc::new(HttpApi::new(service, policy, settings.max_request_bytes)),
+            request_timeout: settings.request_timeout,
+        }
+    }
+
+    /// Answers a request: gRPC by content type, everything else over HTTP;
+    /// within the request timeout.
+    async fn answer(self, req: http::Request<hyper::body::Incoming>) -> http::Response<Body> {
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            let answer = tower::ServiceExt::oneshot(self.grpc, req.map(Body::new));
+            match tokio::time::timeout(self.request_timeout, answer).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => Status::cancelled("request timed out").into_http(),
             }
-            let (stream, _) = match this.listener.poll_accept(cx) {
-                Poll::Ready(Ok(accepted)) => accepted,
-                Poll::Ready(Err(e)) => {
-                    // EMFILE and friends: report, accept again a bit later.
-                    warn!(error = %e, "accept failed; pausing 100 ms");
-                    this.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
-                    continue;
-                }
-                Poll::Pending => return Poll::Pending,
-            };
-            match Arc::clone(&this.permits).try_acquire_owned() {
-                Ok(permit) => {
-                    return Poll::Ready(Some(Ok(Conn {
-                        inner: stream,
-                        _permit: permit,
-                        idle: this.idle,
-                        deadline: Box::pin(tokio::time::sleep(this.idle)),
-                    })))
-                }
+        } else {
+            match tokio::time::timeout(self.request_timeout, self.http.handle(req)).await {
+                Ok(response) => response,
                 Err(_) => {
-                    debug!("connection limit reached; closing a new connection");
-                    drop(stream);
+                    HttpError::from(Status::deadline_exceeded("request timed out")).response()
                 }
             }
         }
+    }
+}
+
+/// The service of one connection: every request carries the peer's
+/// credentials (for `WhoAmI` and `restrict_peers`).
+#[derive(Clone)]
+struct ConnService {
+    app: App,
+    info: UdsConnectInfo,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.info.clone());
+        let app = self.app.clone();
+        Box::pin(async move { Ok(app.answer(req).await) })
     }
 }
 
@@ -244,16 +356,17 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(inner: UnixStream, permit: OwnedSemaphorePermit, idle: Duration) -> Self {
+        Self {
+            inner,
+            _permit: permit,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
     fn touch(&mut self) {
         self.deadline.as_mut().reset(Instant::now() + self.idle);
-    }
-}
-
-impl Connected for Conn {
-    type ConnectInfo = UdsConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
     }
 }
 

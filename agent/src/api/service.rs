@@ -61,7 +61,7 @@ impl PidmapService {
     /// [`State::catch_up`](crate::state::State::catch_up): the answers
     /// include every kernel event recorded before the request, so a process
     /// that started or exec'd a moment ago is there with its current comm.
-    async fn resolve_all(
+    pub async fn resolve_all(
         &self,
         requests: &[proto::ResolveRequest],
     ) -> Result<Vec<proto::ProcessRecord>, Status> {
@@ -76,9 +76,20 @@ impl PidmapService {
             .collect())
     }
 
+    /// Refuses a batch of more than the batch limit's pids.
+    pub fn check_batch(&self, pids: usize) -> Result<(), Status> {
+        if pids > self.settings.batch_limit {
+            return Err(Status::invalid_argument(format!(
+                "batch of {pids} pids is over the limit of {}; split it",
+                self.settings.batch_limit
+            )));
+        }
+        Ok(())
+    }
+
     /// The containers `req` asks for, sorted by namespace and id:
     /// containerd's, then those known only from cgroup paths.
-    fn containers(&self, req: &proto::ListContainersRequest) -> Vec<proto::Container> {
+    pub fn containers(&self, req: &proto::ListContainersRequest) -> Vec<proto::Container> {
         let mut out: Vec<proto::Container> = self
             .state
             .containers()
@@ -96,6 +107,106 @@ impl PidmapService {
         );
         out.sort_by(|a, b| (&a.runtime_namespace, &a.id).cmp(&(&b.runtime_namespace, &b.id)));
         out
+    }
+
+    /// The live processes of the container `req` names.
+    pub fn processes(
+        &self,
+        req: &proto::ListProcessesRequest,
+    ) -> Result<Vec<proto::ProcessRecord>, Status> {
+        if req.container_id.is_empty() {
+            return Err(Status::invalid_argument("container_id is required"));
+        }
+        let target = self.find(&req.container_id, req.runtime_namespace.as_deref())?;
+        Ok(processes_of(&self.state, &target)
+            .iter()
+            .map(convert::record)
+            .collect())
+    }
+
+    /// The record of the process on the other end of the connection
+    /// `peer` describes (its `SO_PEERCRED`).
+    ///
+    /// The caller is alive, but it may have started or exec'd a moment
+    /// ago, with its kernel events still in the ring buffer: they are
+    /// applied first, so that its comm and cgroup are current. Should that
+    /// not find it, this waits a short while for its events rather than
+    /// answer `unknown`.
+    pub async fn who_is(
+        &self,
+        peer: Option<&UdsConnectInfo>,
+    ) -> Result<proto::ProcessRecord, Status> {
+        let pid = peer
+            .and_then(|info| info.peer_cred)
+            .and_then(|cred| cred.pid())
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "cannot tell who is calling: the connection carries no peer credentials",
+                )
+            })?;
+        let pid = valid_pid(i64::from(pid))?;
+        let mut changes = self.state.subscribe_changes();
+        self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
+        let mut r = resolve(&self.state, pid, None);
+        let deadline = tokio::time::Instant::now() + WHOAMI_CATCH_UP;
+        while r.process.is_none() {
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Ok(Ok(Change::Process(key))) if key.pid != pid => continue,
+                Ok(Ok(Change::Container(_) | Change::Expired)) => continue,
+                Ok(_) => r = resolve(&self.state, pid, None),
+                Err(_) => break,
+            }
+        }
+        Ok(convert::record(&r))
+    }
+
+    /// Readiness, counts and counters.
+    pub fn status(&self) -> proto::StatusResponse {
+        let m = self.state.metrics().snapshot();
+        let (processes, exited) = {
+            let t = self.state.table();
+            (t.live_len(), t.exited_len())
+        };
+        proto::StatusResponse {
+            ready: self.state.is_ready(),
+            processes: processes as u64,
+            exited_processes: exited as u64,
+            containers: self.state.containers().len() as u64,
+            events_received: m.events_received(),
+            events_lost: m.lost_events,
+            containerd_connected: self.state.containerd_connected(),
+            containerd_reconnects: m.containerd_reconnects,
+            rescans: m.rescans,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            containerd_synced: self.state.containerd_synced(),
+        }
+    }
+
+    /// A watcher's stream: the snapshot, then changes, until the watcher
+    /// goes away, falls behind (`RESOURCE_EXHAUSTED`) or the agent shuts
+    /// down (`UNAVAILABLE`).
+    pub fn watch(&self) -> mpsc::Receiver<Result<proto::WatchEvent, Status>> {
+        // Subscribe first, then snapshot: nothing between the two is lost
+        // (a change may repeat what the snapshot already shows).
+        let changes = self.state.subscribe_changes();
+        let state = Arc::clone(&self.state);
+        // One slot more than the buffer: it is kept for the reason a slow
+        // watcher is cut off, so that reason always reaches it.
+        let (tx, rx) = mpsc::channel(self.settings.watch_buffer + 1);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let reason = tx.clone();
+            tokio::select! {
+                () = feed_watcher(Arc::clone(&state), changes, tx) => {}
+                () = shutdown.cancelled() => {
+                    // The stream ends with a reason a client can act on.
+                    let _ = reason.try_send(Err(Status::unavailable(
+                        "pidmap is shutting down; reconnect to its replacement",
+                    )));
+                }
+            }
+        });
+        rx
     }
 
     /// The container `id` (in `namespace`, when given) names, whichever
@@ -201,13 +312,7 @@ impl Pidmap for PidmapService {
         req: Request<proto::ResolveBatchRequest>,
     ) -> Result<Response<proto::ResolveBatchResponse>, Status> {
         let requests = &req.get_ref().requests;
-        if requests.len() > self.settings.batch_limit {
-            return Err(Status::invalid_argument(format!(
-                "batch of {} pids is over the limit of {}; split it",
-                requests.len(),
-                self.settings.batch_limit
-            )));
-        }
+        self.check_batch(requests.len())?;
         let records = self.resolve_all(requests).await?;
         Ok(Response::new(proto::ResolveBatchResponse { records }))
     }
@@ -226,15 +331,7 @@ impl Pidmap for PidmapService {
         &self,
         req: Request<proto::ListProcessesRequest>,
     ) -> Result<Response<proto::ListProcessesResponse>, Status> {
-        let r = req.get_ref();
-        if r.container_id.is_empty() {
-            return Err(Status::invalid_argument("container_id is required"));
-        }
-        let target = self.find(&r.container_id, r.runtime_namespace.as_deref())?;
-        let processes = processes_of(&self.state, &target)
-            .iter()
-            .map(convert::record)
-            .collect();
+        let processes = self.processes(req.get_ref())?;
         Ok(Response::new(proto::ListProcessesResponse { processes }))
     }
 
@@ -245,27 +342,7 @@ impl Pidmap for PidmapService {
         &self,
         _req: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        // Subscribe first, then snapshot: nothing between the two is lost
-        // (a change may repeat what the snapshot already shows).
-        let changes = self.state.subscribe_changes();
-        let state = Arc::clone(&self.state);
-        // One slot more than the buffer: it is kept for the reason a slow
-        // watcher is cut off, so that reason always reaches it.
-        let (tx, rx) = mpsc::channel(self.settings.watch_buffer + 1);
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let reason = tx.clone();
-            tokio::select! {
-                () = feed_watcher(Arc::clone(&state), changes, tx) => {}
-                () = shutdown.cancelled() => {
-                    // The stream ends with a reason a client can act on.
-                    let _ = reason.try_send(Err(Status::unavailable(
-                        "pidmap is shutting down; reconnect to its replacement",
-                    )));
-                }
-            }
-        });
-        let stream: WatchStream = Box::pin(ReceiverStream::new(rx));
+        let stream: WatchStream = Box::pin(ReceiverStream::new(PidmapService::watch(self)));
         Ok(Response::new(stream))
     }
 
@@ -274,35 +351,10 @@ impl Pidmap for PidmapService {
         &self,
         req: Request<proto::WhoAmIRequest>,
     ) -> Result<Response<proto::ProcessRecord>, Status> {
-        let pid = req
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .and_then(|cred| cred.pid())
-            .ok_or_else(|| {
-                Status::failed_precondition(
-                    "cannot tell who is calling: the connection carries no peer credentials",
-                )
-            })?;
-        let pid = valid_pid(i64::from(pid))?;
-        // The caller is alive, but it may have started or exec'd a moment
-        // ago, with its kernel events still in the ring buffer: apply them
-        // first, so that its comm and cgroup are current. Should that not
-        // find it, wait a short while for its events rather than answer
-        // `unknown`.
-        let mut changes = self.state.subscribe_changes();
-        self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
-        let mut r = resolve(&self.state, pid, None);
-        let deadline = tokio::time::Instant::now() + WHOAMI_CATCH_UP;
-        while r.process.is_none() {
-            match tokio::time::timeout_at(deadline, changes.recv()).await {
-                Ok(Ok(Change::Process(key))) if key.pid != pid => continue,
-                Ok(Ok(Change::Container(_) | Change::Expired)) => continue,
-                Ok(_) => r = resolve(&self.state, pid, None),
-                Err(_) => break,
-            }
-        }
-        Ok(Response::new(convert::record(&r)))
+        let record = self
+            .who_is(req.extensions().get::<UdsConnectInfo>())
+            .await?;
+        Ok(Response::new(record))
     }
 
     #[instrument(skip_all)]
@@ -310,24 +362,7 @@ impl Pidmap for PidmapService {
         &self,
         _req: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        let m = self.state.metrics().snapshot();
-        let (processes, exited) = {
-            let t = self.state.table();
-            (t.live_len(), t.exited_len())
-        };
-        Ok(Response::new(proto::StatusResponse {
-            ready: self.state.is_ready(),
-            processes: processes as u64,
-            exited_processes: exited as u64,
-            containers: self.state.containers().len() as u64,
-            events_received: m.events_received(),
-            events_lost: m.lost_events,
-            containerd_connected: self.state.containerd_connected(),
-            containerd_reconnects: m.containerd_reconnects,
-            rescans: m.rescans,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            containerd_synced: self.state.containerd_synced(),
-        }))
+        Ok(Response::new(PidmapService::status(self)))
     }
 }
 

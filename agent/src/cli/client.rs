@@ -1,12 +1,15 @@
 //! The query subcommands: `pidmap resolve|ls|ps|watch|whoami|status`.
+//! Connecting and the calls are the `pidmap-client` crate's; printing is
+//! this module's, in the JSON shape of [`crate::api::json`].
 
-use std::{collections::BTreeMap, path::Path, process::ExitCode};
+use std::{path::Path, process::ExitCode};
 
-use serde_json::{json, Value};
+use pidmap_client::{Client, Settings};
 use tonic::{transport::Channel, Code, Status};
 
 use crate::api::{
     convert::{source_name, state_name},
+    json,
     proto::{self, pidmap_client::PidmapClient},
 };
 
@@ -17,6 +20,10 @@ pub enum Output {
     Table,
     /// One JSON object per line, flat keys, always present (null if unknown).
     Json,
+    /// One JSON object per line of OpenTelemetry resource attributes
+    /// (container.id, k8s.pod.name, process.pid, …); for resolve, ps,
+    /// whoami and ls.
+    Otel,
 }
 
 /// Exit status: every pid answered running/exited/pending.
@@ -58,69 +65,35 @@ impl Failure {
 }
 
 /// Connects to the agent's Unix socket.
-pub async fn connect(socket: &Path) -> Result<PidmapClient<Channel>, Failure> {
-    channel(socket).await.map(PidmapClient::new)
+async fn client(socket: &Path) -> Result<Client, Failure> {
+    Client::connect(&Settings::new(socket))
+        .await
+        .map_err(|e| unreachable(&e))
 }
 
 /// A gRPC channel over the agent's Unix socket (for any of its services:
 /// pidmap, health, reflection).
 pub async fn channel(socket: &Path) -> Result<Channel, Failure> {
-    let path = socket.to_path_buf();
-    let endpoint = tonic::transport::Endpoint::try_from("http://[::]").map_err(|e| Failure {
-        code: EXIT_UNREACHABLE,
-        message: e.to_string(),
-    })?;
-    let channel = endpoint
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    Settings::new(socket)
+        .channel()
         .await
-        .map_err(|e| Failure {
-            code: EXIT_UNREACHABLE,
-            message: format!(
-                "cannot connect to the pidmap agent at {}: {} (is `pidmap agent` running? does --socket / PIDMAP_SOCKET point at its socket? are you root or in the socket's group?)",
-                socket.display(),
-                crate::error::chain(&e)
-            ),
-        })?;
-    Ok(channel)
+        .map_err(|e| unreachable(&e))
 }
 
-/// The flat JSON object of a record (every key present).
-pub fn record_json(r: &proto::ProcessRecord) -> Value {
-    let c = r.container.as_ref();
-    let labels: BTreeMap<&str, &str> = c
-        .map(|c| {
-            c.labels
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect()
-        })
-        .unwrap_or_default();
-    json!({
-        "pid": r.pid,
-        "start_time": r.start_time,
-        "state": state_name(r.state),
-        "source": source_name(r.source),
-        "container_id": c.map(|c| c.id.clone()).or_else(|| r.path_container_id.clone()),
-        "runtime_namespace": c.map(|c| c.runtime_namespace.clone()),
-        "image": c.map(|c| c.image.clone()).filter(|i| !i.is_empty()),
-        "pod_name": c.and_then(|c| c.pod_name.clone()),
-        "pod_namespace": c.and_then(|c| c.pod_namespace.clone()),
-        "pod_uid": c.and_then(|c| c.pod_uid.clone()).or_else(|| r.path_pod_uid.clone()),
-        "container_name": c.and_then(|c| c.container_name.clone()),
-        "cgroup_id": r.cgroup_id,
-        "cgroup_hierarchy": r.cgroup_hierarchy,
-        "cgroup_path": r.cgroup_path,
-        "ppid": r.ppid,
-        "comm": r.comm,
-        "labels": labels,
-    })
+/// Connects as the CLI does, with the generated gRPC client itself (for
+/// tests and benches that call it directly).
+pub async fn connect(socket: &Path) -> Result<PidmapClient<Channel>, Failure> {
+    Ok(client(socket).await?.into_grpc())
+}
+
+fn unreachable(e: &pidmap_client::ConnectError) -> Failure {
+    Failure {
+        code: EXIT_UNREACHABLE,
+        message: format!(
+            "{} (is `pidmap agent` running? does --socket / PIDMAP_SOCKET point at its socket? are you root or in the socket's group?)",
+            crate::error::chain(e)
+        ),
+    }
 }
 
 fn short(s: &str, n: usize) -> String {
@@ -163,7 +136,10 @@ const RECORD_HEADER: &str = "PID     STATE    SOURCE      CONTAINER    POD      
 
 fn print_records(records: &[proto::ProcessRecord], output: Output) {
     match output {
-        Output::Json => records.iter().for_each(|r| println!("{}", record_json(r))),
+        Output::Json => records.iter().for_each(|r| println!("{}", json::record(r))),
+        Output::Otel => records
+            .iter()
+            .for_each(|r| println!("{}", json::otel_record(r))),
         Output::Table => {
             println!("{RECORD_HEADER}");
             records.iter().for_each(|r| println!("{}", record_row(r)));
@@ -173,20 +149,11 @@ fn print_records(records: &[proto::ProcessRecord], output: Output) {
 
 /// `pidmap resolve PID...`
 pub async fn resolve(socket: &Path, pids: &[i64], output: Output) -> Result<u8, Failure> {
-    let mut client = connect(socket).await?;
-    let requests = pids
-        .iter()
-        .map(|&pid| proto::ResolveRequest {
-            pid,
-            start_time: None,
-        })
-        .collect();
+    let mut client = client(socket).await?;
     let records = client
-        .resolve_batch(proto::ResolveBatchRequest { requests })
+        .resolve_batch(pids.iter().map(|&pid| (pid, None)))
         .await
-        .map_err(|s| Failure::from_status(&s, socket))?
-        .into_inner()
-        .records;
+        .map_err(|s| Failure::from_status(&s, socket))?;
     print_records(&records, output);
     let unknown = records
         .iter()
@@ -196,40 +163,16 @@ pub async fn resolve(socket: &Path, pids: &[i64], output: Output) -> Result<u8, 
 
 /// `pidmap whoami`
 pub async fn whoami(socket: &Path, output: Output) -> Result<u8, Failure> {
-    let mut client = connect(socket).await?;
+    let mut client = client(socket).await?;
     let r = client
-        .who_am_i(proto::WhoAmIRequest {})
+        .who_am_i()
         .await
-        .map_err(|s| Failure::from_status(&s, socket))?
-        .into_inner();
+        .map_err(|s| Failure::from_status(&s, socket))?;
     print_records(std::slice::from_ref(&r), output);
     Ok(if r.state == proto::ProcessState::Unknown as i32 {
         EXIT_UNKNOWN
     } else {
         EXIT_OK
-    })
-}
-
-fn container_json(c: &proto::Container) -> Value {
-    json!({
-        "container_id": c.id,
-        "runtime_namespace": c.runtime_namespace,
-        "image": (!c.image.is_empty()).then_some(&c.image),
-        "status": c.status,
-        "task_pid": c.task_pid,
-        "exit_code": c.exit_code,
-        "pod_name": c.pod_name,
-        "pod_namespace": c.pod_namespace,
-        "pod_uid": c.pod_uid,
-        "container_name": c.container_name,
-        "sandbox_id": c.sandbox_id,
-        "is_sandbox": c.is_sandbox,
-        "cgroup_id": c.cgroup_id,
-        "cgroup_hierarchy": c.cgroup_hierarchy,
-        "cgroup_path": c.cgroup_path,
-        "runtime": (!c.runtime.is_empty()).then_some(&c.runtime),
-        "source": source_name(c.source),
-        "labels": c.labels.iter().collect::<BTreeMap<_, _>>(),
     })
 }
 
@@ -257,17 +200,18 @@ pub async fn ls(
     filter: proto::ListContainersRequest,
     output: Output,
 ) -> Result<u8, Failure> {
-    let mut client = connect(socket).await?;
+    let mut client = client(socket).await?;
     let containers = client
         .list_containers(filter)
         .await
-        .map_err(|s| Failure::from_status(&s, socket))?
-        .into_inner()
-        .containers;
+        .map_err(|s| Failure::from_status(&s, socket))?;
     match output {
         Output::Json => containers
             .iter()
-            .for_each(|c| println!("{}", container_json(c))),
+            .for_each(|c| println!("{}", json::container(c))),
+        Output::Otel => containers
+            .iter()
+            .for_each(|c| println!("{}", json::otel_container(c))),
         Output::Table => {
             println!("{CONTAINER_HEADER}");
             containers
@@ -285,16 +229,11 @@ pub async fn ps(
     runtime_namespace: Option<String>,
     output: Output,
 ) -> Result<u8, Failure> {
-    let mut client = connect(socket).await?;
+    let mut client = client(socket).await?;
     let processes = client
-        .list_processes(proto::ListProcessesRequest {
-            container_id,
-            runtime_namespace,
-        })
+        .list_processes(container_id, runtime_namespace)
         .await
-        .map_err(|s| Failure::from_status(&s, socket))?
-        .into_inner()
-        .processes;
+        .map_err(|s| Failure::from_status(&s, socket))?;
     print_records(&processes, output);
     Ok(EXIT_OK)
 }
@@ -302,58 +241,34 @@ pub async fn ps(
 /// `pidmap watch`: prints the snapshot, then changes as they happen.
 pub async fn watch(socket: &Path, output: Output) -> Result<u8, Failure> {
     use proto::watch_event::Event;
-    let mut client = connect(socket).await?;
+    refuse_otel("watch", output)?;
+    let mut client = client(socket).await?;
     let mut stream = client
-        .watch(proto::WatchRequest {})
+        .watch()
         .await
-        .map_err(|s| Failure::from_status(&s, socket))?
-        .into_inner();
+        .map_err(|s| Failure::from_status(&s, socket))?;
     if output == Output::Table {
         println!("  {RECORD_HEADER}");
         println!("  (= in the snapshot, ~ changed; C = container: NAMESPACE CONTAINER STATUS PID IMAGE POD)");
     }
     loop {
-        let msg = match stream.message().await {
-            Ok(Some(msg)) => msg,
+        let event = match stream.message().await {
+            Ok(Some(proto::WatchEvent { event: Some(event) })) => event,
+            Ok(Some(_)) => continue,
             Ok(None) => return Ok(EXIT_OK),
             Err(s) => return Err(Failure::from_status(&s, socket)),
         };
-        let line = match (msg.event, output) {
-            (Some(Event::Process(r)), Output::Table) => format!("= {}", record_row(&r)),
-            (Some(Event::ProcessChanged(r)), Output::Table) => {
-                format!("~ {}", record_row(&r))
-            }
-            (Some(Event::Container(c)), Output::Table) => {
-                format!("C {}", container_row(&c))
-            }
-            (Some(Event::ContainerChanged(c)), Output::Table) => {
-                format!("C {}", container_row(&c))
-            }
-            (Some(Event::ContainerDeleted(c)), Output::Table) => {
-                format!("C {}", container_row(&c))
-            }
-            (Some(Event::SnapshotDone(_)), Output::Table) => {
+        let line = match (&event, output) {
+            (_, Output::Json | Output::Otel) => json::watch_event(&event).to_string(),
+            (Event::Process(r), Output::Table) => format!("= {}", record_row(r)),
+            (Event::ProcessChanged(r), Output::Table) => format!("~ {}", record_row(r)),
+            (
+                Event::Container(c) | Event::ContainerChanged(c) | Event::ContainerDeleted(c),
+                Output::Table,
+            ) => format!("C {}", container_row(c)),
+            (Event::SnapshotDone(_), Output::Table) => {
                 "--- snapshot complete; following changes ---".into()
             }
-            (Some(Event::Process(r)), Output::Json) => {
-                json!({"event": "process", "record": record_json(&r)}).to_string()
-            }
-            (Some(Event::ProcessChanged(r)), Output::Json) => {
-                json!({"event": "process_changed", "record": record_json(&r)}).to_string()
-            }
-            (Some(Event::Container(c)), Output::Json) => {
-                json!({"event": "container", "container": container_json(&c)}).to_string()
-            }
-            (Some(Event::ContainerChanged(c)), Output::Json) => {
-                json!({"event": "container_changed", "container": container_json(&c)}).to_string()
-            }
-            (Some(Event::ContainerDeleted(c)), Output::Json) => {
-                json!({"event": "container_deleted", "container": container_json(&c)}).to_string()
-            }
-            (Some(Event::SnapshotDone(_)), Output::Json) => {
-                json!({"event": "snapshot_done"}).to_string()
-            }
-            (None, _) => continue,
         };
         println!("{line}");
     }
@@ -361,29 +276,14 @@ pub async fn watch(socket: &Path, output: Output) -> Result<u8, Failure> {
 
 /// `pidmap status`
 pub async fn status(socket: &Path, output: Output) -> Result<u8, Failure> {
-    let mut client = connect(socket).await?;
+    refuse_otel("status", output)?;
+    let mut client = client(socket).await?;
     let s = client
-        .status(proto::StatusRequest {})
+        .status()
         .await
-        .map_err(|st| Failure::from_status(&st, socket))?
-        .into_inner();
+        .map_err(|st| Failure::from_status(&st, socket))?;
     match output {
-        Output::Json => println!(
-            "{}",
-            json!({
-                "ready": s.ready,
-                "processes": s.processes,
-                "exited_processes": s.exited_processes,
-                "containers": s.containers,
-                "events_received": s.events_received,
-                "events_lost": s.events_lost,
-                "containerd_connected": s.containerd_connected,
-                "containerd_synced": s.containerd_synced,
-                "containerd_reconnects": s.containerd_reconnects,
-                "rescans": s.rescans,
-                "version": s.version,
-            })
-        ),
+        Output::Json | Output::Otel => println!("{}", json::status(&s)),
         Output::Table => {
             println!("ready:                 {}", s.ready);
             println!(
@@ -405,6 +305,20 @@ pub async fn status(socket: &Path, output: Output) -> Result<u8, Failure> {
         }
     }
     Ok(if s.ready { EXIT_OK } else { EXIT_UNREACHABLE })
+}
+
+/// `-o otel` names resources: records and containers, not events or
+/// counters.
+fn refuse_otel(command: &str, output: Output) -> Result<(), Failure> {
+    if output == Output::Otel {
+        return Err(Failure {
+            code: EXIT_USAGE,
+            message: format!(
+                "`pidmap {command}` has no -o otel: it applies to resolve, ps, whoami and ls"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Runs an async query on a small runtime and maps the result to an exit

@@ -26,7 +26,8 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Which container and pod are these processes in?
     ///
-    /// Exit status: 0 when every pid is running, exited or pending; 3 when
+    /// `-o otel` prints OpenTelemetry resource attributes (container.id,
+    /// k8s.pod.name, process.pid, …). Exit status: 0 when every pid is running, exited or pending; 3 when
     /// any pid is unknown; 2 for a usage error; 1 when the agent cannot be
     /// reached.
     Resolve {
@@ -85,8 +86,9 @@ pub enum Command {
 /// Where the agent is and how to print.
 #[derive(Debug, Args)]
 pub struct Conn {
-    /// The agent's socket.
-    #[arg(long, env = "PIDMAP_SOCKET", default_value = crate::config::DEFAULT_SOCKET)]
+    /// The agent's socket (gRPC and HTTP/JSON: `curl --unix-socket SOCKET
+    /// http://localhost/v1/status`).
+    #[arg(long, env = pidmap_client::SOCKET_ENV, default_value = crate::config::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = client::Output::Table)]
