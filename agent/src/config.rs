@@ -97,16 +97,23 @@ pub struct Config {
     /// [default: none, the socket stays in root's group].
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
-    /// Peers other than root and --socket-group may call only WhoAmI and
-    /// Status (over HTTP: /v1/whoami and /v1/status).
+    /// Peers other than root and members of --socket-group (primary or
+    /// supplementary) may call only WhoAmI and Status (over HTTP:
+    /// /v1/whoami and /v1/status).
     #[arg(long)]
     pub restrict_peers: bool,
     /// Most pids in one ResolveBatch request.
     #[arg(long, default_value = "4096", value_name = "N")]
     pub batch_limit: usize,
-    /// Most API connections at once; one more is closed at once.
+    /// Most API connections at once; the last 1/16 of them are kept for
+    /// root. A connection over a limit gets RESOURCE_EXHAUSTED (HTTP 429)
+    /// and is closed.
     #[arg(long, default_value = "256", value_name = "N")]
     pub max_connections: usize,
+    /// Most API connections one peer may hold: one user's processes
+    /// together, or one root process.
+    #[arg(long, default_value = "64", value_name = "N")]
+    pub max_connections_per_peer: usize,
     /// Most concurrent requests (HTTP/2 streams) per connection.
     #[arg(long, default_value = "64", value_name = "N")]
     pub max_streams_per_connection: u32,
@@ -226,11 +233,15 @@ impl Config {
         if self.socket_mode_bits().is_none() {
             return invalid("socket_mode", "must be an octal mode such as 0660");
         }
-        if self.batch_limit == 0 || self.max_connections == 0 || self.watch_buffer == 0 {
-            return invalid(
-                "batch_limit/max_connections/watch_buffer",
-                "must be at least 1",
-            );
+        for (name, value) in [
+            ("batch_limit", self.batch_limit),
+            ("max_connections", self.max_connections),
+            ("max_connections_per_peer", self.max_connections_per_peer),
+            ("watch_buffer", self.watch_buffer),
+        ] {
+            if value == 0 {
+                return invalid(name, "must be at least 1");
+            }
         }
         if self.ring_poll_ms == 0 || self.ring_poll_ms > 1000 {
             return invalid("ring_poll_ms", "must be between 1 and 1000");

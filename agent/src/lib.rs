@@ -425,6 +425,7 @@ fn api_settings(config: &Config) -> Result<api::server::ServerSettings, Error> {
         mode: config.socket_mode_bits().unwrap_or(0o660),
         gid,
         max_connections: config.max_connections,
+        max_connections_per_peer: config.max_connections_per_peer,
         max_streams_per_connection: config.max_streams_per_connection,
         max_request_bytes: config.max_request_bytes,
         idle_timeout: std::time::Duration::from_secs(config.idle_timeout_seconds.max(1)),

@@ -369,9 +369,7 @@ async fn restrict_peers_limits_others_to_whoami_and_status() {
         ..Config::default()
     };
     let agent = TestAgent::start(config).await;
-    // Let `nobody` reach the socket's directory.
-    let dir = agent.socket().parent().expect("dir").to_path_buf();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    open_to_all(&agent);
     let run_as_nobody = |args: &[&str]| {
         let mut cmd = Command::new(pidmap_bin());
         cmd.args(args).arg("--socket").arg(agent.socket());
@@ -400,6 +398,164 @@ async fn restrict_peers_limits_others_to_whoami_and_status() {
         .resolve(req(1))
         .await
         .expect("root resolves");
+    agent.stop().await;
+}
+
+/// `cmd` run as `uid`, primary group `gid` and supplementary `groups`.
+/// (std's `uid()` drops supplementary groups before a `pre_exec` could
+/// set them, so all three are set here.)
+fn as_user<'c>(cmd: &'c mut Command, uid: u32, gid: u32, groups: &[u32]) -> &'c mut Command {
+    let groups = groups.to_vec();
+    // SAFETY: the closure only makes async-signal-safe syscalls.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Lets every user reach the agent's socket (mode 0666 in a 0755 dir).
+fn open_to_all(agent: &TestAgent) {
+    let dir = agent.socket().parent().expect("dir").to_path_buf();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restrict_peers_counts_supplementary_groups() {
+    // gid 4242 need not exist: the kernel keeps numeric gids.
+    let config = Config {
+        restrict_peers: true,
+        socket_mode: "0666".into(),
+        socket_group: Some("4242".into()),
+        ..Config::default()
+    };
+    let agent = TestAgent::start(config).await;
+    open_to_all(&agent);
+    let resolve_as = |gid: u32, groups: &[u32]| {
+        let mut cmd = Command::new(pidmap_bin());
+        cmd.args(["resolve", "1", "--socket"]).arg(agent.socket());
+        as_user(&mut cmd, 65534, gid, groups)
+            .output()
+            .expect("run pidmap")
+    };
+    let out = resolve_as(65534, &[100, 4242]);
+    assert!(
+        out.status.success(),
+        "a member through a supplementary group: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = resolve_as(4242, &[]);
+    assert!(
+        out.status.success(),
+        "a member through the primary group: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = resolve_as(65534, &[100]);
+    assert!(!out.status.success(), "not a member");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("restrict_peers"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_holding_connections_locks_nobody_else_out() {
+    // The defaults: 256 connections, 64 per peer, the last 16 for root.
+    let config = Config {
+        socket_mode: "0666".into(),
+        ..Config::default()
+    };
+    let agent = TestAgent::start(config).await;
+    open_to_all(&agent);
+    // `nobody` opens 300 connections and holds them; after 2.5 s (refused
+    // connections are told why for 1 s, then closed) it counts the ones
+    // still open, and holds those until its stdin closes.
+    let script = r#"
+import socket, sys, time
+socks = []
+for _ in range(300):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    socks.append(s)
+time.sleep(2.5)
+held = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        if s.recv(1):
+            held += 1
+    except BlockingIOError:
+        held += 1
+    except OSError:
+        pass
+print(held, flush=True)
+sys.stdin.read()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(agent.socket())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut hog = ChildGuard::spawn(as_user(&mut cmd, 65534, 65534, &[]));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hog.0.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("the hog's count");
+    assert_eq!(line.trim(), "64", "one user holds at most its share");
+
+    // Root, another user, and nobody itself over a new connection.
+    let status_as = |uid: Option<u32>| {
+        let mut cmd = Command::new(pidmap_bin());
+        cmd.arg("status").arg("--socket").arg(agent.socket());
+        if let Some(uid) = uid {
+            as_user(&mut cmd, uid, uid, &[]);
+        }
+        cmd.output().expect("run pidmap status")
+    };
+    let out = status_as(None);
+    assert!(
+        out.status.success(),
+        "root: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = status_as(Some(4243));
+    assert!(
+        out.status.success(),
+        "another user: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = status_as(Some(65534));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the hog's 65th connection is refused"
+    );
+    assert!(
+        err.contains("max_connections_per_peer") && err.contains("uid 65534"),
+        "refused with the reason: {err}"
+    );
+    // Over HTTP: 429 with the same reason.
+    let out = as_user(
+        Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(agent.socket())
+            .arg("http://localhost/v1/status"),
+        65534,
+        65534,
+        &[],
+    )
+    .output()
+    .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n429"), "{text}");
+    assert!(text.contains("max_connections_per_peer"), "{text}");
+    drop(hog);
     agent.stop().await;
 }
 
@@ -725,8 +881,7 @@ async fn http_json_keeps_the_same_peer_restrictions_and_readiness() {
         ..Config::default()
     };
     let agent = TestAgent::start_with_faults(config, faults.clone()).await;
-    let dir = agent.socket().parent().expect("dir").to_path_buf();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    open_to_all(&agent);
     let as_nobody = |path: &str| {
         let out = Command::new("curl")
             .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])

@@ -27,10 +27,11 @@ use http_body_util::{Full, StreamBody};
 use hyper::body::Frame;
 use serde_json::Value;
 use tokio_stream::{wrappers::ReceiverStream, StreamExt as _};
-use tonic::{transport::server::UdsConnectInfo, Code, Status};
+use tonic::{Code, Status};
 
 use super::{
     json,
+    peer::Peer,
     policy::{Method, Policy},
     proto,
     service::PidmapService,
@@ -311,11 +312,7 @@ impl HttpApi {
             Err(e) => return e.response(),
         };
         let method = route.method();
-        let peer = req
-            .extensions
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred);
-        let answer = match self.policy.check(method, peer.as_ref()) {
+        let answer = match self.policy.check(method, req.extensions.get::<Peer>()) {
             Ok(()) => self.answer(&route, &req).await,
             Err(status) => Err(status.into()),
         };
@@ -420,9 +417,7 @@ impl HttpApi {
                 render_records(&records, query.format()?)
             }
             Route::WhoAmI => {
-                let record = service
-                    .who_is(req.extensions.get::<UdsConnectInfo>())
-                    .await?;
+                let record = service.who_is(req.extensions.get::<Peer>()).await?;
                 render_record(&record, query.format()?)
             }
             Route::Status => json::status(&service.status()),

@@ -6,12 +6,15 @@
 //! [`service`] answers from memory; [`http`] answers the same questions as
 //! HTTP/1.1 + JSON; [`json`] is the one JSON shape of records, containers
 //! and status (the CLI prints it too); [`authority`] lets stock gRPC clients
-//! in; [`server`] owns the socket, the connections and the limits.
+//! in; [`server`] owns the socket and the connections, [`peer`] says who is
+//! on the other end of one and [`admission`] which ones are served.
 
+pub mod admission;
 pub mod authority;
 pub mod convert;
 pub mod http;
 pub mod json;
+pub mod peer;
 pub mod policy;
 pub mod server;
 pub mod service;

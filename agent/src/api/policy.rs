@@ -13,11 +13,11 @@ use std::{
     time::Instant,
 };
 
-use tokio::net::unix::UCred;
 use tonic::codegen::http;
-use tonic::{server::NamedService, transport::server::UdsConnectInfo, Status};
+use tonic::{server::NamedService, Status};
 use tower::Service;
 
+use super::peer::Peer;
 use crate::state::State;
 
 /// The methods of `pidmap.v1.Pidmap`.
@@ -99,9 +99,13 @@ impl Policy {
     }
 
     /// Whether a peer with credentials `peer` may call `method` now.
-    pub fn check(&self, method: Method, peer: Option<&UCred>) -> Result<(), Status> {
+    /// `allowed_gid` admits its members as the kernel counts them: the
+    /// primary group and every supplementary group.
+    pub fn check(&self, method: Method, peer: Option<&Peer>) -> Result<(), Status> {
         if self.restrict_peers && !method.open_to_all() {
-            let allowed = peer.is_some_and(|c| c.uid() == 0 || Some(c.gid()) == self.allowed_gid);
+            let allowed = peer.is_some_and(|p| {
+                p.is_root() || self.allowed_gid.is_some_and(|gid| p.in_group(gid))
+            });
             if !allowed {
                 return Err(Status::permission_denied(
                     "restrict_peers is on: only root and the socket's group may resolve other processes; WhoAmI and Status are open to all",
@@ -183,12 +187,8 @@ where
             // Not one of ours (the router answers UNIMPLEMENTED).
             return Box::pin(self.inner.call(req));
         };
-        let peer = req
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred);
         let policy = self.policy.clone();
-        if let Err(status) = policy.check(method, peer.as_ref()) {
+        if let Err(status) = policy.check(method, req.extensions().get::<Peer>()) {
             policy.record(method, status.code(), started);
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
@@ -256,6 +256,31 @@ mod tests {
         }
         state.set_ready();
         assert!(Method::ALL.iter().all(|&m| p.check(m, None).is_ok()));
+    }
+
+    #[test]
+    fn restricted_peers_are_let_in_by_any_of_their_groups() {
+        let (p, state) = policy(true);
+        state.set_ready();
+        let peer = |uid, gid, groups: &[u32]| Peer {
+            pid: Some(9),
+            uid,
+            gid,
+            groups: groups.into(),
+        };
+        let code = |peer: &Peer| p.check(Method::Resolve, Some(peer)).err().map(|s| s.code());
+        assert_eq!(code(&peer(1000, 1234, &[])), None, "primary group");
+        assert_eq!(
+            code(&peer(1000, 100, &[27, 1234])),
+            None,
+            "supplementary group"
+        );
+        assert_eq!(code(&peer(0, 0, &[])), None, "root");
+        assert_eq!(
+            code(&peer(1000, 100, &[27])),
+            Some(tonic::Code::PermissionDenied),
+            "not a member"
+        );
     }
 
     #[test]

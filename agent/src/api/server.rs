@@ -26,21 +26,19 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{UnixListener, UnixStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::Semaphore,
     task::JoinSet,
     time::{Instant, Sleep},
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    service::Routes,
-    transport::server::{Connected as _, UdsConnectInfo},
-    Status,
-};
+use tonic::{service::Routes, Status};
 use tracing::{debug, info, warn};
 
 use super::{
+    admission::{Admission, Admitted, Refused},
     authority::{AuthorityStream, Reports},
     http::{Body, HttpApi, HttpError},
+    peer::Peer,
     policy::{Policy, PolicyLayer},
     proto::{pidmap_server::PidmapServer, FILE_DESCRIPTOR_SET},
     service::{PidmapService, ServiceSettings},
@@ -53,6 +51,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Room for an HTTP/1.1 request's headers beside its target.
 const HEADER_ROOM: usize = 16 * 1024;
+/// How long a refused connection is kept to tell its client why.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+/// Most refused connections being told why at once; further ones are
+/// closed without a word.
+const MAX_REFUSALS: usize = 16;
+/// Refused connections are logged at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Socket and connection limits.
 #[derive(Debug, Clone)]
@@ -63,6 +68,8 @@ pub struct ServerSettings {
     /// Group owning the socket.
     pub gid: Option<u32>,
     pub max_connections: usize,
+    /// Most connections of one peer (see [`Admission`]).
+    pub max_connections_per_peer: usize,
     pub max_streams_per_connection: u32,
     /// Largest request message, in bytes.
     pub max_request_bytes: usize,
@@ -133,6 +140,10 @@ pub fn bind(settings: &ServerSettings) -> Result<UnixListener, ServerError> {
 
 /// Serves the API on `listener` until `shutdown`, then removes the socket.
 ///
+/// Each connection is first admitted by the [`Admission`] limits, by its
+/// peer's credentials; a refused one is answered `RESOURCE_EXHAUSTED` (HTTP
+/// 429) saying which limit, for [`REFUSAL_TIME`], then closed.
+///
 /// One listener speaks both protocols: hyper-util's `auto` connection reads
 /// the first bytes, and the HTTP/2 preface makes a connection HTTP/2, any
 /// other start HTTP/1.1. On either, requests with a gRPC content type go to
@@ -146,9 +157,15 @@ pub async fn serve(
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
+    let admission = Admission::new(
+        settings.max_connections,
+        settings.max_connections_per_peer,
+        state.metrics_handle(),
+    );
     let app = App::new(state, &settings, &shutdown).await;
     let builder = connection_builder(&settings);
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let mut refusal_log = RefusalLog::default();
     let reports = Arc::new(Reports::default());
     let mut connections = JoinSet::new();
     info!(socket = %settings.socket.display(), "API listening");
@@ -167,25 +184,40 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            debug!("connection limit reached; closing a new connection");
-            continue;
+        let peer = match Peer::of(&stream) {
+            Ok(peer) => Some(peer),
+            Err(error) => {
+                debug!(%error, "cannot read a peer's credentials");
+                None
+            }
         };
-        let info = stream.connect_info();
-        let io = AuthorityStream::new(
-            Conn::new(stream, permit, settings.idle_timeout),
-            Arc::clone(&reports),
-        );
+        let (admitted, refused, idle) = match admission.admit(peer.as_ref()) {
+            Ok(admitted) => (Some(admitted), None, settings.idle_timeout),
+            Err(refused) => {
+                refusal_log.report(&refused);
+                // Tell the client why, unless many are being told already.
+                let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() else {
+                    continue;
+                };
+                (None, Some((refused, permit)), REFUSAL_TIME)
+            }
+        };
+        let io = AuthorityStream::new(Conn::new(stream, admitted, idle), Arc::clone(&reports));
         let service = ConnService {
             app: app.clone(),
-            info,
+            peer,
+            refused: refused
+                .as_ref()
+                .map(|(refused, _)| Arc::from(refused.to_string())),
         };
-        connections.spawn(serve_connection(
-            builder.clone(),
-            TokioIo::new(io),
-            service,
-            shutdown.clone(),
-        ));
+        let served = serve_connection(builder.clone(), TokioIo::new(io), service, shutdown.clone());
+        match refused {
+            None => connections.spawn(served),
+            Some((_, permit)) => connections.spawn(async move {
+                let _ = tokio::time::timeout(REFUSAL_TIME, served).await;
+                drop(permit);
+            }),
+        };
     }
     // No new connections; the ones open finish what they are doing
     // (Watch streams end at once) within the grace, or are closed.
@@ -305,11 +337,7 @@ impl App {
     /// Answers a request: gRPC by content type, everything else over HTTP;
     /// within the request timeout.
     async fn answer(self, req: http::Request<hyper::body::Incoming>) -> http::Response<Body> {
-        let grpc = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
-        if grpc {
+        if is_grpc(&req) {
             let answer = tower::ServiceExt::oneshot(self.grpc, req.map(Body::new));
             match tokio::time::timeout(self.request_timeout, answer).await {
                 Ok(Ok(response)) => response,
@@ -328,11 +356,13 @@ impl App {
 }
 
 /// The service of one connection: every request carries the peer's
-/// credentials (for `WhoAmI` and `restrict_peers`).
+/// credentials (for `WhoAmI` and `restrict_peers`). On a refused
+/// connection, every request is answered with why it was refused.
 #[derive(Clone)]
 struct ConnService {
     app: App,
-    info: UdsConnectInfo,
+    peer: Option<Peer>,
+    refused: Option<Arc<str>>,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnService {
@@ -341,25 +371,72 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnServi
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        req.extensions_mut().insert(self.info.clone());
+        if let Some(refused) = &self.refused {
+            let status = Status::resource_exhausted(refused.as_ref());
+            let response = if is_grpc(&req) {
+                status.into_http()
+            } else {
+                HttpError::from(status).response()
+            };
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        if let Some(peer) = &self.peer {
+            req.extensions_mut().insert(peer.clone());
+        }
         let app = self.app.clone();
         Box::pin(async move { Ok(app.answer(req).await) })
     }
 }
 
-/// A connection holding a permit, closed after `idle` without traffic.
+/// Whether `req` is a gRPC request (by its content type).
+fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Logs refused connections, at most once per [`REFUSAL_LOG_INTERVAL`],
+/// with how many were refused since the last line.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn report(&mut self, refused: &Refused) {
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        warn!(
+            reason = %refused,
+            refused = self.unlogged,
+            "API connections refused (counted in pidmap_api_connections_refused_total)"
+        );
+        self.last = Some(now);
+        self.unlogged = 0;
+    }
+}
+
+/// A connection, counted while it lives if it was admitted, closed after
+/// `idle` without traffic.
 struct Conn {
     inner: UnixStream,
-    _permit: OwnedSemaphorePermit,
+    _admitted: Option<Admitted>,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl Conn {
-    fn new(inner: UnixStream, permit: OwnedSemaphorePermit, idle: Duration) -> Self {
+    fn new(inner: UnixStream, admitted: Option<Admitted>, idle: Duration) -> Self {
         Self {
             inner,
-            _permit: permit,
+            _admitted: admitted,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
         }

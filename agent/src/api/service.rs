@@ -8,11 +8,12 @@ use std::{collections::BTreeSet, pin::Pin, sync::Arc};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tokio_util::sync::CancellationToken;
-use tonic::{transport::server::UdsConnectInfo, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
 use super::{
     convert,
+    peer::Peer,
     proto::{self, pidmap_server::Pidmap},
 };
 use crate::{
@@ -125,25 +126,19 @@ impl PidmapService {
     }
 
     /// The record of the process on the other end of the connection
-    /// `peer` describes (its `SO_PEERCRED`).
+    /// `peer` describes.
     ///
     /// The caller is alive, but it may have started or exec'd a moment
     /// ago, with its kernel events still in the ring buffer: they are
     /// applied first, so that its comm and cgroup are current. Should that
     /// not find it, this waits a short while for its events rather than
     /// answer `unknown`.
-    pub async fn who_is(
-        &self,
-        peer: Option<&UdsConnectInfo>,
-    ) -> Result<proto::ProcessRecord, Status> {
-        let pid = peer
-            .and_then(|info| info.peer_cred)
-            .and_then(|cred| cred.pid())
-            .ok_or_else(|| {
-                Status::failed_precondition(
-                    "cannot tell who is calling: the connection carries no peer credentials",
-                )
-            })?;
+    pub async fn who_is(&self, peer: Option<&Peer>) -> Result<proto::ProcessRecord, Status> {
+        let pid = peer.and_then(|p| p.pid).ok_or_else(|| {
+            Status::failed_precondition(
+                "cannot tell who is calling: the connection carries no peer credentials",
+            )
+        })?;
         let pid = valid_pid(i64::from(pid))?;
         let mut changes = self.state.subscribe_changes();
         self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
@@ -351,9 +346,7 @@ impl Pidmap for PidmapService {
         &self,
         req: Request<proto::WhoAmIRequest>,
     ) -> Result<Response<proto::ProcessRecord>, Status> {
-        let record = self
-            .who_is(req.extensions().get::<UdsConnectInfo>())
-            .await?;
+        let record = self.who_is(req.extensions().get::<Peer>()).await?;
         Ok(Response::new(record))
     }
 

@@ -178,6 +178,27 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
         value.encode(e.encode_descriptor(name, help, None, value.metric_type())?)?;
     }
 
+    let open = gauge(usize::try_from(s.api_connections).unwrap_or(usize::MAX));
+    open.encode(e.encode_descriptor(
+        "api_connections",
+        "Query API connections open",
+        None,
+        open.metric_type(),
+    )?)?;
+    let mut refused = e.encode_descriptor(
+        "api_connections_refused",
+        "Query API connections refused, by reason: per_peer (the peer held its share, max_connections_per_peer) or full (max_connections)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, value) in [
+        ("per_peer", s.api_connections_refused_per_peer),
+        ("full", s.api_connections_refused_full),
+    ] {
+        let labels = [("reason", reason)];
+        ConstCounter::new(value).encode(refused.encode_family(&labels)?)?;
+    }
+
     let requests = m.requests.samples();
     let mut counts = e.encode_descriptor(
         "api_requests",

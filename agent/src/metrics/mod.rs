@@ -145,6 +145,9 @@ pub struct Metrics {
     containerd_reconnects: AtomicU64,
     containerd_resyncs: AtomicU64,
     catch_up_timeouts: AtomicU64,
+    api_connections: AtomicU64,
+    /// Refused API connections: per-peer limit, everything full.
+    api_connections_refused: [AtomicU64; 2],
     /// From a kernel exec event to its process being in the table (and so
     /// resolvable): CLOCK_MONOTONIC now minus the event's timestamp.
     pub exec_to_resolvable: Latency,
@@ -185,6 +188,12 @@ pub struct MetricsSnapshot {
     pub containerd_resyncs: u64,
     /// Queries answered without waiting for the ring buffer to be applied.
     pub catch_up_timeouts: u64,
+    /// API connections open now.
+    pub api_connections: u64,
+    /// API connections refused because their peer held its share.
+    pub api_connections_refused_per_peer: u64,
+    /// API connections refused because the API was full.
+    pub api_connections_refused_full: u64,
 }
 
 impl MetricsSnapshot {
@@ -247,6 +256,17 @@ impl Metrics {
         self.catch_up_timeouts.fetch_add(1, Relaxed);
     }
 
+    /// Sets the number of API connections open.
+    pub fn set_api_connections(&self, open: usize) {
+        self.api_connections.store(open as u64, Relaxed);
+    }
+
+    /// Counts one API connection refused: over its peer's share
+    /// (`per_peer`) or with the API full.
+    pub fn count_api_connection_refused(&self, per_peer: bool) {
+        self.api_connections_refused[usize::from(!per_peer)].fetch_add(1, Relaxed);
+    }
+
     /// Counts one handled API request: `method` is the RPC's name, `code`
     /// the status it ended with, `elapsed` the time it took. Cheap enough
     /// for every request: a shared lock and a few atomic adds.
@@ -277,6 +297,9 @@ impl Metrics {
             containerd_reconnects: self.containerd_reconnects.load(Relaxed),
             containerd_resyncs: self.containerd_resyncs.load(Relaxed),
             catch_up_timeouts: self.catch_up_timeouts.load(Relaxed),
+            api_connections: self.api_connections.load(Relaxed),
+            api_connections_refused_per_peer: self.api_connections_refused[0].load(Relaxed),
+            api_connections_refused_full: self.api_connections_refused[1].load(Relaxed),
         }
     }
 }

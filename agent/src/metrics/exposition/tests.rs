@@ -191,6 +191,26 @@ fn requests_are_counted_and_timed_by_method_and_code() {
 }
 
 #[test]
+fn api_connections_are_a_gauge_and_refusals_counted_by_reason() {
+    let s = known_state();
+    let m = s.state.metrics();
+    m.set_api_connections(3);
+    m.count_api_connection_refused(true);
+    m.count_api_connection_refused(true);
+    m.count_api_connection_refused(false);
+    assert_lines(
+        &render_state(&s),
+        &[
+            "# TYPE pidmap_api_connections gauge",
+            "pidmap_api_connections 3",
+            "# TYPE pidmap_api_connections_refused counter",
+            r#"pidmap_api_connections_refused_total{reason="per_peer"} 2"#,
+            r#"pidmap_api_connections_refused_total{reason="full"} 1"#,
+        ],
+    );
+}
+
+#[test]
 fn latencies_are_histograms_in_seconds() {
     let text = render_state(&known_state());
     assert_lines(
@@ -231,8 +251,9 @@ fn every_family_has_help_and_type_and_the_text_ends_with_eof() {
         }
     }
     // events, 9 counters, processes, containers, containerd_connected,
-    // containerd_synced, api requests and durations, two latencies.
-    assert_eq!(families, 18, "{text}");
+    // containerd_synced, api connections open and refused, api requests and
+    // durations, two latencies.
+    assert_eq!(families, 20, "{text}");
 }
 
 #[test]

@@ -1,0 +1,285 @@
+//! Which connections the API takes, so that no peer can lock the others
+//! out by holding connections open.
+//!
+//! - At most `max` connections in all; the last `max / 16` places are kept
+//!   for root (health checks, `kubectl exec … pidmap status`), so that
+//!   other users filling the socket cannot lock root out.
+//! - At most `per_peer` connections per peer. A non-root peer is its uid
+//!   (a user's processes share one allowance, so forking does not buy
+//!   more); a root peer is its process (root programs on a node are many
+//!   and independent — a profiler, a security agent, the kubelet's
+//!   checks — and none should lock the others out).
+//!
+//! A connection is counted while its [`Admitted`] lives.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use super::peer::Peer;
+use crate::metrics::Metrics;
+
+/// One allowance of connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerKey {
+    /// A root process.
+    RootProcess(u32),
+    /// Every process of a non-root user.
+    User(u32),
+    /// A peer whose credentials could not be read.
+    Unknown,
+}
+
+impl PeerKey {
+    pub fn of(peer: Option<&Peer>) -> Self {
+        match peer {
+            Some(p) if p.is_root() => p.pid.map_or(Self::User(0), Self::RootProcess),
+            Some(p) => Self::User(p.uid),
+            None => Self::Unknown,
+        }
+    }
+
+    fn is_root(self) -> bool {
+        matches!(self, Self::RootProcess(_) | Self::User(0))
+    }
+}
+
+impl std::fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RootProcess(pid) => write!(f, "root process {pid}"),
+            Self::User(uid) => write!(f, "uid {uid}"),
+            Self::Unknown => f.write_str("peers without credentials"),
+        }
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The peer holds all the connections one peer may hold.
+    PerPeer { key: PeerKey, held: usize },
+    /// The API serves all the connections it may serve to this peer.
+    Full { open: usize, reserved: usize },
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PerPeer { key, held } => write!(
+                f,
+                "too many API connections from {key}: it holds {held}, the most one peer may hold (max_connections_per_peer); close some or reuse one"
+            ),
+            Self::Full { open, reserved: 0 } => write!(
+                f,
+                "the API serves {open} connections, the most it may (max_connections)"
+            ),
+            Self::Full { open, reserved } => write!(
+                f,
+                "the API serves {open} connections, the most it may (max_connections; the last {reserved} places are kept for root)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl Refused {
+    /// The label of `pidmap_api_connections_refused_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::PerPeer { .. } => "per_peer",
+            Self::Full { .. } => "full",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    open: usize,
+    by_peer: HashMap<PeerKey, usize>,
+}
+
+/// The connection counts and limits.
+#[derive(Debug)]
+pub struct Admission {
+    max: usize,
+    per_peer: usize,
+    reserved_for_root: usize,
+    counts: Mutex<Counts>,
+    /// Where the open count and refusals are reported.
+    metrics: Arc<Metrics>,
+}
+
+impl Admission {
+    /// At most `max` connections, `per_peer` per peer (both at least 1).
+    pub fn new(max: usize, per_peer: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        let max = max.max(1);
+        Arc::new(Self {
+            max,
+            per_peer: per_peer.max(1),
+            reserved_for_root: max / 16,
+            counts: Mutex::default(),
+            metrics,
+        })
+    }
+
+    /// Counts a connection from `peer`, or says why it may not be served.
+    pub fn admit(self: &Arc<Self>, peer: Option<&Peer>) -> Result<Admitted, Refused> {
+        let admitted = self.try_admit(PeerKey::of(peer));
+        if let Err(refused) = &admitted {
+            self.metrics
+                .count_api_connection_refused(matches!(refused, Refused::PerPeer { .. }));
+        }
+        admitted
+    }
+
+    fn try_admit(self: &Arc<Self>, key: PeerKey) -> Result<Admitted, Refused> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = if key.is_root() {
+            self.max
+        } else {
+            self.max - self.reserved_for_root
+        };
+        if counts.open >= limit {
+            return Err(Refused::Full {
+                open: counts.open,
+                reserved: self.reserved_for_root,
+            });
+        }
+        let held = counts.by_peer.entry(key).or_default();
+        if *held >= self.per_peer {
+            return Err(Refused::PerPeer { key, held: *held });
+        }
+        *held += 1;
+        counts.open += 1;
+        self.metrics.set_api_connections(counts.open);
+        Ok(Admitted {
+            admission: Arc::clone(self),
+            key,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open
+    }
+}
+
+/// A connection being served; uncounted when dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    admission: Arc<Admission>,
+    key: PeerKey,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut counts = self
+            .admission
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        counts.open -= 1;
+        self.admission.metrics.set_api_connections(counts.open);
+        if let Some(held) = counts.by_peer.get_mut(&self.key) {
+            *held -= 1;
+            if *held == 0 {
+                counts.by_peer.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max: usize, per_peer: usize) -> Arc<Admission> {
+        Admission::new(max, per_peer, Arc::new(Metrics::default()))
+    }
+
+    fn peer(uid: u32, pid: u32) -> Peer {
+        Peer {
+            pid: Some(pid),
+            uid,
+            gid: uid,
+            groups: Arc::from([]),
+        }
+    }
+
+    #[test]
+    fn one_user_cannot_take_more_than_its_share() {
+        let a = admission(256, 4);
+        // Four processes of one user share one allowance.
+        let held: Vec<_> = (0..4)
+            .map(|i| a.admit(Some(&peer(1000, 100 + i))).expect("within"))
+            .collect();
+        let refused = a.admit(Some(&peer(1000, 200))).expect_err("over");
+        assert_eq!(
+            refused,
+            Refused::PerPeer {
+                key: PeerKey::User(1000),
+                held: 4
+            }
+        );
+        assert!(refused.to_string().contains("uid 1000"), "{refused}");
+        // Others are served.
+        let _other = a.admit(Some(&peer(1001, 300))).expect("another user");
+        let _root = a.admit(Some(&peer(0, 1))).expect("root");
+        drop(held);
+        assert_eq!(a.open(), 2);
+        let _again = a.admit(Some(&peer(1000, 200))).expect("places given back");
+    }
+
+    #[test]
+    fn root_processes_have_their_own_allowances_and_reserved_room() {
+        let a = admission(32, 32);
+        // Non-root users fill everything they may: 32 - 32/16 = 30.
+        let users: Vec<_> = (0..30)
+            .map(|uid| a.admit(Some(&peer(1000 + uid, uid))).expect("user"))
+            .collect();
+        let full = a.admit(Some(&peer(5000, 1))).expect_err("full for users");
+        assert_eq!(full.reason(), "full");
+        assert!(full.to_string().contains("kept for root"), "{full}");
+        // Root still gets the last two.
+        let r1 = a.admit(Some(&peer(0, 10))).expect("root");
+        let r2 = a.admit(Some(&peer(0, 11))).expect("root");
+        assert!(a.admit(Some(&peer(0, 12))).is_err(), "nothing beyond max");
+        drop((users, r1, r2));
+        assert_eq!(a.open(), 0);
+        let m = a.metrics.snapshot();
+        assert_eq!(m.api_connections, 0);
+        assert_eq!(
+            (
+                m.api_connections_refused_full,
+                m.api_connections_refused_per_peer
+            ),
+            (2, 0)
+        );
+    }
+
+    #[test]
+    fn one_root_process_is_limited_like_any_peer() {
+        let a = admission(256, 2);
+        let _x = a.admit(Some(&peer(0, 10))).expect("1");
+        let _y = a.admit(Some(&peer(0, 10))).expect("2");
+        assert_eq!(
+            a.admit(Some(&peer(0, 10))).expect_err("3").reason(),
+            "per_peer"
+        );
+        let _z = a.admit(Some(&peer(0, 11))).expect("another root process");
+    }
+
+    #[test]
+    fn small_limits_keep_nothing_back() {
+        let a = admission(2, 64);
+        let _x = a.admit(None).expect("1");
+        let _y = a.admit(None).expect("2");
+        assert_eq!(a.admit(None).expect_err("3").reason(), "full");
+    }
+}
