@@ -13,16 +13,14 @@ use std::{
 use clap::{parser::ValueSource, ArgMatches, Args, Parser};
 use serde::{Deserialize, Serialize};
 
-/// Default path of the API's Unix socket (defined once, in the client
-/// crate, whose socket discovery every tool shares).
-pub use pidmap_client::DEFAULT_SOCKET;
+/// Default path of the API's Unix socket, and the longest a Unix socket
+/// path may be (defined once, in the client crate, whose socket discovery
+/// every tool shares).
+pub use pidmap_client::{DEFAULT_SOCKET, MAX_SOCKET_PATH};
 /// Default containerd socket.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// Where the running kernel exposes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
-
-/// The longest Unix socket path: `sun_path` holds 108 bytes with the NUL.
-pub const MAX_SOCKET_PATH: usize = 107;
 
 /// The largest ring buffer the agent accepts: 256 MiB of locked kernel
 /// memory already holds about 2.8 million events.

@@ -27,13 +27,18 @@ pub fn duration_ns(d: Duration) -> u64 {
 }
 
 /// An error and its causes on one line, `outer: inner: innermost`, the way
-/// logs and the command line print them.
+/// logs and the command line print them. A cause that only repeats what
+/// the line already ends with (errors that print their source) is left
+/// out.
 pub fn chain(error: &dyn std::error::Error) -> String {
     let mut s = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         source = cause.source();
     }
     s
@@ -58,5 +63,17 @@ mod tests {
         let e = Outer(std::io::Error::other("inner"));
         assert_eq!(chain(&e), "outer: inner");
         assert_eq!(duration_ns(Duration::from_micros(3)), 3_000);
+    }
+
+    #[test]
+    fn chain_leaves_out_causes_already_printed() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("transport error: {0}")]
+        struct Loud(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot connect")]
+        struct Outer(#[source] Loud);
+        let e = Outer(Loud(std::io::Error::other("path too long")));
+        assert_eq!(chain(&e), "cannot connect: transport error: path too long");
     }
 }

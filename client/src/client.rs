@@ -15,6 +15,9 @@ use crate::proto::{self, pidmap_client::PidmapClient};
 /// Where the agent serves by default.
 pub const DEFAULT_SOCKET: &str = "/run/pidmap/pidmap.sock";
 
+/// The longest Unix socket path: `sun_path` holds 108 bytes with the NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
 /// The environment variable naming the agent's socket, when set.
 pub const SOCKET_ENV: &str = "PIDMAP_SOCKET";
 
@@ -65,6 +68,13 @@ impl Settings {
     /// A gRPC channel to the agent, for any of the services it serves
     /// (`pidmap.v1.Pidmap`, gRPC health, reflection).
     pub async fn channel(&self) -> Result<Channel, ConnectError> {
+        let len = self.socket.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(ConnectError::PathTooLong {
+                socket: self.socket.clone(),
+                len,
+            });
+        }
         let endpoint = Endpoint::from_static("http://localhost")
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout);
@@ -112,6 +122,18 @@ pub enum ConnectError {
     /// The connection did not complete in time.
     #[error("connecting to the pidmap agent at {} took over {timeout:?}", socket.display())]
     Timeout { socket: PathBuf, timeout: Duration },
+    /// No Unix socket can have this path.
+    #[error("the socket path {} is {len} bytes; a Unix socket path is at most {MAX_SOCKET_PATH} bytes", socket.display())]
+    PathTooLong { socket: PathBuf, len: usize },
+}
+
+impl ConnectError {
+    /// Whether the agent may simply not be running (or not on this
+    /// socket, or not open to this process), rather than the request
+    /// being impossible.
+    pub fn may_be_unreachable(&self) -> bool {
+        !matches!(self, Self::PathTooLong { .. })
+    }
 }
 
 /// A connection to the agent and its calls. Cheap to clone: clones share
@@ -250,5 +272,20 @@ mod tests {
         assert!(err
             .to_string()
             .contains("/nonexistent/pidmap-client-test.sock"));
+        assert!(err.may_be_unreachable());
+    }
+
+    #[tokio::test]
+    async fn a_path_no_socket_can_have_is_said_so_before_connecting() {
+        let long = format!("/tmp/{}", "x".repeat(120));
+        let err = Client::connect(&Settings::new(&long))
+            .await
+            .expect_err("too long");
+        assert!(
+            matches!(err, ConnectError::PathTooLong { len: 125, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().ends_with("at most 107 bytes"), "{err}");
+        assert!(!err.may_be_unreachable());
     }
 }

@@ -33,7 +33,9 @@ mod cache;
 mod client;
 
 pub use cache::{Cache, CacheSettings, CacheStats, Entry};
-pub use client::{Client, ConnectError, Settings, AUTHORITY, DEFAULT_SOCKET, SOCKET_ENV};
+pub use client::{
+    Client, ConnectError, Settings, AUTHORITY, DEFAULT_SOCKET, MAX_SOCKET_PATH, SOCKET_ENV,
+};
 
 /// The generated `pidmap.v1` messages and client (and, with the `server`
 /// feature, the server side), from `proto/pidmap/v1/pidmap.proto`.

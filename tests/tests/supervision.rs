@@ -190,4 +190,15 @@ async fn a_taken_or_impossible_socket_fails_before_any_program_is_loaded() {
     }
     assert!(agent.socket().exists(), "the first agent's socket survives");
     agent.stop().await;
+
+    // The client says the same once, without suggesting the agent is down.
+    let out = Command::new(pidmap_bin())
+        .args(["status", "--socket", &long])
+        .output()
+        .expect("run pidmap status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at most 107 bytes"), "{stderr}");
+    assert_eq!(stderr.matches("107").count(), 1, "said once: {stderr}");
+    assert!(!stderr.contains("running"), "no agent can serve it: {stderr}");
 }

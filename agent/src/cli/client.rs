@@ -87,12 +87,16 @@ pub async fn connect(socket: &Path) -> Result<PidmapClient<Channel>, Failure> {
 }
 
 fn unreachable(e: &pidmap_client::ConnectError) -> Failure {
+    let error = crate::error::chain(e);
     Failure {
         code: EXIT_UNREACHABLE,
-        message: format!(
-            "{} (is `pidmap agent` running? does --socket / PIDMAP_SOCKET point at its socket? are you root or in the socket's group?)",
-            crate::error::chain(e)
-        ),
+        message: if e.may_be_unreachable() {
+            format!(
+                "{error} (is `pidmap agent` running? does --socket / PIDMAP_SOCKET point at its socket? are you root or in the socket's group?)"
+            )
+        } else {
+            error
+        },
     }
 }
 
