@@ -206,7 +206,14 @@ async fn exit_while_containerd_is_down_is_noticed_after_restart() {
     let agent = TestAgent::start_with_containerd(&ctrd).await;
     let state = agent.state();
     let key = ContainerKey::new("default", "victim");
-    resolves_to(state, pid, &key).await;
+    // By its start time from here on: in the 20 s it is gone, another
+    // process may take its pid (other work on the machine forks too).
+    let start = resolves_to(state, pid, &key)
+        .await
+        .process
+        .expect("a known process")
+        .key
+        .start_time;
     let reconnects = state.metrics().snapshot().containerd_reconnects;
 
     ctrd.stop();
@@ -232,7 +239,7 @@ async fn exit_while_containerd_is_down_is_noticed_after_restart() {
         "container not reported stopped after reconnect: {:?}",
         state.containers().get(&key)
     );
-    let r = resolve(state, pid, None);
+    let r = resolve(state, pid, Some(start));
     assert_eq!(r.state, Resolved::Exited, "{r:?}");
     assert_eq!(r.container.map(|c| c.key), Some(key));
     resolves_to(
