@@ -200,5 +200,8 @@ async fn a_taken_or_impossible_socket_fails_before_any_program_is_loaded() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("at most 107 bytes"), "{stderr}");
     assert_eq!(stderr.matches("107").count(), 1, "said once: {stderr}");
-    assert!(!stderr.contains("running"), "no agent can serve it: {stderr}");
+    assert!(
+        !stderr.contains("running"),
+        "no agent can serve it: {stderr}"
+    );
 }
