@@ -18,6 +18,8 @@ use pidmap::{Agent, Config};
 use tokio_util::sync::CancellationToken;
 
 pub mod containerd;
+#[cfg(cri_api)]
+pub mod cri;
 pub mod oracle;
 
 /// Fails the test clearly unless it runs as root.
@@ -139,6 +141,15 @@ impl TestAgent {
     /// The API socket this agent serves.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// A gRPC client of this agent's API, over its socket.
+    pub async fn client(
+        &self,
+    ) -> pidmap::api::proto::pidmap_client::PidmapClient<tonic::transport::Channel> {
+        pidmap::cli::client::connect(&self.socket)
+            .await
+            .unwrap_or_else(|f| panic!("connect to {}: {}", self.socket.display(), f.message))
     }
 
     pub fn agent(&self) -> &Agent {
@@ -380,6 +391,24 @@ pub fn proc_ppid(pid: u32) -> Option<u32> {
 pub fn proc_comm(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     Some(text.strip_suffix('\n').unwrap_or(&text).to_owned())
+}
+
+/// Runs `probe` every 20 ms until it returns `Ok` or `timeout` passes; then returns its
+/// last answer (`Err` says why it never held). For asynchronous conditions with no event
+/// to await, such as an answer of the agent's API.
+pub async fn eventually<T, E, F, Fut>(timeout: Duration, mut probe: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answer = probe().await;
+        if answer.is_ok() || Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns
