@@ -40,7 +40,7 @@
 //! ```
 
 mod container;
-mod host;
+pub(crate) mod host;
 mod rootfs;
 
 use std::{

@@ -14,12 +14,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pidmap::{Agent, Config};
+use pidmap::{
+    api::proto::{self, pidmap_client::PidmapClient},
+    Agent, Config,
+};
 use tokio_util::sync::CancellationToken;
 
 pub mod containerd;
 #[cfg(cri_api)]
 pub mod cri;
+pub mod docker;
 pub mod oracle;
 
 /// Fails the test clearly unless it runs as root.
@@ -118,12 +122,23 @@ impl TestAgent {
     /// Starts an agent watching `ctrd` (with a short reconnect backoff) and
     /// waits until it has connected and listed.
     pub async fn start_with_containerd(ctrd: &containerd::Containerd) -> Self {
-        let agent = Self::start(Config {
+        Self::start_synced(Self::containerd_config(ctrd)).await
+    }
+
+    /// The config [`Self::start_with_containerd`] uses: `ctrd`'s socket and a
+    /// short reconnect backoff.
+    pub fn containerd_config(ctrd: &containerd::Containerd) -> Config {
+        Config {
             containerd_socket: ctrd.socket().to_path_buf(),
             containerd_max_backoff_ms: 200,
             ..Config::default()
-        })
-        .await;
+        }
+    }
+
+    /// Starts an agent with `config` and waits until it has connected to
+    /// containerd and listed.
+    pub async fn start_synced(config: Config) -> Self {
+        let agent = Self::start(config).await;
         agent.wait_connected().await;
         agent
     }
@@ -144,9 +159,7 @@ impl TestAgent {
     }
 
     /// A gRPC client of this agent's API, over its socket.
-    pub async fn client(
-        &self,
-    ) -> pidmap::api::proto::pidmap_client::PidmapClient<tonic::transport::Channel> {
+    pub async fn client(&self) -> PidmapClient<tonic::transport::Channel> {
         pidmap::cli::client::connect(&self.socket)
             .await
             .unwrap_or_else(|f| panic!("connect to {}: {}", self.socket.display(), f.message))
@@ -409,6 +422,38 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Asks the agent behind `client` to resolve `pid` until it answers from
+/// containerd as container `id` (at most 15 s); returns that answer, or
+/// panics with the last one.
+pub async fn resolved_as(
+    client: &PidmapClient<tonic::transport::Channel>,
+    pid: u32,
+    id: &str,
+) -> proto::ProcessRecord {
+    let answer = eventually(Duration::from_secs(15), || {
+        let mut client = client.clone();
+        async move {
+            let record = client
+                .resolve(proto::ResolveRequest {
+                    pid: pid.into(),
+                    start_time: None,
+                })
+                .await
+                .expect("Resolve")
+                .into_inner();
+            let ours = record.source == proto::Source::Containerd as i32
+                && record.container.as_ref().is_some_and(|c| c.id == id);
+            if ours {
+                Ok(record)
+            } else {
+                Err(record)
+            }
+        }
+    })
+    .await;
+    answer.unwrap_or_else(|last| panic!("pid {pid} never resolved to container {id}: {last:?}"))
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns

@@ -11,11 +11,11 @@
 use std::time::Duration;
 
 use pidmap::api::proto::{
-    self, pidmap_client::PidmapClient, ListContainersRequest, ListProcessesRequest, ResolveRequest,
+    self, pidmap_client::PidmapClient, ListContainersRequest, ListProcessesRequest,
 };
 use pidmap_tests::{
     containerd::{Containerd, CRI_IMAGE, CRI_NAMESPACE, CRI_SANDBOX_IMAGE},
-    eventually, TestAgent,
+    eventually, resolved_as, TestAgent,
 };
 use tonic::transport::Channel;
 
@@ -24,32 +24,6 @@ const POD_NAME: &str = "web-0";
 const POD_NAMESPACE: &str = "shop";
 const POD_UID: &str = "5a7c1e2d-0b3f-4c6d-8e9f-0a1b2c3d4e5f";
 const CONTAINER_NAME: &str = "nginx";
-
-/// Resolves `pid` until it answers from containerd as container `id`; returns the answer.
-async fn resolved_as(client: &PidmapClient<Channel>, pid: u32, id: &str) -> proto::ProcessRecord {
-    let answer = eventually(WAIT, || {
-        let mut client = client.clone();
-        async move {
-            let record = client
-                .resolve(ResolveRequest {
-                    pid: pid.into(),
-                    start_time: None,
-                })
-                .await
-                .expect("Resolve")
-                .into_inner();
-            let ours = record.source == proto::Source::Containerd as i32
-                && record.container.as_ref().is_some_and(|c| c.id == id);
-            if ours {
-                Ok(record)
-            } else {
-                Err(record)
-            }
-        }
-    })
-    .await;
-    answer.unwrap_or_else(|last| panic!("pid {pid} never resolved to container {id}: {last:?}"))
-}
 
 /// The containers of pod `POD_NAME` that ListContainers shows.
 async fn listed(client: &PidmapClient<Channel>, include_deleted: bool) -> Vec<proto::Container> {

@@ -11,7 +11,7 @@ use std::{
 };
 
 /// SIGTERM (unless `grace` is zero), SIGKILL after `grace`, then reap.
-pub(super) fn terminate(child: &mut Child, grace: Duration) {
+pub(crate) fn terminate(child: &mut Child, grace: Duration) {
     if let Ok(None) = child.try_wait() {
         if !grace.is_zero() {
             // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
@@ -101,7 +101,7 @@ pub(super) fn mountinfo() -> Vec<(PathBuf, String)> {
 }
 
 /// The root of every cgroup hierarchy (each v1 controller and cgroup2).
-pub(super) fn cgroup_roots() -> Vec<PathBuf> {
+pub(crate) fn cgroup_roots() -> Vec<PathBuf> {
     mountinfo()
         .into_iter()
         .filter(|(_, fstype)| fstype == "cgroup" || fstype == "cgroup2")
@@ -154,7 +154,7 @@ pub(super) fn kill_shims(socket: &Path, socket_dir: &Path) -> Vec<String> {
 
 /// Unmounts everything mounted under `dir`, deepest first (lazily if it is
 /// busy); says what it unmounted.
-pub(super) fn unmount_under(dir: &Path) -> Vec<String> {
+pub(crate) fn unmount_under(dir: &Path) -> Vec<String> {
     let mut mounts: Vec<PathBuf> = mountinfo()
         .into_iter()
         .map(|(point, _)| point)
@@ -179,7 +179,7 @@ pub(super) fn unmount_under(dir: &Path) -> Vec<String> {
 /// Removes (empty) directories, deepest first, retrying for 2 s while a
 /// cgroup is still busy; says which it could not remove. One that still has
 /// subdirectories is shared with someone else (ours went first): it stays.
-pub(super) fn remove_dirs_deepest_first<'a>(
+pub(crate) fn remove_dirs_deepest_first<'a>(
     dirs: impl IntoIterator<Item = &'a PathBuf>,
 ) -> Vec<String> {
     let mut dirs: Vec<&PathBuf> = dirs.into_iter().collect();
