@@ -41,7 +41,7 @@
 
 mod container;
 pub(crate) mod host;
-mod rootfs;
+pub(crate) mod rootfs;
 
 use std::{
     collections::BTreeSet,
@@ -483,16 +483,7 @@ impl Containerd {
     /// container is made in `cgroup` (or under it, for a parent).
     pub(crate) fn note_cgroup(&self, cgroup: &str) {
         lock(&self.leaves).insert(cgroup.to_owned());
-        let mut created = lock(&self.created_cgroups);
-        for root in host::cgroup_roots() {
-            let mut dir = root;
-            for part in cgroup.split('/').filter(|p| !p.is_empty()) {
-                dir.push(part);
-                if !dir.exists() {
-                    created.insert(dir.clone());
-                }
-            }
-        }
+        lock(&self.created_cgroups).extend(host::missing_cgroup_dirs(cgroup));
     }
 
     /// Deletes every task and container in every namespace, through the daemon.
@@ -641,6 +632,6 @@ fn containerd_major() -> anyhow::Result<u32> {
         .with_context(|| format!("no version in `containerd --version`: {}", text.trim()))
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -25,6 +25,7 @@ pub mod containerd;
 pub mod cri;
 pub mod docker;
 pub mod oracle;
+pub mod podman;
 
 /// Fails the test clearly unless it runs as root.
 pub fn require_root() {

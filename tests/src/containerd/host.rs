@@ -109,6 +109,21 @@ pub(crate) fn cgroup_roots() -> Vec<PathBuf> {
         .collect()
 }
 
+/// The directories along cgroup path `cgroup` (relative to the hierarchy roots), in
+/// every hierarchy, that do not exist yet: those a runtime will make for it.
+pub(crate) fn missing_cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    for mut dir in cgroup_roots() {
+        for part in cgroup.split('/').filter(|p| !p.is_empty()) {
+            dir.push(part);
+            if !dir.exists() {
+                missing.push(dir.clone());
+            }
+        }
+    }
+    missing
+}
+
 /// The PIDs in cgroup directory `dir` (none if it does not exist).
 pub(super) fn cgroup_procs(dir: &Path) -> Vec<u32> {
     let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
@@ -118,9 +133,26 @@ pub(super) fn cgroup_procs(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Waits (at most `timeout`) until no process is left in cgroup `leaf` (a path relative
+/// to the hierarchy roots) in any hierarchy; returns whether it emptied.
+pub(crate) fn wait_cgroup_empty(leaf: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let dirs: Vec<PathBuf> = cgroup_roots()
+        .into_iter()
+        .map(|root| root.join(leaf.trim_start_matches('/')))
+        .collect();
+    while dirs.iter().any(|dir| !cgroup_procs(dir).is_empty()) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 /// SIGKILLs every process left in cgroup `leaf` (a path relative to the
 /// hierarchy roots) in every hierarchy; says what it killed.
-pub(super) fn kill_cgroup_procs(leaf: &str) -> Vec<String> {
+pub(crate) fn kill_cgroup_procs(leaf: &str) -> Vec<String> {
     let pids: BTreeSet<u32> = cgroup_roots()
         .into_iter()
         .flat_map(|root| cgroup_procs(&root.join(leaf.trim_start_matches('/'))))

@@ -13,7 +13,7 @@ const ROOTFS_DIRS: &[&str] = &["bin", "proc", "sys", "dev", "etc", "tmp"];
 const BUSYBOX: &str = "/bin/busybox";
 
 /// `/bin/busybox`, a symlink per applet and the empty top-level dirs.
-pub(super) fn build_rootfs(rootfs: &Path) -> anyhow::Result<()> {
+pub(crate) fn build_rootfs(rootfs: &Path) -> anyhow::Result<()> {
     for dir in ROOTFS_DIRS {
         fs::create_dir_all(rootfs.join(dir))?;
     }
