@@ -122,41 +122,29 @@ pub const CRI_MISSING: &str = "the CRI client was not built: target/cri-api/api.
      missing; run `cargo xtask setup --for-tests` (it fetches Debian's \
      golang-github-kubernetes-cri-api-dev), then build again";
 
-/// The CRI plugin's settings for containerd 1.x (config version 2): host-network pods
-/// only (CNI's directories point into the temp dir, and stay empty), the fixture's
-/// sandbox image, runc state in the temp dir, and `restrict_oom_score_adj` (root here
-/// lacks CAP_SYS_RESOURCE, so the sandbox's -998 could not be set).
+/// The CRI plugin's runtime settings, in its plugin `RUNTIME` (1.x: the one CRI plugin,
+/// config version 2; 2.x: `io.containerd.cri.v1.runtime`, config version 3): host-network
+/// pods only (CNI's directories point into the temp dir, and stay empty), runc state in
+/// the temp dir, and `restrict_oom_score_adj` (root here lacks CAP_SYS_RESOURCE, so the
+/// sandbox's -998 could not be set). `SANDBOX_KEY` is 1.x's sandbox image setting.
 const CRI_CONFIG: &str = r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "SANDBOX"
+[plugins."RUNTIME"]
   restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
+  SANDBOX_KEY
+  [plugins."RUNTIME".containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins."RUNTIME".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      [plugins."RUNTIME".containerd.runtimes.runc.options]
         Root = "DIR/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
+  [plugins."RUNTIME".cni]
     bin_dir = "DIR/cni/bin"
     conf_dir = "DIR/cni/net.d"
 "#;
-/// The same for containerd 2.x (config version 3), where CRI's images and runtime are
-/// plugins of their own.
-const CRI_CONFIG_V3: &str = r#"
+/// containerd 2.x's sandbox image setting, in CRI's images plugin.
+const CRI_SANDBOX_V3: &str = r#"
 [plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "SANDBOX"
-
-[plugins."io.containerd.cri.v1.runtime"]
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.cri.v1.runtime".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-        Root = "DIR/runc"
-  [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dir = "DIR/cni/bin"
-    conf_dir = "DIR/cni/net.d"
 "#;
 /// The plugins that make up CRI (1.x: the first; 2.x: all three), disabled unless asked for.
 const CRI_PLUGINS: [&str; 3] = [
@@ -168,11 +156,7 @@ const CRI_PLUGINS: [&str; 3] = [
 /// The config for this containerd's major version, with or without CRI; `DIR` stands for
 /// the temp dir.
 fn config(major: u32, cri: bool) -> String {
-    let (template, cri_config) = if major >= 2 {
-        (CONFIG_V3, CRI_CONFIG_V3)
-    } else {
-        (CONFIG, CRI_CONFIG)
-    };
+    let template = if major >= 2 { CONFIG_V3 } else { CONFIG };
     if !cri {
         return template.to_owned();
     }
@@ -185,8 +169,18 @@ fn config(major: u32, cri: bool) -> String {
         })
         .map(|line| format!("{line}\n"))
         .collect();
-    text.push_str(&cri_config.replace("SANDBOX", CRI_SANDBOX_IMAGE));
-    text
+    let (runtime, sandbox_key) = if major >= 2 {
+        text.push_str(CRI_SANDBOX_V3);
+        (CRI_PLUGINS[2], String::new())
+    } else {
+        (CRI_PLUGINS[0], r#"sandbox_image = "SANDBOX""#.to_owned())
+    };
+    text.push_str(
+        &CRI_CONFIG
+            .replace("RUNTIME", runtime)
+            .replace("SANDBOX_KEY", &sandbox_key),
+    );
+    text.replace("SANDBOX", CRI_SANDBOX_IMAGE)
 }
 
 /// A private containerd daemon; see the [module docs](self).
@@ -544,18 +538,7 @@ impl Drop for Containerd {
                 errors.push(format!("remove {}: {e}", self.path.display()));
             }
         }
-        if errors.is_empty() {
-            return;
-        }
-        let msg = format!(
-            "containerd fixture cleanup found leaks:\n{}",
-            errors.join("\n")
-        );
-        if thread::panicking() {
-            eprintln!("{msg}");
-        } else {
-            panic!("{msg}");
-        }
+        host::report_leaks("containerd", &errors);
     }
 }
 

@@ -161,17 +161,27 @@ impl<'a> Dockerd<'a> {
         }
     }
 
+    /// `docker ARGS…` against this daemon (its client config in the temp dir).
+    fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
+            .env("DOCKER_CONFIG", self.path.join("cli"))
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// `docker ARGS…` against this daemon, whatever its exit status.
     pub fn docker<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Command::new("docker")
-            .env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
-            .env("DOCKER_CONFIG", self.path.join("cli"))
-            .args(args)
-            .stdin(Stdio::null())
+        self.command(args)
             .output()
             .expect("run docker (Debian's docker.io)")
     }
@@ -182,15 +192,7 @@ impl<'a> Dockerd<'a> {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
-        let out = self.docker(&args);
-        assert!(
-            out.status.success(),
-            "docker {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        host::stdout_ok(&mut self.command(args))
     }
 
     /// Imports the fixture's busybox rootfs as image `reference` (`docker import`).
@@ -294,17 +296,6 @@ impl Drop for Dockerd<'_> {
                 errors.push(format!("remove {}: {e}", self.path.display()));
             }
         }
-        if errors.is_empty() {
-            return;
-        }
-        let msg = format!(
-            "dockerd fixture cleanup found leaks:\n{}",
-            errors.join("\n")
-        );
-        if thread::panicking() {
-            eprintln!("{msg}");
-        } else {
-            panic!("{msg}");
-        }
+        host::report_leaks("dockerd", &errors);
     }
 }

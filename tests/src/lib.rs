@@ -425,16 +425,16 @@ where
     }
 }
 
-/// Asks the agent behind `client` to resolve `pid` until it answers from
-/// containerd as container `id` (at most 15 s); returns that answer, or
-/// panics with the last one.
-pub async fn resolved_as(
+/// Asks the agent behind `client` to resolve `pid` until the answer satisfies
+/// `wanted` (at most 15 s); returns that answer, or `Err` with the last one.
+pub async fn resolved_when(
     client: &PidmapClient<tonic::transport::Channel>,
     pid: u32,
-    id: &str,
-) -> proto::ProcessRecord {
-    let answer = eventually(Duration::from_secs(15), || {
+    wanted: impl Fn(&proto::ProcessRecord) -> bool,
+) -> Result<proto::ProcessRecord, proto::ProcessRecord> {
+    eventually(Duration::from_secs(15), || {
         let mut client = client.clone();
+        let wanted = &wanted;
         async move {
             let record = client
                 .resolve(proto::ResolveRequest {
@@ -444,17 +444,57 @@ pub async fn resolved_as(
                 .await
                 .expect("Resolve")
                 .into_inner();
-            let ours = record.source == proto::Source::Containerd as i32
-                && record.container.as_ref().is_some_and(|c| c.id == id);
-            if ours {
+            if wanted(&record) {
                 Ok(record)
             } else {
                 Err(record)
             }
         }
     })
-    .await;
-    answer.unwrap_or_else(|last| panic!("pid {pid} never resolved to container {id}: {last:?}"))
+    .await
+}
+
+/// Waits until `pid` resolves from containerd as container `id` (at most
+/// 15 s); returns that answer, or panics with the last one.
+pub async fn resolved_as(
+    client: &PidmapClient<tonic::transport::Channel>,
+    pid: u32,
+    id: &str,
+) -> proto::ProcessRecord {
+    resolved_when(client, pid, |r| {
+        r.source == proto::Source::Containerd as i32
+            && r.container.as_ref().is_some_and(|c| c.id == id)
+    })
+    .await
+    .unwrap_or_else(|last| panic!("pid {pid} never resolved to container {id}: {last:?}"))
+}
+
+/// The containers of `runtime_namespace` (for path-known ones: their runtime's
+/// name) that ListContainers shows, deleted ones included.
+pub async fn containers_in(
+    client: &PidmapClient<tonic::transport::Channel>,
+    runtime_namespace: &str,
+) -> Vec<proto::Container> {
+    client
+        .clone()
+        .list_containers(proto::ListContainersRequest {
+            runtime_namespace: Some(runtime_namespace.to_owned()),
+            include_deleted: true,
+            ..Default::default()
+        })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+}
+
+/// The children of `pid`, from /proc (none if it is gone).
+pub fn children(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns

@@ -33,7 +33,6 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::Mutex,
-    thread,
     time::Duration,
 };
 
@@ -99,14 +98,14 @@ impl Podman {
         &self.path
     }
 
-    /// `podman ARGS…` with this instance's storage and settings, whatever its exit status.
-    pub fn podman<I, S>(&self, args: I) -> Output
+    /// `podman ARGS…` with this instance's storage and settings.
+    fn command<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Command::new("podman")
-            .arg("--root")
+        let mut cmd = Command::new("podman");
+        cmd.arg("--root")
             .arg(self.path.join("root"))
             .arg("--runroot")
             .arg(self.path.join("run"))
@@ -114,13 +113,19 @@ impl Podman {
             .arg(self.path.join("tmp"))
             .args(["--cgroup-manager", "cgroupfs", "--events-backend", "none"])
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "run podman ({e}): Debian's podman; cargo xtask setup --for-tests installs it"
-                )
-            })
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `podman ARGS…`, whatever its exit status.
+    pub fn podman<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command(args).output().unwrap_or_else(|e| {
+            panic!("run podman ({e}): Debian's podman; cargo xtask setup --for-tests installs it")
+        })
     }
 
     /// `podman ARGS…`, its stdout trimmed; panics with its stderr unless it succeeds.
@@ -129,15 +134,7 @@ impl Podman {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
-        let out = self.podman(&args);
-        assert!(
-            out.status.success(),
-            "podman {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        host::stdout_ok(&mut self.command(args))
     }
 
     /// Remembers cgroup `cgroup` and the directories of it podman has yet to make.
@@ -225,14 +222,6 @@ impl Drop for Podman {
                 errors.push(format!("remove {}: {e}", self.path.display()));
             }
         }
-        if errors.is_empty() {
-            return;
-        }
-        let msg = format!("podman fixture cleanup found leaks:\n{}", errors.join("\n"));
-        if thread::panicking() {
-            eprintln!("{msg}");
-        } else {
-            panic!("{msg}");
-        }
+        host::report_leaks("podman", &errors);
     }
 }

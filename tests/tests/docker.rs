@@ -9,34 +9,16 @@
 
 use std::{path::Path, time::Duration};
 
-use pidmap::{
-    api::proto::{self, pidmap_client::PidmapClient, ListContainersRequest},
-    Config,
-};
+use pidmap::Config;
 use pidmap_tests::{
     containerd::Containerd,
+    containers_in,
     docker::{Dockerd, CGROUP_PARENT},
     eventually, resolved_as, TestAgent,
 };
-use tonic::transport::Channel;
 
 const IMAGE: &str = "localhost/busybox:docker";
 const MOBY: &str = "moby";
-
-/// Docker's containers as ListContainers shows them (deleted ones too).
-async fn moby_containers(client: &PidmapClient<Channel>) -> Vec<proto::Container> {
-    client
-        .clone()
-        .list_containers(ListContainersRequest {
-            runtime_namespace: Some(MOBY.into()),
-            include_deleted: true,
-            ..Default::default()
-        })
-        .await
-        .expect("ListContainers")
-        .into_inner()
-        .containers
-}
 
 /// An agent on `ctrd` that asks Docker at `docker_socket`.
 async fn agent(ctrd: &Containerd, docker_socket: &Path) -> TestAgent {
@@ -75,7 +57,7 @@ async fn docker_containers_resolve_as_moby_with_dockers_image_and_labels() {
     assert!(!c.labels.contains_key("team"), "{c:?}");
 
     // `pidmap ls -n moby` shows both, with their image.
-    let listed = moby_containers(&client).await;
+    let listed = containers_in(&client, MOBY).await;
     for id in [&early.id, &late.id] {
         let c = listed
             .iter()
@@ -90,7 +72,7 @@ async fn docker_containers_resolve_as_moby_with_dockers_image_and_labels() {
     // `docker rm -f`: the container is deleted, and keeps its image for the grace window.
     docker.docker_ok(["rm", "-f", &late.id]);
     let deleted = eventually(Duration::from_secs(15), || async {
-        let listed = moby_containers(&client).await;
+        let listed = containers_in(&client, MOBY).await;
         match listed.iter().find(|c| c.id == late.id) {
             Some(c) if c.deleted && c.image == IMAGE => Ok(()),
             _ => Err(listed),

@@ -10,13 +10,13 @@
 use std::time::Duration;
 
 use pidmap::{
-    api::proto::{self, pidmap_client::PidmapClient, ListContainersRequest, ListProcessesRequest},
+    api::proto::{self, pidmap_client::PidmapClient, ListProcessesRequest},
     Config,
 };
 use pidmap_tests::{
-    eventually,
+    children, containers_in, eventually,
     podman::{Podman, PodmanContainer},
-    TestAgent,
+    resolved_when, TestAgent,
 };
 use tonic::transport::Channel;
 
@@ -24,39 +24,14 @@ const WAIT: Duration = Duration::from_secs(15);
 /// The namespace pidmap lists path-known containers under: their runtime's name.
 const RUNTIME: &str = "podman";
 
-/// The children of `pid` (from /proc).
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 /// Waits until `pid` resolves from its cgroup path as podman container `c`.
 async fn resolves_from_path(client: &PidmapClient<Channel>, pid: u32, c: &PodmanContainer) {
-    let answer = eventually(WAIT, || {
-        let mut client = client.clone();
-        async move {
-            let r = client
-                .resolve(proto::ResolveRequest {
-                    pid: pid.into(),
-                    start_time: None,
-                })
-                .await
-                .expect("Resolve")
-                .into_inner();
-            let ok = r.source == proto::Source::CgroupPath as i32
-                && r.state == proto::ProcessState::Running as i32
-                && r.path_container_id.as_deref() == Some(c.id.as_str())
-                && r.path_runtime.as_deref() == Some(RUNTIME)
-                && r.cgroup_path.as_deref() == Some(c.cgroup.as_str());
-            if ok {
-                Ok(())
-            } else {
-                Err(r)
-            }
-        }
+    let answer = resolved_when(client, pid, |r| {
+        r.source == proto::Source::CgroupPath as i32
+            && r.state == proto::ProcessState::Running as i32
+            && r.path_container_id.as_deref() == Some(c.id.as_str())
+            && r.path_runtime.as_deref() == Some(RUNTIME)
+            && r.cgroup_path.as_deref() == Some(c.cgroup.as_str())
     })
     .await;
     if let Err(r) = answer {
@@ -69,17 +44,8 @@ async fn resolves_from_path(client: &PidmapClient<Channel>, pid: u32, c: &Podman
 
 /// The podman container `id` as ListContainers shows it, if it does.
 async fn listed(client: &PidmapClient<Channel>, id: &str) -> Option<proto::Container> {
-    client
-        .clone()
-        .list_containers(ListContainersRequest {
-            runtime_namespace: Some(RUNTIME.into()),
-            include_deleted: true,
-            ..Default::default()
-        })
+    containers_in(client, RUNTIME)
         .await
-        .expect("ListContainers")
-        .into_inner()
-        .containers
         .into_iter()
         .find(|c| c.id == id)
 }

@@ -239,3 +239,35 @@ fn has_subdirs(dir: &Path) -> bool {
         entries.any(|e| e.and_then(|e| e.file_type()).is_ok_and(|t| t.is_dir()))
     })
 }
+
+/// Ends a fixture's drop: panics with what `fixture`'s cleanup found left behind
+/// (`leaks`), or only prints it when the test is already panicking.
+pub(crate) fn report_leaks(fixture: &str, leaks: &[String]) {
+    if leaks.is_empty() {
+        return;
+    }
+    let msg = format!(
+        "{fixture} fixture cleanup found leaks:\n{}",
+        leaks.join("\n")
+    );
+    if thread::panicking() {
+        eprintln!("{msg}");
+    } else {
+        panic!("{msg}");
+    }
+}
+
+/// Runs `cmd` and returns its stdout, trimmed; panics with its stderr unless it succeeds.
+pub(crate) fn stdout_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
