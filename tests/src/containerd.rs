@@ -195,7 +195,9 @@ pub struct Containerd {
     created_cgroups: Mutex<BTreeSet<PathBuf>>,
     /// /run/containerd and /run/containerd/s, if they did not exist at start.
     created_run_dirs: Vec<PathBuf>,
-    /// Whether the CRI plugin runs ([`Self::start_cri`]).
+    /// Whether the CRI plugin runs ([`Self::start_cri`]); read only where the CRI client
+    /// is built.
+    #[cfg_attr(not(cri_api), allow(dead_code))]
     cri: bool,
 }
 
