@@ -1,8 +1,8 @@
 //! podman (Debian bookworm's 4.3) with private storage, for end-to-end tests of runtimes
 //! pidmap knows only from cgroup paths.
 //!
-//! [`Podman::new`] keeps podman's root, run root, temp dir and a busybox rootfs in one
-//! temp dir (`/tmp/pidmap-podman-XXXXXX`); every `podman` runs with those, the cgroupfs
+//! [`Podman::new`] keeps podman's root, run root, temp dir, network config dir and a busybox
+//! rootfs in one temp dir (`/tmp/pidmap-podman-XXXXXX`); every `podman` runs with those, the cgroupfs
 //! cgroup manager (no systemd here) and no events log. Containers run from the rootfs
 //! dir (`--rootfs`), not from an image: importing an image would also write podman's
 //! blob-info cache under the system's `/var/lib/containers`. They run with
@@ -111,6 +111,9 @@ impl Podman {
             .arg(self.path.join("run"))
             .arg("--tmpdir")
             .arg(self.path.join("tmp"))
+            // Else podman takes a lock file in the system's /etc/cni/net.d.
+            .arg("--network-config-dir")
+            .arg(self.path.join("cni"))
             .args(["--cgroup-manager", "cgroupfs", "--events-backend", "none"])
             .args(args)
             .stdin(Stdio::null());
