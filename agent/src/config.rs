@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 pub use pidmap_client::{DEFAULT_SOCKET, MAX_SOCKET_PATH};
 /// Default containerd socket.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// Default Docker Engine API socket.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker.sock";
 /// Where the running kernel exposes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -77,6 +79,12 @@ pub struct Config {
     /// milliseconds. At least 100.
     #[arg(long, default_value = "5000", value_name = "MS")]
     pub containerd_max_backoff_ms: u64,
+    /// The Docker Engine API's socket. Docker's containers run in containerd
+    /// namespace `moby` without their image name and labels; the agent reads
+    /// those from Docker when this socket answers (off the request path), and
+    /// lists Docker's containers without them when it does not.
+    #[arg(long, default_value = DEFAULT_DOCKER_SOCKET, value_name = "PATH")]
+    pub docker_socket: PathBuf,
     /// At start, how long readiness waits for containerd's first list to be
     /// reconciled (when containerd answers at all); after that the agent
     /// goes ready anyway, with a warning, and container processes answer

@@ -157,6 +157,7 @@ impl Agent {
         let watcher = runtime::containerd::Watcher::new(
             runtime::containerd::WatcherConfig {
                 socket: config.containerd_socket.clone(),
+                docker_socket: config.docker_socket.clone(),
                 resync_interval: config.containerd_resync(),
                 max_backoff: config.containerd_max_backoff(),
                 grace: config.exit_grace(),

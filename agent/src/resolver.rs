@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use crate::{
     cgroup::{container_from_path, CgroupPathCache, Hierarchy, PathContainer, PathRuntime},
     state::{
-        container::{Container, ContainerKey, TaskStatus},
+        container::{namespaces, Container, ContainerKey, TaskStatus},
         containers::ContainerStore,
         Process, ProcessState, State,
     },
@@ -148,7 +148,11 @@ pub struct Resolution {
 /// is not synced, their `/<namespace>/…` cgroups are taken for
 /// containerd's even if no list named them yet; once it is synced, only the
 /// namespaces it has count.
-const WELL_KNOWN_NAMESPACES: [&str; 3] = ["k8s.io", "moby", "default"];
+const WELL_KNOWN_NAMESPACES: [&str; 3] = [
+    namespaces::KUBERNETES,
+    namespaces::DOCKER,
+    namespaces::DEFAULT,
+];
 
 /// What [`membership`] needs to see, borrowed once.
 pub struct View<'a> {

@@ -14,6 +14,10 @@
 //! multi-threaded runtime. Needs root, `containerd`, `ctr`, `runc` and
 //! `/bin/busybox` (Debian: `containerd runc busybox-static`).
 //!
+//! [`Containerd::start_cri`] starts one with the CRI plugin as well (host-network
+//! pods only, no CNI), for driving it as kubelet does with [`Containerd::cri`]; its drop
+//! first stops and removes every pod through CRI.
+//!
 //! Another containerd: set [`BIN_DIR_ENV`] to a directory holding its
 //! `containerd`, `ctr` and `containerd-shim-runc-v2` (runc still comes from
 //! `PATH`); `cargo xtask matrix` does so for containerd 1.7 and 2.1. The
@@ -36,8 +40,8 @@
 //! ```
 
 mod container;
-mod host;
-mod rootfs;
+pub(crate) mod host;
+pub(crate) mod rootfs;
 
 use std::{
     collections::BTreeSet,
@@ -105,6 +109,80 @@ disabled_plugins = [
   path = "DIR/opt"
 "#;
 
+/// The image CRI runs pod sandboxes from (`sandbox_image`): the busybox rootfs
+/// sleeping, imported by [`Containerd::start_cri`].
+pub const CRI_SANDBOX_IMAGE: &str = "localhost/pidmap-pause:1";
+/// An image for containers made through CRI (the busybox rootfs, `Cmd` `/bin/sh`), imported
+/// by [`Containerd::start_cri`].
+pub const CRI_IMAGE: &str = "localhost/busybox:pidmap";
+/// The containerd namespace the CRI plugin works in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// What a test that needs the CRI client says when it was not built.
+pub const CRI_MISSING: &str = "the CRI client was not built: target/cri-api/api.proto is \
+     missing; run `cargo xtask setup --for-tests` (it fetches Debian's \
+     golang-github-kubernetes-cri-api-dev), then build again";
+
+/// The CRI plugin's runtime settings, in its plugin `RUNTIME` (1.x: the one CRI plugin,
+/// config version 2; 2.x: `io.containerd.cri.v1.runtime`, config version 3): host-network
+/// pods only (CNI's directories point into the temp dir, and stay empty), runc state in
+/// the temp dir, and `restrict_oom_score_adj` (root here lacks CAP_SYS_RESOURCE, so the
+/// sandbox's -998 could not be set). `SANDBOX_KEY` is 1.x's sandbox image setting.
+const CRI_CONFIG: &str = r#"
+[plugins."RUNTIME"]
+  restrict_oom_score_adj = true
+  SANDBOX_KEY
+  [plugins."RUNTIME".containerd]
+    default_runtime_name = "runc"
+    [plugins."RUNTIME".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."RUNTIME".containerd.runtimes.runc.options]
+        Root = "DIR/runc"
+  [plugins."RUNTIME".cni]
+    bin_dir = "DIR/cni/bin"
+    conf_dir = "DIR/cni/net.d"
+"#;
+/// containerd 2.x's sandbox image setting, in CRI's images plugin.
+const CRI_SANDBOX_V3: &str = r#"
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "SANDBOX"
+"#;
+/// The plugins that make up CRI (1.x: the first; 2.x: all three), disabled unless asked for.
+const CRI_PLUGINS: [&str; 3] = [
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.cri.v1.images",
+    "io.containerd.cri.v1.runtime",
+];
+
+/// The config for this containerd's major version, with or without CRI; `DIR` stands for
+/// the temp dir.
+fn config(major: u32, cri: bool) -> String {
+    let template = if major >= 2 { CONFIG_V3 } else { CONFIG };
+    if !cri {
+        return template.to_owned();
+    }
+    let mut text: String = template
+        .lines()
+        .filter(|line| {
+            !CRI_PLUGINS
+                .iter()
+                .any(|plugin| line.trim() == format!("\"{plugin}\","))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let (runtime, sandbox_key) = if major >= 2 {
+        text.push_str(CRI_SANDBOX_V3);
+        (CRI_PLUGINS[2], String::new())
+    } else {
+        (CRI_PLUGINS[0], r#"sandbox_image = "SANDBOX""#.to_owned())
+    };
+    text.push_str(
+        &CRI_CONFIG
+            .replace("RUNTIME", runtime)
+            .replace("SANDBOX_KEY", &sandbox_key),
+    );
+    text.replace("SANDBOX", CRI_SANDBOX_IMAGE)
+}
+
 /// A private containerd daemon; see the [module docs](self).
 pub struct Containerd {
     dir: Option<tempfile::TempDir>,
@@ -117,6 +195,10 @@ pub struct Containerd {
     created_cgroups: Mutex<BTreeSet<PathBuf>>,
     /// /run/containerd and /run/containerd/s, if they did not exist at start.
     created_run_dirs: Vec<PathBuf>,
+    /// Whether the CRI plugin runs ([`Self::start_cri`]); read only where the CRI client
+    /// is built.
+    #[cfg_attr(not(cri_api), allow(dead_code))]
+    cri: bool,
 }
 
 impl Containerd {
@@ -125,18 +207,51 @@ impl Containerd {
     ///
     /// Panics with the daemon's log if it does not come up.
     pub fn start() -> Self {
+        Self::launch_new(false)
+    }
+
+    /// Like [`Self::start`], with the CRI plugin: imports [`CRI_SANDBOX_IMAGE`] and
+    /// [`CRI_IMAGE`] into [`CRI_NAMESPACE`] and waits until CRI knows them. Drive it with
+    /// [`Self::cri`].
+    ///
+    /// Panics with [`CRI_MISSING`] if the CRI client was not built.
+    pub fn start_cri() -> Self {
+        if cfg!(not(cri_api)) {
+            panic!("{CRI_MISSING}");
+        }
+        let ctrd = Self::launch_new(true);
+        ctrd.import_busybox_image_running(
+            CRI_NAMESPACE,
+            CRI_SANDBOX_IMAGE,
+            &["/bin/sleep", "2147483647"],
+        );
+        ctrd.import_busybox_image(CRI_NAMESPACE, CRI_IMAGE);
+        #[cfg(cri_api)]
+        for image in [CRI_SANDBOX_IMAGE, CRI_IMAGE] {
+            ctrd.cri().wait_for_image(image);
+        }
+        ctrd
+    }
+
+    /// A kubelet-like client of this daemon's CRI plugin ([`Self::start_cri`]).
+    #[cfg(cri_api)]
+    pub fn cri(&self) -> crate::cri::Cri<'_> {
+        assert!(
+            self.cri,
+            "this containerd runs without CRI: use Containerd::start_cri"
+        );
+        crate::cri::Cri::new(self)
+    }
+
+    fn launch_new(cri: bool) -> Self {
         crate::require_root();
         let dir = tempfile::Builder::new()
             .prefix("pidmap-ctrd-")
             .tempdir_in("/tmp")
             .expect("create the containerd temp dir");
         let path = dir.path().to_path_buf();
-        let template = match containerd_major() {
-            Ok(major) if major >= 2 => CONFIG_V3,
-            Ok(_) => CONFIG,
-            Err(e) => panic!("{e:#}"),
-        };
-        let config = template.replace("DIR", &path.to_string_lossy());
+        let major = containerd_major().unwrap_or_else(|e| panic!("{e:#}"));
+        let config = config(major, cri).replace("DIR", &path.to_string_lossy());
         fs::write(path.join("config.toml"), config).expect("write config.toml");
         fs::create_dir(path.join("exec-logs")).expect("create exec-logs");
         rootfs::build_rootfs(&path.join("rootfs")).unwrap_or_else(|e| {
@@ -157,6 +272,7 @@ impl Containerd {
             leaves: Mutex::default(),
             created_cgroups: Mutex::default(),
             created_run_dirs,
+            cri,
         };
         // On failure `ctrd` is dropped while unwinding, which cleans up.
         ctrd.launch().unwrap_or_else(|e| panic!("{e:#}"));
@@ -290,11 +406,16 @@ impl Containerd {
     /// `image_ref` (e.g. `localhost/busybox:pidmap`), unpacked for
     /// the default snapshotter; use it with [`ContainerSpec::image`].
     pub fn import_busybox_image(&self, namespace: &str, image_ref: &str) {
+        self.import_busybox_image_running(namespace, image_ref, &["/bin/sh"]);
+    }
+
+    /// [`Self::import_busybox_image`] with `cmd` as the image's `Cmd`.
+    pub fn import_busybox_image_running(&self, namespace: &str, image_ref: &str, cmd: &[&str]) {
         let archive = self.path.join(format!(
             "image-{}.tar",
             rootfs::sha256_hex(image_ref.as_bytes())
         ));
-        rootfs::build_oci_archive(&self.rootfs(), image_ref, &archive)
+        rootfs::build_oci_archive(&self.rootfs(), image_ref, cmd, &archive)
             .unwrap_or_else(|e| panic!("build OCI archive for {image_ref}: {e:#}"));
         let import: [&OsStr; 5] = [
             "-n".as_ref(),
@@ -354,19 +475,11 @@ impl Containerd {
     }
 
     /// Remembers `cgroup` and which of its directories do not exist yet, in
-    /// every hierarchy, so that drop removes exactly those.
-    fn note_cgroup(&self, cgroup: &str) {
+    /// every hierarchy, so that drop removes exactly those. Call it before a
+    /// container is made in `cgroup` (or under it, for a parent).
+    pub(crate) fn note_cgroup(&self, cgroup: &str) {
         lock(&self.leaves).insert(cgroup.to_owned());
-        let mut created = lock(&self.created_cgroups);
-        for root in host::cgroup_roots() {
-            let mut dir = root;
-            for part in cgroup.split('/').filter(|p| !p.is_empty()) {
-                dir.push(part);
-                if !dir.exists() {
-                    created.insert(dir.clone());
-                }
-            }
-        }
+        lock(&self.created_cgroups).extend(host::missing_cgroup_dirs(cgroup));
     }
 
     /// Deletes every task and container in every namespace, through the daemon.
@@ -397,6 +510,11 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         let mut errors = Vec::new();
+        // Pods first, through CRI: that also unmounts their /dev/shm and forgets them.
+        #[cfg(cri_api)]
+        if self.cri && self.pid().is_some() {
+            errors.extend(crate::cri::Cri::new(self).remove_everything());
+        }
         if let Err(e) = self.delete_all() {
             errors.push(format!("delete tasks and containers: {e:#}"));
         }
@@ -422,18 +540,7 @@ impl Drop for Containerd {
                 errors.push(format!("remove {}: {e}", self.path.display()));
             }
         }
-        if errors.is_empty() {
-            return;
-        }
-        let msg = format!(
-            "containerd fixture cleanup found leaks:\n{}",
-            errors.join("\n")
-        );
-        if thread::panicking() {
-            eprintln!("{msg}");
-        } else {
-            panic!("{msg}");
-        }
+        host::report_leaks("containerd", &errors);
     }
 }
 
@@ -510,6 +617,6 @@ fn containerd_major() -> anyhow::Result<u32> {
         .with_context(|| format!("no version in `containerd --version`: {}", text.trim()))
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }

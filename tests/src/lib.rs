@@ -14,11 +14,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pidmap::{Agent, Config};
+use pidmap::{
+    api::proto::{self, pidmap_client::PidmapClient},
+    Agent, Config,
+};
 use tokio_util::sync::CancellationToken;
 
 pub mod containerd;
+#[cfg(cri_api)]
+pub mod cri;
+pub mod docker;
 pub mod oracle;
+pub mod podman;
 
 /// Fails the test clearly unless it runs as root.
 pub fn require_root() {
@@ -220,12 +227,23 @@ impl TestAgent {
     /// Starts an agent watching `ctrd` (with a short reconnect backoff) and
     /// waits until it has connected and listed.
     pub async fn start_with_containerd(ctrd: &containerd::Containerd) -> Self {
-        let agent = Self::start(Config {
+        Self::start_synced(Self::containerd_config(ctrd)).await
+    }
+
+    /// The config [`Self::start_with_containerd`] uses: `ctrd`'s socket and a
+    /// short reconnect backoff.
+    pub fn containerd_config(ctrd: &containerd::Containerd) -> Config {
+        Config {
             containerd_socket: ctrd.socket().to_path_buf(),
             containerd_max_backoff_ms: 200,
             ..Config::default()
-        })
-        .await;
+        }
+    }
+
+    /// Starts an agent with `config` and waits until it has connected to
+    /// containerd and listed.
+    pub async fn start_synced(config: Config) -> Self {
+        let agent = Self::start(config).await;
         agent.wait_connected().await;
         agent
     }
@@ -243,6 +261,13 @@ impl TestAgent {
     /// The API socket this agent serves.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// A gRPC client of this agent's API, over its socket.
+    pub async fn client(&self) -> PidmapClient<tonic::transport::Channel> {
+        pidmap::cli::client::connect(&self.socket)
+            .await
+            .unwrap_or_else(|f| panic!("connect to {}: {}", self.socket.display(), f.message))
     }
 
     pub fn agent(&self) -> &Agent {
@@ -484,6 +509,96 @@ pub fn proc_ppid(pid: u32) -> Option<u32> {
 pub fn proc_comm(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     Some(text.strip_suffix('\n').unwrap_or(&text).to_owned())
+}
+
+/// Runs `probe` every 20 ms until it returns `Ok` or `timeout` passes; then returns its
+/// last answer (`Err` says why it never held). For asynchronous conditions with no event
+/// to await, such as an answer of the agent's API.
+pub async fn eventually<T, E, F, Fut>(timeout: Duration, mut probe: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answer = probe().await;
+        if answer.is_ok() || Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asks the agent behind `client` to resolve `pid` until the answer satisfies
+/// `wanted` (at most 15 s); returns that answer, or `Err` with the last one.
+pub async fn resolved_when(
+    client: &PidmapClient<tonic::transport::Channel>,
+    pid: u32,
+    wanted: impl Fn(&proto::ProcessRecord) -> bool,
+) -> Result<proto::ProcessRecord, proto::ProcessRecord> {
+    eventually(Duration::from_secs(15), || {
+        let mut client = client.clone();
+        let wanted = &wanted;
+        async move {
+            let record = client
+                .resolve(proto::ResolveRequest {
+                    pid: pid.into(),
+                    start_time: None,
+                })
+                .await
+                .expect("Resolve")
+                .into_inner();
+            if wanted(&record) {
+                Ok(record)
+            } else {
+                Err(record)
+            }
+        }
+    })
+    .await
+}
+
+/// Waits until `pid` resolves from containerd as container `id` (at most
+/// 15 s); returns that answer, or panics with the last one.
+pub async fn resolved_as(
+    client: &PidmapClient<tonic::transport::Channel>,
+    pid: u32,
+    id: &str,
+) -> proto::ProcessRecord {
+    resolved_when(client, pid, |r| {
+        r.source == proto::Source::Containerd as i32
+            && r.container.as_ref().is_some_and(|c| c.id == id)
+    })
+    .await
+    .unwrap_or_else(|last| panic!("pid {pid} never resolved to container {id}: {last:?}"))
+}
+
+/// The containers of `runtime_namespace` (for path-known ones: their runtime's
+/// name) that ListContainers shows, deleted ones included.
+pub async fn containers_in(
+    client: &PidmapClient<tonic::transport::Channel>,
+    runtime_namespace: &str,
+) -> Vec<proto::Container> {
+    client
+        .clone()
+        .list_containers(proto::ListContainersRequest {
+            runtime_namespace: Some(runtime_namespace.to_owned()),
+            include_deleted: true,
+            ..Default::default()
+        })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+}
+
+/// The children of `pid`, from /proc (none if it is gone).
+pub fn children(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns

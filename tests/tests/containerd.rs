@@ -12,6 +12,7 @@ use pidmap::{
     Config,
 };
 use pidmap_tests::{
+    children,
     containerd::{ContainerSpec, Containerd},
     wait_until, TestAgent,
 };
@@ -28,14 +29,6 @@ async fn resolves_to(state: &State, pid: u32, key: &ContainerKey) -> Resolution 
     let r = resolve(state, pid, None);
     assert!(ok, "pid {pid} never resolved to {key}: {r:?}");
     r
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

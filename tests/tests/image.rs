@@ -2,12 +2,13 @@
 //! that `cargo xtask image` builds (same code, `oci_image::pidmap`, here from
 //! the debug binary), imported into a private containerd and run with the
 //! host's PID namespace, a short capability list instead of `privileged`,
-//! read-only /sys/kernel/btf and /sys/fs/cgroup, containerd's socket dir and
-//! a host dir for the API socket, and its own cgroup namespace (what
-//! containerd gives pods on cgroup v2 nodes, where the agent sees other
-//! cgroups as `/../..` paths). From the host, the CLI must then resolve
-//! processes of other containers, started before and after the agent,
-//! through that socket, with their host cgroup paths.
+//! containerd's default seccomp profile (kubelet's `RuntimeDefault`, which the
+//! DaemonSet asks for), read-only /sys/kernel/btf and /sys/fs/cgroup,
+//! containerd's socket dir and a host dir for the API socket, and its own
+//! cgroup namespace (what containerd gives pods on cgroup v2 nodes, where the
+//! agent sees other cgroups as `/../..` paths). From the host, the CLI must
+//! then resolve processes of other containers, started before and after the
+//! agent, through that socket, with their host cgroup paths.
 //!
 //! Run as root with `--test-threads=1` (after `cargo build -p pidmap`;
 //! `cargo xtask test` does both).
@@ -110,6 +111,25 @@ fn poll<T>(
     }
 }
 
+/// The seccomp profile in container `id`'s runtime spec.
+fn seccomp_profile(ctrd: &Containerd, id: &str) -> Value {
+    let info = ctrd.ctr_ok(["-n", NAMESPACE, "containers", "info", id]);
+    let info: Value = serde_json::from_str(&info).expect("ctr containers info is JSON");
+    info["Spec"]["linux"]["seccomp"].clone()
+}
+
+/// Whether `profile` has a rule allowing `syscall` with no argument conditions.
+fn allowed_unconditionally(profile: &Value, syscall: &str) -> bool {
+    let rules = profile["syscalls"].as_array().into_iter().flatten();
+    rules.into_iter().any(|rule| {
+        rule["action"] == "SCMP_ACT_ALLOW"
+            && rule["args"].as_array().is_none_or(Vec::is_empty)
+            && rule["names"]
+                .as_array()
+                .is_some_and(|names| names.iter().any(|n| n == syscall))
+    })
+}
+
 #[test]
 fn the_agent_image_runs_like_the_daemonset_and_resolves_containers() {
     require_root();
@@ -161,6 +181,11 @@ fn the_agent_image_runs_like_the_daemonset_and_resolves_containers() {
         eprintln!("note: {name} is not in this host's bounding set: not granted");
     }
     let mut run_args: Vec<String> = vec![
+        // containerd's default seccomp profile, as for kubelet's RuntimeDefault: it
+        // allows bpf() and perf_event_open() only to holders of CAP_BPF and
+        // CAP_PERFMON (or CAP_SYS_ADMIN), and is computed from the final
+        // capabilities.
+        "--seccomp".into(),
         "--with-ns".into(),
         format!("pid:/proc/{}/ns/pid", std::process::id()),
         // No path: a new cgroup namespace, rooted at the container's cgroup.
@@ -233,6 +258,20 @@ fn the_agent_image_runs_like_the_daemonset_and_resolves_containers() {
         want,
         "the agent's effective capabilities"
     );
+    // ... and under containerd's default seccomp profile (a filter, mode 2).
+    assert_eq!(
+        proc_status_field(agent_pid, "Seccomp").as_deref(),
+        Some("2"),
+        "the agent runs without a seccomp filter"
+    );
+    let seccomp = seccomp_profile(&ctrd, AGENT_ID);
+    assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO", "{seccomp}");
+    for syscall in ["bpf", "perf_event_open"] {
+        assert!(
+            allowed_unconditionally(&seccomp, syscall),
+            "containerd's profile does not allow {syscall} for the agent's capabilities: {seccomp}"
+        );
+    }
 
     // Another container's process resolves, through the agent's socket.
     let workload = ctrd.run(ContainerSpec::new(WORKLOAD_ID).namespace(NAMESPACE));

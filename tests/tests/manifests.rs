@@ -619,6 +619,14 @@ fn least_privilege() {
             );
             let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
             assert!(added.is_subset(&agent_caps), "{what}: {added:?}");
+            // The runtime's default seccomp profile, the agent's included
+            // (tests/tests/image.rs proves it runs under containerd's).
+            let seccomp = sc
+                .seccomp_profile
+                .as_ref()
+                .or_else(|| spec.security_context.as_ref()?.seccomp_profile.as_ref())
+                .unwrap_or_else(|| panic!("{what}: {} has no seccompProfile", c.name));
+            assert_eq!(seccomp.type_, "RuntimeDefault", "{what}: {}", c.name);
         }
     }
 
@@ -640,6 +648,21 @@ fn least_privilege() {
         "the agent adds exactly the documented set"
     );
     assert_eq!(sc.run_as_user, Some(0), "the agent runs as root");
+
+    // Docker's socket is not mounted: whoever reaches it controls the node's
+    // Docker. Nodes that run Docker can mount it (docs/deployment.md).
+    let docker_socket = Config::default().docker_socket;
+    for v in m.pod_spec().volumes.iter().flatten() {
+        if let Some(host) = &v.host_path {
+            let path = Path::new(&host.path);
+            assert!(
+                !docker_socket.starts_with(path) && !path.ends_with("docker.sock"),
+                "volume {} mounts Docker's socket ({})",
+                v.name,
+                host.path
+            );
+        }
+    }
 
     // The service account needs no token: pidmap never calls the API.
     assert_eq!(m.pod_spec().automount_service_account_token, Some(false));

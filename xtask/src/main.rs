@@ -34,8 +34,10 @@ enum Command {
     /// Check for and install the build and test prerequisites (idempotent).
     ///
     /// Steps: the nightly toolchain, rust-src for nightly, bpf-linker (built against the
-    /// nightly toolchain's own libLLVM), protoc; with --for-tests also containerd, ctr, runc
-    /// and a static busybox. Prints one line per step saying what it found or what it does.
+    /// nightly toolchain's own libLLVM), protoc; with --for-tests also containerd, ctr, runc,
+    /// a static busybox, Docker (docker.io) and podman, and the CRI API's .proto (Debian's,
+    /// downloaded into target/cri-api/). Prints one line per step saying what it found or
+    /// what it does.
     Setup(setup::Args),
     /// Run setup, then build the agent (`cargo build --release -p pidmap`).
     Build(run::BuildArgs),

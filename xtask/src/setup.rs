@@ -16,7 +16,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::util::{self, cargo, nightly, output, probe, Probe};
+use crate::{
+    matrix::{self, debian::LazyDebian},
+    util::{self, cargo, nightly, output, probe, Metadata, Probe},
+};
 
 /// The bpf-linker release that matches the pinned aya set.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -35,10 +38,21 @@ const PYTHON_PACKAGES: [(&str, &str); 2] = [("grpcio", "1.85.1"), ("grpcio-tools
 const NODE_PACKAGES: [(&str, &str); 2] =
     [("@grpc/grpc-js", "1.14.7"), ("@grpc/proto-loader", "0.8.1")];
 
+/// Where the CRI API's `.proto` goes, under the target directory, gogoproto options stripped.
+/// `tests/build.rs` compiles it from there (and names the same path).
+const CRI_PROTO: &str = "cri-api/api.proto";
+/// The Debian package that ships the CRI API's `.proto`, the suites to take it from (in
+/// order; bookworm has none) and the file in it.
+const CRI_PACKAGE: &str = "golang-github-kubernetes-cri-api-dev";
+const CRI_SUITES: [&str; 2] = ["trixie", "sid"];
+const CRI_PROTO_IN_PACKAGE: &str =
+    "./usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto";
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Also install what the privileged tests need: containerd, ctr, runc, a static busybox,
-    /// and the stock gRPC clients (Python grpcio, Node @grpc/grpc-js) under target/.
+    /// the stock gRPC clients (Python grpcio, Node @grpc/grpc-js) under target/, Docker and
+    /// podman, and fetch the CRI API's .proto.
     #[arg(long)]
     for_tests: bool,
 }
@@ -67,6 +81,7 @@ pub fn run(options: &Options) -> Result<()> {
         let tools = util::Metadata::load()?.target_dir()?.join(CLIENT_TOOLS);
         step("python gRPC client", || python_client(&mut apt, &tools))?;
         step("node gRPC client", || node_client(&mut apt, &tools))?;
+        step("CRI API", cri_api)?;
     }
     Ok(())
 }
@@ -325,13 +340,19 @@ fn protoc(apt: &mut Apt) -> Result<()> {
     require_tool("protoc")
 }
 
+/// The tools the privileged tests run, and the Debian package of each. `dockerd`, not
+/// `docker`: a machine may have Docker's client without its engine.
+const TEST_TOOLS: [(&str, &str); 5] = [
+    ("containerd", "containerd"),
+    ("ctr", "containerd"),
+    ("runc", "runc"),
+    ("dockerd", "docker.io"),
+    ("podman", "podman"),
+];
+
 fn test_tools(apt: &mut Apt) -> Result<()> {
     let mut packages = BTreeSet::new();
-    for (tool, package) in [
-        ("containerd", "containerd"),
-        ("ctr", "containerd"),
-        ("runc", "runc"),
-    ] {
+    for (tool, package) in TEST_TOOLS {
         match probe(tool, &["--version"]) {
             Probe::Works(version) => say(format!("{tool} present ({version})")),
             Probe::NotFound => {
@@ -361,7 +382,7 @@ fn test_tools(apt: &mut Apt) -> Result<()> {
         return Ok(());
     }
     apt.install(&packages.into_iter().collect::<Vec<_>>())?;
-    for tool in ["containerd", "ctr", "runc"] {
+    for (tool, _) in TEST_TOOLS {
         require_tool(tool)?;
     }
     if !is_static_elf(Path::new(BUSYBOX)).unwrap_or(false) {
@@ -464,6 +485,99 @@ fn node_client(apt: &mut Apt, tools: &Path) -> Result<()> {
         ])
         .args(&wanted);
     install_packages(&wanted, &mut install)
+}
+
+/// The CRI API's `.proto` for `tests/tests/cri.rs`: Debian's `golang-github-kubernetes-cri-api-dev`
+/// (from trixie; bookworm has none), downloaded with the matrix's private apt state under
+/// `target/matrix-cache/apt/` (never installed), its gogoproto options stripped, written to
+/// `target/cri-api/api.proto`.
+fn cri_api() -> Result<()> {
+    let target = Metadata::load()?.target_dir()?;
+    let proto = target.join(CRI_PROTO);
+    if proto.is_file() {
+        say(format!("CRI API present ({})", proto.display()));
+        return Ok(());
+    }
+    say(format!(
+        "CRI API not found ({}): fetching Debian's {CRI_PACKAGE}",
+        proto.display()
+    ));
+    let mut debian = LazyDebian::new(matrix::apt_dir(&target));
+    let debian = debian.get()?;
+    let (suite, version) = debian.with_fresh_retry(|d| {
+        CRI_SUITES
+            .iter()
+            .find_map(|suite| Some((*suite, d.version_in(CRI_PACKAGE, suite).ok()?)))
+            .with_context(|| format!("no Debian suite of {CRI_SUITES:?} has {CRI_PACKAGE}"))
+    })?;
+    say(format!("downloading {CRI_PACKAGE} {version} ({suite})"));
+    let deb = debian.with_fresh_retry(|d| d.download(CRI_PACKAGE, &version))?;
+    let unpacked = tempfile::Builder::new()
+        .prefix("pidmap-cri-api-")
+        .tempdir()
+        .context("cannot create a temp dir")?;
+    matrix::debian::extract_matching(&deb, CRI_PROTO_IN_PACKAGE, unpacked.path())?;
+    let _ = fs::remove_file(&deb);
+    let original = unpacked.path().join(CRI_PROTO_IN_PACKAGE);
+    let text = fs::read_to_string(&original)
+        .with_context(|| format!("{CRI_PACKAGE} {version} has no {CRI_PROTO_IN_PACKAGE}"))?;
+    let stripped = strip_gogoproto(&text);
+    if stripped.contains("gogoproto") {
+        bail!("{CRI_PROTO_IN_PACKAGE} still mentions gogoproto after stripping its options");
+    }
+    let dir = proto
+        .parent()
+        .context("the CRI proto path has no directory")?;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Written aside and renamed, so an interrupted setup never leaves half a file.
+    let partial = proto.with_extension("partial");
+    fs::write(&partial, stripped).with_context(|| format!("cannot write {}", partial.display()))?;
+    fs::rename(&partial, &proto).with_context(|| format!("cannot write {}", proto.display()))?;
+    say(format!(
+        "CRI API {version} ({suite}) written to {}",
+        proto.display()
+    ));
+    Ok(())
+}
+
+/// `text` without the gogoproto import and options (Go code-generation hints that `protoc`
+/// cannot resolve without gogo.proto): file-level `option (gogoproto.…) = …;` lines and
+/// `(gogoproto.…)` entries of field option lists (`[…]`, dropped when nothing is left).
+fn strip_gogoproto(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("option (gogoproto.")
+            || (trimmed.starts_with("import ") && trimmed.contains("gogoproto/gogo.proto"))
+        {
+            continue;
+        }
+        out.push_str(&strip_field_options(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// One line with the `(gogoproto.…)` entries of its `[…]` field options removed.
+fn strip_field_options(line: &str) -> String {
+    let Some(open) = line.find('[') else {
+        return line.to_owned();
+    };
+    let Some(close) = line[open..].find(']').map(|i| open + i) else {
+        return line.to_owned();
+    };
+    let kept: Vec<&str> = line[open + 1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|option| !option.starts_with("(gogoproto."))
+        .collect();
+    let head = line[..open].trim_end();
+    let tail = strip_field_options(&line[close + 1..]);
+    if kept.is_empty() {
+        format!("{head}{tail}")
+    } else {
+        format!("{head} [{}]{tail}", kept.join(", "))
+    }
 }
 
 fn require_tool(tool: &str) -> Result<()> {
@@ -585,6 +699,25 @@ mod tests {
                   release: 1.97.0-nightly\nLLVM version: 22.1.4";
         assert_eq!(llvm_major(vv).ok(), Some(22));
         assert!(llvm_major("rustc 1.97.0-nightly").is_err());
+    }
+
+    #[test]
+    fn gogoproto_options_are_stripped() {
+        let proto = "syntax = \"proto3\";\npackage runtime.v1;\n\
+                     import \"github.com/gogo/protobuf/gogoproto/gogo.proto\";\n\
+                     option (gogoproto.marshaler_all) = true;\n\
+                     option go_package = \"k8s.io/cri-api\";\n\
+                     message A {\n    \
+                     string a = 1 [(gogoproto.nullable) = false];\n    \
+                     repeated B b = 2 [(gogoproto.customname) = \"Bs\", deprecated = true];\n    \
+                     int64 c = 3;\n}\n";
+        let want = "syntax = \"proto3\";\npackage runtime.v1;\n\
+                    option go_package = \"k8s.io/cri-api\";\n\
+                    message A {\n    \
+                    string a = 1;\n    \
+                    repeated B b = 2 [deprecated = true];\n    \
+                    int64 c = 3;\n}\n";
+        assert_eq!(strip_gogoproto(proto), want);
     }
 
     #[test]

@@ -271,6 +271,7 @@ mod tests {
             Some((Containerd, ID4, None, Some("default")))),
         ("/moby/29f552ad9460631560a99a36aa757b0bfccdc318ef502d30e1c27ce113dff2ba/init",
             Some((Containerd, ID5, None, Some("moby")))),
+        // podman 4.3 with the cgroupfs manager (tests/tests/podman.rs runs it)
         ("/libpod_parent/libpod-826c97a3135044e49e7e41cba74b997a67011725d1c09e3458a98c6f073a98c7",
             Some((Podman, ID1, None, None))),
         ("/docker/29f552ad9460631560a99a36aa757b0bfccdc318ef502d30e1c27ce113dff2ba (deleted)",
@@ -288,6 +289,8 @@ mod tests {
         ("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod66154caf_d25f_4fba_ae7b_0615dab9b194.slice", None),
         ("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod66154caf_d25f_4fba_ae7b_0615dab9b194.slice/crio-conmon-b56835e4ee0e1765d812ffc6775105434a632abe1e4c96b15a866000d9f46ce5.scope", None),
         ("/machine.slice/libpod-conmon-70bda1ac79191374207954e9360a4607da6b74a0df6a15093a7e5376fd6d7796.scope", None),
+        // podman's conmon with the cgroupfs manager
+        ("/libpod_parent/conmon", None),
         // 63 digits, uppercase, non-hex
         ("/docker/29f552ad9460631560a99a36aa757b0bfccdc318ef502d30e1c27ce113dff2b", None),
         ("/system.slice/docker-29F552AD9460631560A99A36AA757B0BFCCDC318EF502D30E1C27CE113DFF2BA.scope", None),

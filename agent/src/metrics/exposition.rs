@@ -15,7 +15,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{histogram::HistogramSample, Metrics};
+use super::{histogram::HistogramSample, DockerLookup, Metrics};
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -145,6 +145,18 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
     for (name, help, value) in counters {
         let c = ConstCounter::new(value);
         c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)?;
+    }
+
+    let docker = m.docker_lookups();
+    let mut lookups = e.encode_descriptor(
+        "docker_lookups",
+        "Docker Engine API lookups of the image and labels of Docker's containers, by result",
+        None,
+        MetricType::Counter,
+    )?;
+    for outcome in DockerLookup::ALL {
+        let labels = [("result", outcome.as_str())];
+        ConstCounter::new(docker.get(outcome)).encode(lookups.encode_family(&labels)?)?;
     }
 
     let mut processes = e.encode_descriptor(

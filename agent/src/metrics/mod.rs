@@ -132,6 +132,55 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// How one Docker Engine API lookup (`runtime::docker`) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerLookup {
+    /// Docker answered with the container's image and labels.
+    Found = 0,
+    /// Docker has no such container.
+    NotFound = 1,
+    /// Nothing listens on Docker's socket (no Docker on this node, or it is down).
+    Unreachable = 2,
+    /// Docker did not answer in time, or answered something else.
+    Failed = 3,
+}
+
+impl DockerLookup {
+    /// Every outcome, in the order the counters keep them.
+    pub const ALL: [Self; 4] = [Self::Found, Self::NotFound, Self::Unreachable, Self::Failed];
+
+    /// The `result` label of `pidmap_docker_lookups_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Found => "found",
+            Self::NotFound => "not_found",
+            Self::Unreachable => "unreachable",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Docker Engine API lookups so far, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DockerLookups {
+    pub found: u64,
+    pub not_found: u64,
+    pub unreachable: u64,
+    pub failed: u64,
+}
+
+impl DockerLookups {
+    /// The count of `outcome`.
+    pub fn get(&self, outcome: DockerLookup) -> u64 {
+        match outcome {
+            DockerLookup::Found => self.found,
+            DockerLookup::NotFound => self.not_found,
+            DockerLookup::Unreachable => self.unreachable,
+            DockerLookup::Failed => self.failed,
+        }
+    }
+}
+
 /// The agent's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -148,6 +197,8 @@ pub struct Metrics {
     api_connections: AtomicU64,
     /// Refused API connections: per-peer limit, everything full.
     api_connections_refused: [AtomicU64; 2],
+    /// Docker Engine API lookups, by [`DockerLookup`].
+    docker_lookups: [AtomicU64; 4],
     /// From a kernel exec event to its process being in the table (and so
     /// resolvable): CLOCK_MONOTONIC now minus the event's timestamp.
     pub exec_to_resolvable: Latency,
@@ -248,6 +299,22 @@ impl Metrics {
     /// Counts one periodic containerd resync.
     pub fn count_containerd_resync(&self) {
         self.containerd_resyncs.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one Docker Engine API lookup by how it ended.
+    pub fn count_docker_lookup(&self, outcome: DockerLookup) {
+        self.docker_lookups[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The Docker Engine API lookups so far.
+    pub fn docker_lookups(&self) -> DockerLookups {
+        let n = |outcome: DockerLookup| self.docker_lookups[outcome as usize].load(Relaxed);
+        DockerLookups {
+            found: n(DockerLookup::Found),
+            not_found: n(DockerLookup::NotFound),
+            unreachable: n(DockerLookup::Unreachable),
+            failed: n(DockerLookup::Failed),
+        }
     }
 
     /// Counts one query answered without waiting for the ring buffer to be

@@ -135,6 +135,16 @@ impl Container {
     }
 }
 
+/// containerd namespaces with a known owner.
+pub mod namespaces {
+    /// The CRI plugin's (kubelet's pods).
+    pub const KUBERNETES: &str = "k8s.io";
+    /// Docker's.
+    pub const DOCKER: &str = "moby";
+    /// `ctr`'s and nerdctl's default.
+    pub const DEFAULT: &str = "default";
+}
+
 /// CRI label keys (copied by the CRI plugin from kubelet's).
 pub mod labels {
     pub const POD_NAME: &str = "io.kubernetes.pod.name";

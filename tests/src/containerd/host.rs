@@ -11,7 +11,7 @@ use std::{
 };
 
 /// SIGTERM (unless `grace` is zero), SIGKILL after `grace`, then reap.
-pub(super) fn terminate(child: &mut Child, grace: Duration) {
+pub(crate) fn terminate(child: &mut Child, grace: Duration) {
     if let Ok(None) = child.try_wait() {
         if !grace.is_zero() {
             // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
@@ -101,12 +101,27 @@ pub(super) fn mountinfo() -> Vec<(PathBuf, String)> {
 }
 
 /// The root of every cgroup hierarchy (each v1 controller and cgroup2).
-pub(super) fn cgroup_roots() -> Vec<PathBuf> {
+pub(crate) fn cgroup_roots() -> Vec<PathBuf> {
     mountinfo()
         .into_iter()
         .filter(|(_, fstype)| fstype == "cgroup" || fstype == "cgroup2")
         .map(|(point, _)| point)
         .collect()
+}
+
+/// The directories along cgroup path `cgroup` (relative to the hierarchy roots), in
+/// every hierarchy, that do not exist yet: those a runtime will make for it.
+pub(crate) fn missing_cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    for mut dir in cgroup_roots() {
+        for part in cgroup.split('/').filter(|p| !p.is_empty()) {
+            dir.push(part);
+            if !dir.exists() {
+                missing.push(dir.clone());
+            }
+        }
+    }
+    missing
 }
 
 /// The PIDs in cgroup directory `dir` (none if it does not exist).
@@ -118,9 +133,26 @@ pub(super) fn cgroup_procs(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Waits (at most `timeout`) until no process is left in cgroup `leaf` (a path relative
+/// to the hierarchy roots) in any hierarchy; returns whether it emptied.
+pub(crate) fn wait_cgroup_empty(leaf: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let dirs: Vec<PathBuf> = cgroup_roots()
+        .into_iter()
+        .map(|root| root.join(leaf.trim_start_matches('/')))
+        .collect();
+    while dirs.iter().any(|dir| !cgroup_procs(dir).is_empty()) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 /// SIGKILLs every process left in cgroup `leaf` (a path relative to the
 /// hierarchy roots) in every hierarchy; says what it killed.
-pub(super) fn kill_cgroup_procs(leaf: &str) -> Vec<String> {
+pub(crate) fn kill_cgroup_procs(leaf: &str) -> Vec<String> {
     let pids: BTreeSet<u32> = cgroup_roots()
         .into_iter()
         .flat_map(|root| cgroup_procs(&root.join(leaf.trim_start_matches('/'))))
@@ -154,7 +186,7 @@ pub(super) fn kill_shims(socket: &Path, socket_dir: &Path) -> Vec<String> {
 
 /// Unmounts everything mounted under `dir`, deepest first (lazily if it is
 /// busy); says what it unmounted.
-pub(super) fn unmount_under(dir: &Path) -> Vec<String> {
+pub(crate) fn unmount_under(dir: &Path) -> Vec<String> {
     let mut mounts: Vec<PathBuf> = mountinfo()
         .into_iter()
         .map(|(point, _)| point)
@@ -179,7 +211,7 @@ pub(super) fn unmount_under(dir: &Path) -> Vec<String> {
 /// Removes (empty) directories, deepest first, retrying for 2 s while a
 /// cgroup is still busy; says which it could not remove. One that still has
 /// subdirectories is shared with someone else (ours went first): it stays.
-pub(super) fn remove_dirs_deepest_first<'a>(
+pub(crate) fn remove_dirs_deepest_first<'a>(
     dirs: impl IntoIterator<Item = &'a PathBuf>,
 ) -> Vec<String> {
     let mut dirs: Vec<&PathBuf> = dirs.into_iter().collect();
@@ -206,4 +238,36 @@ fn has_subdirs(dir: &Path) -> bool {
     fs::read_dir(dir).is_ok_and(|mut entries| {
         entries.any(|e| e.and_then(|e| e.file_type()).is_ok_and(|t| t.is_dir()))
     })
+}
+
+/// Ends a fixture's drop: panics with what `fixture`'s cleanup found left behind
+/// (`leaks`), or only prints it when the test is already panicking.
+pub(crate) fn report_leaks(fixture: &str, leaks: &[String]) {
+    if leaks.is_empty() {
+        return;
+    }
+    let msg = format!(
+        "{fixture} fixture cleanup found leaks:\n{}",
+        leaks.join("\n")
+    );
+    if thread::panicking() {
+        eprintln!("{msg}");
+    } else {
+        panic!("{msg}");
+    }
+}
+
+/// Runs `cmd` and returns its stdout, trimmed; panics with its stderr unless it succeeds.
+pub(crate) fn stdout_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

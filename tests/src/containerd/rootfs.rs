@@ -13,7 +13,7 @@ const ROOTFS_DIRS: &[&str] = &["bin", "proc", "sys", "dev", "etc", "tmp"];
 const BUSYBOX: &str = "/bin/busybox";
 
 /// `/bin/busybox`, a symlink per applet and the empty top-level dirs.
-pub(super) fn build_rootfs(rootfs: &Path) -> anyhow::Result<()> {
+pub(crate) fn build_rootfs(rootfs: &Path) -> anyhow::Result<()> {
     for dir in ROOTFS_DIRS {
         fs::create_dir_all(rootfs.join(dir))?;
     }
@@ -25,15 +25,20 @@ pub(super) fn build_rootfs(rootfs: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes an OCI image layout archive (`oci-layout`, `index.json`, blobs)
-/// with one layer holding the busybox rootfs, with the `oci-image` crate
-/// that also builds pidmap's own image.
-pub(super) fn build_oci_archive(rootfs: &Path, image_ref: &str, out: &Path) -> anyhow::Result<()> {
+/// with one layer holding the busybox rootfs and `cmd` as its `Cmd`, with the
+/// `oci-image` crate that also builds pidmap's own image.
+pub(super) fn build_oci_archive(
+    rootfs: &Path,
+    image_ref: &str,
+    cmd: &[&str],
+    out: &Path,
+) -> anyhow::Result<()> {
     let mut image = Image::new(
         image_ref,
         0,
         ImageConfig {
             env: vec!["PATH=/bin".into()],
-            cmd: vec!["/bin/sh".into()],
+            cmd: cmd.iter().map(|&arg| arg.to_owned()).collect(),
             ..ImageConfig::default()
         },
     );

@@ -10,14 +10,14 @@
 
 mod containerd;
 mod cpio;
-mod debian;
+pub mod debian;
 mod kernel;
 mod report;
 
 use std::{
     fmt::Display,
     fs,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -262,6 +262,17 @@ fn machine() -> String {
     format!("{os}, kernel {kernel}, {cores} cores")
 }
 
+/// The matrix's download cache, `target/matrix-cache/` (kept between runs).
+fn cache_dir(target: &Path) -> PathBuf {
+    target.join("matrix-cache")
+}
+
+/// The private apt state (sources list, package lists, `.deb` cache) under the matrix's
+/// cache, shared with setup's download of the CRI API (see [`debian`]).
+pub fn apt_dir(target: &Path) -> PathBuf {
+    cache_dir(target).join("apt")
+}
+
 /// Runs `plan` (started by `command`, which the report names), prints the table and writes
 /// `target/matrix-last.md`; fails if a cell failed.
 pub fn run_plan(plan: &Plan, command: &str) -> Result<()> {
@@ -278,7 +289,7 @@ pub fn run_plan(plan: &Plan, command: &str) -> Result<()> {
     say(format!("plan: {}", plan.describe()));
     setup::run(&setup::Options { for_tests: true })?;
     let target = Metadata::load()?.target_dir()?;
-    let cache = target.join("matrix-cache");
+    let cache = cache_dir(&target);
     let logs = target.join("matrix-logs");
     let _ = fs::remove_dir_all(&logs);
     fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
@@ -286,7 +297,7 @@ pub fn run_plan(plan: &Plan, command: &str) -> Result<()> {
         .prefix("pidmap-matrix-")
         .tempdir()
         .context("cannot create a temp dir")?;
-    let mut debian = LazyDebian::new(cache.join("apt"));
+    let mut debian = LazyDebian::new(apt_dir(&target));
 
     let mut report = Report::default();
     if !plan.vms.is_empty() || plan.host {

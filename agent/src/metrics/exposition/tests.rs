@@ -83,6 +83,9 @@ fn known_state() -> Agent {
     m.count_containerd_reconnect();
     m.count_containerd_resync();
     m.count_containerd_resync();
+    m.count_docker_lookup(crate::metrics::DockerLookup::Found);
+    m.count_docker_lookup(crate::metrics::DockerLookup::Found);
+    m.count_docker_lookup(crate::metrics::DockerLookup::Unreachable);
     let us = Duration::from_micros;
     m.record_request("Resolve", tonic::Code::Ok, us(20));
     m.record_request("Resolve", tonic::Code::Ok, us(40));
@@ -128,6 +131,11 @@ fn counters_have_their_values_kinds_and_help() {
             "pidmap_containerd_events_total 1",
             "pidmap_containerd_reconnects_total 1",
             "pidmap_containerd_resyncs_total 2",
+            "# TYPE pidmap_docker_lookups counter",
+            r#"pidmap_docker_lookups_total{result="found"} 2"#,
+            r#"pidmap_docker_lookups_total{result="not_found"} 0"#,
+            r#"pidmap_docker_lookups_total{result="unreachable"} 1"#,
+            r#"pidmap_docker_lookups_total{result="failed"} 0"#,
         ],
     );
 }
@@ -250,10 +258,10 @@ fn every_family_has_help_and_type_and_the_text_ends_with_eof() {
             assert!(line.starts_with("pidmap_"), "unprefixed sample: {line}");
         }
     }
-    // events, 9 counters, processes, containers, containerd_connected,
-    // containerd_synced, api connections open and refused, api requests and
-    // durations, two latencies.
-    assert_eq!(families, 20, "{text}");
+    // events, 9 counters, docker lookups, processes, containers,
+    // containerd_connected, containerd_synced, api connections open and
+    // refused, api requests and durations, two latencies.
+    assert_eq!(families, 21, "{text}");
 }
 
 #[test]

@@ -25,9 +25,11 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::CgroupFs,
+    runtime::docker::Docker,
     state::{
-        container::ContainerKey, containers::ContainerEvent, Change, ContainerWriter,
-        ContainerdLink, State,
+        container::{namespaces, ContainerKey},
+        containers::ContainerEvent,
+        Change, ContainerWriter, ContainerdLink, State,
     },
     util::{chain, duration_ns, monotonic_ns},
 };
@@ -49,6 +51,9 @@ const SYNC_NAMESPACE: &str = "pidmap";
 #[derive(Debug, Clone)]
 pub struct WatcherConfig {
     pub socket: PathBuf,
+    /// The Docker Engine API's socket, asked for the image and labels of
+    /// Docker's containers (namespace `moby`).
+    pub docker_socket: PathBuf,
     pub resync_interval: Duration,
     pub max_backoff: Duration,
     /// How long deleted containers stay resolvable.
@@ -87,6 +92,7 @@ pub struct Watcher {
     config: WatcherConfig,
     writer: ContainerWriter,
     fs: Arc<CgroupFs>,
+    docker: Docker,
     first_contact: Option<oneshot::Sender<FirstContact>>,
 }
 
@@ -99,10 +105,12 @@ impl Watcher {
         fs: Arc<CgroupFs>,
         first_contact: oneshot::Sender<FirstContact>,
     ) -> Self {
+        let docker = Docker::new(&config.docker_socket, writer.state().metrics_handle());
         Self {
             config,
             writer,
             fs,
+            docker,
             first_contact: Some(first_contact),
         }
     }
@@ -293,7 +301,7 @@ impl Watcher {
         early: Vec<Envelope>,
     ) -> Result<(), SessionEnd> {
         let started = std::time::Instant::now();
-        let snap = snapshot::list_all(channel, &self.fs).await?;
+        let snap = snapshot::list_all(channel, &self.fs, &self.docker).await?;
         let changed: Vec<ContainerKey> = snap.containers.iter().map(|c| c.key.clone()).collect();
         let stats = self.writer.store().reconcile(snap, monotonic_ns());
         self.learn_ids_from_processes();
@@ -371,6 +379,15 @@ impl Watcher {
                 }
             }
         }
+        if let ContainerEvent::ContainerDelete {
+            namespace,
+            container_id,
+        } = &event
+        {
+            if namespace == namespaces::DOCKER {
+                self.docker.forget(container_id);
+            }
+        }
         if let Some(key) = event.container_key() {
             self.writer.notify(|| Change::Container(key));
         }
@@ -378,7 +395,7 @@ impl Watcher {
 
     /// Fetches full metadata (labels, spec) for a container.
     async fn fetch(&self, channel: &Channel, key: &ContainerKey) {
-        match snapshot::get_container(channel, key).await {
+        match snapshot::get_container(channel, &self.docker, key).await {
             Ok(Some(c)) => {
                 self.writer.store().upsert(c);
                 self.refresh_ids(key);

@@ -1,7 +1,12 @@
 //! Full lists of containerd's namespaces, containers and tasks, and the
-//! conversion of its container records into pidmap's.
+//! conversion of its container records into pidmap's. Docker's containers
+//! (namespace `moby`) get their image name and labels from Docker itself
+//! ([`Docker`]), which containerd does not have.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use containerd_client::{
     services::v1::{
@@ -17,7 +22,8 @@ use prost::Message as _;
 use super::spec::{cgroup_dir, parse_spec};
 use crate::{
     cgroup::{CgroupFs, Hierarchy},
-    state::container::{pod_identity, Container, ContainerKey, TaskStatus},
+    runtime::docker::{Docker, DockerInfo},
+    state::container::{namespaces, pod_identity, Container, ContainerKey, TaskStatus},
     state::containers::Snapshot,
 };
 
@@ -67,7 +73,11 @@ async fn call<T>(
 }
 
 /// Lists every namespace, its containers and their tasks (with exec pids).
-pub async fn list_all(channel: &Channel, fs: &CgroupFs) -> Result<Snapshot, ListError> {
+pub async fn list_all(
+    channel: &Channel,
+    fs: &CgroupFs,
+    docker: &Docker,
+) -> Result<Snapshot, ListError> {
     let namespaces = call(
         "namespaces list",
         NamespacesClient::new(channel.clone()).list(ListNamespacesRequest::default()),
@@ -79,7 +89,7 @@ pub async fn list_all(channel: &Channel, fs: &CgroupFs) -> Result<Snapshot, List
     .collect::<Vec<_>>();
     let mut containers = Vec::new();
     for ns in &namespaces {
-        containers.extend(list_namespace(channel, fs, ns).await?);
+        containers.extend(list_namespace(channel, fs, docker, ns).await?);
     }
     Ok(Snapshot {
         namespaces,
@@ -90,6 +100,7 @@ pub async fn list_all(channel: &Channel, fs: &CgroupFs) -> Result<Snapshot, List
 async fn list_namespace(
     channel: &Channel,
     fs: &CgroupFs,
+    docker: &Docker,
     ns: &str,
 ) -> Result<Vec<Container>, ListError> {
     let records = call(
@@ -118,7 +129,8 @@ async fn list_namespace(
     .collect();
     let mut out = Vec::with_capacity(records.len());
     for record in records {
-        let mut c = convert(ns, record);
+        let from_docker = docker_info(docker, ns, &record.id).await;
+        let mut c = convert(ns, record, from_docker.as_deref());
         if let Some(task) = tasks.get(&c.key.id) {
             apply_task(&mut c, task);
             if c.status == TaskStatus::Running || c.status == TaskStatus::Paused {
@@ -153,41 +165,74 @@ async fn list_namespace(
     Ok(out)
 }
 
+/// Docker's metadata for container `id` of namespace `ns`, if it is Docker's
+/// (and Docker answers).
+async fn docker_info(docker: &Docker, ns: &str, id: &str) -> Option<std::sync::Arc<DockerInfo>> {
+    if ns == namespaces::DOCKER {
+        docker.info(id).await
+    } else {
+        None
+    }
+}
+
 /// Fetches one container's metadata.
 pub async fn get_container(
     channel: &Channel,
+    docker: &Docker,
     key: &ContainerKey,
 ) -> Result<Option<Container>, ListError> {
     let req = with_ns(GetContainerRequest { id: key.id.clone() }, &key.namespace);
-    match tokio::time::timeout(
+    let record = match tokio::time::timeout(
         CALL_TIMEOUT,
         ContainersClient::new(channel.clone()).get(req),
     )
     .await
     {
-        Ok(Ok(resp)) => Ok(resp
-            .into_inner()
-            .container
-            .map(|r| convert(&key.namespace, r))),
-        Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(None),
-        Ok(Err(source)) => Err(ListError::Call {
-            call: "containers get",
-            source,
-        }),
-        Err(_) => Err(ListError::Timeout {
-            call: "containers get",
-        }),
-    }
+        Ok(Ok(resp)) => resp.into_inner().container,
+        Ok(Err(status)) if status.code() == tonic::Code::NotFound => None,
+        Ok(Err(source)) => {
+            return Err(ListError::Call {
+                call: "containers get",
+                source,
+            })
+        }
+        Err(_) => {
+            return Err(ListError::Timeout {
+                call: "containers get",
+            })
+        }
+    };
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let from_docker = docker_info(docker, &key.namespace, &record.id).await;
+    Ok(Some(convert(
+        &key.namespace,
+        record,
+        from_docker.as_deref(),
+    )))
 }
 
-/// containerd's record → pidmap's container (task state not included).
-pub fn convert(namespace: &str, r: CtrdContainer) -> Container {
+/// containerd's record → pidmap's container (task state not included), with
+/// what Docker knows of it: its image when containerd has none, and its
+/// labels (containerd's win where both have a key), from which its pod
+/// identity is read too (cri-dockerd's pods carry kubelet's labels there).
+pub fn convert(namespace: &str, r: CtrdContainer, docker: Option<&DockerInfo>) -> Container {
     let key = ContainerKey::new(namespace, r.id);
-    let labels = r.labels.into_iter().collect();
+    let mut labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+    let mut image = r.image;
+    if let Some(docker) = docker {
+        for (k, v) in &docker.labels {
+            labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if image.is_empty() {
+            image.clone_from(&docker.image);
+        }
+    }
     let spec = r.spec.map(|any| parse_spec(&any.value)).unwrap_or_default();
     let pod = pod_identity(&key, &labels, &spec.annotations);
     let mut c = Container::placeholder(key);
-    c.image = r.image;
+    c.image = image;
     c.labels = labels;
     c.runtime = r.runtime.map(|rt| rt.name).unwrap_or_default();
     c.created_at = r.created_at.map(|t| t.seconds);
@@ -227,5 +272,69 @@ pub fn resolve_cgroup_ids(c: &mut Container, fs: &CgroupFs) {
     }
     if c.cgroup_v1_memory.is_none() && fs.root(Hierarchy::V1Memory).is_some() {
         c.cgroup_v1_memory = fs.id_of(Hierarchy::V1Memory, path).ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::container::labels;
+
+    fn moby_record(labels: &[(&str, &str)]) -> CtrdContainer {
+        CtrdContainer {
+            id: "3971c08dfacd".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn docker_fills_in_the_image_and_labels_containerd_lacks() {
+        let record = moby_record(&[("com.docker/engine.bundle.path", "/run/x")]);
+        let docker = DockerInfo {
+            image: "nginx:1.27".into(),
+            labels: [
+                ("team", "infra"),
+                ("com.docker/engine.bundle.path", "docker's"),
+                // cri-dockerd's pods carry kubelet's labels on Docker's side.
+                (labels::POD_NAME, "web-0"),
+                (labels::CONTAINER_NAME, "nginx"),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        };
+        let c = convert(namespaces::DOCKER, record.clone(), Some(&docker));
+        assert_eq!(c.image, "nginx:1.27");
+        assert_eq!(c.labels.get("team").map(String::as_str), Some("infra"));
+        assert_eq!(
+            c.labels
+                .get("com.docker/engine.bundle.path")
+                .map(String::as_str),
+            Some("/run/x"),
+            "containerd's label wins"
+        );
+        assert_eq!(c.pod.pod_name.as_deref(), Some("web-0"));
+        assert_eq!(c.pod.container_name.as_deref(), Some("nginx"));
+
+        let without = convert(namespaces::DOCKER, record, None);
+        assert_eq!(without.image, "");
+        assert_eq!(without.labels.len(), 1);
+        assert!(without.pod.is_empty());
+    }
+
+    #[test]
+    fn containerds_own_image_is_kept() {
+        let mut record = moby_record(&[]);
+        record.image = "registry.test/app:1".into();
+        let docker = DockerInfo {
+            image: "app:1".into(),
+            labels: BTreeMap::new(),
+        };
+        let c = convert(namespaces::DOCKER, record, Some(&docker));
+        assert_eq!(c.image, "registry.test/app:1");
     }
 }
