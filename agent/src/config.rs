@@ -172,7 +172,13 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses the text of a TOML config file over the defaults and
+    /// validates it; `path` names the file in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
