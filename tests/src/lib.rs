@@ -17,6 +17,7 @@ use std::{
 use pidmap::{Agent, Config};
 use tokio_util::sync::CancellationToken;
 
+pub mod checker;
 pub mod containerd;
 pub mod oracle;
 
