@@ -229,6 +229,13 @@ pub async fn connect(socket: &Path) -> Option<PidmapClient<Channel>> {
     pidmap::cli::client::connect(socket).await.ok()
 }
 
+/// A client of the agent at `socket`; panics if it does not answer.
+pub async fn client(socket: &Path) -> PidmapClient<Channel> {
+    pidmap::cli::client::connect(socket)
+        .await
+        .unwrap_or_else(|f| panic!("{}", f.message))
+}
+
 /// Whether containerd is synced, by the agent's own Status.
 async fn synced(c: &mut PidmapClient<Channel>) -> Option<bool> {
     let s = c.status(proto::StatusRequest {}).await.ok()?.into_inner();
