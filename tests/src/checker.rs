@@ -310,6 +310,17 @@ impl Checker {
         Ok(round)
     }
 
+    /// [`round`](Self::round), with its wrong answers recorded in the run.
+    pub async fn record_round(
+        &mut self,
+        c: &mut PidmapClient<Channel>,
+    ) -> Result<(), tonic::Status> {
+        for what in self.round(c).await?.wrong {
+            self.run.wrong(what);
+        }
+        Ok(())
+    }
+
     /// Compares one answer with the truth.
     fn check(
         &mut self,
@@ -429,33 +440,40 @@ fn foreign_container(path: &str) -> bool {
     containerd || other
 }
 
+/// After `pause`, the client to ask this time: none while the agent is
+/// away, and none on the turn that (re)connects.
+async fn next_turn<'a>(
+    client: &'a mut Option<PidmapClient<Channel>>,
+    socket: &Path,
+    run: &Run,
+    pause: Duration,
+) -> Option<&'a mut PidmapClient<Channel>> {
+    tokio::time::sleep(pause).await;
+    if run.agent_away() {
+        *client = None;
+        return None;
+    }
+    if client.is_none() {
+        *client = connect(socket).await;
+        return None;
+    }
+    client.as_mut()
+}
+
 /// Checker rounds until the run stops; every wrong answer is recorded.
 pub async fn check_rounds(socket: PathBuf, run: Arc<Run>) {
     let mut client: Option<PidmapClient<Channel>> = None;
     let mut checker = Checker::new(Arc::clone(&run));
     while !run.stopped() {
-        tokio::time::sleep(ROUND).await;
-        if run.agent_away() {
-            client = None;
-            continue;
-        }
-        let Some(c) = client.as_mut() else {
-            client = connect(&socket).await;
+        let Some(c) = next_turn(&mut client, &socket, &run, ROUND).await else {
             continue;
         };
-        match checker.round(c).await {
-            Ok(round) => {
-                for what in round.wrong {
-                    run.wrong(what);
-                }
+        if checker.record_round(c).await.is_err() {
+            // Only while the agent is away may it not answer.
+            if !run.agent_away() && !run.stopped() {
+                run.count("rounds the agent did not answer", 1);
             }
-            Err(_) => {
-                // Only while the agent is away may it not answer.
-                if !run.agent_away() && !run.stopped() {
-                    run.count("rounds the agent did not answer", 1);
-                }
-                client = None;
-            }
+            client = None;
         }
     }
 }
@@ -464,13 +482,8 @@ pub async fn check_rounds(socket: PathBuf, run: Arc<Run>) {
 pub async fn poll_expectations(socket: PathBuf, run: Arc<Run>) {
     let mut client: Option<PidmapClient<Channel>> = None;
     while !run.stopped() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        if run.agent_away() {
-            client = None;
-            continue;
-        }
-        let Some(c) = client.as_mut() else {
-            client = connect(&socket).await;
+        let pause = Duration::from_millis(1);
+        let Some(c) = next_turn(&mut client, &socket, &run, pause).await else {
             continue;
         };
         let waiting = std::mem::take(&mut *lock(&run.expectations));

@@ -519,6 +519,16 @@ pub fn proc_comm(pid: u32) -> Option<String> {
     Some(text.strip_suffix('\n').unwrap_or(&text).to_owned())
 }
 
+/// Seconds from the environment variable `var` (a test's duration), else
+/// `default`.
+pub fn env_seconds(var: &str, default: u64) -> Duration {
+    let secs = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    Duration::from_secs(secs)
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns
 /// whether it held. For conditions with no event to await.
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

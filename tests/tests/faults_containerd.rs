@@ -12,11 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pidmap::{api::proto, Config};
+use pidmap::api::proto;
 use pidmap_tests::{
     checker::{self, client, Checker, ContainerdKills, Run},
     containerd::Containerd,
-    private_socket, proc_start_time, AgentProcess, TestAgent,
+    env_seconds, private_socket, proc_start_time, AgentProcess, TestAgent,
 };
 
 fn seed() -> u64 {
@@ -91,10 +91,10 @@ async fn an_agent_killed_and_restarted_replaces_its_stale_socket_and_knows_conta
                 ));
             }
         }
-        let mut checker = Checker::new(Arc::clone(&run));
-        match checker.round(&mut c).await {
-            Ok(round) => round.wrong.into_iter().for_each(|w| run.wrong(w)),
-            Err(status) => run.wrong(format!("round failed: {status}")),
+        if let Err(status) = Checker::new(Arc::clone(&run)).record_round(&mut c).await {
+            run.wrong(format!(
+                "round {round}: the checker's round failed: {status}"
+            ));
         }
     }
     let ready: Vec<String> = ready_times
@@ -113,27 +113,12 @@ async fn an_agent_killed_and_restarted_replaces_its_stale_socket_and_knows_conta
     drop(containers);
 }
 
-/// How long the containerd kill loop churns: `PIDMAP_FAULTS_CHURN_SECS`,
-/// default 20.
-fn churn_seconds() -> Duration {
-    let secs = std::env::var("PIDMAP_FAULTS_CHURN_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
-    Duration::from_secs(secs)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_killed_every_five_seconds_while_containers_churn() {
-    let total = churn_seconds();
+    // How long the containers churn.
+    let total = env_seconds("PIDMAP_FAULTS_CHURN_SECS", 20);
     let ctrd = Arc::new(Containerd::start());
-    let agent = TestAgent::start(Config {
-        containerd_socket: ctrd.socket().to_path_buf(),
-        containerd_max_backoff_ms: 200,
-        ..Config::default()
-    })
-    .await;
-    agent.wait_connected().await;
+    let agent = TestAgent::start_with_containerd(&ctrd).await;
     let socket = agent.socket().to_path_buf();
     let run = Run::new(seed());
     let started = Instant::now();

@@ -25,20 +25,12 @@ use pidmap::Config;
 use pidmap_tests::{
     checker::{self, ContainerdKills, Run, Want},
     containerd::Containerd,
-    private_socket, ChildGuard, PidGuard, TestAgent,
+    env_seconds, private_socket, ChildGuard, PidGuard, TestAgent,
 };
-
-fn duration() -> Duration {
-    let secs = std::env::var("PIDMAP_GROUND_TRUTH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
-    Duration::from_secs(secs)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_equals_the_ground_truth_under_churn() {
-    let total = duration();
+    let total = env_seconds("PIDMAP_GROUND_TRUTH_SECS", 120);
     let ctrd = Arc::new(Containerd::start());
     let socket = private_socket();
     let config = Config {
