@@ -183,7 +183,6 @@ fn run_target(dirs: &Dirs, target: &'static str, budget: Budget) -> Result<Outco
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     println!("$ {}  (log: {})", util::display(&cmd), log_path.display());
-    let started = Instant::now();
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start cargo fuzz run {target}"))?;
@@ -191,7 +190,16 @@ fn run_target(dirs: &Dirs, target: &'static str, budget: Budget) -> Result<Outco
     let stderr = child.stderr.take().context("no stderr")?;
     // libFuzzer reports on stderr; stdout carries little. Both go to the log.
     let out_thread = std::thread::spawn(move || read_lines(stdout));
-    let lines = read_lines(stderr);
+    // The time counts from cargo's `Running` line: a rebuild (sources changed
+    // since the build above) is not fuzzing.
+    let mut started = Instant::now();
+    let mut lines = Vec::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if line.trim_start().starts_with("Running `") {
+            started = Instant::now();
+        }
+        lines.push(line);
+    }
     let mut lines_out = out_thread.join().unwrap_or_default();
     let status = child.wait().context("cannot wait for cargo fuzz")?;
     let elapsed = started.elapsed();
