@@ -28,6 +28,17 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// memory already holds about 2.8 million events.
 pub const MAX_RING_BUFFER_BYTES: u32 = 256 * 1024 * 1024;
 
+/// The most exited processes the agent keeps: the table reserves room for
+/// all of them at start (17 bytes a slot, rounded up by the hash table: at
+/// most 34 MiB here); a far larger value asked for more memory than exists,
+/// or overflowed.
+pub const MAX_MAX_EXITED: usize = 1 << 20;
+
+/// The largest `Watch` buffer: what a client that stops reading may make the
+/// agent hold, per stream (a value near `usize::MAX` would overflow tokio's
+/// channel bound and fail every `Watch`).
+pub const MAX_WATCH_BUFFER: usize = 1 << 20;
+
 /// Every option of `pidmap agent`. Each field is a command-line option and
 /// a TOML key; its doc comment is its `--help`, its `default_value` the
 /// built-in default (see [`Config::default`]).
@@ -38,7 +49,8 @@ pub struct Config {
     /// resolvable, with state `exited`.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub exit_grace_seconds: u64,
-    /// Most exited processes kept at once; the oldest go first.
+    /// Most exited processes kept at once; the oldest go first. 1 to
+    /// 1048576.
     #[arg(long, default_value = "65536", value_name = "N")]
     pub max_exited: NonZeroUsize,
     /// Size of the kernel event ring buffer in bytes: a power of two from
@@ -131,6 +143,7 @@ pub struct Config {
     #[arg(long, default_value = "300", value_name = "SECONDS")]
     pub idle_timeout_seconds: u64,
     /// Changes buffered per Watch stream before a slow watcher is cut off.
+    /// 1 to 1048576.
     #[arg(long, default_value = "1024", value_name = "N")]
     pub watch_buffer: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics, ADDR an IP:port such
@@ -189,7 +202,13 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses the text of a TOML config file over the defaults and
+    /// validates it; `path` names the file in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
@@ -248,6 +267,12 @@ impl Config {
             if value == 0 {
                 return invalid(name, "must be at least 1");
             }
+        }
+        if self.max_exited.get() > MAX_MAX_EXITED {
+            return invalid("max_exited", "must be at most 1048576");
+        }
+        if self.watch_buffer > MAX_WATCH_BUFFER {
+            return invalid("watch_buffer", "must be at most 1048576");
         }
         if self.ring_poll_ms == 0 || self.ring_poll_ms > 1000 {
             return invalid("ring_poll_ms", "must be between 1 and 1000");
@@ -465,5 +490,31 @@ mod tests {
                 "{bytes}"
             );
         }
+    }
+
+    #[test]
+    fn sizes_the_agent_allocates_or_buffers_have_a_ceiling() {
+        // The exited table reserves its capacity at start (near usize::MAX
+        // it overflowed); a Watch buffer near usize::MAX overflowed tokio's
+        // channel bound on every Watch.
+        for (args, key) in [
+            (["--max-exited", "4611686018427387904"], "max_exited"),
+            (["--max-exited", "1048577"], "max_exited"),
+            (["--watch-buffer", "18446744073709551615"], "watch_buffer"),
+            (["--watch-buffer", "1048577"], "watch_buffer"),
+        ] {
+            let err = over(Config::default(), &args).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { key: k, .. } if k == key),
+                "{args:?}: {err}"
+            );
+        }
+        let c = over(
+            Config::default(),
+            &["--max-exited", "1048576", "--watch-buffer", "1048576"],
+        )
+        .unwrap();
+        assert_eq!(c.max_exited.get(), MAX_MAX_EXITED);
+        assert_eq!(c.watch_buffer, MAX_WATCH_BUFFER);
     }
 }

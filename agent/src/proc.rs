@@ -278,12 +278,18 @@ fn read_with(
     dir.read(c"stat", &mut scratch.data)
         .map_err(|e| read_error(&scratch.path, "stat", e))?;
     let stat = parse_stat_bytes(&scratch.data)?;
-    let (cgroups, cgroup_paths) = fs
-        .ids_of_pid_with(root, pid, |data| dir.read(c"cgroup", data), scratch)
-        .map_err(|source| ProcError::Cgroup { pid, source })?;
     // A zombie leader: its group is dead once no other thread is left.
     let exited = stat.state == b'Z'
         && std::fs::read_dir(scratch.path.join("task")).map_or(true, |tasks| tasks.count() <= 1);
+    let (cgroups, cgroup_paths) =
+        match fs.ids_of_pid_with(root, pid, |data| dir.read(c"cgroup", data), scratch) {
+            Ok(found) => found,
+            // Only zombies are left in a cgroup that could be removed (it
+            // lets an rmdir through then): the process exited all the same,
+            // and is not skipped as if it had vanished.
+            Err(CgroupError::CgroupGone { .. }) if exited => Default::default(),
+            Err(source) => return Err(ProcError::Cgroup { pid, source }),
+        };
     Ok(ScannedProcess {
         key: ProcKey::new(pid, stat.start_time),
         ppid: stat.ppid,
@@ -577,6 +583,35 @@ mod tests {
         let empty = scan(&fs, &missing);
         assert!(empty.processes.is_empty());
         assert!(empty.started_at_monotonic_ns > 0);
+    }
+
+    /// A zombie whose cgroup was removed (cgroup2 allows it once only
+    /// zombies are left) is exited, not vanished: the seed used to skip it,
+    /// and pidmap answered `unknown` for an exited process /proc still
+    /// showed (a fault test's checker found it on a shared machine).
+    #[test]
+    fn a_zombie_in_a_removed_cgroup_is_scanned_as_exited() {
+        let tmp = TempDir::new("proc-zombie");
+        tmp.mkdirs(&["cg2"]);
+        for (pid, state) in [(103, 'S'), (104, 'Z')] {
+            tmp.write(
+                &format!("proc/{pid}/stat"),
+                &format!("{pid} (x) {state} 1 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 7 0\n"),
+            );
+            tmp.write(
+                &format!("proc/{pid}/cgroup"),
+                "0::/orphans/plain (deleted)\n",
+            );
+        }
+        let fs = CgroupFs::from_roots(Some(tmp.path().join("cg2")), None);
+        let result = try_scan(&fs, &tmp.path().join("proc")).unwrap();
+        assert_eq!(result.skipped_vanished, 1, "103 runs: it lost its cgroup");
+        let [zombie] = result.processes.as_slice() else {
+            panic!("{:?}", result.processes);
+        };
+        assert_eq!(zombie.key, ProcKey::new(104, StartTime(7)));
+        assert!(zombie.exited);
+        assert_eq!(zombie.cgroups.v2, None);
     }
 
     /// The real `/proc` of this machine holds this test process, with the

@@ -20,6 +20,7 @@ use pidmap::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub mod checker;
 pub mod containerd;
 #[cfg(cri_api)]
 pub mod cri;
@@ -304,6 +305,133 @@ impl Drop for TestAgent {
     }
 }
 
+/// A `pidmap agent` run as a child process — the binary, not in-process —
+/// on a socket of its own: for faults only a process can suffer (SIGSTOP,
+/// SIGKILL) and for the agent's own memory. Killed and reaped on drop, its
+/// socket directory removed (unless [`kill`](Self::kill)ed: a crash leaves
+/// its socket behind).
+pub struct AgentProcess {
+    child: Option<ChildGuard>,
+    socket: PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    ready_after: Duration,
+}
+
+/// How long an agent process may take to say it is ready.
+const AGENT_READY: Duration = Duration::from_secs(60);
+
+impl AgentProcess {
+    /// Starts `pidmap agent --socket SOCKET ARGS…` and waits until it logs
+    /// `agent ready`; panics with its log if it exits or takes over a
+    /// minute.
+    pub fn start(socket: &Path, args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        require_root();
+        let started = Instant::now();
+        let mut child = ChildGuard::spawn(
+            Command::new(pidmap_bin())
+                .arg("agent")
+                .arg("--socket")
+                .arg(socket)
+                .args(args)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped()),
+        );
+        let stderr = child.0.stderr.take().expect("the agent's stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        {
+            let log = std::sync::Arc::clone(&log);
+            // Drains the log to the end, so the agent never blocks on it.
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("agent ready") {
+                        let _ = ready_tx.send(());
+                    }
+                    let mut log = log
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let mut this = Self {
+            child: Some(child),
+            socket: socket.to_path_buf(),
+            log,
+            ready_after: Duration::ZERO,
+        };
+        if ready.recv_timeout(AGENT_READY).is_err() {
+            panic!("pidmap agent never became ready; its log:\n{}", this.log());
+        }
+        this.ready_after = started.elapsed();
+        this
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, ChildGuard::pid)
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// From the spawn to the `agent ready` line.
+    pub fn ready_after(&self) -> Duration {
+        self.ready_after
+    }
+
+    /// What the agent logged so far.
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, …) to the agent.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions; the pid is
+            // our child, not yet reaped.
+            unsafe { libc::kill(child.pid() as i32, signal) };
+        }
+    }
+
+    /// The agent's resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.pid(), "VmRSS")
+    }
+
+    /// Kills the agent with SIGKILL, as a crash would, and reaps it; its
+    /// socket file stays behind, stale.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            // SIGKILL ends a stopped process too.
+            drop(child);
+            if let Some(dir) = self.socket.parent() {
+                if dir.starts_with(std::env::temp_dir()) {
+                    let _ = fs::remove_dir_all(dir);
+                }
+            }
+        }
+    }
+}
+
 /// A process this test started indirectly (an orphan, say), killed by
 /// PID on drop if it still is the same process.
 pub struct PidGuard {
@@ -457,6 +585,15 @@ pub fn proc_status_field(pid: u32, field: &str) -> Option<String> {
     })
 }
 
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`, …) in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    proc_status_field(pid, field)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The cgroup2 path of `pid` as the host prints it (the `0::` line of
 /// /proc/PID/cgroup, read from the test's own cgroup namespace, the host's).
 pub fn cgroup2_path_of(pid: u32) -> Option<String> {
@@ -599,6 +736,16 @@ pub fn children(pid: u32) -> Vec<u32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
+}
+
+/// Seconds from the environment variable `var` (a test's duration), else
+/// `default`.
+pub fn env_seconds(var: &str, default: u64) -> Duration {
+    let secs = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    Duration::from_secs(secs)
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns

@@ -1,11 +1,12 @@
-//! `cargo xtask bench`: the clean release build time, then the `pidmap-bench` binary.
+//! `cargo xtask bench`: the clean release build time, the `pidmap-bench` binary, then 10 million
+//! runs of every fuzz target.
 
 use std::{ffi::OsString, fs, io, path::Path, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    setup,
+    fuzz, setup,
     util::{cargo, fmt_duration, is_root, run_shown, Metadata},
 };
 
@@ -14,6 +15,12 @@ pub struct Args {
     /// Do not measure the clean release build time.
     #[arg(long)]
     skip_build_time: bool,
+    /// Do not run the fuzz targets.
+    #[arg(long, conflicts_with = "fuzz_only")]
+    skip_fuzz: bool,
+    /// Run only the fuzz part (10 million runs of each target).
+    #[arg(long)]
+    fuzz_only: bool,
     /// Arguments for `pidmap-bench`.
     #[arg(last = true, value_name = "BENCH_ARGS")]
     bench_args: Vec<OsString>,
@@ -21,9 +28,23 @@ pub struct Args {
 
 const BENCH_PACKAGE: &str = "pidmap-tests";
 const BENCH_BIN: &str = "pidmap-bench";
+/// Runs of each fuzz target in the bench.
+const FUZZ_RUNS: u64 = 10_000_000;
 
 pub fn run(args: &Args) -> Result<()> {
     setup::run(&setup::Options { for_tests: false })?;
+    if !args.fuzz_only {
+        agent_bench(args)?;
+    }
+    if !args.skip_fuzz {
+        setup::cargo_fuzz()?;
+        fuzz::fuzz(&fuzz::TARGETS, fuzz::Budget::Runs(FUZZ_RUNS))?;
+    }
+    Ok(())
+}
+
+/// The build time and `pidmap-bench`.
+fn agent_bench(args: &Args) -> Result<()> {
     let metadata = Metadata::load()?;
     if !args.skip_build_time {
         let dir = metadata.target_dir()?.join("bench-clean-build");

@@ -4,6 +4,7 @@
 //! printed before they run and run with their output visible. See `docs/development.md`.
 
 mod bench;
+mod fuzz;
 mod image;
 mod lint;
 mod matrix;
@@ -48,8 +49,10 @@ enum Command {
     Run(run::RunArgs),
     /// Run setup, then rustfmt and clippy on the workspace and on the eBPF crate.
     Lint,
-    /// Run the whole test suite: setup --for-tests, lint, unit tests, privileged tests, matrix --ci.
+    /// Run the whole test suite: setup --for-tests, lint, unit tests, fuzz, privileged tests,
+    /// matrix --ci.
     ///
+    /// The fuzz stage runs every fuzz target for 10 seconds (`cargo xtask fuzz --seconds 10`).
     /// The privileged end-to-end tests (real eBPF, containerd and runc) need root and run with
     /// --test-threads=1. Arguments after `--` go to the privileged test binary, e.g. a test name
     /// filter: `cargo xtask test -- forked_and_execed_child`. The last stage is `cargo xtask
@@ -77,10 +80,19 @@ enum Command {
     /// target/matrix-logs/, the table also to target/matrix-last.md. Exits non-zero if any
     /// cell fails. Needs root. A full run takes 8–13 minutes on 2 cores, --ci 4–6.
     Matrix(matrix::Args),
-    /// Run setup, time a clean release build of the agent, then run `pidmap-bench`.
+    /// Run setup, time a clean release build of the agent, run `pidmap-bench`, then fuzz.
     ///
-    /// Arguments after `--` go to the `pidmap-bench` binary of the pidmap-tests package.
+    /// Arguments after `--` go to the `pidmap-bench` binary of the pidmap-tests package. The
+    /// fuzz part runs every fuzz target for 10 million inputs and prints runs/s and crashes.
     Bench(bench::Args),
+    /// Fuzz pidmap's parsers of untrusted input with libFuzzer (cargo-fuzz, nightly).
+    ///
+    /// Targets (fuzz/fuzz_targets/): cgroup_path, proc_stat, proc_cgroup, ring_event, oci_spec,
+    /// config. Each runs for --runs inputs or --seconds (default 60 s), from the committed seeds
+    /// in fuzz/corpus/TARGET (never written) plus what earlier runs found
+    /// (target/fuzz-corpus/TARGET). Prints runs, runs/s and crashes; a crash input is kept in
+    /// target/fuzz-artifacts/TARGET/ and the command fails.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +104,7 @@ fn main() -> ExitCode {
         Command::Lint => lint::run(),
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Image(args) => image::run(&args),
         Command::Matrix(args) => matrix::run(&args),
     };

@@ -24,6 +24,9 @@ use crate::{
 /// The bpf-linker release that matches the pinned aya set.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The cargo-fuzz release `cargo xtask fuzz` (and the fuzz stage of `cargo xtask test`) uses.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// Where the static busybox for test containers must be.
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -50,9 +53,9 @@ const CRI_PROTO_IN_PACKAGE: &str =
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Also install what the privileged tests need: containerd, ctr, runc, a static busybox,
-    /// the stock gRPC clients (Python grpcio, Node @grpc/grpc-js) under target/, Docker and
-    /// podman, and fetch the CRI API's .proto.
+    /// Also install what the tests need: containerd, ctr, runc, a static busybox, the stock
+    /// gRPC clients (Python grpcio, Node @grpc/grpc-js) under target/, Docker and podman,
+    /// cargo-fuzz, and fetch the CRI API's .proto.
     #[arg(long)]
     for_tests: bool,
 }
@@ -82,8 +85,41 @@ pub fn run(options: &Options) -> Result<()> {
         step("python gRPC client", || python_client(&mut apt, &tools))?;
         step("node gRPC client", || node_client(&mut apt, &tools))?;
         step("CRI API", cri_api)?;
+        cargo_fuzz()?;
     }
     Ok(())
+}
+
+/// The `cargo-fuzz` step: present, or installed with `cargo install` into cargo's bin
+/// directory (it runs the fuzz targets on the nightly toolchain; it builds on stable).
+pub fn cargo_fuzz() -> Result<()> {
+    step("cargo-fuzz", || {
+        match probe("cargo-fuzz", &["--version"]) {
+            Probe::Works(version) => {
+                say(format!("{version} present"));
+                return Ok(());
+            }
+            Probe::NotFound => {}
+            Probe::Fails(why) => say(format!(
+                "cargo-fuzz is installed but does not start ({why}); reinstalling it"
+            )),
+        }
+        let mut install = cargo();
+        install.args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+            "--force",
+        ]);
+        say(format!(
+            "installing cargo-fuzz {CARGO_FUZZ_VERSION} (under a minute; {})…",
+            util::display(&install)
+        ));
+        util::run(&mut install)?;
+        require_tool("cargo-fuzz")
+    })
 }
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {

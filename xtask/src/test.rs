@@ -1,12 +1,12 @@
-//! `cargo xtask test`: setup --for-tests, lint, unit tests, the privileged tests, then the
-//! CI subset of `cargo xtask matrix`.
+//! `cargo xtask test`: setup --for-tests, lint, unit tests, a short run of every fuzz target,
+//! the privileged tests, then the CI subset of `cargo xtask matrix`.
 
 use std::ffi::OsString;
 
 use anyhow::{bail, Result};
 
 use crate::{
-    lint, matrix, setup,
+    fuzz, lint, matrix, setup,
     stages::Stages,
     util::{cargo, is_root, run_shown},
 };
@@ -20,6 +20,9 @@ pub struct Args {
 }
 
 const UNIT: &str = "unit tests";
+const FUZZ: &str = "fuzz (10 s per target)";
+/// Seconds each fuzz target runs in the test: the build is most of the stage.
+const FUZZ_SECONDS: u64 = 10;
 const PRIVILEGED: &str = "privileged tests";
 const MATRIX: &str = "matrix --ci";
 
@@ -35,7 +38,10 @@ pub fn run(args: &Args) -> Result<()> {
     if !stages.run("setup --for-tests", || {
         setup::run(&setup::Options { for_tests: true })
     }) {
-        for name in lint::STAGES.into_iter().chain([UNIT, PRIVILEGED, MATRIX]) {
+        for name in lint::STAGES
+            .into_iter()
+            .chain([UNIT, FUZZ, PRIVILEGED, MATRIX])
+        {
             stages.skip(name, "setup failed");
         }
         return stages.finish();
@@ -50,6 +56,9 @@ pub fn run(args: &Args) -> Result<()> {
             "--exclude",
             "pidmap-tests",
         ]))
+    });
+    stages.run(FUZZ, || {
+        fuzz::fuzz(&fuzz::TARGETS, fuzz::Budget::Seconds(FUZZ_SECONDS))
     });
     stages.run(PRIVILEGED, || {
         if !is_root() {

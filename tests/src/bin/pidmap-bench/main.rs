@@ -354,7 +354,8 @@ fn agent_rss(bin: &std::path::Path, extra: usize) -> Result<()> {
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         let pid = agent.pid();
-        let status = |field| status_kib(pid, field).context("agent /proc/PID/status");
+        let status =
+            |field| pidmap_tests::proc_status_kib(pid, field).context("agent /proc/PID/status");
         let (rss, peak) = (status("VmRSS")?, status("VmHWM")?);
         let mib = |kib: u64| kib as f64 / 1024.0;
         let (heap, ring) = (
@@ -378,15 +379,6 @@ fn agent_rss(bin: &std::path::Path, extra: usize) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A `kB` field of /proc/PID/status, e.g. `VmRSS`.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    pidmap_tests::proc_status_field(pid, field)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// The summed `Rss:` of the mappings in /proc/PID/smaps whose name starts
