@@ -21,13 +21,14 @@ use crate::{
 };
 
 /// Every fuzz target (a `[[bin]]` of `fuzz/Cargo.toml`), in the order they run.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "cgroup_path",
     "proc_stat",
     "proc_cgroup",
     "ring_event",
     "oci_spec",
     "config",
+    "http_request",
 ];
 
 /// Seconds per target when neither `--runs` nor `--seconds` is given.

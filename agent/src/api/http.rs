@@ -34,7 +34,7 @@ use super::{
     peer::Peer,
     policy::{Method, Policy},
     proto,
-    service::PidmapService,
+    service::{check_batch, PidmapService},
 };
 
 /// Response bodies (the gRPC routes' type, so both share one server).
@@ -167,7 +167,7 @@ impl Route {
 
 /// How records are rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub enum Format {
     Json,
     Otel,
 }
@@ -285,6 +285,157 @@ fn start_time(text: &str) -> Result<u64, Status> {
     })
 }
 
+/// What an HTTP request asks, parsed and checked before anything is
+/// answered: a path it does not serve, a method other than GET, an
+/// oversized target, an unknown or repeated parameter, a malformed pid or
+/// an oversized batch are refused here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ask {
+    Process {
+        request: proto::ResolveRequest,
+        format: Format,
+    },
+    Processes {
+        requests: Vec<proto::ResolveRequest>,
+        format: Format,
+    },
+    Containers {
+        filter: proto::ListContainersRequest,
+        format: Format,
+    },
+    ContainerProcesses {
+        request: proto::ListProcessesRequest,
+        format: Format,
+    },
+    WhoAmI {
+        format: Format,
+    },
+    Status,
+    Watch,
+}
+
+/// A request [`Ask::parse`] refused, and the method it named, if any (for
+/// the request metrics).
+#[derive(Debug)]
+pub struct BadRequest {
+    pub method: Option<Method>,
+    pub error: HttpError,
+}
+
+impl Ask {
+    /// Parses a request's method and target. `max_request_bytes` bounds
+    /// the target (path and query), `batch_limit` the pids of one request.
+    pub fn parse(
+        method: &HttpMethod,
+        uri: &http::Uri,
+        max_request_bytes: usize,
+        batch_limit: usize,
+    ) -> Result<Self, BadRequest> {
+        let refuse = |error| BadRequest {
+            method: None,
+            error,
+        };
+        let target = uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if target > max_request_bytes {
+            return Err(refuse(HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::InvalidArgument,
+                format!(
+                    "request of {target} bytes is over the limit of {max_request_bytes}; ask for fewer pids at once"
+                ),
+            )));
+        }
+        let route = Route::parse(uri.path()).ok_or_else(|| {
+            refuse(HttpError::new(
+                StatusCode::NOT_FOUND,
+                Code::NotFound,
+                format!("no endpoint {}; there are {ENDPOINTS}", uri.path()),
+            ))
+        })?;
+        if method != HttpMethod::GET {
+            return Err(refuse(HttpError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unimplemented,
+                format!("{method} is not answered; every endpoint is GET"),
+            )));
+        }
+        let rpc = route.method();
+        Self::of(route, uri.query(), batch_limit).map_err(|error| BadRequest {
+            method: Some(rpc),
+            error,
+        })
+    }
+
+    /// What `route` asks with the query `query`.
+    fn of(route: Route, query: Option<&str>, batch_limit: usize) -> Result<Self, HttpError> {
+        let query = Query::parse(query)?;
+        query.only(route.parameters())?;
+        let format = query.format()?;
+        Ok(match route {
+            Route::Process(pid) => {
+                let mut request = pid_and_start(&pid)?;
+                if let Some(start) = query.one("start_time")? {
+                    request.start_time = Some(start_time(start)?);
+                }
+                Self::Process { request, format }
+            }
+            Route::Processes => {
+                let requests = query
+                    .all("pid")
+                    .map(pid_and_start)
+                    .collect::<Result<Vec<_>, _>>()?;
+                if requests.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "no pid given: /v1/processes?pid=1&pid=2…",
+                    )
+                    .into());
+                }
+                if let Err(status) = check_batch(requests.len(), batch_limit) {
+                    // The gRPC code of an oversized batch, with the HTTP
+                    // status that says what is wrong with it.
+                    let mut e = HttpError::from(status);
+                    e.status = StatusCode::PAYLOAD_TOO_LARGE;
+                    return Err(e);
+                }
+                Self::Processes { requests, format }
+            }
+            Route::Containers => Self::Containers {
+                filter: proto::ListContainersRequest {
+                    runtime_namespace: query.one("namespace")?.map(str::to_owned),
+                    pod_name: query.one("pod")?.map(str::to_owned),
+                    pod_namespace: query.one("pod_namespace")?.map(str::to_owned),
+                    labels: query.all("label").map(str::to_owned).collect(),
+                    include_deleted: query.flag("all")?,
+                },
+                format,
+            },
+            Route::ContainerProcesses(container_id) => Self::ContainerProcesses {
+                request: proto::ListProcessesRequest {
+                    container_id,
+                    runtime_namespace: query.one("namespace")?.map(str::to_owned),
+                },
+                format,
+            },
+            Route::WhoAmI => Self::WhoAmI { format },
+            Route::Status => Self::Status,
+            Route::Watch => Self::Watch,
+        })
+    }
+
+    /// The gRPC method this request is: its policy and its metrics.
+    pub fn method(&self) -> Method {
+        match self {
+            Self::Process { .. } => Method::Resolve,
+            Self::Processes { .. } => Method::ResolveBatch,
+            Self::Containers { .. } => Method::ListContainers,
+            Self::ContainerProcesses { .. } => Method::ListProcesses,
+            Self::WhoAmI { .. } => Method::WhoAmI,
+            Self::Status => Method::Status,
+            Self::Watch => Method::Watch,
+        }
+    }
+}
+
 /// The HTTP side of the API.
 pub struct HttpApi {
     service: Arc<PidmapService>,
@@ -307,121 +458,64 @@ impl HttpApi {
         let started = Instant::now();
         // No endpoint takes a body: it is never read.
         let (req, _) = req.into_parts();
-        let route = match self.route(&req) {
-            Ok(route) => route,
-            Err(e) => return e.response(),
-        };
-        let method = route.method();
-        let answer = match self.policy.check(method, req.extensions.get::<Peer>()) {
-            Ok(()) => self.answer(&route, &req).await,
-            Err(status) => Err(status.into()),
+        let parsed = Ask::parse(
+            &req.method,
+            &req.uri,
+            self.max_request_bytes,
+            self.service.batch_limit(),
+        );
+        let (method, answer) = match parsed {
+            Ok(ask) => {
+                let method = ask.method();
+                let answer = match self.policy.check(method, req.extensions.get::<Peer>()) {
+                    Ok(()) => self.answer(ask, &req).await,
+                    Err(status) => Err(status.into()),
+                };
+                (Some(method), answer)
+            }
+            Err(BadRequest { method, error }) => (method, Err(error)),
         };
         let (code, response) = match answer {
             Ok(response) => (Code::Ok, response),
             Err(e) => (e.code, e.response()),
         };
-        self.policy.record(method, code, started);
+        if let Some(method) = method {
+            self.policy.record(method, code, started);
+        }
         response
     }
 
-    /// The route `req` asks for, if it may be asked.
-    fn route(&self, req: &Parts) -> Result<Route, HttpError> {
-        let target = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
-        if target > self.max_request_bytes {
-            return Err(HttpError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Code::InvalidArgument,
-                format!(
-                    "request of {target} bytes is over the limit of {}; ask for fewer pids at once",
-                    self.max_request_bytes
-                ),
-            ));
-        }
-        let route = Route::parse(req.uri.path()).ok_or_else(|| {
-            HttpError::new(
-                StatusCode::NOT_FOUND,
-                Code::NotFound,
-                format!("no endpoint {}; there are {ENDPOINTS}", req.uri.path()),
-            )
-        })?;
-        if req.method != HttpMethod::GET {
-            return Err(HttpError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Code::Unimplemented,
-                format!("{} is not answered; every endpoint is GET", req.method),
-            ));
-        }
-        Ok(route)
-    }
-
-    async fn answer(&self, route: &Route, req: &Parts) -> Result<Response<Body>, HttpError> {
-        let query = Query::parse(req.uri.query())?;
-        query.only(route.parameters())?;
+    async fn answer(&self, ask: Ask, req: &Parts) -> Result<Response<Body>, HttpError> {
         let service = &self.service;
-        let value = match route {
-            Route::Process(pid) => {
-                let mut request = pid_and_start(pid)?;
-                if let Some(start) = query.one("start_time")? {
-                    request.start_time = Some(start_time(start)?);
-                }
+        let value = match ask {
+            Ask::Process { request, format } => {
                 let records = service.resolve_all(std::slice::from_ref(&request)).await?;
                 let record = records.first().cloned().unwrap_or_default();
-                render_record(&record, query.format()?)
+                render_record(&record, format)
             }
-            Route::Processes => {
-                let requests = query
-                    .all("pid")
-                    .map(pid_and_start)
-                    .collect::<Result<Vec<_>, _>>()?;
-                if requests.is_empty() {
-                    return Err(Status::invalid_argument(
-                        "no pid given: /v1/processes?pid=1&pid=2…",
-                    )
-                    .into());
-                }
-                if let Err(status) = service.check_batch(requests.len()) {
-                    // The gRPC code of an oversized batch, with the HTTP
-                    // status that says what is wrong with it.
-                    let mut e = HttpError::from(status);
-                    e.status = StatusCode::PAYLOAD_TOO_LARGE;
-                    return Err(e);
-                }
+            Ask::Processes { requests, format } => {
                 let records = service.resolve_all(&requests).await?;
-                render_records(&records, query.format()?)
+                render_records(&records, format)
             }
-            Route::Containers => {
-                let filter = proto::ListContainersRequest {
-                    runtime_namespace: query.one("namespace")?.map(str::to_owned),
-                    pod_name: query.one("pod")?.map(str::to_owned),
-                    pod_namespace: query.one("pod_namespace")?.map(str::to_owned),
-                    labels: query.all("label").map(str::to_owned).collect(),
-                    include_deleted: query.flag("all")?,
-                };
-                let format = query.format()?;
-                Value::Array(
-                    service
-                        .containers(&filter)
-                        .iter()
-                        .map(|c| match format {
-                            Format::Json => json::container(c),
-                            Format::Otel => json::otel_container(c),
-                        })
-                        .collect(),
-                )
+            Ask::Containers { filter, format } => Value::Array(
+                service
+                    .containers(&filter)
+                    .iter()
+                    .map(|c| match format {
+                        Format::Json => json::container(c),
+                        Format::Otel => json::otel_container(c),
+                    })
+                    .collect(),
+            ),
+            Ask::ContainerProcesses { request, format } => {
+                render_records(&service.processes(&request)?, format)
             }
-            Route::ContainerProcesses(id) => {
-                let records = service.processes(&proto::ListProcessesRequest {
-                    container_id: id.clone(),
-                    runtime_namespace: query.one("namespace")?.map(str::to_owned),
-                })?;
-                render_records(&records, query.format()?)
-            }
-            Route::WhoAmI => {
+            Ask::WhoAmI { format } => {
                 let record = service.who_is(req.extensions.get::<Peer>()).await?;
-                render_record(&record, query.format()?)
+                render_record(&record, format)
             }
-            Route::Status => json::status(&service.status()),
-            Route::Watch => return Ok(self.watch()),
+            Ask::Status => json::status(&service.status()),
+            Ask::Watch => return Ok(self.watch()),
         };
         Ok(json_response(StatusCode::OK, &value))
     }
@@ -548,6 +642,63 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn ask(method: &HttpMethod, target: &str) -> Result<Ask, BadRequest> {
+        Ask::parse(method, &target.parse().expect("a target"), 256, 3)
+    }
+
+    #[test]
+    fn requests_are_parsed_whole_before_anything_is_answered() {
+        let get = &HttpMethod::GET;
+        assert_eq!(
+            ask(get, "/v1/processes/7:99?format=otel").unwrap(),
+            Ask::Process {
+                request: proto::ResolveRequest {
+                    pid: 7,
+                    start_time: Some(99)
+                },
+                format: Format::Otel
+            }
+        );
+        let Ask::Processes { requests, .. } = ask(get, "/v1/processes?pid=1&pid=2").unwrap() else {
+            panic!("a batch");
+        };
+        assert_eq!(requests.len(), 2);
+        let Ask::Containers { filter, .. } =
+            ask(get, "/v1/containers?label=a%3Db&all=1&namespace=k8s.io").unwrap()
+        else {
+            panic!("containers");
+        };
+        assert_eq!(filter.labels, ["a=b"]);
+        assert!(filter.include_deleted);
+        assert_eq!(ask(get, "/v1/status").unwrap().method(), Method::Status);
+
+        let refused = |method, target: &str| {
+            let e = ask(method, target).unwrap_err();
+            (e.method, e.error.status)
+        };
+        assert_eq!(refused(get, "/v2/x"), (None, StatusCode::NOT_FOUND));
+        assert_eq!(
+            refused(&HttpMethod::POST, "/v1/status"),
+            (None, StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            refused(get, &format!("/v1/processes?pid={}", "1".repeat(300))),
+            (None, StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        assert_eq!(
+            refused(get, "/v1/processes?pid=1&pid=2&pid=3&pid=4"),
+            (Some(Method::ResolveBatch), StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        assert_eq!(
+            refused(get, "/v1/status?format=json"),
+            (Some(Method::Status), StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refused(get, "/v1/processes/x"),
+            (Some(Method::Resolve), StatusCode::BAD_REQUEST)
+        );
     }
 
     #[test]

@@ -77,15 +77,9 @@ impl PidmapService {
             .collect())
     }
 
-    /// Refuses a batch of more than the batch limit's pids.
-    pub fn check_batch(&self, pids: usize) -> Result<(), Status> {
-        if pids > self.settings.batch_limit {
-            return Err(Status::invalid_argument(format!(
-                "batch of {pids} pids is over the limit of {}; split it",
-                self.settings.batch_limit
-            )));
-        }
-        Ok(())
+    /// Most pids in one batch.
+    pub fn batch_limit(&self) -> usize {
+        self.settings.batch_limit
     }
 
     /// The containers `req` asks for, sorted by namespace and id:
@@ -246,6 +240,16 @@ impl PidmapService {
     }
 }
 
+/// Refuses a batch of more than `limit` pids.
+pub fn check_batch(pids: usize, limit: usize) -> Result<(), Status> {
+    if pids > limit {
+        return Err(Status::invalid_argument(format!(
+            "batch of {pids} pids is over the limit of {limit}; split it"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a pid from a request.
 pub fn valid_pid(pid: i64) -> Result<u32, Status> {
     if pid <= 0 {
@@ -307,7 +311,7 @@ impl Pidmap for PidmapService {
         req: Request<proto::ResolveBatchRequest>,
     ) -> Result<Response<proto::ResolveBatchResponse>, Status> {
         let requests = &req.get_ref().requests;
-        self.check_batch(requests.len())?;
+        check_batch(requests.len(), self.settings.batch_limit)?;
         let records = self.resolve_all(requests).await?;
         Ok(Response::new(proto::ResolveBatchResponse { records }))
     }
