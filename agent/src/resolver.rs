@@ -284,6 +284,20 @@ pub fn resolve(state: &State, pid: u32, start_time: Option<StartTime>) -> Resolu
     View::with(state, |view| resolve_in(view, process))
 }
 
+impl Resolution {
+    /// This answer for a query the table may not be current for (see
+    /// [`State::catch_up`]): what may have changed meanwhile — a running
+    /// process (it may have exec'd, moved or exited), a pid the table does
+    /// not hold (it may have started) — is `pending`; an exit is final.
+    #[must_use]
+    pub fn unconfirmed(mut self) -> Self {
+        if matches!(self.state, Resolved::Running | Resolved::Unknown) {
+            self.state = Resolved::Pending;
+        }
+        self
+    }
+}
+
 /// Resolves a process the table holds, within `view`.
 pub fn resolve_in(view: &View<'_>, process: Process) -> Resolution {
     let placement = view.placement(&process);

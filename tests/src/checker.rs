@@ -8,8 +8,11 @@
 //! again; a process that changed between the two reads is counted
 //! inconclusive, every other answer must equal the truth. `pending` is
 //! accepted only while containerd is not synced (before/after the batch, by
-//! `Status`) — or, counted apart, for a container created less than a second
-//! before (its metadata in flight). A ppid may lag a re-parenting by 100 ms.
+//! `Status`), for a container created less than a second before (its
+//! metadata in flight), or while the agent says its table was not current
+//! (a repair after lost events, or a catch-up that timed out, around the
+//! batch, by `Status`) — each counted apart. A ppid may lag a re-parenting
+//! by 100 ms.
 //! Kernel threads' comm is not compared: procfs makes a kworker's name up
 //! from the work it is doing when read. A process in `do_exit`
 //! (`PF_EXITING`) may answer running or exited: the kernel reports the exit
@@ -237,9 +240,42 @@ pub async fn client(socket: &Path) -> PidmapClient<Channel> {
 }
 
 /// Whether containerd is synced, by the agent's own Status.
-async fn synced(c: &mut PidmapClient<Channel>) -> Option<bool> {
-    let s = c.status(proto::StatusRequest {}).await.ok()?.into_inner();
-    Some(s.containerd_synced)
+/// What the agent's `Status` says about how current its answers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Currency {
+    pub containerd_synced: bool,
+    pub repairing: bool,
+    pub rescans: u64,
+    pub catch_up_timeouts: u64,
+}
+
+impl Currency {
+    /// Asks the agent (`None` if it does not answer).
+    pub async fn of(c: &mut PidmapClient<Channel>) -> Option<Self> {
+        let s = c.status(proto::StatusRequest {}).await.ok()?.into_inner();
+        Some(Self {
+            containerd_synced: s.containerd_synced,
+            repairing: s.repairing,
+            rescans: s.rescans,
+            catch_up_timeouts: s.catch_up_timeouts,
+        })
+    }
+
+    /// Whether, between `before` and `after`, the agent said its table may
+    /// not have been current for a query: it was repairing lost events at
+    /// either end or started a repair between them, or a query's catch-up
+    /// timed out. Its `pending` answers are then what it promised.
+    pub fn unconfirmed_between(before: Option<Self>, after: Option<Self>) -> bool {
+        match (before, after) {
+            (Some(b), Some(a)) => {
+                b.repairing
+                    || a.repairing
+                    || a.rescans != b.rescans
+                    || a.catch_up_timeouts != b.catch_up_timeouts
+            }
+            _ => true,
+        }
+    }
 }
 
 /// What one round found.
@@ -249,6 +285,9 @@ pub struct Round {
     pub checked: u64,
     /// The wrong ones, described.
     pub wrong: Vec<String>,
+    /// `pending` answers given while the agent said its table was not
+    /// current (right, but not an answer yet).
+    pub unconfirmed: u64,
 }
 
 /// Compares whole rounds of answers with /proc; remembers, between rounds,
@@ -274,7 +313,7 @@ impl Checker {
             .into_iter()
             .filter_map(ProcTruth::read)
             .collect();
-        let synced_before = synced(c).await;
+        let status_before = Currency::of(c).await;
         let answers = c
             .resolve_batch(proto::ResolveBatchRequest {
                 requests: before
@@ -288,8 +327,10 @@ impl Checker {
             .await?
             .into_inner()
             .records;
-        let synced_after = synced(c).await;
-        let not_synced = synced_before != Some(true) || synced_after != Some(true);
+        let status_after = Currency::of(c).await;
+        let synced = |s: Option<Currency>| s.is_some_and(|s| s.containerd_synced);
+        let not_synced = !synced(status_before) || !synced(status_after);
+        let unconfirmed = Currency::unconfirmed_between(status_before, status_after);
         let made = lock(&self.run.made).clone();
         self.run.count("rounds", 1);
         let mut round = Round::default();
@@ -300,6 +341,12 @@ impl Checker {
             }
             self.run.count("answers checked", 1);
             round.checked += 1;
+            if unconfirmed && answer.state == proto::ProcessState::Pending as i32 {
+                self.run
+                    .count("pending (the agent's table not confirmed current)", 1);
+                round.unconfirmed += 1;
+                continue;
+            }
             if let Err(what) = self.check(truth, answer, &made, not_synced) {
                 round.wrong.push(format!(
                     "pid {} ({}): {what}; pidmap said {answer:?}; /proc said {truth:?}",

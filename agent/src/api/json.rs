@@ -82,6 +82,8 @@ pub fn status(s: &proto::StatusResponse) -> Value {
         "containerd_synced": s.containerd_synced,
         "containerd_reconnects": s.containerd_reconnects,
         "rescans": s.rescans,
+        "repairing": s.repairing,
+        "catch_up_timeouts": s.catch_up_timeouts,
         "version": s.version,
     })
 }

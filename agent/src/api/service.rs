@@ -62,6 +62,9 @@ impl PidmapService {
     /// [`State::catch_up`](crate::state::State::catch_up): the answers
     /// include every kernel event recorded before the request, so a process
     /// that started or exec'd a moment ago is there with its current comm.
+    /// Should the table not be confirmed current in time (a backlog, or
+    /// lost events being repaired), what may have changed answers
+    /// `pending`.
     pub async fn resolve_all(
         &self,
         requests: &[proto::ResolveRequest],
@@ -70,10 +73,17 @@ impl PidmapService {
             .iter()
             .map(|r| Ok((valid_pid(r.pid)?, r.start_time.map(StartTime))))
             .collect::<Result<Vec<_>, Status>>()?;
-        self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
+        let current = self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
         Ok(wanted
             .iter()
-            .map(|&(pid, start)| convert::record(&resolve(&self.state, pid, start)))
+            .map(|&(pid, start)| {
+                let r = resolve(&self.state, pid, start);
+                convert::record(&if current.is_current() {
+                    r
+                } else {
+                    r.unconfirmed()
+                })
+            })
             .collect())
     }
 
@@ -135,7 +145,7 @@ impl PidmapService {
         })?;
         let pid = valid_pid(i64::from(pid))?;
         let mut changes = self.state.subscribe_changes();
-        self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
+        let current = self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
         let mut r = resolve(&self.state, pid, None);
         let deadline = tokio::time::Instant::now() + WHOAMI_CATCH_UP;
         while r.process.is_none() {
@@ -145,6 +155,9 @@ impl PidmapService {
                 Ok(_) => r = resolve(&self.state, pid, None),
                 Err(_) => break,
             }
+        }
+        if !current.is_current() {
+            r = r.unconfirmed();
         }
         Ok(convert::record(&r))
     }
@@ -168,6 +181,8 @@ impl PidmapService {
             rescans: m.rescans,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             containerd_synced: self.state.containerd_synced(),
+            repairing: self.state.repairing(),
+            catch_up_timeouts: m.catch_up_timeouts,
         }
     }
 

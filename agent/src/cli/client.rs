@@ -304,7 +304,16 @@ pub async fn status(socket: &Path, output: Output) -> Result<u8, Failure> {
                 s.containerd_connected, s.containerd_reconnects
             );
             println!("containerd synced:     {}", s.containerd_synced);
-            println!("/proc rescans:         {}", s.rescans);
+            println!(
+                "/proc rescans:         {}{}",
+                s.rescans,
+                if s.repairing {
+                    " (repairing lost events now)"
+                } else {
+                    ""
+                }
+            );
+            println!("catch-up timeouts:     {}", s.catch_up_timeouts);
             println!("version:               {}", s.version);
         }
     }

@@ -55,17 +55,43 @@ pub const CHANGE_BUFFER: usize = 8192;
 pub const CATCH_UP_QUEUE: usize = 1024;
 
 /// How long an API query waits for [`State::catch_up`] before it answers
-/// from the table as it is (a backlog that long means the tracker is busy;
-/// waiting longer would only slow every caller down).
+/// `pending` what may have changed (a backlog that long means the tracker is
+/// busy; waiting longer would only slow every caller down).
 pub const QUERY_CATCH_UP: Duration = Duration::from_millis(25);
+
+/// How long a query waits for the repair of the table after lost kernel
+/// events (a /proc rescan: milliseconds to a few hundred on large nodes)
+/// before it answers `pending` what may have changed.
+pub const REPAIR_WAIT: Duration = Duration::from_millis(250);
 
 /// A tracker that has not ticked for this long is taken for hung: queries
 /// answer UNAVAILABLE and readiness fails, rather than serve a frozen table.
 pub const STALL_LIMIT: Duration = Duration::from_secs(5);
 
 /// Answered once every kernel event recorded before the request was
-/// applied to the table (see [`State::catch_up`]).
+/// applied to the table, and every event lost before it repaired (see
+/// [`State::catch_up`]).
 pub type CatchUpReply = oneshot::Sender<()>;
+
+/// Whether the table is known to hold everything that happened before a
+/// query (see [`State::catch_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Every kernel event recorded before the query is applied, and no
+    /// lost event waits for its repair.
+    Current,
+    /// The tracker did not apply the ring's backlog in time.
+    Behind,
+    /// Kernel events were lost and the /proc rescan that repairs them did
+    /// not finish in time.
+    Repairing,
+}
+
+impl CatchUp {
+    pub fn is_current(self) -> bool {
+        self == Self::Current
+    }
+}
 
 /// The agent's link to containerd, as the watcher reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +136,9 @@ pub struct State {
     /// The ring's consumer position after the tracker last applied what it
     /// consumed.
     applied: AtomicU64,
+    /// Kernel events were lost and the rescan that repairs them is not
+    /// applied yet.
+    repairing: AtomicBool,
 }
 
 impl State {
@@ -133,6 +162,7 @@ impl State {
             catch_up: OnceLock::new(),
             ring: OnceLock::new(),
             applied: AtomicU64::new(0),
+            repairing: AtomicBool::new(false),
         });
         (
             Arc::clone(&state),
@@ -144,32 +174,58 @@ impl State {
     }
 
     /// Waits until every kernel event recorded before this call is in the
-    /// table. Free when the tracker has applied everything the kernel has
-    /// written to the ring buffer (the common case: a look at two
-    /// counters); otherwise one request to the tracker, which drains the
-    /// ring at once rather than at its next wake-up and answers once it has
-    /// applied that. Concurrent callers share one drain.
+    /// table, and every event the kernel lost before it is repaired. Free
+    /// when the tracker has applied everything the kernel has written to
+    /// the ring buffer and no loss waits for repair (the common case: a
+    /// look at three atomics); otherwise one request to the tracker, which
+    /// drains the ring at once rather than at its next wake-up and answers
+    /// once it has applied that — and, after a loss, once its /proc rescan
+    /// is applied. Concurrent callers share one drain.
     ///
-    /// Returns false without waiting longer when that takes over `timeout`,
-    /// when [`CATCH_UP_QUEUE`] callers wait already, or when no tracker
-    /// runs: the table then lags the kernel by at most the tracker's batch
-    /// interval.
-    pub async fn catch_up(&self, timeout: Duration) -> bool {
+    /// The tracker reads the kernel's drop counter after every drain, before
+    /// it publishes what it applied: a loss happens only while the ring is
+    /// full, so once the applied position passes what the ring held when
+    /// this call began, any loss before it is known here.
+    ///
+    /// Waits at most `timeout` ([`REPAIR_WAIT`] while a repair runs), and not
+    /// at all when [`CATCH_UP_QUEUE`] callers wait already; then says why
+    /// the table may not be current, for the caller to answer `pending`
+    /// what may have changed. Without a tracker (tests) the table is all
+    /// there is: current.
+    pub async fn catch_up(&self, timeout: Duration) -> CatchUp {
         if let Some(ring) = self.ring.get() {
-            if ring.producer() <= self.applied.load(Ordering::Acquire) {
-                return true;
+            // `applied` first: the tracker sets `repairing` before it
+            // publishes the position whose drain found the loss.
+            if ring.producer() <= self.applied.load(Ordering::Acquire) && !self.repairing() {
+                return CatchUp::Current;
             }
         }
         let Some(requests) = self.catch_up.get() else {
-            return false;
+            return CatchUp::Current;
+        };
+        let timeout = if self.repairing() {
+            timeout.max(REPAIR_WAIT)
+        } else {
+            timeout
         };
         let (reply, done) = oneshot::channel();
         let caught_up = requests.try_send(reply).is_ok()
             && matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(())));
-        if !caught_up {
-            self.metrics.count_catch_up_timeout();
+        if caught_up {
+            return CatchUp::Current;
         }
-        caught_up
+        self.metrics.count_catch_up_timeout();
+        if self.repairing() {
+            CatchUp::Repairing
+        } else {
+            CatchUp::Behind
+        }
+    }
+
+    /// Whether kernel events were lost and the /proc rescan that repairs
+    /// them is not applied yet.
+    pub fn repairing(&self) -> bool {
+        self.repairing.load(Ordering::Acquire)
     }
 
     /// Subscribes to changes (subscribe before taking a snapshot).
@@ -318,6 +374,13 @@ impl TableWriter {
         rx
     }
 
+    /// Records whether lost kernel events wait for their repair. Set before
+    /// [`set_applied`](Self::set_applied) publishes the drain that found
+    /// the loss.
+    pub fn set_repairing(&self, repairing: bool) {
+        self.state.repairing.store(repairing, Ordering::Release);
+    }
+
     /// Records that everything up to ring position `consumed` is applied.
     pub fn set_applied(&self, consumed: u64) {
         self.state.applied.store(consumed, Ordering::Release);
@@ -382,8 +445,11 @@ mod tests {
     #[tokio::test]
     async fn catch_up_waits_for_the_tracker_and_gives_up_on_time() {
         let (state, writer, _) = state();
-        // No tracker yet: nothing to wait for, and nothing counted.
-        assert!(!state.catch_up(Duration::from_secs(1)).await);
+        // No tracker: the table is all there is, and nothing is counted.
+        assert_eq!(
+            state.catch_up(Duration::from_secs(1)).await,
+            CatchUp::Current
+        );
         assert_eq!(state.metrics.snapshot().catch_up_timeouts, 0);
 
         let (tx, mut rx) = mpsc::channel::<CatchUpReply>(1);
@@ -392,13 +458,29 @@ mod tests {
             let reply = rx.recv().await.unwrap();
             let _ = reply.send(());
             // The next request is never answered.
-            let unanswered = rx.recv().await.unwrap();
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            drop(unanswered);
+            let mut unanswered = Vec::new();
+            while let Some(reply) = rx.recv().await {
+                unanswered.push(reply);
+            }
         });
-        assert!(state.catch_up(Duration::from_secs(5)).await);
-        assert!(!state.catch_up(Duration::from_millis(20)).await);
+        assert_eq!(
+            state.catch_up(Duration::from_secs(5)).await,
+            CatchUp::Current
+        );
+        assert_eq!(
+            state.catch_up(Duration::from_millis(20)).await,
+            CatchUp::Behind
+        );
         assert_eq!(state.metrics.snapshot().catch_up_timeouts, 1);
+        // While a repair runs, a query waits longer for it, then says so.
+        writer.set_repairing(true);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            state.catch_up(Duration::from_millis(20)).await,
+            CatchUp::Repairing
+        );
+        assert!(started.elapsed() >= REPAIR_WAIT);
+        assert_eq!(state.metrics.snapshot().catch_up_timeouts, 2);
         answering.abort();
     }
 

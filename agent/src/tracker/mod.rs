@@ -10,10 +10,15 @@
 //! - **Catch-ups**: a query that must see everything recorded before it
 //!   ([`State::catch_up`](crate::state::State::catch_up)) sends one request
 //!   here; the tracker drains and applies the ring at once and answers.
-//! - **Periodic work** — the drop-counter check (lost events start a /proc
-//!   rescan), expiry of exited processes, walks for unknown cgroup paths,
-//!   re-parenting of orphans — runs on a tick that is polled *first*, so a
-//!   ring that never empties cannot starve it.
+//! - **Lost events**: every drain ends with a look at the kernel's drop
+//!   counter, before the drain is published. New drops mark the table as
+//!   repairing and start a /proc rescan; catch-ups that arrive meanwhile
+//!   are answered once the rescan is applied, so a query never takes a
+//!   table with a known hole for current.
+//! - **Periodic work** — expiry of exited processes, walks for unknown
+//!   cgroup paths, re-parenting of orphans, retries of a failed repair —
+//!   runs on a tick that is polled *first*, so a ring that never empties
+//!   cannot starve it.
 //! - **Blocking work** — /proc scans, cgroupfs walks, /proc reads of
 //!   orphans' new parents — runs on tokio's blocking threads, one job of a
 //!   kind at a time, outside any lock; its result is applied afterwards.
@@ -58,6 +63,10 @@ const MAX_BATCH: usize = 1024;
 const BUSY_RECORD_WAIT: Duration = Duration::from_millis(1);
 /// How often exited entries are checked against the grace window.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon a repair whose /proc rescan failed is tried again.
+const REPAIR_RETRY: Duration = Duration::from_secs(1);
+/// Drops are logged at most this often (with how many since the last line).
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// Least time between two walks of cgroupfs for unknown cgroup ids.
 const WALK_INTERVAL: Duration = Duration::from_millis(20);
 /// Most cgroup ids waiting for their path to be found.
@@ -91,8 +100,19 @@ pub struct Tracker {
     seeded: Option<oneshot::Sender<()>>,
     /// Drops already reported (the kernel's counter only grows).
     reported_drops: u64,
+    /// Drops the last applied /proc scan repairs: those counted before it
+    /// started.
+    repaired_drops: u64,
     scan: Option<JoinHandle<Result<ScanResult, ProcError>>>,
+    /// The drops counted when the running scan started.
+    scan_covers: u64,
+    /// When the running (or last) scan started.
+    scan_started: Option<Instant>,
     rescan_wanted: bool,
+    /// Catch-ups that wait for a repair.
+    parked: Vec<CatchUpReply>,
+    last_drop_log: Option<Instant>,
+    unlogged_drops: u64,
     walk: Option<JoinHandle<Vec<(Hierarchy, CgroupId, String)>>>,
     last_walk: Option<Instant>,
     /// cgroups whose path is not known yet, and how many walks missed them.
@@ -132,8 +152,14 @@ impl Tracker {
             metrics,
             seeded: Some(seeded),
             reported_drops: 0,
+            repaired_drops: 0,
             scan: None,
+            scan_covers: 0,
+            scan_started: None,
             rescan_wanted: false,
+            parked: Vec::new(),
+            last_drop_log: None,
+            unlogged_drops: 0,
             walk: None,
             last_walk: None,
             unknown_paths: HashMap::new(),
@@ -147,7 +173,7 @@ impl Tracker {
     /// is already attached, so nothing that happens during the scan is
     /// lost.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        self.scan = Some(self.start_scan());
+        self.start_scan();
         let mut tick = tokio::time::interval(self.settings.poll);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -194,9 +220,19 @@ impl Tracker {
     /// Periodic work; see the module docs.
     fn on_tick(&mut self) {
         self.writer.heartbeat();
-        // Records that woke nobody (ring_wakeup_events > 0).
+        // Records that woke nobody (ring_wakeup_events > 0); the drain also
+        // looks at the drop counter.
         self.drain();
-        self.check_drops();
+        if self.scan.is_none()
+            && self.repairing()
+            && self
+                .scan_started
+                .is_none_or(|t| t.elapsed() >= REPAIR_RETRY)
+        {
+            // The last repair's scan failed: try again.
+            self.metrics.count_rescan();
+            self.start_scan();
+        }
         if self.last_sweep.elapsed() >= SWEEP_INTERVAL {
             self.last_sweep = Instant::now();
             let removed = self.writer.table().expire(monotonic_ns());
@@ -222,7 +258,8 @@ impl Tracker {
     }
 
     /// Answers every waiting catch-up once everything the programs had
-    /// reserved when it arrived is applied.
+    /// reserved when it arrived is applied — or, while lost events wait
+    /// for their repair, once the repair is applied.
     fn on_catch_up(&mut self, first: CatchUpReply) {
         let mut replies = vec![first];
         while let Ok(more) = self.catch_ups.try_recv() {
@@ -242,9 +279,21 @@ impl Tracker {
             std::thread::yield_now();
             self.drain();
         }
+        if self.repairing() {
+            // Callers that gave up are forgotten: a repair that keeps
+            // failing must not collect them.
+            self.parked.retain(|reply| !reply.is_closed());
+            self.parked.extend(replies);
+            return;
+        }
         for reply in replies {
             let _ = reply.send(());
         }
+    }
+
+    /// Whether lost events wait for their repair.
+    fn repairing(&self) -> bool {
+        self.reported_drops > self.repaired_drops
     }
 
     /// Reads and applies every record written before this call (records
@@ -268,6 +317,9 @@ impl Tracker {
                 break;
             }
         }
+        // Before the drain is published: a query that sees it must also see
+        // any loss it passed (see `State::catch_up`).
+        self.check_drops();
         self.writer.set_applied(self.positions.consumer());
     }
 
@@ -393,7 +445,8 @@ impl Tracker {
         });
     }
 
-    /// Reads the kernel's drop counter; new drops start a /proc rescan.
+    /// Reads the kernel's drop counter; new drops mark the table repairing
+    /// and start a /proc rescan.
     fn check_drops(&mut self) {
         let total = match self.ring.dropped_total() {
             Ok(total) => total,
@@ -405,31 +458,48 @@ impl Tracker {
         if total <= self.reported_drops {
             return;
         }
-        let new = total - self.reported_drops;
+        self.unlogged_drops += total - self.reported_drops;
         self.reported_drops = total;
+        self.writer.set_repairing(true);
         self.metrics.set_events_lost(total);
-        warn!(
-            new,
-            total,
-            "kernel dropped process events (ring buffer full); the table will be repaired from /proc"
-        );
+        if self
+            .last_drop_log
+            .is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL)
+        {
+            warn!(
+                new = self.unlogged_drops,
+                total,
+                "kernel dropped process events (ring buffer full); the table will be repaired from /proc, queries answer pending what may have changed until then"
+            );
+            self.last_drop_log = Some(Instant::now());
+            self.unlogged_drops = 0;
+        }
         if self.scan.is_some() {
             self.rescan_wanted = true;
         } else {
             self.metrics.count_rescan();
-            self.scan = Some(self.start_scan());
+            self.start_scan();
         }
     }
 
-    fn start_scan(&self) -> JoinHandle<Result<ScanResult, ProcError>> {
+    /// Starts a /proc scan on a blocking thread; it repairs every drop
+    /// counted so far.
+    fn start_scan(&mut self) {
         let fs = Arc::clone(&self.settings.cgroupfs);
         let root = self.settings.proc_root.clone();
-        tokio::task::spawn_blocking(move || proc::try_scan(&fs, &root))
+        self.scan_covers = self.reported_drops;
+        self.scan_started = Some(Instant::now());
+        self.scan = Some(tokio::task::spawn_blocking(move || {
+            proc::try_scan(&fs, &root)
+        }));
     }
 
     fn on_scan(&mut self, done: Result<Result<ScanResult, ProcError>, tokio::task::JoinError>) {
+        // What this scan repairs (applying it drains the ring, which may
+        // find new drops and start the next scan).
+        let covers = self.scan_covers;
         match done {
-            Ok(Ok(result)) => self.apply_scan(&result),
+            Ok(Ok(result)) => self.apply_scan(&result, covers),
             // An unreadable /proc must not look like an empty node: keep
             // the table as it is.
             Ok(Err(error)) => {
@@ -437,14 +507,16 @@ impl Tracker {
             }
             Err(error) => warn!(%error, "/proc scan task failed"),
         }
-        if self.rescan_wanted {
-            self.rescan_wanted = false;
+        // Drops counted while this scan ran need a scan started after them
+        // (applying this one may already have started it).
+        if std::mem::take(&mut self.rescan_wanted) && self.scan.is_none() {
             self.metrics.count_rescan();
-            self.scan = Some(self.start_scan());
+            self.start_scan();
         }
     }
 
-    fn apply_scan(&mut self, result: &ScanResult) {
+    /// Applies a /proc scan that started after `covers` drops were counted.
+    fn apply_scan(&mut self, result: &ScanResult, covers: u64) {
         // Events recorded before the scan started are older than it: apply
         // them first.
         self.drain();
@@ -462,6 +534,13 @@ impl Tracker {
             }
         }
         let stats = self.writer.table().apply_scan(result, monotonic_ns());
+        self.repaired_drops = self.repaired_drops.max(covers);
+        if !self.repairing() {
+            self.writer.set_repairing(false);
+            for reply in self.parked.drain(..) {
+                let _ = reply.send(());
+            }
+        }
         self.metrics.count_scan(stats.added, stats.marked_exited);
         if self.writer.state().has_watchers() {
             self.writer.notify(|| Change::Expired);

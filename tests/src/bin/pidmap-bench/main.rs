@@ -190,7 +190,10 @@ fn exec_storm(n: usize, spawners: usize, base: &Config, label: &str, probe: bool
                 let mut gave_up = 0;
                 while storming.load(std::sync::atomic::Ordering::Relaxed) {
                     let t = Instant::now();
-                    if !rt.block_on(state.catch_up(pidmap::state::QUERY_CATCH_UP)) {
+                    if !rt
+                        .block_on(state.catch_up(pidmap::state::QUERY_CATCH_UP))
+                        .is_current()
+                    {
                         gave_up += 1;
                     }
                     latency.record(api::nanos(t.elapsed()))?;
