@@ -39,6 +39,14 @@ pub const MAX_MAX_EXITED: usize = 1 << 20;
 /// channel bound and fail every `Watch`).
 pub const MAX_WATCH_BUFFER: usize = 1 << 20;
 
+/// The largest API request accepted: what one peer may make the agent
+/// buffer per stream (a value near `usize::MAX` would let any peer ask for
+/// all of the node's memory).
+pub const MAX_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// The most pids in one batch: about 20 MiB of answer at the ceiling.
+pub const MAX_BATCH_LIMIT: usize = 65_536;
+
 /// Every option of `pidmap agent`. Each field is a command-line option and
 /// a TOML key; its doc comment is its `--help`, its `default_value` the
 /// built-in default (see [`Config::default`]).
@@ -120,7 +128,7 @@ pub struct Config {
     /// /v1/whoami and /v1/status).
     #[arg(long)]
     pub restrict_peers: bool,
-    /// Most pids in one ResolveBatch request.
+    /// Most pids in one ResolveBatch request (at most 65536).
     #[arg(long, default_value = "4096", value_name = "N")]
     pub batch_limit: usize,
     /// Most API connections at once; the last 1/16 of them are kept for
@@ -136,7 +144,8 @@ pub struct Config {
     #[arg(long, default_value = "64", value_name = "N")]
     pub max_streams_per_connection: u32,
     /// Largest API request, in bytes: a gRPC message, or an HTTP request's
-    /// path and query (a longer one is answered 413).
+    /// path and query (a longer one is answered 413); from 1024 to 67108864
+    /// (64 MiB).
     #[arg(long, default_value = "262144", value_name = "BYTES")]
     pub max_request_bytes: usize,
     /// Seconds a connection may stay silent before it is closed.
@@ -273,6 +282,15 @@ impl Config {
         }
         if self.watch_buffer > MAX_WATCH_BUFFER {
             return invalid("watch_buffer", "must be at most 1048576");
+        }
+        if self.batch_limit > MAX_BATCH_LIMIT {
+            return invalid("batch_limit", "must be at most 65536");
+        }
+        if !(1024..=MAX_MAX_REQUEST_BYTES).contains(&self.max_request_bytes) {
+            return invalid(
+                "max_request_bytes",
+                "must be from 1024 to 67108864 (64 MiB)",
+            );
         }
         if self.ring_poll_ms == 0 || self.ring_poll_ms > 1000 {
             return invalid("ring_poll_ms", "must be between 1 and 1000");
@@ -502,6 +520,13 @@ mod tests {
             (["--max-exited", "1048577"], "max_exited"),
             (["--watch-buffer", "18446744073709551615"], "watch_buffer"),
             (["--watch-buffer", "1048577"], "watch_buffer"),
+            (
+                ["--max-request-bytes", "18446744073709551615"],
+                "max_request_bytes",
+            ),
+            (["--max-request-bytes", "67108865"], "max_request_bytes"),
+            (["--max-request-bytes", "1023"], "max_request_bytes"),
+            (["--batch-limit", "65537"], "batch_limit"),
         ] {
             let err = over(Config::default(), &args).unwrap_err();
             assert!(
@@ -511,10 +536,21 @@ mod tests {
         }
         let c = over(
             Config::default(),
-            &["--max-exited", "1048576", "--watch-buffer", "1048576"],
+            &[
+                "--max-exited",
+                "1048576",
+                "--watch-buffer",
+                "1048576",
+                "--max-request-bytes",
+                "67108864",
+                "--batch-limit",
+                "65536",
+            ],
         )
         .unwrap();
         assert_eq!(c.max_exited.get(), MAX_MAX_EXITED);
         assert_eq!(c.watch_buffer, MAX_WATCH_BUFFER);
+        assert_eq!(c.max_request_bytes, MAX_MAX_REQUEST_BYTES);
+        assert_eq!(c.batch_limit, MAX_BATCH_LIMIT);
     }
 }
