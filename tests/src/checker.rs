@@ -239,7 +239,6 @@ pub async fn client(socket: &Path) -> PidmapClient<Channel> {
         .unwrap_or_else(|f| panic!("{}", f.message))
 }
 
-/// Whether containerd is synced, by the agent's own Status.
 /// What the agent's `Status` says about how current its answers are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Currency {
