@@ -184,7 +184,7 @@ impl Debian {
             Ok(value) => Ok(value),
             Err(err) if !self.updated_now => {
                 say(format!(
-                    "{err:#}\nmatrix: the package lists may be stale: fetching them again and retrying"
+                    "{err:#}\ndebian: the package lists may be stale: fetching them again and retrying"
                 ));
                 self.update()?;
                 fetch(self)
@@ -261,8 +261,10 @@ pub fn extract_matching(deb: &Path, pattern: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Says what the private Debian lists and downloads are doing; `setup` (the CRI API) and the
+/// matrix (kernels, containerd) both use them, so the lines are `debian:`, not either's.
 fn say(message: impl std::fmt::Display) {
-    println!("matrix: {message}");
+    println!("debian: {message}");
 }
 
 /// The first `URIs:` of a deb822 sources file's stanzas that carry a plain suite (not
