@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
             Ok(ask) => {
                 assert_eq!(method, http::Method::GET, "only GET is answered");
                 let target = uri.path_and_query().map_or(0, |p| p.as_str().len());
-                assert!(target <= MAX_REQUEST_BYTES, "an oversized target was parsed");
+                assert!(
+                    target <= MAX_REQUEST_BYTES,
+                    "an oversized target was parsed"
+                );
                 if let Ask::Processes { requests, .. } = &ask {
                     assert!(
                         (1..=BATCH_LIMIT).contains(&requests.len()),

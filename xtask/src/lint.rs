@@ -1,4 +1,5 @@
-//! `cargo xtask lint`: rustfmt and clippy, for the workspace and for the eBPF crate.
+//! `cargo xtask lint`: rustfmt and clippy, for the workspace and for the eBPF crate; rustfmt
+//! for the fuzz targets.
 
 use anyhow::Result;
 
@@ -29,7 +30,16 @@ pub const STAGES: [&str; 3] = ["fmt", "clippy", "clippy (eBPF)"];
 /// Adds the lint stages to a run; each runs whatever the others did.
 pub fn add_stages(stages: &mut Stages) {
     stages.run(STAGES[0], || {
-        run_shown(cargo().args(["fmt", "--all", "--", "--check"]))
+        run_shown(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        // The fuzz targets are a workspace of their own (nightly, cargo-fuzz); rustfmt
+        // needs no build, so they are checked here too.
+        let fuzz = crate::util::repo_root().join("fuzz/Cargo.toml");
+        run_shown(
+            cargo()
+                .args(["fmt", "--all", "--manifest-path"])
+                .arg(&fuzz)
+                .args(["--", "--check"]),
+        )
     });
     stages.run(STAGES[1], || {
         run_shown(cargo().args([
