@@ -535,12 +535,7 @@ impl Drop for Containerd {
         if !errors.is_empty() {
             errors.push(format!("containerd log tail:\n{}", self.log_tail()));
         }
-        if let Some(dir) = self.dir.take() {
-            if let Err(e) = dir.close() {
-                errors.push(format!("remove {}: {e}", self.path.display()));
-            }
-        }
-        host::report_leaks("containerd", &errors);
+        host::report_leaks("containerd", self.dir.take(), errors);
     }
 }
 

@@ -291,11 +291,6 @@ impl Drop for Dockerd<'_> {
         if !errors.is_empty() {
             errors.push(format!("dockerd log:\n{}", self.log()));
         }
-        if let Some(dir) = self.dir.take() {
-            if let Err(e) = dir.close() {
-                errors.push(format!("remove {}: {e}", self.path.display()));
-            }
-        }
-        host::report_leaks("dockerd", &errors);
+        host::report_leaks("dockerd", self.dir.take(), errors);
     }
 }

@@ -220,11 +220,6 @@ impl Drop for Podman {
                 }
             }
         }
-        if let Some(dir) = self.dir.take() {
-            if let Err(e) = dir.close() {
-                errors.push(format!("remove {}: {e}", self.path.display()));
-            }
-        }
-        host::report_leaks("podman", &errors);
+        host::report_leaks("podman", self.dir.take(), errors);
     }
 }

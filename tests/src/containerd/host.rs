@@ -240,9 +240,16 @@ fn has_subdirs(dir: &Path) -> bool {
     })
 }
 
-/// Ends a fixture's drop: panics with what `fixture`'s cleanup found left behind
-/// (`leaks`), or only prints it when the test is already panicking.
-pub(crate) fn report_leaks(fixture: &str, leaks: &[String]) {
+/// Ends a fixture's drop: removes its temp dir (`dir`, if not taken yet), then panics
+/// with what `fixture`'s cleanup found left behind (`leaks`), or only prints it when the
+/// test is already panicking.
+pub(crate) fn report_leaks(fixture: &str, dir: Option<tempfile::TempDir>, mut leaks: Vec<String>) {
+    if let Some(dir) = dir {
+        let path = dir.path().to_path_buf();
+        if let Err(e) = dir.close() {
+            leaks.push(format!("remove {}: {e}", path.display()));
+        }
+    }
     if leaks.is_empty() {
         return;
     }
