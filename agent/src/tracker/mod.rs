@@ -104,11 +104,11 @@ pub struct Tracker {
     /// started.
     repaired_drops: u64,
     scan: Option<JoinHandle<Result<ScanResult, ProcError>>>,
-    /// The drops counted when the running scan started.
+    /// The drops counted when the running (or last) scan started; drops
+    /// past it need another scan.
     scan_covers: u64,
     /// When the running (or last) scan started.
     scan_started: Option<Instant>,
-    rescan_wanted: bool,
     /// Catch-ups that wait for a repair.
     parked: Vec<CatchUpReply>,
     last_drop_log: Option<Instant>,
@@ -156,7 +156,6 @@ impl Tracker {
             scan: None,
             scan_covers: 0,
             scan_started: None,
-            rescan_wanted: false,
             parked: Vec::new(),
             last_drop_log: None,
             unlogged_drops: 0,
@@ -474,9 +473,8 @@ impl Tracker {
             self.last_drop_log = Some(Instant::now());
             self.unlogged_drops = 0;
         }
-        if self.scan.is_some() {
-            self.rescan_wanted = true;
-        } else {
+        // While a scan runs, these drops wait for it to end (`on_scan`).
+        if self.scan.is_none() {
             self.metrics.count_rescan();
             self.start_scan();
         }
@@ -509,7 +507,7 @@ impl Tracker {
         }
         // Drops counted while this scan ran need a scan started after them
         // (applying this one may already have started it).
-        if std::mem::take(&mut self.rescan_wanted) && self.scan.is_none() {
+        if self.scan.is_none() && self.reported_drops > self.scan_covers {
             self.metrics.count_rescan();
             self.start_scan();
         }
