@@ -36,6 +36,13 @@ pub enum Error {
     /// The agent stopped before its first /proc seed completed.
     #[error("the agent stopped before the process table was seeded")]
     NotSeeded,
+    /// `proc_root` is not a procfs the agent can read.
+    #[error("cannot read {path} (proc_root must name a mounted procfs, such as /proc)")]
+    ProcRoot {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A task the agent cannot work without ended on its own (or
     /// panicked): the agent stops rather than serve a frozen table.
     #[error("the agent's {task} task {how}")]

@@ -95,6 +95,13 @@ impl Agent {
     ) -> Result<Self, Error> {
         config.validate()?;
         let server_settings = api_settings(&config)?;
+        // procfs is read only once the programs are loaded (the seed): check
+        // it can be read first.
+        let proc_stat = config.proc_root.join("stat");
+        std::fs::metadata(&proc_stat).map_err(|source| Error::ProcRoot {
+            path: proc_stat,
+            source,
+        })?;
         let metrics = Arc::new(metrics::Metrics::default());
         let cgroupfs = Arc::new(cgroup::CgroupFs::discover()?);
         warn_if_unplaceable(&cgroupfs);
@@ -103,6 +110,12 @@ impl Agent {
         // It answers UNAVAILABLE until the agent is ready.
         let listener = api::server::bind(&server_settings)?;
         let socket_file = SocketFile(Some(server_settings.socket.clone()));
+        // Likewise the metrics address: a port in use fails the start before
+        // anything is loaded, and the socket just made is removed again.
+        let metrics_server = match config.metrics_addr {
+            Some(addr) => Some(metrics::server::MetricsServer::bind(addr).await?),
+            None => None,
+        };
         let loaded = ebpf::load(&ebpf::EbpfSettings {
             ring_buffer_bytes: config.ring_buffer_bytes,
             wakeup_events: config.ring_wakeup_events,
@@ -180,8 +193,7 @@ impl Agent {
         );
         agent.spawn(task::API, spawner.api(serve));
 
-        if let Some(addr) = config.metrics_addr {
-            let server = metrics::server::MetricsServer::bind(addr).await?;
+        if let Some(server) = metrics_server {
             agent.metrics_addr = Some(server.local_addr());
             let gauge_state = Arc::clone(&state);
             let registry = metrics::exposition::registry(
@@ -431,6 +443,7 @@ fn api_settings(config: &Config) -> Result<api::server::ServerSettings, Error> {
         max_request_bytes: config.max_request_bytes,
         idle_timeout: std::time::Duration::from_secs(config.idle_timeout_seconds.max(1)),
         request_timeout: std::time::Duration::from_secs(30),
+        proc_root: config.proc_root.clone(),
         service: api::service::ServiceSettings {
             batch_limit: config.batch_limit,
             restrict_peers: config.restrict_peers,

@@ -29,7 +29,7 @@ use crate::{
         containers::ContainerStore,
         Process, ProcessState, State,
     },
-    types::{CgroupId, ProcKey, StartTime},
+    types::{CgroupId, CgroupIds, ProcKey, StartTime},
 };
 
 /// The state of a resolved process.
@@ -182,8 +182,13 @@ impl View<'_> {
     /// cgroup2 root and has a v1 memory cgroup (pure-v1 and hybrid hosts
     /// where only v1 places processes).
     pub fn placement(&self, p: &Process) -> Option<Placement> {
-        let v2 = p.cgroups.v2.map(|id| (Hierarchy::V2, id));
-        let v1 = p.cgroups.v1_memory.map(|id| (Hierarchy::V1Memory, id));
+        self.placement_of(p.cgroups)
+    }
+
+    /// [`placement`](Self::placement) for a process in `cgroups`.
+    pub fn placement_of(&self, cgroups: CgroupIds) -> Option<Placement> {
+        let v2 = cgroups.v2.map(|id| (Hierarchy::V2, id));
+        let v1 = cgroups.v1_memory.map(|id| (Hierarchy::V1Memory, id));
         let (hierarchy, id) = match (v2, v1) {
             (Some(v2), _) if v2.1 .0 != 1 => v2,
             (_, Some(v1)) if v1.1 .0 != 1 => v1,
@@ -199,12 +204,22 @@ impl View<'_> {
 
     /// The container containerd reported for `p`'s cgroups.
     pub fn runtime_container(&self, p: &Process, path: Option<&str>) -> Option<&Container> {
-        p.cgroups
+        self.runtime_container_of(p.cgroups, path)
+    }
+
+    /// [`runtime_container`](Self::runtime_container) for a process in
+    /// `cgroups`.
+    pub fn runtime_container_of(
+        &self,
+        cgroups: CgroupIds,
+        path: Option<&str>,
+    ) -> Option<&Container> {
+        cgroups
             .v2
             .filter(|id| id.0 != 1)
             .and_then(|id| self.store.by_cgroup_v2(id))
             .or_else(|| {
-                p.cgroups
+                cgroups
                     .v1_memory
                     .filter(|id| id.0 != 1)
                     .and_then(|id| self.store.by_cgroup_v1_memory(id))
@@ -232,11 +247,26 @@ impl View<'_> {
 
 /// Which container `p` belongs to; see the module docs.
 pub fn membership(view: &View<'_>, p: &Process, placement: Option<&Placement>) -> Membership {
+    membership_of(
+        view,
+        p.cgroups,
+        matches!(p.state, ProcessState::Running),
+        placement,
+    )
+}
+
+/// [`membership`] of a process in `cgroups` that runs (or exited): what it
+/// depends on, so that processes sharing cgroups are judged once.
+pub fn membership_of(
+    view: &View<'_>,
+    cgroups: CgroupIds,
+    running: bool,
+    placement: Option<&Placement>,
+) -> Membership {
     let path = placement.and_then(|pl| pl.path.as_deref());
-    if let Some(c) = view.runtime_container(p, path) {
+    if let Some(c) = view.runtime_container_of(cgroups, path) {
         return Membership::Runtime(c.key.clone());
     }
-    let running = matches!(p.state, ProcessState::Running);
     let Some(path) = path else {
         // A cgroup (not a root) whose path the tracker has not learned
         // yet: it may well be a container's.
@@ -362,19 +392,30 @@ pub fn path_container_key(pc: &PathContainer) -> ContainerKey {
 }
 
 /// Every container known only from cgroup paths, by its
-/// [`path_container_key`].
+/// [`path_container_key`]. Costs the number of distinct cgroups processes
+/// sit in (the table's cgroup index), not the number of processes, live or
+/// exited: watchers call it on changes.
 pub fn path_containers(state: &State) -> BTreeMap<ContainerKey, PathContainerEntry> {
     let table = state.table();
     View::with(state, |view| {
         let mut out: BTreeMap<ContainerKey, PathContainerEntry> = BTreeMap::new();
-        let processes = table.live().chain(table.exited());
-        for p in processes {
-            let placement = view.placement(p);
-            let pc = match membership(view, p, placement.as_ref()) {
+        // Running members first: the entry's cgroup is a running one's
+        // where there is one.
+        let groups = table
+            .groups()
+            .filter_map(|(ids, g)| g.first_live().map(|pid| (ids, true, Some(pid))))
+            .chain(
+                table
+                    .groups()
+                    .filter(|(_, g)| g.exited() > 0)
+                    .map(|(ids, _)| (ids, false, None)),
+            );
+        for (cgroups, running, first_live) in groups {
+            let placement = view.placement_of(cgroups);
+            let pc = match membership_of(view, cgroups, running, placement.as_ref()) {
                 Membership::Path(pc) => pc,
                 _ => continue,
             };
-            let running = matches!(p.state, ProcessState::Running);
             let entry = out
                 .entry(path_container_key(&pc))
                 .or_insert_with(|| PathContainerEntry {
@@ -385,9 +426,9 @@ pub fn path_containers(state: &State) -> BTreeMap<ContainerKey, PathContainerEnt
                     cgroup_hierarchy: placement.as_ref().map(|pl| pl.hierarchy),
                     first_pid: None,
                 });
-            if running {
+            if let Some(pid) = first_live {
                 entry.status = TaskStatus::Running;
-                entry.first_pid = Some(entry.first_pid.map_or(p.key.pid, |f| f.min(p.key.pid)));
+                entry.first_pid = Some(entry.first_pid.map_or(pid, |f| f.min(pid)));
             }
         }
         out
@@ -404,15 +445,20 @@ pub enum ContainerRef {
 }
 
 /// The live processes of a container, by the same rule as [`membership`],
-/// resolved.
+/// resolved. Judges each set of cgroups once (the table's cgroup index),
+/// then resolves only the processes in the container's.
 pub fn processes_of(state: &State, target: &ContainerRef) -> Vec<Resolution> {
-    let live: Vec<Process> = state.table().live().cloned().collect();
+    let table = state.table();
     View::with(state, |view| {
-        let mut out: Vec<Resolution> = live
-            .into_iter()
-            .filter(|p| {
-                let placement = view.placement(p);
-                match (membership(view, p, placement.as_ref()), target) {
+        let mut out: Vec<Resolution> = table
+            .groups()
+            .filter(|(_, g)| g.first_live().is_some())
+            .filter(|(cgroups, _)| {
+                let placement = view.placement_of(*cgroups);
+                match (
+                    membership_of(view, *cgroups, true, placement.as_ref()),
+                    target,
+                ) {
                     (Membership::Runtime(k), ContainerRef::Runtime(want)) => &k == want,
                     (Membership::Path(pc), ContainerRef::Path(want)) => {
                         &path_container_key(&pc) == want
@@ -420,6 +466,8 @@ pub fn processes_of(state: &State, target: &ContainerRef) -> Vec<Resolution> {
                     _ => false,
                 }
             })
+            .flat_map(|(_, g)| g.live())
+            .filter_map(|pid| table.get(pid).cloned())
             .map(|p| resolve_in(view, p))
             .collect();
         out.sort_by_key(|r| r.pid);

@@ -181,6 +181,9 @@ async fn taken_metrics_address_fails_the_start() {
         Config {
             metrics_addr: Some(addr),
             socket: socket.0.clone(),
+            // Were anything loaded before the address is checked, this
+            // would fail the start first.
+            btf_path: "/nonexistent/vmlinux".into(),
             ..Config::default()
         },
         shutdown.clone(),
@@ -189,9 +192,16 @@ async fn taken_metrics_address_fails_the_start() {
     shutdown.cancel();
     match started {
         Err(Error::MetricsBind { addr: a, .. }) => assert_eq!(a, addr),
-        Err(other) => panic!("wrong error: {}", pidmap::error::chain(&other)),
+        Err(other) => panic!(
+            "wrong error (the metrics address must be checked before the eBPF programs load): {}",
+            pidmap::error::chain(&other)
+        ),
         Ok(_) => panic!("the agent started on a taken metrics address"),
     }
+    assert!(
+        !socket.0.exists(),
+        "a start that failed left its API socket behind"
+    );
 }
 
 /// Removes an API socket (and its private directory) on drop.

@@ -18,13 +18,15 @@ use std::{
 };
 
 use super::peer::Peer;
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, types::ProcKey};
 
 /// One allowance of connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerKey {
-    /// A root process.
-    RootProcess(u32),
+    /// A root process, as (pid, start time): a pid reused by another root
+    /// process is another peer. A root peer whose start time could not be
+    /// read has start time 0.
+    RootProcess(ProcKey),
     /// Every process of a non-root user.
     User(u32),
     /// A peer whose credentials could not be read.
@@ -34,7 +36,10 @@ pub enum PeerKey {
 impl PeerKey {
     pub fn of(peer: Option<&Peer>) -> Self {
         match peer {
-            Some(p) if p.is_root() => p.pid.map_or(Self::User(0), Self::RootProcess),
+            Some(p) if p.is_root() => p
+                .process
+                .or_else(|| p.pid.map(|pid| ProcKey::new(pid, crate::types::StartTime(0))))
+                .map_or(Self::User(0), Self::RootProcess),
             Some(p) => Self::User(p.uid),
             None => Self::Unknown,
         }
@@ -48,7 +53,7 @@ impl PeerKey {
 impl std::fmt::Display for PeerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::RootProcess(pid) => write!(f, "root process {pid}"),
+            Self::RootProcess(key) => write!(f, "root process {}", key.pid),
             Self::User(uid) => write!(f, "uid {uid}"),
             Self::Unknown => f.write_str("peers without credentials"),
         }
@@ -204,12 +209,7 @@ mod tests {
     }
 
     fn peer(uid: u32, pid: u32) -> Peer {
-        Peer {
-            pid: Some(pid),
-            uid,
-            gid: uid,
-            groups: Arc::from([]),
-        }
+        Peer::with_credentials(Some(pid), uid, uid, &[])
     }
 
     #[test]

@@ -262,12 +262,7 @@ mod tests {
     fn restricted_peers_are_let_in_by_any_of_their_groups() {
         let (p, state) = policy(true);
         state.set_ready();
-        let peer = |uid, gid, groups: &[u32]| Peer {
-            pid: Some(9),
-            uid,
-            gid,
-            groups: groups.into(),
-        };
+        let peer = |uid, gid, groups: &[u32]| Peer::with_credentials(Some(9), uid, gid, groups);
         let code = |peer: &Peer| p.check(Method::Resolve, Some(peer)).err().map(|s| s.code());
         assert_eq!(code(&peer(1000, 1234, &[])), None, "primary group");
         assert_eq!(

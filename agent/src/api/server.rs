@@ -77,6 +77,8 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     /// Longest a unary request may take.
     pub request_timeout: Duration,
+    /// procfs, where a peer's start time is read when it connects.
+    pub proc_root: PathBuf,
     pub service: ServiceSettings,
 }
 
@@ -184,7 +186,7 @@ pub async fn serve(
                 }
             },
         };
-        let peer = match Peer::of(&stream) {
+        let peer = match Peer::of(&stream, &settings.proc_root) {
             Ok(peer) => Some(peer),
             Err(error) => {
                 debug!(%error, "cannot read a peer's credentials");

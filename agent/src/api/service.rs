@@ -130,36 +130,68 @@ impl PidmapService {
     }
 
     /// The record of the process on the other end of the connection
-    /// `peer` describes.
+    /// `peer` describes: exactly the process that connected, as (pid, start
+    /// time) fixed when the connection was accepted (see
+    /// [`Peer`](super::peer::Peer)) — running, exited, or an error saying
+    /// it exited; never another process that reused its pid.
     ///
     /// The caller is alive, but it may have started or exec'd a moment
     /// ago, with its kernel events still in the ring buffer: they are
     /// applied first, so that its comm and cgroup are current. Should that
-    /// not find it, this waits a short while for its events rather than
-    /// answer `unknown`.
+    /// not find it, this waits a short while for its events, and answers
+    /// `pending` rather than `unknown` for a process that still lives.
     pub async fn who_is(&self, peer: Option<&Peer>) -> Result<proto::ProcessRecord, Status> {
-        let pid = peer.and_then(|p| p.pid).ok_or_else(|| {
-            Status::failed_precondition(
+        let Some(peer) = peer.filter(|p| p.pid.is_some()) else {
+            return Err(Status::failed_precondition(
                 "cannot tell who is calling: the connection carries no peer credentials",
-            )
-        })?;
-        let pid = valid_pid(i64::from(pid))?;
+            ));
+        };
+        let Some(key) = peer.process else {
+            let pid = peer.pid.unwrap_or_default();
+            return Err(Status::failed_precondition(
+                if peer.has_exited() == Some(false) {
+                    format!(
+                        "cannot tell which process pid {pid} is: its start time could not be read \
+                         when it connected"
+                    )
+                } else {
+                    format!(
+                        "the process that opened this connection (pid {pid}) exited before the \
+                         agent accepted it; its pid may belong to another process now"
+                    )
+                },
+            ));
+        };
+        valid_pid(i64::from(key.pid))?;
         let mut changes = self.state.subscribe_changes();
         let current = self.state.catch_up(crate::state::QUERY_CATCH_UP).await;
-        let mut r = resolve(&self.state, pid, None);
+        let mut r = resolve(&self.state, key.pid, Some(key.start_time));
         let deadline = tokio::time::Instant::now() + WHOAMI_CATCH_UP;
         while r.process.is_none() {
             match tokio::time::timeout_at(deadline, changes.recv()).await {
-                Ok(Ok(Change::Process(key))) if key.pid != pid => continue,
+                Ok(Ok(Change::Process(k))) if k != key => continue,
                 Ok(Ok(Change::Container(_) | Change::Expired)) => continue,
-                Ok(_) => r = resolve(&self.state, pid, None),
+                Ok(_) => r = resolve(&self.state, key.pid, Some(key.start_time)),
                 Err(_) => break,
             }
+        }
+        if r.process.is_none() {
+            if peer.has_exited() == Some(true) {
+                return Err(Status::failed_precondition(format!(
+                    "the process that opened this connection (pid {}, start time {}) has exited \
+                     and is no longer in the table; its pid may belong to another process now",
+                    key.pid, key.start_time.0
+                )));
+            }
+            // Alive, but not in the table yet: not known yet.
+            r = r.unconfirmed();
         }
         if !current.is_current() {
             r = r.unconfirmed();
         }
-        Ok(convert::record(&r))
+        let mut record = convert::record(&r);
+        record.start_time = Some(key.start_time.0);
+        Ok(record)
     }
 
     /// Readiness, counts and counters.

@@ -113,7 +113,7 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
         ),
         (
             "catch_up_timeouts",
-            "Queries answered from the table without waiting for the ring buffer to be drained and applied (the tracker was too far behind)",
+            "Queries whose table could not be confirmed current (the ring buffer was not drained and applied up to the query in time, or lost events were still being repaired): their running and unknown answers were pending",
             s.catch_up_timeouts,
         ),
         (

@@ -68,10 +68,25 @@ pub const REPAIR_WAIT: Duration = Duration::from_millis(250);
 /// answer UNAVAILABLE and readiness fails, rather than serve a frozen table.
 pub const STALL_LIMIT: Duration = Duration::from_secs(5);
 
-/// Answered once every kernel event recorded before the request was
-/// applied to the table, and every event lost before it repaired (see
+/// What the tracker answers a catch-up with: whether everything recorded
+/// before the request is applied (and every event lost before it
+/// repaired), or its wait for a record still being written ran out first
+/// (see [`State::catch_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The table holds everything recorded before the request.
+    Reached,
+    /// A record written before the request was still not committed when
+    /// the tracker stopped waiting for it (a writer preempted on another
+    /// CPU): what it and the records behind it say is not in the table.
+    NotReached,
+}
+
+/// Answered with [`Applied`] once every kernel event recorded before the
+/// request was applied to the table, and every event lost before it
+/// repaired — or once the tracker could wait no longer (see
 /// [`State::catch_up`]).
-pub type CatchUpReply = oneshot::Sender<()>;
+pub type CatchUpReply = oneshot::Sender<Applied>;
 
 /// Whether the table is known to hold everything that happened before a
 /// query (see [`State::catch_up`]).
@@ -190,8 +205,10 @@ impl State {
     /// Waits at most `timeout` ([`REPAIR_WAIT`] while a repair runs), and not
     /// at all when [`CATCH_UP_QUEUE`] callers wait already; then says why
     /// the table may not be current, for the caller to answer `pending`
-    /// what may have changed. Without a tracker (tests) the table is all
-    /// there is: current.
+    /// what may have changed. The tracker's answer says whether it reached
+    /// the ring position this call began at: a deadline never turns into
+    /// `Current`. Without a tracker (tests) the table is all there is:
+    /// current.
     pub async fn catch_up(&self, timeout: Duration) -> CatchUp {
         if let Some(ring) = self.ring.get() {
             // `applied` first: the tracker sets `repairing` before it
@@ -210,7 +227,10 @@ impl State {
         };
         let (reply, done) = oneshot::channel();
         let caught_up = requests.try_send(reply).is_ok()
-            && matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(())));
+            && matches!(
+                tokio::time::timeout(timeout, done).await,
+                Ok(Ok(Applied::Reached))
+            );
         if caught_up {
             return CatchUp::Current;
         }
@@ -456,7 +476,11 @@ mod tests {
         let _ = writer.state.catch_up.set(tx);
         let answering = tokio::spawn(async move {
             let reply = rx.recv().await.unwrap();
-            let _ = reply.send(());
+            let _ = reply.send(Applied::Reached);
+            // The tracker could not wait long enough for a record another
+            // CPU was writing: it answers, but not as current.
+            let reply = rx.recv().await.unwrap();
+            let _ = reply.send(Applied::NotReached);
             // The next request is never answered.
             let mut unanswered = Vec::new();
             while let Some(reply) = rx.recv().await {
@@ -468,10 +492,16 @@ mod tests {
             CatchUp::Current
         );
         assert_eq!(
+            state.catch_up(Duration::from_secs(5)).await,
+            CatchUp::Behind,
+            "an answer that did not reach the target is not current"
+        );
+        assert_eq!(state.metrics.snapshot().catch_up_timeouts, 1);
+        assert_eq!(
             state.catch_up(Duration::from_millis(20)).await,
             CatchUp::Behind
         );
-        assert_eq!(state.metrics.snapshot().catch_up_timeouts, 1);
+        assert_eq!(state.metrics.snapshot().catch_up_timeouts, 2);
         // While a repair runs, a query waits longer for it, then says so.
         writer.set_repairing(true);
         let started = std::time::Instant::now();
@@ -480,7 +510,7 @@ mod tests {
             CatchUp::Repairing
         );
         assert!(started.elapsed() >= REPAIR_WAIT);
-        assert_eq!(state.metrics.snapshot().catch_up_timeouts, 2);
+        assert_eq!(state.metrics.snapshot().catch_up_timeouts, 3);
         answering.abort();
     }
 

@@ -3,7 +3,10 @@
 //! owner task feeds it kernel events and /proc scans with the current
 //! CLOCK_MONOTONIC time.
 
-use std::{collections::HashMap, num::NonZeroUsize};
+use std::{
+    collections::{BTreeSet, HashMap},
+    num::NonZeroUsize,
+};
 
 use agent_common::EventKind;
 use lru::LruCache;
@@ -56,11 +59,46 @@ pub struct ReconcileStats {
     pub skipped_exited: usize,
 }
 
+/// The processes, live and exited, that share one set of cgroups (see
+/// [`ProcessTable::groups`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CgroupGroup {
+    /// The live processes' pids, lowest first.
+    live: BTreeSet<u32>,
+    /// How many exited processes (inside the grace window) were in them.
+    exited: usize,
+}
+
+impl CgroupGroup {
+    /// The lowest live pid, if any process runs in these cgroups.
+    pub fn first_live(&self) -> Option<u32> {
+        self.live.first().copied()
+    }
+
+    /// The live processes' pids, lowest first.
+    pub fn live(&self) -> impl Iterator<Item = u32> + '_ {
+        self.live.iter().copied()
+    }
+
+    /// How many exited processes (inside the grace window) were in them.
+    pub fn exited(&self) -> usize {
+        self.exited
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.exited == 0
+    }
+}
+
 /// The table. See the module docs.
 pub struct ProcessTable {
     live: HashMap<u32, Process>,
     /// Live processes by their parent's pid, for re-parenting.
     children: HashMap<u32, Vec<u32>>,
+    /// Live and exited processes by their cgroups: the answer to "which
+    /// containers do processes sit in" costs the number of distinct
+    /// cgroups, not the number of processes.
+    groups: HashMap<CgroupIds, CgroupGroup>,
     exited: LruCache<ProcKey, Process>,
     /// Start time of the newest exited entry per pid, for bare-pid look-ups.
     latest_exit: HashMap<u32, ProcKey>,
@@ -74,6 +112,7 @@ impl ProcessTable {
         Self {
             live: HashMap::new(),
             children: HashMap::new(),
+            groups: HashMap::new(),
             exited: LruCache::new(max_exited),
             latest_exit: HashMap::new(),
             grace_ns,
@@ -117,6 +156,23 @@ impl ProcessTable {
     /// Every exited process still inside the grace window.
     pub fn exited(&self) -> impl Iterator<Item = &Process> {
         self.exited.iter().map(|(_, p)| p)
+    }
+
+    /// Every set of cgroups some live or exited process is in, with those
+    /// processes: as many entries as distinct cgroups, however many
+    /// processes there are.
+    pub fn groups(&self) -> impl Iterator<Item = (CgroupIds, &CgroupGroup)> {
+        self.groups.iter().map(|(ids, g)| (*ids, g))
+    }
+
+    /// Updates the cgroup index for one process: `f` on the group of
+    /// `cgroups`, which goes when it is empty.
+    fn regroup(&mut self, cgroups: CgroupIds, f: impl FnOnce(&mut CgroupGroup)) {
+        let group = self.groups.entry(cgroups).or_default();
+        f(group);
+        if group.is_empty() {
+            self.groups.remove(&cgroups);
+        }
     }
 
     /// The live processes whose parent is `parent` (by pid, and by start
@@ -163,7 +219,8 @@ impl ProcessTable {
             .map_or(ProcKey::new(pid, crate::types::StartTime(0)), |p| p.key)
     }
 
-    /// Inserts a live process, indexing it under its parent.
+    /// Inserts a live process, indexing it under its parent and its
+    /// cgroups.
     fn put_live(&mut self, p: Process) {
         if let Some(parent) = p.parent {
             let siblings = self.children.entry(parent.pid).or_default();
@@ -171,12 +228,27 @@ impl ProcessTable {
                 siblings.push(p.key.pid);
             }
         }
-        self.live.insert(p.key.pid, p);
+        let pid = p.key.pid;
+        self.regroup(p.cgroups, |g| {
+            g.live.insert(pid);
+        });
+        if let Some(old) = self.live.insert(pid, p) {
+            // Callers take the old holder out first; never leave its index
+            // entry behind should one not.
+            if old.cgroups != self.live[&pid].cgroups {
+                self.regroup(old.cgroups, |g| {
+                    g.live.remove(&pid);
+                });
+            }
+        }
     }
 
-    /// Removes the live process holding `pid`, and its index entry.
+    /// Removes the live process holding `pid`, and its index entries.
     fn take_live(&mut self, pid: u32) -> Option<Process> {
         let p = self.live.remove(&pid)?;
+        self.regroup(p.cgroups, |g| {
+            g.live.remove(&pid);
+        });
         if let Some(parent) = p.parent {
             if let Some(siblings) = self.children.get_mut(&parent.pid) {
                 siblings.retain(|&c| c != pid);
@@ -273,7 +345,10 @@ impl ProcessTable {
         if !newer_known {
             self.latest_exit.insert(key.pid, key);
         }
-        if let Some((evicted, _)) = self.exited.push(key, p) {
+        self.regroup(p.cgroups, |g| g.exited += 1);
+        // The entry it replaced, or the oldest one it evicted.
+        if let Some((evicted, old)) = self.exited.push(key, p) {
+            self.regroup(old.cgroups, |g| g.exited = g.exited.saturating_sub(1));
             if evicted != key {
                 self.forget_latest(evicted);
             }
@@ -360,7 +435,8 @@ impl ProcessTable {
             if now_ns.saturating_sub(at_ns) < self.grace_ns {
                 break;
             }
-            if let Some((key, _)) = self.exited.pop_lru() {
+            if let Some((key, p)) = self.exited.pop_lru() {
+                self.regroup(p.cgroups, |g| g.exited = g.exited.saturating_sub(1));
                 self.forget_latest(key);
                 removed += 1;
             }

@@ -50,7 +50,7 @@ use crate::{
     },
     metrics::Metrics,
     proc::{self, ProcError, ScanResult},
-    state::{CatchUpReply, Change, TableWriter},
+    state::{Applied, CatchUpReply, Change, TableWriter},
     types::{CgroupId, CgroupIds},
     util::{chain, monotonic_ns},
 };
@@ -109,8 +109,9 @@ pub struct Tracker {
     scan_covers: u64,
     /// When the running (or last) scan started.
     scan_started: Option<Instant>,
-    /// Catch-ups that wait for a repair.
-    parked: Vec<CatchUpReply>,
+    /// Catch-ups that wait for a repair, with the ring position each must
+    /// see applied.
+    parked: Vec<(CatchUpReply, u64)>,
     last_drop_log: Option<Instant>,
     unlogged_drops: u64,
     walk: Option<JoinHandle<Vec<(Hierarchy, CgroupId, String)>>>,
@@ -258,7 +259,10 @@ impl Tracker {
 
     /// Answers every waiting catch-up once everything the programs had
     /// reserved when it arrived is applied — or, while lost events wait
-    /// for their repair, once the repair is applied.
+    /// for their repair, once the repair is applied. The answer says
+    /// whether that position was reached: a record still uncommitted after
+    /// [`BUSY_RECORD_WAIT`] holds the ones behind it back, and the caller
+    /// must not take the table for current then.
     fn on_catch_up(&mut self, first: CatchUpReply) {
         let mut replies = vec![first];
         while let Ok(more) = self.catch_ups.try_recv() {
@@ -281,12 +285,23 @@ impl Tracker {
         if self.repairing() {
             // Callers that gave up are forgotten: a repair that keeps
             // failing must not collect them.
-            self.parked.retain(|reply| !reply.is_closed());
-            self.parked.extend(replies);
+            self.parked.retain(|(reply, _)| !reply.is_closed());
+            self.parked
+                .extend(replies.into_iter().map(|reply| (reply, target)));
             return;
         }
+        let applied = self.applied_up_to(target);
         for reply in replies {
-            let _ = reply.send(());
+            let _ = reply.send(applied);
+        }
+    }
+
+    /// Whether every record up to ring position `target` is applied.
+    fn applied_up_to(&self, target: u64) -> Applied {
+        if self.positions.consumer() >= target {
+            Applied::Reached
+        } else {
+            Applied::NotReached
         }
     }
 
@@ -350,7 +365,7 @@ impl Tracker {
                     .record(now.saturating_sub(ev.timestamp_ns));
             }
         }
-        if !self.orphans.is_empty() {
+        if self.orphans.len() > 0 {
             self.orphans.start();
         }
     }
@@ -535,8 +550,8 @@ impl Tracker {
         self.repaired_drops = self.repaired_drops.max(covers);
         if !self.repairing() {
             self.writer.set_repairing(false);
-            for reply in self.parked.drain(..) {
-                let _ = reply.send(());
+            for (reply, target) in std::mem::take(&mut self.parked) {
+                let _ = reply.send(self.applied_up_to(target));
             }
         }
         self.metrics.count_scan(stats.added, stats.marked_exited);

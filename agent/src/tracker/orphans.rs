@@ -5,8 +5,19 @@
 //! the tracker asks /proc: it reads each orphan's `/proc/PID/stat` (off the
 //! request path, on a blocking thread) until the parent there is no longer
 //! the one that exited, and records the new parent in the table.
+//!
+//! The kernel re-parents in the exiting task's `exit_notify`, after the
+//! exit event and after the task has closed its files — a moment later
+//! usually, but on a loaded node, or for a task whose last `fput` is slow,
+//! much later. So an orphan is never given up: it is looked at on every
+//! tick ([`FAST_FOR`] after its parent's exit), then with a backoff that
+//! doubles up to [`MAX_BACKOFF`], until /proc shows its new parent or it is
+//! gone. At most one entry per live process waits (a child orphaned again
+//! before its look-up is found keeps one entry), so the queue is bounded by
+//! the process table itself.
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -16,13 +27,11 @@ use tracing::debug;
 
 use crate::{proc, state::TableWriter, types::ProcKey, util::monotonic_ns};
 
-/// How long an orphan is looked at before it is given up. The kernel
-/// re-parents children in the exiting task's `exit_notify`, a moment after
-/// the exit event; this bounds a parent that takes long to get there.
-const GIVE_UP: Duration = Duration::from_millis(500);
-/// Most orphans waiting for a look-up; more are dropped (and keep their old
-/// parent until their next event).
-const MAX_WAITING: usize = 4096;
+/// How long after its parent's exit an orphan is looked at on every tick.
+pub(super) const FAST_FOR: Duration = Duration::from_secs(5);
+/// Longest wait between two look-ups of an orphan whose parent has been
+/// exiting for longer than [`FAST_FOR`].
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A child whose parent exited.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +39,24 @@ struct Orphan {
     child: ProcKey,
     /// The pid of the parent that exited.
     old_parent: u32,
+    /// When the parent's exit was applied.
     since: Instant,
+    /// Not looked at again before this.
+    next: Instant,
+    /// The wait before `next` (zero while on every tick).
+    backoff: Duration,
+}
+
+impl Orphan {
+    /// Schedules the next look-up after one that found the kernel had not
+    /// re-parented it yet.
+    fn again(mut self, now: Instant) -> Self {
+        if now.duration_since(self.since) >= FAST_FOR {
+            self.backoff = (self.backoff * 2).clamp(Duration::from_millis(20), MAX_BACKOFF);
+        }
+        self.next = now + self.backoff;
+        self
+    }
 }
 
 /// What one look-up found.
@@ -55,7 +81,8 @@ pub(super) struct OrphanRef(Orphan);
 /// The orphans waiting for a look-up, and the look-up running.
 pub(super) struct Orphans {
     proc_root: PathBuf,
-    waiting: Vec<Orphan>,
+    /// By child: one entry per live process.
+    waiting: HashMap<ProcKey, Orphan>,
     job: Option<JoinHandle<Vec<Found>>>,
 }
 
@@ -63,35 +90,54 @@ impl Orphans {
     pub(super) fn new(proc_root: PathBuf) -> Self {
         Self {
             proc_root,
-            waiting: Vec::new(),
+            waiting: HashMap::new(),
             job: None,
         }
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
+    /// Orphans waiting (not counting a look-up that runs).
+    pub(super) fn len(&self) -> usize {
+        self.waiting.len()
     }
 
-    /// Queues `child`, whose parent `old_parent` exited.
+    /// Queues `child`, whose parent `old_parent` exited; looked at on the
+    /// next start. A child already waiting is looked at afresh for its
+    /// newest parent.
     pub(super) fn push(&mut self, child: ProcKey, old_parent: u32) {
-        if self.waiting.len() < MAX_WAITING {
-            self.waiting.push(Orphan {
+        let now = Instant::now();
+        self.waiting.insert(
+            child,
+            Orphan {
                 child,
                 old_parent,
-                since: Instant::now(),
-            });
-        }
+                since: now,
+                next: now,
+                backoff: Duration::ZERO,
+            },
+        );
     }
 
-    /// Starts a look-up of every waiting orphan, unless one runs.
+    /// Starts a look-up of every orphan that is due, unless one runs.
     pub(super) fn start(&mut self) {
         if self.job.is_some() || self.waiting.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.waiting);
+        let now = Instant::now();
+        let due: Vec<Orphan> = self
+            .waiting
+            .values()
+            .filter(|o| o.next <= now)
+            .copied()
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for o in &due {
+            self.waiting.remove(&o.child);
+        }
         let root = self.proc_root.clone();
         self.job = Some(tokio::task::spawn_blocking(move || {
-            batch.into_iter().map(|o| look_up(&root, o)).collect()
+            due.into_iter().map(|o| look_up(&root, o)).collect()
         }));
     }
 
@@ -102,8 +148,8 @@ impl Orphans {
         result
     }
 
-    /// Records what a look-up found; orphans not re-parented yet wait for
-    /// the next tick.
+    /// Records what a look-up found; orphans not re-parented yet are
+    /// scheduled again.
     pub(super) fn apply(
         &mut self,
         done: Result<Vec<Found>, tokio::task::JoinError>,
@@ -112,10 +158,14 @@ impl Orphans {
         let found = match done {
             Ok(found) => found,
             Err(error) => {
+                // The batch is lost with its task: its orphans keep their
+                // old parent until their next event. A blocking task fails
+                // only when the runtime shuts down.
                 debug!(%error, "orphan look-up failed");
                 return;
             }
         };
+        let now = Instant::now();
         let mut table = writer.table();
         for f in found {
             match f {
@@ -128,11 +178,12 @@ impl Orphans {
                 } => {
                     table.reparent(orphan.0.child, pid, read_ns);
                 }
-                Found::NotYet(orphan) if orphan.0.since.elapsed() < GIVE_UP => {
-                    self.waiting.push(orphan.0);
-                }
                 Found::NotYet(orphan) => {
-                    debug!(child = %orphan.0.child, "orphan not re-parented in time; given up");
+                    // Pushed again meanwhile (orphaned anew): that entry
+                    // is newer.
+                    self.waiting
+                        .entry(orphan.0.child)
+                        .or_insert_with(|| orphan.0.again(now));
                 }
                 Found::Gone => {}
             }
@@ -160,5 +211,53 @@ fn look_up(root: &std::path::Path, o: Orphan) -> Found {
             read_ns,
         },
         Err(_) => Found::Gone,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::StartTime;
+
+    fn orphan(since: Instant) -> Orphan {
+        Orphan {
+            child: ProcKey::new(7, StartTime(1)),
+            old_parent: 3,
+            since,
+            next: since,
+            backoff: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn an_orphan_is_looked_at_every_tick_then_backs_off_but_never_gives_up() {
+        let start = Instant::now();
+        let mut o = orphan(start);
+        // Within FAST_FOR: due again at once (the next tick).
+        o = o.again(start + Duration::from_secs(1));
+        assert_eq!(o.backoff, Duration::ZERO);
+        assert_eq!(o.next, start + Duration::from_secs(1));
+        // Past it: 20 ms, doubling, at most MAX_BACKOFF; never dropped.
+        let mut now = start + FAST_FOR;
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            o = o.again(now);
+            waits.push(o.backoff);
+            now = o.next;
+        }
+        assert_eq!(waits[0], Duration::from_millis(20));
+        assert_eq!(waits[1], Duration::from_millis(40));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*waits.last().unwrap(), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_child_orphaned_again_keeps_one_entry_for_its_newest_parent() {
+        let mut orphans = Orphans::new(PathBuf::from("/nonexistent"));
+        let child = ProcKey::new(7, StartTime(1));
+        orphans.push(child, 3);
+        orphans.push(child, 5);
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans.waiting[&child].old_parent, 5);
     }
 }

@@ -343,3 +343,78 @@ fn zombies_in_a_scan_are_exited() {
     }
     assert_eq!(t.live_len(), 0);
 }
+
+/// The cgroup index as a walk of the whole table would find it.
+fn groups_by_walking(t: &ProcessTable) -> HashMap<CgroupIds, CgroupGroup> {
+    let mut out: HashMap<CgroupIds, CgroupGroup> = HashMap::new();
+    for p in t.live() {
+        out.entry(p.cgroups).or_default().live.insert(p.key.pid);
+    }
+    for p in t.exited() {
+        out.entry(p.cgroups).or_default().exited += 1;
+    }
+    out
+}
+
+#[test]
+fn the_cgroup_index_always_equals_a_walk_of_the_table() {
+    // A small LRU, so that evictions happen too.
+    let mut t = ProcessTable::new(5 * SEC, NonZeroUsize::new(8).unwrap());
+    // A deterministic pseudo-random mix of every kind of change.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut now = SEC;
+    for round in 0..4000 {
+        now += 1_000_000;
+        let pid = 2 + next(40) as u32;
+        let start = 1 + next(3);
+        let mut e = ev(EventKind::Fork, key(pid, start), now);
+        e.cgroups.v2 = Some(CgroupId(10 + next(4)));
+        e.cgroups.v1_memory = (next(2) == 0).then_some(CgroupId(100 + next(2)));
+        match next(7) {
+            0 | 1 => t.apply_event(&e),
+            2 => {
+                e.kind = EventKind::Exec;
+                t.apply_event(&e);
+            }
+            3 => {
+                e.kind = EventKind::CgroupAttach;
+                t.apply_event(&e);
+            }
+            4 => {
+                e.kind = EventKind::Exit;
+                e.exit_code = Some(0);
+                t.apply_event(&e);
+            }
+            5 => {
+                let mut sp = scanned(key(pid, start), "scanned");
+                sp.cgroups = e.cgroups;
+                sp.exited = next(4) == 0;
+                let survivor = t.live().next().map(|p| {
+                    let mut s = scanned(p.key, "kept");
+                    s.cgroups = p.cgroups;
+                    s
+                });
+                let procs = std::iter::once(sp).chain(survivor).collect();
+                t.apply_scan(&scan(now - 500_000, procs), now);
+            }
+            _ => {
+                t.expire(now);
+                let child = t.live().next().map(|p| p.key);
+                if let Some(child) = child {
+                    t.reparent(child, 1, now);
+                }
+            }
+        }
+        assert_eq!(
+            t.groups().map(|(k, g)| (k, g.clone())).collect::<HashMap<_, _>>(),
+            groups_by_walking(&t),
+            "after round {round}"
+        );
+    }
+}
