@@ -47,6 +47,13 @@ pub const MAX_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 /// The most pids in one batch: about 20 MiB of answer at the ceiling.
 pub const MAX_BATCH_LIMIT: usize = 65_536;
 
+/// The least budget of unread response bytes, per peer or in total.
+pub const MIN_UNREAD_BYTES: usize = 64 * 1024;
+/// The largest budget of unread response bytes one peer may have.
+pub const MAX_UNREAD_BYTES_PER_PEER: usize = 1 << 30;
+/// The largest budget of unread response bytes of all peers together.
+pub const MAX_UNREAD_BYTES: usize = 4 << 30;
+
 /// Every option of `pidmap agent`. Each field is a command-line option and
 /// a TOML key; its doc comment is its `--help`, its `default_value` the
 /// built-in default (see [`Config::default`]).
@@ -151,10 +158,21 @@ pub struct Config {
     /// Seconds a connection may stay silent before it is closed.
     #[arg(long, default_value = "300", value_name = "SECONDS")]
     pub idle_timeout_seconds: u64,
-    /// Changes buffered per Watch stream before a slow watcher is cut off.
-    /// 1 to 1048576.
+    /// Changes a Watch client may fall behind — changes made that its
+    /// stream has not taken yet — before it is cut off with
+    /// RESOURCE_EXHAUSTED. 1 to 1048576.
     #[arg(long, default_value = "1024", value_name = "N")]
     pub watch_buffer: usize,
+    /// Bytes of responses held for one peer (a user's processes, or one
+    /// root process) that its clients have not read yet; a stream that
+    /// would take more is cut off, and new requests refused, with
+    /// RESOURCE_EXHAUSTED (HTTP 429). 65536 to 1073741824 (1 GiB).
+    #[arg(long, default_value = "16777216", value_name = "BYTES")]
+    pub max_unread_bytes_per_peer: usize,
+    /// Bytes of unread responses held for all peers together (non-root
+    /// peers may fill all but the last 1/16). 65536 to 4294967296 (4 GiB).
+    #[arg(long, default_value = "67108864", value_name = "BYTES")]
+    pub max_unread_bytes: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics, ADDR an IP:port such
     /// as 127.0.0.1:9464 [default: off].
     #[arg(long, value_name = "ADDR")]
@@ -282,6 +300,19 @@ impl Config {
         }
         if self.watch_buffer > MAX_WATCH_BUFFER {
             return invalid("watch_buffer", "must be at most 1048576");
+        }
+        if !(MIN_UNREAD_BYTES..=MAX_UNREAD_BYTES_PER_PEER).contains(&self.max_unread_bytes_per_peer)
+        {
+            return invalid(
+                "max_unread_bytes_per_peer",
+                "must be from 65536 to 1073741824 (1 GiB)",
+            );
+        }
+        if !(MIN_UNREAD_BYTES..=MAX_UNREAD_BYTES).contains(&self.max_unread_bytes) {
+            return invalid(
+                "max_unread_bytes",
+                "must be from 65536 to 4294967296 (4 GiB)",
+            );
         }
         if self.batch_limit > MAX_BATCH_LIMIT {
             return invalid("batch_limit", "must be at most 65536");

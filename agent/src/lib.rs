@@ -129,10 +129,13 @@ impl Agent {
         } = loaded;
 
         let table = ProcessTable::new(util::duration_ns(config.exit_grace()), config.max_exited);
-        let (state, table_writer, container_writer) = State::new(
+        // Room for every watcher to fall watch_buffer changes behind (the
+        // cut-off) before the buffer itself overruns.
+        let (state, table_writer, container_writer) = State::with_change_buffer(
             table,
             cgroup::CgroupPathCache::new(CGROUP_PATHS),
             Arc::clone(&metrics),
+            state::CHANGE_BUFFER.max(config.watch_buffer.saturating_add(1)),
         );
         let mut agent = Self {
             state: Arc::clone(&state),
@@ -444,6 +447,10 @@ fn api_settings(config: &Config) -> Result<api::server::ServerSettings, Error> {
         idle_timeout: std::time::Duration::from_secs(config.idle_timeout_seconds.max(1)),
         request_timeout: std::time::Duration::from_secs(30),
         proc_root: config.proc_root.clone(),
+        budgets: api::admission::Budgets {
+            per_peer: config.max_unread_bytes_per_peer,
+            total: config.max_unread_bytes,
+        },
         service: api::service::ServiceSettings {
             batch_limit: config.batch_limit,
             restrict_peers: config.restrict_peers,

@@ -10,14 +10,20 @@
 //!   and independent — a profiler, a security agent, the kubelet's
 //!   checks — and none should lock the others out).
 //!
-//! A connection is counted while its [`Admitted`] lives.
+//! A connection is counted while its [`Admitted`] lives, and charges the
+//! bytes its clients leave unread to its peer's [`Pool`] (one per peer
+//! key, shared by its connections) and to the agent's (see
+//! [`super::budget`]).
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
 };
 
-use super::peer::Peer;
+use super::{
+    budget::{ConnLedger, Pool},
+    peer::Peer,
+};
 use crate::{metrics::Metrics, types::ProcKey};
 
 /// One allowance of connections.
@@ -103,7 +109,26 @@ impl Refused {
 #[derive(Debug, Default)]
 struct Counts {
     open: usize,
-    by_peer: HashMap<PeerKey, usize>,
+    /// Each peer's connections, and its pool of unread bytes.
+    by_peer: HashMap<PeerKey, (usize, Arc<Pool>)>,
+}
+
+/// How many unread bytes the API holds for its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    /// For one peer's connections together.
+    pub per_peer: usize,
+    /// For every peer together.
+    pub total: usize,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            per_peer: super::budget::DEFAULT_PER_PEER,
+            total: super::budget::DEFAULT_TOTAL,
+        }
+    }
 }
 
 /// The connection counts and limits.
@@ -113,19 +138,26 @@ pub struct Admission {
     per_peer: usize,
     reserved_for_root: usize,
     counts: Mutex<Counts>,
+    /// Each new peer's budget of unread bytes.
+    unread_per_peer: usize,
+    /// Every peer's together.
+    unread_total: Arc<Pool>,
     /// Where the open count and refusals are reported.
     metrics: Arc<Metrics>,
 }
 
 impl Admission {
-    /// At most `max` connections, `per_peer` per peer (both at least 1).
-    pub fn new(max: usize, per_peer: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// At most `max` connections, `per_peer` per peer (both at least 1),
+    /// holding at most `budgets` of unread bytes.
+    pub fn new(max: usize, per_peer: usize, budgets: Budgets, metrics: Arc<Metrics>) -> Arc<Self> {
         let max = max.max(1);
         Arc::new(Self {
             max,
             per_peer: per_peer.max(1),
             reserved_for_root: max / 16,
             counts: Mutex::default(),
+            unread_per_peer: budgets.per_peer,
+            unread_total: Pool::total(budgets.total, Arc::clone(&metrics)),
             metrics,
         })
     }
@@ -153,17 +185,31 @@ impl Admission {
                 reserved: self.reserved_for_root,
             });
         }
-        let held = counts.by_peer.entry(key).or_default();
+        let (held, pool) = counts
+            .by_peer
+            .entry(key)
+            .or_insert_with(|| (0, Pool::per_peer(self.unread_per_peer)));
         if *held >= self.per_peer {
             return Err(Refused::PerPeer { key, held: *held });
         }
         *held += 1;
+        let ledger = ConnLedger::new(
+            Arc::clone(pool),
+            Arc::clone(&self.unread_total),
+            key.is_root(),
+        );
         counts.open += 1;
         self.metrics.set_api_connections(counts.open);
         Ok(Admitted {
             admission: Arc::clone(self),
             key,
+            ledger,
         })
+    }
+
+    /// Bytes held unread for every peer together.
+    pub fn unread(&self) -> usize {
+        self.unread_total.held()
     }
 
     /// Connections open now.
@@ -180,6 +226,14 @@ impl Admission {
 pub struct Admitted {
     admission: Arc<Admission>,
     key: PeerKey,
+    ledger: Arc<ConnLedger>,
+}
+
+impl Admitted {
+    /// The connection's ledger of unread bytes.
+    pub fn ledger(&self) -> &Arc<ConnLedger> {
+        &self.ledger
+    }
 }
 
 impl Drop for Admitted {
@@ -191,7 +245,7 @@ impl Drop for Admitted {
             .unwrap_or_else(PoisonError::into_inner);
         counts.open -= 1;
         self.admission.metrics.set_api_connections(counts.open);
-        if let Some(held) = counts.by_peer.get_mut(&self.key) {
+        if let Some((held, _)) = counts.by_peer.get_mut(&self.key) {
             *held -= 1;
             if *held == 0 {
                 counts.by_peer.remove(&self.key);
@@ -205,7 +259,7 @@ mod tests {
     use super::*;
 
     fn admission(max: usize, per_peer: usize) -> Arc<Admission> {
-        Admission::new(max, per_peer, Arc::new(Metrics::default()))
+        Admission::new(max, per_peer, Budgets::default(), Arc::new(Metrics::default()))
     }
 
     fn peer(uid: u32, pid: u32) -> Peer {
@@ -273,6 +327,42 @@ mod tests {
             "per_peer"
         );
         let _z = a.admit(Some(&peer(0, 11))).expect("another root process");
+    }
+
+    #[test]
+    fn a_root_pid_reused_by_another_process_is_another_peer() {
+        let a = admission(256, 1);
+        let mut first = peer(0, 10);
+        first.process = Some(ProcKey::new(10, crate::types::StartTime(100)));
+        let mut reused = peer(0, 10);
+        reused.process = Some(ProcKey::new(10, crate::types::StartTime(900)));
+        let _x = a.admit(Some(&first)).expect("first");
+        assert!(a.admit(Some(&first)).is_err(), "the same process");
+        let _y = a.admit(Some(&reused)).expect("a new process on the pid");
+    }
+
+    #[test]
+    fn a_peers_connections_share_one_budget_of_unread_bytes() {
+        let a = Admission::new(
+            256,
+            64,
+            Budgets {
+                per_peer: 1000,
+                total: 1 << 20,
+            },
+            Arc::new(Metrics::default()),
+        );
+        let (x, y) = (
+            a.admit(Some(&peer(1000, 1))).unwrap(),
+            a.admit(Some(&peer(1000, 2))).unwrap(),
+        );
+        let other = a.admit(Some(&peer(1001, 3))).unwrap();
+        x.ledger().open(1).charge(800).unwrap();
+        assert!(y.ledger().open(1).charge(300).is_err(), "one user's budget");
+        other.ledger().open(1).charge(800).expect("another user's own");
+        assert_eq!(a.unread(), 1600);
+        drop((x, y, other));
+        assert_eq!(a.unread(), 0, "closed connections hold nothing");
     }
 
     #[test]

@@ -28,7 +28,24 @@
 //!
 //! Bounds: a header frame larger than [`MAX_FRAME_PAYLOAD`] or a header block
 //! larger than [`MAX_BLOCK`] is not interpreted (h2 refuses such frames
-//! anyway); other frames stream through without being buffered.
+//! anyway); other frames stream through without being buffered. A block is
+//! decoded in full (the HPACK table must stay in step), but its fields are
+//! collected only up to [`MAX_HEADER_LIST`] decoded bytes — the limit h2
+//! itself enforces, counted as h2 counts it (name, value and 32 bytes per
+//! field): 64 KiB of HPACK that references a 4 KB table entry 60,000 times
+//! decodes to 240 MB, and none of it is copied. A list over the limit
+//! reaches h2 still over it (as it came, or re-encoded with a filler
+//! field), so h2 refuses it as it would have; one over four times the limit
+//! is one h2 closes the connection for.
+//!
+//! Stream tags: with [`Rewriter::tagging`] (the server's), every request's
+//! header block gets one more field, `x-pidmap-stream: <its stream id>`
+//! ([`STREAM_TAG`]), appended as a literal that leaves the HPACK table as it
+//! is, so the budget of unread bytes ([`super::budget`]) can follow each
+//! stream's response on the wire: [`AuthorityStream`] reports the DATA
+//! bytes the server writes per stream, and the streams that end
+//! (END_STREAM written, RST_STREAM either way), to the connection's
+//! [`ConnLedger`].
 
 use std::{
     collections::VecDeque,
@@ -46,10 +63,13 @@ use bytes::{Buf as _, BufMut as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{debug, info, warn};
 
+use super::budget::ConnLedger;
+
 /// The client connection preface of HTTP/2 with prior knowledge.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Length of an HTTP/2 frame header.
 const FRAME_HEADER: usize = 9;
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const CONTINUATION: u8 = 0x9;
@@ -67,6 +87,18 @@ pub const MAX_FRAME_PAYLOAD: usize = 16_384;
 /// hyper refuses a decoded header list over 16 KiB; HPACK at its worst
 /// (Huffman codes of 30 bits) needs under 4 times that.
 pub const MAX_BLOCK: usize = 64 * 1024;
+/// The largest decoded header list the server takes
+/// (SETTINGS_MAX_HEADER_LIST_SIZE: hyper's default, which the server sets
+/// explicitly to this), counted as h2 counts it: name, value and 32 bytes
+/// per field.
+pub const MAX_HEADER_LIST: usize = 16 * 1024;
+/// h2 closes a connection whose header list decodes to more than this many
+/// times [`MAX_HEADER_LIST`].
+const ABUSE_FACTOR: usize = 4;
+/// The field a request's stream id is given in (see the module docs).
+pub const STREAM_TAG: &str = "x-pidmap-stream";
+/// The field that keeps a re-encoded list over [`MAX_HEADER_LIST`] over it.
+const FILLER: &[u8] = b"x-pidmap-over-size";
 /// SETTINGS_HEADER_TABLE_SIZE of the server: the protocol's initial value,
 /// which hyper keeps. The client's dynamic table can be no larger.
 const HEADER_TABLE_SIZE: usize = 4096;
@@ -92,6 +124,11 @@ pub enum RewriteError {
     /// server could decode (h2 would close the connection on it as well).
     #[error("undecodable HPACK header block on a connection whose headers are re-encoded: {0:?}")]
     Hpack(loona_hpack::decoder::DecoderError),
+    /// A header list decoded to over four times the server's limit after
+    /// the connection's blocks were re-encoded (h2 closes a connection for
+    /// such a list).
+    #[error("a header list of over {0} decoded bytes on a connection whose headers are re-encoded")]
+    TooLarge(usize),
 }
 
 impl From<RewriteError> for io::Error {
@@ -147,6 +184,13 @@ pub struct Rewriter {
     http2: bool,
     /// (stream, the request's pseudo-header fields), newest last.
     recent: VecDeque<(u32, String)>,
+    /// Requests are tagged with their stream id.
+    tagging: bool,
+    /// The highest stream a request opened (a HEADERS block on a lower or
+    /// equal one is trailers).
+    last_stream: u32,
+    /// Streams the client reset (RST_STREAM) since they were last taken.
+    resets: Vec<u32>,
 }
 
 /// loona-hpack's decoder, which does not implement `Debug`.
@@ -170,18 +214,55 @@ impl Default for Rewriter {
             reencoding: false,
             http2: false,
             recent: VecDeque::new(),
+            tagging: false,
+            last_stream: 0,
+            resets: Vec::new(),
         }
     }
 }
 
 /// What one header block held that matters here.
 struct Decoded {
+    /// The fields, as far as they fit in [`MAX_HEADER_LIST`].
     fields: Vec<(Vec<u8>, Vec<u8>)>,
     /// The `:authority` h2 would refuse, if the block had one.
     refused: Option<Vec<u8>>,
+    /// The decoded size as h2 counts it (saturating).
+    size: usize,
+}
+
+impl Decoded {
+    /// h2 refuses the request (431) for this list.
+    fn over(&self) -> bool {
+        self.size >= MAX_HEADER_LIST
+    }
+
+    /// h2 closes the connection for this list.
+    fn way_over(&self) -> bool {
+        self.size > MAX_HEADER_LIST * ABUSE_FACTOR
+    }
+}
+
+/// A header field's size as h2 counts it against [`MAX_HEADER_LIST`].
+fn field_size(name: usize, value: usize) -> usize {
+    name.saturating_add(value).saturating_add(32)
 }
 
 impl Rewriter {
+    /// A rewriter that also tags every request with its stream id (see the
+    /// module docs).
+    pub fn tagging() -> Self {
+        Self {
+            tagging: true,
+            ..Self::default()
+        }
+    }
+
+    /// The streams the client reset since the last call.
+    pub fn take_resets(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.resets)
+    }
+
     /// Whether the client is known not to speak HTTP/2: it did not start
     /// with the preface.
     pub fn is_not_http2(&self) -> bool {
@@ -242,6 +323,9 @@ impl Rewriter {
                         // h2, which it will find in these very bytes.
                         self.stop_following(out);
                         continue;
+                    }
+                    if kind == RST_STREAM {
+                        self.resets.push(stream_id(&header));
                     }
                     if header_frame {
                         self.input.advance(FRAME_HEADER);
@@ -346,14 +430,20 @@ impl Rewriter {
         self.stop_following(out);
     }
 
-    /// A complete header block: passed as it came, or re-encoded.
+    /// A complete header block: passed as it came (tagged, when it opens a
+    /// stream and the rewriter tags), or re-encoded.
     fn finish_block(
         &mut self,
         block: Block,
         out: &mut BytesMut,
         reports: &Reports,
     ) -> Result<(), RewriteError> {
-        let decoded = match self.decode(&block.fragment) {
+        let opens = block.stream > self.last_stream;
+        if opens {
+            self.last_stream = block.stream;
+        }
+        let tag = (self.tagging && opens).then(|| block.stream.to_string());
+        let decoded = match self.decode(&block.fragment, tag.as_deref()) {
             Ok(decoded) => decoded,
             Err(error) if !self.reencoding => {
                 // h2's table still mirrors the client's: let h2 judge
@@ -368,8 +458,26 @@ impl Rewriter {
             }
             Err(error) => return Err(RewriteError::Hpack(error)),
         };
-        self.remember(block.stream, &decoded);
-        if let Some(original) = &decoded.refused {
+        if decoded.way_over() {
+            // h2 closes the connection for this block.
+            if self.reencoding {
+                return Err(RewriteError::TooLarge(MAX_HEADER_LIST * ABUSE_FACTOR));
+            }
+            debug!(
+                stream = block.stream,
+                "a header list far over the limit; no longer following this connection"
+            );
+            out.extend_from_slice(&block.raw);
+            self.stop_following(out);
+            return Ok(());
+        }
+        // A list over the limit is refused whole by h2: nothing in it is
+        // rewritten or remembered.
+        let refused = decoded.refused.as_ref().filter(|_| !decoded.over());
+        if !decoded.over() {
+            self.remember(block.stream, &decoded);
+        }
+        if let Some(original) = refused {
             let original = shown(original);
             if !reports.rewritten.swap(true, Ordering::Relaxed) {
                 info!(
@@ -381,7 +489,15 @@ impl Rewriter {
                 debug!(authority = %original, stream = block.stream, "rewrote :authority");
             }
         } else if !self.reencoding {
-            out.extend_from_slice(&block.raw);
+            match &tag {
+                None => out.extend_from_slice(&block.raw),
+                Some(tag) => {
+                    let mut fragment = Vec::with_capacity(block.fragment.len() + 32);
+                    fragment.extend_from_slice(&block.fragment);
+                    encode_literal(&mut fragment, STREAM_TAG.as_bytes(), tag.as_bytes());
+                    write_frames(out, &block, &fragment);
+                }
+            }
             return Ok(());
         }
         self.reencoding = true;
@@ -389,16 +505,37 @@ impl Rewriter {
         for (name, value) in &decoded.fields {
             encode_literal(&mut fragment, name, value);
         }
+        if decoded.over() {
+            // Still over the limit for h2, which refuses it (431).
+            encode_literal(&mut fragment, FILLER, &[b'x'; MAX_HEADER_LIST]);
+        }
+        if let Some(tag) = &tag {
+            encode_literal(&mut fragment, STREAM_TAG.as_bytes(), tag.as_bytes());
+        }
         write_frames(out, &block, &fragment);
         Ok(())
     }
 
-    fn decode(&mut self, fragment: &[u8]) -> Result<Decoded, loona_hpack::decoder::DecoderError> {
+    /// Decodes a block, keeping its fields only while they fit in
+    /// [`MAX_HEADER_LIST`] (counting the stream tag `tag` that will be
+    /// added), so that what a peer sends cannot make it hold more.
+    fn decode(
+        &mut self,
+        fragment: &[u8],
+        tag: Option<&str>,
+    ) -> Result<Decoded, loona_hpack::decoder::DecoderError> {
         let mut decoded = Decoded {
             fields: Vec::new(),
             refused: None,
+            size: tag.map_or(0, |t| field_size(STREAM_TAG.len(), t.len())),
         };
         self.decoder.0.decode_with_cb(fragment, |name, value| {
+            decoded.size = decoded
+                .size
+                .saturating_add(field_size(name.len(), value.len()));
+            if decoded.over() {
+                return;
+            }
             if &*name == b":authority" && http::uri::Authority::try_from(&*value).is_err() {
                 decoded.refused = Some(value.into_owned());
                 decoded
@@ -541,7 +678,8 @@ fn write_frames(out: &mut BytesMut, block: &Block, fragment: &[u8]) {
     }
 }
 
-/// Follows what the server writes, for RST_STREAM(PROTOCOL_ERROR).
+/// Follows the frames the server writes: what each stream's DATA frames
+/// carry, which streams end, and RST_STREAM(PROTOCOL_ERROR).
 #[derive(Debug, Default)]
 struct WriteScan {
     /// The current frame's header, as far as it was written.
@@ -555,9 +693,20 @@ struct WriteScan {
     off: bool,
 }
 
+/// What a write carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// This many payload bytes of a DATA frame of this stream.
+    Data(u32, usize),
+    /// The stream's last frame (END_STREAM) or an RST_STREAM for it.
+    Ended(u32),
+    /// An RST_STREAM(PROTOCOL_ERROR) for the stream.
+    Refused(u32),
+}
+
 impl WriteScan {
-    /// Scans written bytes; returns the streams reset with PROTOCOL_ERROR.
-    fn scan(&mut self, mut bytes: &[u8], found: &mut Vec<u32>) {
+    /// Scans written bytes.
+    fn scan(&mut self, mut bytes: &[u8], found: &mut Vec<Written>) {
         while !bytes.is_empty() && !self.off {
             if let Some((stream, mut code, have)) = self.code {
                 let n = (4 - have).min(bytes.len());
@@ -568,13 +717,20 @@ impl WriteScan {
                 if have + n == 4 {
                     self.code = None;
                     if u32::from_be_bytes(code) == PROTOCOL_ERROR {
-                        found.push(stream);
+                        found.push(Written::Refused(stream));
                     }
                 }
             } else if self.left > 0 {
                 let n = self.left.min(bytes.len());
                 self.left -= n;
                 bytes = &bytes[n..];
+                let (kind, flags, stream) = (self.header[3], self.header[4], stream_id(&self.header));
+                if kind == DATA {
+                    found.push(Written::Data(stream, n));
+                    if self.left == 0 && flags & END_STREAM != 0 {
+                        found.push(Written::Ended(stream));
+                    }
+                }
             } else {
                 let n = (FRAME_HEADER - self.have).min(bytes.len());
                 self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
@@ -583,8 +739,21 @@ impl WriteScan {
                 if self.have == FRAME_HEADER {
                     self.have = 0;
                     self.left = frame_len(&self.header);
-                    if self.header[3] == RST_STREAM && self.left == 4 {
-                        self.code = Some((stream_id(&self.header), [0; 4], 0));
+                    let (kind, flags, stream) =
+                        (self.header[3], self.header[4], stream_id(&self.header));
+                    let end_stream = flags & END_STREAM != 0;
+                    match kind {
+                        RST_STREAM => {
+                            found.push(Written::Ended(stream));
+                            if self.left == 4 {
+                                self.code = Some((stream, [0; 4], 0));
+                            }
+                        }
+                        HEADERS if end_stream => found.push(Written::Ended(stream)),
+                        DATA if end_stream && self.left == 0 => {
+                            found.push(Written::Ended(stream));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -603,6 +772,9 @@ pub struct AuthorityStream<IO> {
     eof: bool,
     written: WriteScan,
     reports: Arc<Reports>,
+    /// Told what each stream's response has written, when the connection
+    /// is budgeted.
+    ledger: Option<Arc<ConnLedger>>,
 }
 
 /// How much is read from the client at once (on the stack: an idle
@@ -611,15 +783,21 @@ const READ_CHUNK: usize = 8 * 1024;
 
 impl<IO> AuthorityStream<IO> {
     /// Wraps an accepted connection; `reports` is shared by the server's
-    /// connections.
-    pub fn new(io: IO, reports: Arc<Reports>) -> Self {
+    /// connections. With a `ledger`, requests are tagged with their stream
+    /// and the ledger is told what the server writes for each.
+    pub fn new(io: IO, reports: Arc<Reports>, ledger: Option<Arc<ConnLedger>>) -> Self {
         Self {
             io,
-            rewriter: Rewriter::default(),
+            rewriter: if ledger.is_some() {
+                Rewriter::tagging()
+            } else {
+                Rewriter::default()
+            },
             out: BytesMut::new(),
             eof: false,
             written: WriteScan::default(),
             reports,
+            ledger,
         }
     }
 
@@ -631,9 +809,30 @@ impl<IO> AuthorityStream<IO> {
         if self.rewriter.is_not_http2() {
             self.written.off = true;
         }
-        let mut reset = Vec::new();
-        self.written.scan(bytes, &mut reset);
-        for stream in reset {
+        if self.written.off {
+            if let Some(ledger) = &self.ledger {
+                ledger.written_http1(bytes.len());
+            }
+            return;
+        }
+        let mut found = Vec::new();
+        self.written.scan(bytes, &mut found);
+        for written in found {
+            let stream = match written {
+                Written::Data(stream, n) => {
+                    if let Some(ledger) = &self.ledger {
+                        ledger.written(stream, n);
+                    }
+                    continue;
+                }
+                Written::Ended(stream) => {
+                    if let Some(ledger) = &self.ledger {
+                        ledger.ended(stream);
+                    }
+                    continue;
+                }
+                Written::Refused(stream) => stream,
+            };
             let Some(request) = self.rewriter.request(stream) else {
                 continue;
             };
@@ -684,6 +883,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityStream<IO> {
             }
             this.rewriter
                 .feed(read.filled(), &mut this.out, &this.reports)?;
+            let resets = this.rewriter.take_resets();
+            if let Some(ledger) = &this.ledger {
+                resets.into_iter().for_each(|stream| ledger.ended(stream));
+            }
         }
     }
 }

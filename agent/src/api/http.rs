@@ -26,10 +26,11 @@ use http::{header, request::Parts, Method as HttpMethod, Request, Response, Stat
 use http_body_util::{Full, StreamBody};
 use hyper::body::Frame;
 use serde_json::Value;
-use tokio_stream::{wrappers::ReceiverStream, StreamExt as _};
+use tokio_stream::StreamExt as _;
 use tonic::{Code, Status};
 
 use super::{
+    budget::ndjson_error_line,
     json,
     peer::Peer,
     policy::{Method, Policy},
@@ -523,15 +524,11 @@ impl HttpApi {
     /// `GET /v1/watch`: one JSON line per event; a stream cut off (a slow
     /// reader, the agent shutting down) ends with an error line.
     fn watch(&self) -> Response<Body> {
-        let lines = ReceiverStream::new(self.service.watch()).map(|item| {
+        let lines = self.service.watch().map(|item| {
             let value = match item {
                 Ok(proto::WatchEvent { event: Some(event) }) => json::watch_event(&event),
                 Ok(proto::WatchEvent { event: None }) => Value::Null,
-                Err(status) => {
-                    let mut e = json::error(status.code(), status.message());
-                    e["event"] = "error".into();
-                    e
-                }
+                Err(status) => return Ok(Frame::data(ndjson_error_line(&status))),
             };
             Ok::<_, Infallible>(Frame::data(line(&value)))
         });

@@ -3,14 +3,17 @@
 //! [`proto`] is generated from `proto/pidmap/v1/pidmap.proto` (by the
 //! `pidmap-client` crate, so that clients and the agent share one copy);
 //! [`policy`] decides who may ask what and when, and counts every request;
-//! [`service`] answers from memory; [`http`] answers the same questions as
+//! [`service`] answers from memory, and [`watch`] streams changes;
+//! [`http`] answers the same questions as
 //! HTTP/1.1 + JSON; [`json`] is the one JSON shape of records, containers
 //! and status (the CLI prints it too); [`authority`] lets stock gRPC clients
 //! in; [`server`] owns the socket and the connections, [`peer`] says who is
-//! on the other end of one and [`admission`] which ones are served.
+//! on the other end of one and [`admission`] which ones are served, and
+//! [`budget`] bounds the bytes of responses they leave unread.
 
 pub mod admission;
 pub mod authority;
+pub mod budget;
 pub mod convert;
 pub mod http;
 pub mod json;
@@ -18,6 +21,7 @@ pub mod peer;
 pub mod policy;
 pub mod server;
 pub mod service;
+pub mod watch;
 
 pub use pidmap_client::proto;
 

@@ -35,15 +35,19 @@ use tonic::{service::Routes, Status};
 use tracing::{debug, info, warn};
 
 use super::{
-    admission::{Admission, Admitted, Refused},
-    authority::{AuthorityStream, Reports},
+    admission::{Admission, Admitted, Budgets, Refused},
+    authority::{AuthorityStream, Reports, MAX_HEADER_LIST, STREAM_TAG},
+    budget::{ConnLedger, CutOff, Metered},
     http::{Body, HttpApi, HttpError},
     peer::Peer,
     policy::{Policy, PolicyLayer},
     proto::{pidmap_server::PidmapServer, FILE_DESCRIPTOR_SET},
     service::{PidmapService, ServiceSettings},
 };
-use crate::state::State;
+use crate::{
+    metrics::{CutOff as CutOffReason, Metrics},
+    state::State,
+};
 
 /// How long connections may take to finish once the agent shuts down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -79,6 +83,8 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     /// procfs, where a peer's start time is read when it connects.
     pub proc_root: PathBuf,
+    /// Bytes of responses held for clients that have not read them.
+    pub budgets: Budgets,
     pub service: ServiceSettings,
 }
 
@@ -162,8 +168,10 @@ pub async fn serve(
     let admission = Admission::new(
         settings.max_connections,
         settings.max_connections_per_peer,
+        settings.budgets,
         state.metrics_handle(),
     );
+    let metrics = state.metrics_handle();
     let app = App::new(state, &settings, &shutdown).await;
     let builder = connection_builder(&settings);
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
@@ -204,13 +212,20 @@ pub async fn serve(
                 (None, Some((refused, permit)), REFUSAL_TIME)
             }
         };
-        let io = AuthorityStream::new(Conn::new(stream, admitted, idle), Arc::clone(&reports));
+        let ledger = admitted.as_ref().map(|a| Arc::clone(a.ledger()));
+        let io = AuthorityStream::new(
+            Conn::new(stream, admitted, idle),
+            Arc::clone(&reports),
+            ledger.clone(),
+        );
         let service = ConnService {
             app: app.clone(),
             peer,
             refused: refused
                 .as_ref()
                 .map(|(refused, _)| Arc::from(refused.to_string())),
+            ledger,
+            metrics: Arc::clone(&metrics),
         };
         let served = serve_connection(builder.clone(), TokioIo::new(io), service, shutdown.clone());
         match refused {
@@ -255,6 +270,8 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
     builder
         .http2()
         .timer(TokioTimer::new())
+        // The authority rewriter bounds what it decodes by the same limit.
+        .max_header_list_size(MAX_HEADER_LIST as u32)
         .max_concurrent_streams(settings.max_streams_per_connection)
         .keep_alive_interval(settings.idle_timeout / 3)
         .keep_alive_timeout(Duration::from_secs(10));
@@ -358,13 +375,40 @@ impl App {
 }
 
 /// The service of one connection: every request carries the peer's
-/// credentials (for `WhoAmI` and `restrict_peers`). On a refused
-/// connection, every request is answered with why it was refused.
+/// credentials (for `WhoAmI` and `restrict_peers`), and every response
+/// body is [`Metered`] against the peer's budget of unread bytes (a peer
+/// over it gets `RESOURCE_EXHAUSTED`, HTTP 429). On a refused connection,
+/// every request is answered with why it was refused.
 #[derive(Clone)]
 struct ConnService {
     app: App,
     peer: Option<Peer>,
     refused: Option<Arc<str>>,
+    /// The connection's unread bytes (admitted connections).
+    ledger: Option<Arc<ConnLedger>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Answers `req` with `status`, as gRPC or as HTTP.
+fn refusal<B>(req: &http::Request<B>, status: Status) -> http::Response<Body> {
+    if is_grpc(req) {
+        status.into_http()
+    } else {
+        HttpError::from(status).response()
+    }
+}
+
+/// The stream id the authority rewriter tagged a request with (the last
+/// tag: a client's own come before it), removing every tag.
+fn take_stream_tag<B>(req: &mut http::Request<B>) -> Option<u32> {
+    let tag = req
+        .headers()
+        .get_all(STREAM_TAG)
+        .iter()
+        .last()
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    req.headers_mut().remove(STREAM_TAG);
+    tag
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnService {
@@ -373,20 +417,42 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnServi
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let stream = take_stream_tag(&mut req);
         if let Some(refused) = &self.refused {
             let status = Status::resource_exhausted(refused.as_ref());
-            let response = if is_grpc(&req) {
-                status.into_http()
-            } else {
-                HttpError::from(status).response()
-            };
-            return Box::pin(std::future::ready(Ok(response)));
+            return Box::pin(std::future::ready(Ok(refusal(&req, status))));
         }
+        let Some(ledger) = &self.ledger else {
+            // Admitted connections have a ledger; refused ones return above.
+            let status = Status::internal("connection without a ledger");
+            return Box::pin(std::future::ready(Ok(refusal(&req, status))));
+        };
+        if let Some(exhausted) = ledger.full() {
+            self.metrics.count_cut_off(CutOffReason::UnreadBytes);
+            let status = Status::resource_exhausted(exhausted.to_string());
+            return Box::pin(std::future::ready(Ok(refusal(&req, status))));
+        }
+        let account = match (req.version(), stream) {
+            (http::Version::HTTP_2, Some(stream)) => ledger.open(stream),
+            (http::Version::HTTP_2, None) => ledger.untracked(),
+            _ => ledger.http1(),
+        };
+        let cut = if is_grpc(&req) {
+            CutOff::Grpc
+        } else if req.uri().path() == "/v1/watch" {
+            CutOff::NdJson
+        } else {
+            CutOff::Abort
+        };
         if let Some(peer) = &self.peer {
             req.extensions_mut().insert(peer.clone());
         }
         let app = self.app.clone();
-        Box::pin(async move { Ok(app.answer(req).await) })
+        let metrics = Arc::clone(&self.metrics);
+        Box::pin(async move {
+            let response = app.answer(req).await;
+            Ok(response.map(|body| Body::new(Metered::new(body, account, cut, metrics))))
+        })
     }
 }
 

@@ -3,13 +3,12 @@
 //! read and no containerd call happen on the request path. Readiness, peer
 //! restrictions and request metrics are the [`super::policy`] layer's.
 
-use std::{collections::BTreeSet, pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc};
 
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::{debug, instrument};
+use tracing::instrument;
 
 use super::{
     convert,
@@ -17,7 +16,7 @@ use super::{
     proto::{self, pidmap_server::Pidmap},
 };
 use crate::{
-    resolver::{self, path_containers, processes_of, resolve, ContainerRef},
+    resolver::{path_containers, processes_of, resolve, ContainerRef},
     state::{container::Container, Change, State},
     types::StartTime,
 };
@@ -37,7 +36,7 @@ pub struct ServiceSettings {
     pub restrict_peers: bool,
     /// The socket's group.
     pub allowed_gid: Option<u32>,
-    /// Messages buffered per `Watch` stream before the watcher is cut off.
+    /// Changes a `Watch` client may fall behind before it is cut off.
     pub watch_buffer: usize,
 }
 
@@ -218,31 +217,16 @@ impl PidmapService {
         }
     }
 
-    /// A watcher's stream: the snapshot, then changes, until the watcher
-    /// goes away, falls behind (`RESOURCE_EXHAUSTED`) or the agent shuts
-    /// down (`UNAVAILABLE`).
-    pub fn watch(&self) -> mpsc::Receiver<Result<proto::WatchEvent, Status>> {
-        // Subscribe first, then snapshot: nothing between the two is lost
-        // (a change may repeat what the snapshot already shows).
-        let changes = self.state.subscribe_changes();
-        let state = Arc::clone(&self.state);
-        // One slot more than the buffer: it is kept for the reason a slow
-        // watcher is cut off, so that reason always reaches it.
-        let (tx, rx) = mpsc::channel(self.settings.watch_buffer + 1);
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let reason = tx.clone();
-            tokio::select! {
-                () = feed_watcher(Arc::clone(&state), changes, tx) => {}
-                () = shutdown.cancelled() => {
-                    // The stream ends with a reason a client can act on.
-                    let _ = reason.try_send(Err(Status::unavailable(
-                        "pidmap is shutting down; reconnect to its replacement",
-                    )));
-                }
-            }
-        });
-        rx
+    /// A watcher's stream: the snapshot, then changes, pulled by the
+    /// client's reads, until the watcher goes away, falls behind
+    /// (`RESOURCE_EXHAUSTED`) or the agent shuts down (`UNAVAILABLE`). See
+    /// [`super::watch`].
+    pub fn watch(&self) -> impl Stream<Item = Result<proto::WatchEvent, Status>> + Send + 'static {
+        super::watch::stream(
+            Arc::clone(&self.state),
+            self.settings.watch_buffer,
+            self.shutdown.clone(),
+        )
     }
 
     /// The container `id` (in `namespace`, when given) names, whichever
@@ -388,7 +372,7 @@ impl Pidmap for PidmapService {
         &self,
         _req: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let stream: WatchStream = Box::pin(ReceiverStream::new(PidmapService::watch(self)));
+        let stream: WatchStream = Box::pin(PidmapService::watch(self));
         Ok(Response::new(stream))
     }
 
@@ -410,143 +394,6 @@ impl Pidmap for PidmapService {
     }
 }
 
-/// Sends the snapshot, then changes, until the watcher goes away or falls
-/// behind. Containers known only from cgroup paths are announced before
-/// the first of their processes, and announced deleted once their last
-/// process has left the grace window.
-async fn feed_watcher(
-    state: Arc<State>,
-    mut changes: broadcast::Receiver<Change>,
-    tx: mpsc::Sender<Result<proto::WatchEvent, Status>>,
-) {
-    use proto::watch_event::Event;
-    let mut out = Outbox { tx };
-    let containers: Vec<proto::Container> = state
-        .containers()
-        .iter()
-        .filter(|c| c.deleted_at_ns.is_none())
-        .map(convert::container)
-        .collect();
-    let by_path = path_containers(&state);
-    let mut announced: BTreeSet<_> = by_path.keys().cloned().collect();
-    let pids: Vec<u32> = state.table().live().map(|p| p.key.pid).collect();
-    let snapshot = containers
-        .into_iter()
-        .chain(by_path.values().map(convert::path_container))
-        .map(Event::Container)
-        .chain(
-            pids.into_iter()
-                .map(|pid| Event::Process(convert::record(&resolve(&state, pid, None)))),
-        )
-        .chain(std::iter::once(Event::SnapshotDone(true)));
-    for event in snapshot {
-        if !out.send_waiting(event).await {
-            return;
-        }
-    }
-    loop {
-        let events = match changes.recv().await {
-            Ok(Change::Process(key)) => {
-                let r = resolve(&state, key.pid, Some(key.start_time));
-                let mut events = Vec::new();
-                if let Some(pc) = &r.path_container {
-                    if r.source == Some(resolver::Source::CgroupPath)
-                        && r.state != resolver::Resolved::Pending
-                    {
-                        let key = resolver::path_container_key(pc);
-                        if !announced.contains(&key) {
-                            if let Some(entry) = path_containers(&state).get(&key) {
-                                events
-                                    .push(Event::ContainerChanged(convert::path_container(entry)));
-                                announced.insert(key);
-                            }
-                        }
-                    }
-                }
-                events.push(Event::ProcessChanged(convert::record(&r)));
-                events
-            }
-            Ok(Change::Container(key)) => match state.containers().get(&key) {
-                Some(c) if c.deleted_at_ns.is_some() => {
-                    vec![Event::ContainerDeleted(convert::container(c))]
-                }
-                Some(c) => vec![Event::ContainerChanged(convert::container(c))],
-                None => continue,
-            },
-            Ok(Change::Expired) => {
-                let now = path_containers(&state);
-                let gone: Vec<_> = announced
-                    .iter()
-                    .filter(|k| !now.contains_key(*k))
-                    .cloned()
-                    .collect();
-                gone.iter()
-                    .map(|k| {
-                        announced.remove(k);
-                        Event::ContainerDeleted(convert::gone_path_container(k))
-                    })
-                    .collect()
-            }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                out.cut_off(format!(
-                    "watcher too slow: {n} changes dropped; reconnect to get a fresh snapshot"
-                ));
-                return;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        for event in events {
-            if !out.try_send(event) {
-                return;
-            }
-        }
-    }
-}
-
-/// A watcher's stream, with its last slot kept for the cut-off reason.
-struct Outbox {
-    tx: mpsc::Sender<Result<proto::WatchEvent, Status>>,
-}
-
-impl Outbox {
-    /// Sends, waiting while the watcher reads (the snapshot); false once
-    /// it is gone.
-    async fn send_waiting(&mut self, event: proto::watch_event::Event) -> bool {
-        // Room for this event and the reserved slot; the second permit is
-        // given back when the iterator is dropped.
-        match self.tx.reserve_many(2).await {
-            Ok(mut permits) => permits.next().is_some_and(|permit| {
-                permit.send(Ok(proto::WatchEvent { event: Some(event) }));
-                true
-            }),
-            Err(_) => false,
-        }
-    }
-
-    /// Sends without waiting; a full buffer cuts the watcher off with
-    /// `RESOURCE_EXHAUSTED`. False when the stream is over.
-    fn try_send(&mut self, event: proto::watch_event::Event) -> bool {
-        if self.tx.is_closed() {
-            return false;
-        }
-        if self.tx.capacity() <= 1 {
-            self.cut_off(
-                "watcher too slow: its buffer is full; reconnect to get a fresh snapshot".into(),
-            );
-            return false;
-        }
-        self.tx
-            .try_send(Ok(proto::WatchEvent { event: Some(event) }))
-            .is_ok()
-    }
-
-    /// Ends the stream with `RESOURCE_EXHAUSTED`, into the reserved slot.
-    fn cut_off(&mut self, reason: String) {
-        debug!("disconnecting a slow watcher");
-        let _ = self.tx.try_send(Err(Status::resource_exhausted(reason)));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,20 +408,5 @@ mod tests {
                 tonic::Code::InvalidArgument
             );
         }
-    }
-
-    #[tokio::test]
-    async fn the_cut_off_reason_always_fits() {
-        let (tx, mut rx) = mpsc::channel(3);
-        let mut out = Outbox { tx };
-        let ev = || proto::watch_event::Event::SnapshotDone(true);
-        assert!(out.try_send(ev()));
-        assert!(out.try_send(ev()));
-        assert!(!out.try_send(ev()), "the last slot is the reason's");
-        let mut got = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            got.push(item.map(|_| ()).map_err(|s| s.code()));
-        }
-        assert_eq!(got, [Ok(()), Ok(()), Err(tonic::Code::ResourceExhausted)]);
     }
 }

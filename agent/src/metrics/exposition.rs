@@ -15,7 +15,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{histogram::HistogramSample, DockerLookup, Metrics};
+use super::{histogram::HistogramSample, CutOff, DockerLookup, Metrics};
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -209,6 +209,27 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
     ] {
         let labels = [("reason", reason)];
         ConstCounter::new(value).encode(refused.encode_family(&labels)?)?;
+    }
+
+    let unread = gauge(usize::try_from(s.api_unread_bytes).unwrap_or(usize::MAX));
+    unread.encode(e.encode_descriptor(
+        "api_unread_bytes",
+        "Bytes of query API responses the agent holds that their clients have not read yet (bounded by max_unread_bytes)",
+        None,
+        unread.metric_type(),
+    )?)?;
+    let mut cut = e.encode_descriptor(
+        "api_cut_offs",
+        "Query API streams cut off with RESOURCE_EXHAUSTED, by reason: watch_lag (a Watch client fell more than watch_buffer changes behind) or unread_bytes (its peer, or all peers together, left as many response bytes unread as max_unread_bytes_per_peer / max_unread_bytes allow; requests refused for it count too)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, value) in [
+        (CutOff::WatchLag, s.api_cut_offs_watch_lag),
+        (CutOff::UnreadBytes, s.api_cut_offs_unread_bytes),
+    ] {
+        let labels = [("reason", reason.label())];
+        ConstCounter::new(value).encode(cut.encode_family(&labels)?)?;
     }
 
     let requests = m.requests.samples();

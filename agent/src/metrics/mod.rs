@@ -197,6 +197,11 @@ pub struct Metrics {
     api_connections: AtomicU64,
     /// Refused API connections: per-peer limit, everything full.
     api_connections_refused: [AtomicU64; 2],
+    /// Bytes of responses the agent holds that their clients have not
+    /// read yet.
+    api_unread_bytes: AtomicU64,
+    /// API streams and requests cut off, by [`CutOff`].
+    api_cut_offs: [AtomicU64; 2],
     /// Docker Engine API lookups, by [`DockerLookup`].
     docker_lookups: [AtomicU64; 4],
     /// From a kernel exec event to its process being in the table (and so
@@ -245,6 +250,35 @@ pub struct MetricsSnapshot {
     pub api_connections_refused_per_peer: u64,
     /// API connections refused because the API was full.
     pub api_connections_refused_full: u64,
+    /// Bytes of responses held for clients that have not read them yet.
+    pub api_unread_bytes: u64,
+    /// `Watch` streams cut off because their client fell behind.
+    pub api_cut_offs_watch_lag: u64,
+    /// Streams cut off, and requests refused, because their peer (or all
+    /// peers together) left too many bytes unread.
+    pub api_cut_offs_unread_bytes: u64,
+}
+
+/// Why the API cut a stream off (or refused a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutOff {
+    /// A `Watch` client fell more changes behind than `watch_buffer`.
+    WatchLag = 0,
+    /// The peer, or every peer together, holds as many unread bytes as
+    /// its budget allows.
+    UnreadBytes = 1,
+}
+
+impl CutOff {
+    pub const ALL: [Self; 2] = [Self::WatchLag, Self::UnreadBytes];
+
+    /// The label value on `pidmap_api_cut_offs_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::WatchLag => "watch_lag",
+            Self::UnreadBytes => "unread_bytes",
+        }
+    }
 }
 
 impl MetricsSnapshot {
@@ -334,6 +368,17 @@ impl Metrics {
         self.api_connections_refused[usize::from(!per_peer)].fetch_add(1, Relaxed);
     }
 
+    /// Sets the bytes of responses held for clients that have not read
+    /// them yet.
+    pub fn set_api_unread_bytes(&self, bytes: usize) {
+        self.api_unread_bytes.store(bytes as u64, Relaxed);
+    }
+
+    /// Counts one stream cut off (or request refused) for `why`.
+    pub fn count_cut_off(&self, why: CutOff) {
+        self.api_cut_offs[why as usize].fetch_add(1, Relaxed);
+    }
+
     /// Counts one handled API request: `method` is the RPC's name, `code`
     /// the status it ended with, `elapsed` the time it took. Cheap enough
     /// for every request: a shared lock and a few atomic adds.
@@ -367,6 +412,10 @@ impl Metrics {
             api_connections: self.api_connections.load(Relaxed),
             api_connections_refused_per_peer: self.api_connections_refused[0].load(Relaxed),
             api_connections_refused_full: self.api_connections_refused[1].load(Relaxed),
+            api_unread_bytes: self.api_unread_bytes.load(Relaxed),
+            api_cut_offs_watch_lag: self.api_cut_offs[CutOff::WatchLag as usize].load(Relaxed),
+            api_cut_offs_unread_bytes: self.api_cut_offs[CutOff::UnreadBytes as usize]
+                .load(Relaxed),
         }
     }
 }

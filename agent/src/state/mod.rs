@@ -46,8 +46,9 @@ pub enum Change {
     Expired,
 }
 
-/// Changes that may wait for the slowest API watcher before it is
-/// disconnected.
+/// Changes kept for the slowest API watcher (at least; more when
+/// `watch_buffer` is larger): a watcher this far behind is cut off, also
+/// during its snapshot.
 pub const CHANGE_BUFFER: usize = 8192;
 
 /// Catch-up requests that may wait for the tracker; callers beyond this do
@@ -157,11 +158,22 @@ pub struct State {
 }
 
 impl State {
-    /// A new state and its only two writers.
+    /// A new state and its only two writers, keeping [`CHANGE_BUFFER`]
+    /// changes for watchers.
     pub fn new(
         table: ProcessTable,
         paths: CgroupPathCache,
         metrics: Arc<Metrics>,
+    ) -> (Arc<Self>, TableWriter, ContainerWriter) {
+        Self::with_change_buffer(table, paths, metrics, CHANGE_BUFFER)
+    }
+
+    /// [`new`](Self::new), keeping `changes` changes for watchers.
+    pub fn with_change_buffer(
+        table: ProcessTable,
+        paths: CgroupPathCache,
+        metrics: Arc<Metrics>,
+        changes: usize,
     ) -> (Arc<Self>, TableWriter, ContainerWriter) {
         let state = Arc::new(Self {
             table: RwLock::new(table),
@@ -173,7 +185,7 @@ impl State {
             containerd_seen: AtomicBool::new(false),
             heartbeat_ns: AtomicU64::new(0),
             stall_limit_ns: duration_ns(STALL_LIMIT),
-            changes: broadcast::channel(CHANGE_BUFFER).0,
+            changes: broadcast::channel(changes.max(1)).0,
             catch_up: OnceLock::new(),
             ring: OnceLock::new(),
             applied: AtomicU64::new(0),

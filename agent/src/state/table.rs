@@ -153,6 +153,19 @@ impl ProcessTable {
         self.live.values()
     }
 
+    /// The `n` lowest live pids above `after`, lowest first: a cursor
+    /// over the live processes that holds nothing between calls.
+    pub fn live_pids_after(&self, after: u32, n: usize) -> Vec<u32> {
+        let mut lowest = std::collections::BinaryHeap::with_capacity(n + 1);
+        for &pid in self.live.keys().filter(|&&pid| pid > after) {
+            lowest.push(pid);
+            if lowest.len() > n {
+                lowest.pop();
+            }
+        }
+        lowest.into_sorted_vec()
+    }
+
     /// Every exited process still inside the grace window.
     pub fn exited(&self) -> impl Iterator<Item = &Process> {
         self.exited.iter().map(|(_, p)| p)

@@ -206,22 +206,42 @@ fn continuation_frames_padding_and_priority() {
 
 #[test]
 fn a_block_larger_than_a_frame_is_split_again() {
-    let long = vec![b'a'; 3 * MAX_FRAME_PAYLOAD / 2];
-    let mut block = request(0x01, &string(b"tmp%2Fx.sock"));
+    // Over the header list limit (h2 refuses it whole), so re-encoded with
+    // a filler that keeps it over: more than one frame.
+    let long = vec![b'a'; 3 * MAX_FRAME_PAYLOAD / 4];
+    let mut block = request(0x01, &string(b"localhost"));
     block.push(0x00);
     block.extend(string(b"x-long"));
     block.extend(string(&long));
-    let (a, b) = block.split_at(MAX_FRAME_PAYLOAD);
+    let first = frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request(0x01, &string(b"tmp%2Fx.sock")),
+    );
+    let mut again = block.clone();
+    again.push(0x00);
+    again.extend(string(b"x-more"));
+    again.extend(string(&long));
+    let (a, b) = again.split_at(MAX_FRAME_PAYLOAD);
     let bytes = conversation(&[
-        frame(HEADERS, 0, 1, a),
-        frame(CONTINUATION, END_HEADERS, 1, b),
+        first,
+        frame(HEADERS, 0, 3, a),
+        frame(CONTINUATION, END_HEADERS, 3, b),
     ]);
     let ServerView { lists, frames } = server_view(&feed(&bytes, 4096).unwrap());
-    assert_eq!(authority(&lists[0].1), Some("localhost"));
-    assert_eq!(lists[0].1.last().map(|(_, v)| v.len()), Some(long.len()));
+    assert_eq!(authority(&lists[1].1), Some("localhost"));
+    let kept = lists[1].1.iter().find(|(n, _)| n == "x-long");
+    assert_eq!(kept.map(|(_, v)| v.len()), Some(long.len()));
+    assert!(lists[1].1.iter().all(|(n, _)| n != "x-more"), "over the limit");
     assert_eq!(
         frames,
-        [(SETTINGS, 0), (HEADERS, 0), (CONTINUATION, END_HEADERS)]
+        [
+            (SETTINGS, 0),
+            (HEADERS, END_HEADERS),
+            (HEADERS, 0),
+            (CONTINUATION, END_HEADERS)
+        ]
     );
 }
 
@@ -386,24 +406,56 @@ fn random_input_never_panics_and_output_stays_bounded() {
 /// GOAWAY (the server ends the connection once it has answered): the
 /// authority and path of every request it accepted, and whether a refusal
 /// was reported.
-async fn h2_server(
+async fn h2_server(client_bytes: Vec<u8>, pipe: usize) -> (Vec<(Option<String>, String)>, bool) {
+    let (seen, refused, _) = h2_server_with(client_bytes, pipe, None).await;
+    let seen = seen.into_iter().map(|r| (r.authority, r.path)).collect();
+    (seen, refused)
+}
+
+/// A request as the h2 server accepted it.
+#[derive(Debug, PartialEq, Eq)]
+struct Accepted {
+    authority: Option<String>,
+    path: String,
+    /// Its stream, and the stream tag it came with.
+    stream: u32,
+    tag: Option<String>,
+}
+
+/// [`h2_server`] with a ledger (tagged requests) or not; also what the
+/// server wrote.
+async fn h2_server_with(
     mut client_bytes: Vec<u8>,
     pipe: usize,
-) -> (Vec<(Option<String>, String)>, bool) {
+    ledger: Option<Arc<ConnLedger>>,
+) -> (Vec<Accepted>, bool, Vec<u8>) {
     const GOAWAY: u8 = 0x7;
     // Last stream: every one sent; error code NO_ERROR.
     client_bytes.extend(frame(GOAWAY, 0, 0, &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]));
     let (client, server_io) = tokio::io::duplex(pipe);
     let reports = Arc::new(Reports::default());
-    let stream = AuthorityStream::new(server_io, Arc::clone(&reports));
+    let stream = AuthorityStream::new(server_io, Arc::clone(&reports), ledger);
     let server = tokio::spawn(async move {
-        let mut conn = h2::server::handshake(stream).await.expect("handshake");
+        // The limit the agent's server sets, as h2 enforces it.
+        let mut conn = match h2::server::Builder::new()
+            .max_header_list_size(MAX_HEADER_LIST as u32)
+            .handshake::<_, bytes::Bytes>(stream)
+            .await
+        {
+            Ok(conn) => conn,
+            Err(_) => return Vec::new(),
+        };
         let mut seen = Vec::new();
         while let Some(Ok((request, mut respond))) = conn.accept().await {
-            seen.push((
-                request.uri().authority().map(ToString::to_string),
-                request.uri().path().to_owned(),
-            ));
+            seen.push(Accepted {
+                authority: request.uri().authority().map(ToString::to_string),
+                path: request.uri().path().to_owned(),
+                stream: respond.stream_id().as_u32(),
+                tag: request
+                    .headers()
+                    .get(STREAM_TAG)
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            });
             let _ = respond.send_response(http::Response::new(()), true);
         }
         seen
@@ -414,12 +466,14 @@ async fn h2_server(
     let drain = tokio::spawn(async move {
         let mut answers = Vec::new();
         let _ = read.read_to_end(&mut answers).await;
+        answers
     });
-    write.write_all(&client_bytes).await.unwrap();
+    // The server may close the connection before it has read everything.
+    let _ = write.write_all(&client_bytes).await;
     let seen = server.await.unwrap();
     drop(write);
-    drain.await.unwrap();
-    (seen, reports.refused.load(Ordering::Relaxed))
+    let answers = drain.await.unwrap();
+    (seen, reports.refused.load(Ordering::Relaxed), answers)
 }
 
 #[tokio::test]
@@ -473,4 +527,224 @@ async fn h2_serves_rewritten_requests(pipe: usize) {
     let (seen, refused) = h2_server(bytes, pipe).await;
     assert!(seen.is_empty());
     assert!(refused, "the refusal was reported");
+}
+
+/// A block of `n` bytes that inserts a `size`-byte field into the dynamic
+/// table and then references it (one byte each) for the rest: a small
+/// block that decodes to a huge header list.
+fn hpack_bomb(size: usize, n: usize) -> Vec<u8> {
+    let mut b = vec![0x83, 0x86, 0x84, 0x41];
+    b.extend(string(b"localhost"));
+    // Literal with incremental indexing, new name: dynamic index 62.
+    b.push(0x40);
+    b.extend(string(b"x-bomb"));
+    b.extend(string(&vec![b'a'; size]));
+    b.resize(n, 0xbe);
+    b
+}
+
+/// `block` as a HEADERS frame and CONTINUATIONs of at most 16 KiB.
+fn header_frames(stream: u32, block: &[u8]) -> Vec<Vec<u8>> {
+    let chunks: Vec<&[u8]> = block.chunks(MAX_FRAME_PAYLOAD).collect();
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let kind = if i == 0 { HEADERS } else { CONTINUATION };
+            let mut flags = if i == 0 { END_STREAM } else { 0 };
+            if i + 1 == chunks.len() {
+                flags |= END_HEADERS;
+            }
+            frame(kind, flags, stream, chunk)
+        })
+        .collect()
+}
+
+#[test]
+fn an_hpack_bomb_is_decoded_without_collecting_its_fields() {
+    // 64 KiB of HPACK that decodes to 60,000 fields of 4 KB: 240 MB.
+    let block = hpack_bomb(4000, MAX_BLOCK - 1024);
+    let mut rewriter = Rewriter::tagging();
+    let decoded = rewriter.decode(&block, Some("1")).expect("decodable");
+    let kept: usize = decoded
+        .fields
+        .iter()
+        .map(|(n, v)| field_size(n.len(), v.len()))
+        .sum();
+    assert!(kept < MAX_HEADER_LIST, "kept {kept} bytes of fields");
+    assert!(decoded.way_over(), "{} bytes decoded", decoded.size);
+    // The table stayed in step: a later block's reference to it decodes.
+    let later = rewriter.decode(&[0x83, 0x86, 0x84, 0xbe], None).unwrap();
+    assert_eq!(later.fields.last().unwrap().1.len(), 4000);
+
+    // On the wire: passed as it came, and no longer followed (h2 closes
+    // the connection for it).
+    let bytes = conversation(&header_frames(1, &block));
+    let out = feed(&bytes, 4096).unwrap();
+    assert_eq!(out.as_ref(), bytes.as_slice());
+}
+
+#[test]
+fn a_bomb_on_a_connection_already_reencoding_closes_it() {
+    let mut frames = vec![frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request(0x01, &string(b"tmp%2Fx.sock")),
+    )];
+    frames.extend(header_frames(3, &hpack_bomb(4000, MAX_BLOCK - 1024)));
+    let bytes = conversation(&frames);
+    assert!(matches!(
+        feed(&bytes, bytes.len()),
+        Err(RewriteError::TooLarge(_))
+    ));
+}
+
+#[test]
+fn a_list_over_the_limit_stays_over_it_when_reencoded() {
+    // Five 4 KB fields: 20 KB, over 16 KiB but not four times over.
+    let mut big = vec![0x83, 0x86, 0x84, 0x41];
+    big.extend(string(b"localhost"));
+    for i in 0..5 {
+        big.push(0x00);
+        big.extend(string(format!("x-big-{i}").as_bytes()));
+        big.extend(string(&[b'b'; 4000]));
+    }
+    let frames = vec![
+        frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &request(0x01, &string(b"tmp%2Fx.sock")),
+        ),
+    ];
+    let mut frames = frames;
+    frames.extend(header_frames(3, &big));
+    let out = feed(&conversation(&frames), 1000).unwrap();
+    let ServerView { lists, .. } = server_view(&out);
+    let size: usize = lists[1]
+        .1
+        .iter()
+        .map(|(n, v)| field_size(n.len(), v.len()))
+        .sum();
+    assert!(size >= MAX_HEADER_LIST, "re-encoded to {size} bytes");
+    assert!(size < 2 * MAX_HEADER_LIST + 1024, "bounded: {size}");
+}
+
+#[tokio::test]
+async fn h2_refuses_oversized_lists_and_closes_on_bombs_behind_the_rewriter() {
+    let mut big = vec![0x83, 0x86, 0x84, 0x41];
+    big.extend(string(b"localhost"));
+    for i in 0..5 {
+        big.push(0x00);
+        big.extend(string(format!("x-big-{i}").as_bytes()));
+        big.extend(string(&[b'b'; 4000]));
+    }
+    let (peer, total) = (
+        super::super::budget::Pool::per_peer(1 << 20),
+        super::super::budget::Pool::total(1 << 20, Arc::default()),
+    );
+    for reencoding in [false, true] {
+        let mut frames = Vec::new();
+        if reencoding {
+            frames.push(frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                1,
+                &request(0x01, &string(b"tmp%2Fx.sock")),
+            ));
+        }
+        frames.extend(header_frames(3, &big));
+        frames.push(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            5,
+            &request(0x01, &string(b"localhost")),
+        ));
+        let ledger = ConnLedger::new(Arc::clone(&peer), Arc::clone(&total), false);
+        let (seen, _, answers) =
+            h2_server_with(conversation(&frames), 1 << 20, Some(ledger)).await;
+        // h2 answers the oversized request itself: 431, or a reset.
+        let mut scan = WriteScan::default();
+        let mut found = Vec::new();
+        scan.scan(&answers, &mut found);
+        assert!(found.contains(&Written::Ended(3)), "{found:?}");
+        let streams: Vec<u32> = seen.iter().map(|a| a.stream).collect();
+        let want: &[u32] = if reencoding { &[1, 5] } else { &[5] };
+        assert_eq!(streams, want, "the oversized request (3) is refused alone");
+        assert!(seen.iter().all(|a| a.tag == Some(a.stream.to_string())));
+    }
+    // A bomb: h2 closes the connection; nothing after it is served.
+    let mut frames = header_frames(1, &hpack_bomb(4000, MAX_BLOCK - 1024));
+    frames.push(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        3,
+        &request(0x01, &string(b"localhost")),
+    ));
+    let ledger = ConnLedger::new(peer, total, false);
+    let (seen, _, _) = h2_server_with(conversation(&frames), 1 << 20, Some(ledger)).await;
+    assert!(seen.is_empty(), "{seen:?}");
+}
+
+#[tokio::test]
+async fn tagged_requests_reach_h2_with_their_stream_and_the_ledger_follows_them() {
+    let (peer, total) = (
+        super::super::budget::Pool::per_peer(1 << 20),
+        super::super::budget::Pool::total(1 << 20, Arc::default()),
+    );
+    let ledger = ConnLedger::new(Arc::clone(&peer), total, false);
+    let frames = vec![
+        // Padded and with priority: the tag goes into a new frame.
+        {
+            let mut payload = vec![3, 0, 0, 0, 0, 16];
+            payload.extend(request(0x01, &string(b"localhost")));
+            payload.extend([0; 3]);
+            frame(HEADERS, END_HEADERS | END_STREAM | PADDED | PRIORITY, 1, &payload)
+        },
+        frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            3,
+            &request(0x01, &string(b"tmp%2Fx.sock")),
+        ),
+        frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            5,
+            &request(0x01, &string(b"localhost")),
+        ),
+    ];
+    for pipe in [1 << 20, 7] {
+        let (seen, _, _) =
+            h2_server_with(conversation(&frames), pipe, Some(Arc::clone(&ledger))).await;
+        let tags: Vec<_> = seen.iter().map(|a| (a.stream, a.tag.clone())).collect();
+        assert_eq!(
+            tags,
+            [
+                (1, Some("1".into())),
+                (3, Some("3".into())),
+                (5, Some("5".into()))
+            ]
+        );
+    }
+    // Accounts opened for the streams are closed by their END_STREAM.
+    let account = ledger.open(7);
+    account.charge(100).unwrap();
+    assert_eq!(peer.held(), 100);
+    let mut scan = WriteScan::default();
+    let mut found = Vec::new();
+    let mut written = frame(DATA, 0, 7, &[0; 60]);
+    written.extend(frame(DATA, END_STREAM, 7, &[0; 40]));
+    for piece in written.chunks(5) {
+        scan.scan(piece, &mut found);
+    }
+    assert_eq!(
+        found.iter().filter_map(|w| match w {
+            Written::Data(7, n) => Some(*n),
+            _ => None,
+        }).sum::<usize>(),
+        100
+    );
+    assert_eq!(found.last(), Some(&Written::Ended(7)));
 }

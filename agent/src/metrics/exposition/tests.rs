@@ -199,6 +199,26 @@ fn requests_are_counted_and_timed_by_method_and_code() {
 }
 
 #[test]
+fn unread_bytes_are_a_gauge_and_cut_offs_counted_by_reason() {
+    let s = known_state();
+    let m = s.state.metrics();
+    m.set_api_unread_bytes(4096);
+    m.count_cut_off(crate::metrics::CutOff::WatchLag);
+    m.count_cut_off(crate::metrics::CutOff::UnreadBytes);
+    m.count_cut_off(crate::metrics::CutOff::UnreadBytes);
+    assert_lines(
+        &render_state(&s),
+        &[
+            "# TYPE pidmap_api_unread_bytes gauge",
+            "pidmap_api_unread_bytes 4096",
+            "# TYPE pidmap_api_cut_offs counter",
+            r#"pidmap_api_cut_offs_total{reason="watch_lag"} 1"#,
+            r#"pidmap_api_cut_offs_total{reason="unread_bytes"} 2"#,
+        ],
+    );
+}
+
+#[test]
 fn api_connections_are_a_gauge_and_refusals_counted_by_reason() {
     let s = known_state();
     let m = s.state.metrics();
@@ -260,8 +280,9 @@ fn every_family_has_help_and_type_and_the_text_ends_with_eof() {
     }
     // events, 9 counters, docker lookups, processes, containers,
     // containerd_connected, containerd_synced, api connections open and
-    // refused, api requests and durations, two latencies.
-    assert_eq!(families, 21, "{text}");
+    // refused, unread bytes, cut-offs, api requests and durations, two
+    // latencies.
+    assert_eq!(families, 23, "{text}");
 }
 
 #[test]

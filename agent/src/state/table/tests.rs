@@ -418,3 +418,16 @@ fn the_cgroup_index_always_equals_a_walk_of_the_table() {
         );
     }
 }
+
+#[test]
+fn live_pids_come_in_order_from_a_cursor() {
+    let mut t = table();
+    for pid in [9, 3, 27, 5, 12, 40] {
+        t.apply_event(&ev(EventKind::Fork, key(pid, 1), SEC));
+    }
+    t.apply_event(&ev(EventKind::Exit, key(12, 1), 2 * SEC));
+    assert_eq!(t.live_pids_after(0, 2), [3, 5]);
+    assert_eq!(t.live_pids_after(5, 2), [9, 27]);
+    assert_eq!(t.live_pids_after(27, 2), [40]);
+    assert!(t.live_pids_after(40, 2).is_empty());
+}
