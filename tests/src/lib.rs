@@ -25,8 +25,11 @@ pub mod containerd;
 #[cfg(cri_api)]
 pub mod cri;
 pub mod docker;
+pub mod h2watch;
+pub mod load;
 pub mod oracle;
 pub mod podman;
+pub mod wire;
 
 /// Fails the test clearly unless it runs as root.
 pub fn require_root() {
@@ -325,21 +328,48 @@ impl AgentProcess {
     /// `agent ready`; panics with its log if it exits or takes over a
     /// minute.
     pub fn start(socket: &Path, args: &[&str]) -> Self {
+        Self::start_in(socket, args, None)
+    }
+
+    /// [`start`](Self::start), the agent placed in `cgroup` before it runs
+    /// (all its memory is charged there).
+    pub fn start_in(socket: &Path, args: &[&str], cgroup: Option<&MemoryCgroup>) -> Self {
         use std::io::BufRead as _;
+        use std::os::unix::process::CommandExt as _;
         require_root();
         let started = Instant::now();
-        let mut child = ChildGuard::spawn(
-            Command::new(pidmap_bin())
-                .arg("agent")
-                .arg("--socket")
-                .arg(socket)
-                .args(args)
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped()),
-        );
+        let mut cmd = Command::new(pidmap_bin());
+        cmd.arg("agent")
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(cgroup) = cgroup {
+            let procs = std::ffi::CString::new(cgroup.procs().as_os_str().as_encoded_bytes())
+                .expect("a path without NUL");
+            // SAFETY: between fork and exec only async-signal-safe calls on
+            // memory allocated before the fork: open, write, close.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0": the writing process itself.
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = ChildGuard::spawn(&mut cmd);
         let stderr = child.0.stderr.take().expect("the agent's stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (ready_tx, ready) = std::sync::mpsc::channel();
@@ -548,6 +578,98 @@ impl Drop for CgroupGuard {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
+                for pid in procs.split_whitespace() {
+                    let _ = fs::write(self.root.join("cgroup.procs"), pid);
+                }
+            }
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) if Instant::now() >= deadline => {
+                    eprintln!("warning: cannot remove {}: {e}", self.path.display());
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// A memory cgroup with a limit, for a process that must live within it
+/// (the DaemonSet's limit): v1's memory hierarchy where it is mounted
+/// (hybrid hosts), else cgroup2 with the memory controller. On drop its
+/// processes go back to the root and the directory is removed.
+pub struct MemoryCgroup {
+    path: PathBuf,
+    root: PathBuf,
+    v2: bool,
+}
+
+impl MemoryCgroup {
+    /// A new memory cgroup limited to `limit` bytes, or `None` when this
+    /// host has no memory controller to use.
+    pub fn new(limit: u64) -> Option<Self> {
+        let n = NEXT_CGROUP.fetch_add(1, Ordering::Relaxed);
+        let name = format!("pidmap-test-mem-{}-{n}", std::process::id());
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let (root, v2, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1.to_path_buf(), false, "memory.limit_in_bytes")
+        } else {
+            let root = cgroup2_root()?;
+            let controllers = fs::read_to_string(root.join("cgroup.controllers")).ok()?;
+            if !controllers.split_whitespace().any(|c| c == "memory") {
+                return None;
+            }
+            fs::write(root.join("cgroup.subtree_control"), "+memory").ok()?;
+            (root, true, "memory.max")
+        };
+        let path = root.join(name);
+        fs::create_dir(&path).ok()?;
+        let this = Self { path, root, v2 };
+        fs::write(this.path.join(limit_file), limit.to_string())
+            .unwrap_or_else(|e| panic!("limit {}: {e}", this.path.display()));
+        Some(this)
+    }
+
+    /// Its `cgroup.procs`.
+    pub fn procs(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// The most memory it has held, in bytes.
+    pub fn peak_bytes(&self) -> Option<u64> {
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        fs::read_to_string(self.path.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Processes the kernel's OOM killer killed in it.
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        fs::read_to_string(self.path.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(procs) = fs::read_to_string(self.procs()) {
                 for pid in procs.split_whitespace() {
                     let _ = fs::write(self.root.join("cgroup.procs"), pid);
                 }

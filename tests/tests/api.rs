@@ -13,7 +13,7 @@ use pidmap::{
     api::proto::{self, pidmap_client::PidmapClient},
     Config,
 };
-use pidmap_tests::{pidmap_bin, private_socket, ChildGuard, TestAgent};
+use pidmap_tests::{h2watch::ShutWatch, pidmap_bin, private_socket, ChildGuard, TestAgent};
 use tonic::{transport::Channel, Code};
 
 async fn client(agent: &TestAgent) -> PidmapClient<Channel> {
@@ -290,14 +290,13 @@ async fn watch_gives_snapshot_then_changes_and_cuts_off_slow_watchers() {
     .await;
     assert!(saw.is_ok(), "change for pid {pid} never arrived");
 
-    // A watcher that never reads is disconnected with RESOURCE_EXHAUSTED,
-    // and the agent keeps answering others.
-    let mut slow = c
-        .watch(proto::WatchRequest {})
-        .await
-        .expect("watch")
-        .into_inner();
-    for _ in 0..300 {
+    // A watcher that takes nothing (its HTTP/2 window held at 0: it cannot
+    // be sent a byte) falls behind by every change made meanwhile: over
+    // watch_buffer, it is cut off with RESOURCE_EXHAUSTED as soon as it
+    // reads again — whatever the machine's speed — and the agent keeps
+    // answering others.
+    let slow = ShutWatch::start(agent.socket()).await;
+    for _ in 0..20 {
         let _ = Command::new("/bin/true").status();
     }
     let mut other = client(&agent).await;
@@ -305,18 +304,66 @@ async fn watch_gives_snapshot_then_changes_and_cuts_off_slow_watchers() {
         .status(proto::StatusRequest {})
         .await
         .expect("others still served");
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match slow.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(status) => return Some(status.code()),
+    let got = slow.open_and_read().await;
+    assert_eq!(
+        got.grpc_status.as_deref(),
+        Some("8"),
+        "RESOURCE_EXHAUSTED expected: {got:?}"
+    );
+    assert!(
+        got.grpc_message
+            .as_deref()
+            .is_some_and(|m| m.contains("watcher")),
+        "{got:?}"
+    );
+    assert!(agent.state().metrics().snapshot().api_cut_offs_watch_lag >= 1);
+    agent.stop().await;
+}
+
+/// A reader that keeps up is never cut off by a burst: the changes count
+/// against it only until it takes them. This one takes nothing while 300
+/// processes run (about 900 changes), then reads: it gets them all, and its
+/// stream stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_pauses_through_a_burst_is_not_cut_off() {
+    // Room for the burst and whatever else runs on the node meanwhile.
+    let config = Config {
+        watch_buffer: 65_536,
+        ..Config::default()
+    };
+    let agent = TestAgent::start(config).await;
+    let mut c = client(&agent).await;
+    let mut stream = c
+        .watch(proto::WatchRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..300 {
+        let mut child = ChildGuard::spawn(&mut Command::new("/bin/true"));
+        pids.insert(child.pid());
+        child.wait();
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(60), async {
+        while !pids.is_empty() {
+            match stream.message().await {
+                Ok(Some(msg)) => {
+                    if let Some(proto::watch_event::Event::ProcessChanged(r)) = msg.event {
+                        pids.remove(&r.pid);
+                    }
+                }
+                other => return Err(format!("{other:?}")),
             }
         }
+        Ok(())
     })
-    .await
-    .expect("slow watcher ended");
-    assert_eq!(ended, Some(Code::ResourceExhausted));
+    .await;
+    assert_eq!(
+        seen,
+        Ok(Ok(())),
+        "the paused watcher was cut off or missed changes"
+    );
+    assert_eq!(agent.state().metrics().snapshot().api_cut_offs_watch_lag, 0);
     agent.stop().await;
 }
 
@@ -1020,4 +1067,119 @@ async fn watch_streams_over_both_protocols_end_with_unavailable_at_shutdown() {
         "nothing after the error line"
     );
     drop(child);
+}
+
+/// Opens a connection to the agent (argv[1]), asks `/v1/whoami` on it,
+/// then forks a keeper that holds the connection and exits, printing
+/// "OPENER_PID OPENER_START_TIME KEEPER_PID". The keeper waits for a line
+/// on stdin, asks `/v1/whoami` again on the kept connection and prints the
+/// answer's status line and body.
+const KEPT_CONNECTION: &str = r#"
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+def ask(target):
+    s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(int(l.split(b":")[1]) for l in lines if l.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += s.recv(65536)
+    return lines[0].decode(), body.decode()
+status, body = ask(b"/v1/whoami")
+start = json.loads(body)["start_time"]
+keeper = os.fork()
+if keeper == 0:
+    sys.stdin.readline()
+    status, body = ask(b"/v1/whoami")
+    print(status)
+    print(body, flush=True)
+    os._exit(0)
+print(os.getpid(), start, keeper, flush=True)
+os._exit(0)
+"#;
+
+/// Starts `sleep` on `pid` (free: its process was reaped), by telling the
+/// kernel the pid before it (`ns_last_pid`); other processes may take it
+/// first, so this tries a few times.
+fn spawn_on_pid(pid: u32) -> Option<ChildGuard> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+        let child = ChildGuard::spawn(Command::new("/bin/sleep").arg("60"));
+        if child.pid() == pid {
+            return Some(child);
+        }
+    }
+    None
+}
+
+/// Issue 16, row 4: a connection outlives the process that opened it (its
+/// child keeps the socket), and the pid is reused by a process in another
+/// cgroup. `WhoAmI` on the kept connection answers for the process that
+/// connected — exited — never for the new holder of its pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_on_a_kept_connection_never_answers_for_a_reused_pid() {
+    let agent = TestAgent::start(Config::default()).await;
+    let (mut opener, line) = pidmap_tests::spawn_until_ready(
+        Command::new("python3")
+            .arg("-c")
+            .arg(KEPT_CONNECTION)
+            .arg(agent.socket()),
+    );
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().expect("a number"))
+        .collect();
+    let [opener_pid, opener_start, keeper_pid] = fields[..] else {
+        panic!("the opener said {line:?}");
+    };
+    let (opener_pid, keeper_pid) = (opener_pid as u32, keeper_pid as u32);
+    let _keeper = pidmap_tests::PidGuard::new(keeper_pid);
+    // The keeper's stdin (waiting on the opener would close it).
+    let mut stdin = opener.0.stdin.take().expect("stdin");
+    opener.wait();
+    let cgroup = pidmap_tests::CgroupGuard::new_v2();
+    let reused = spawn_on_pid(opener_pid).expect("the opener's pid for a new process");
+    cgroup.add(reused.pid());
+    let c = client(&agent).await;
+    let new_holder = pidmap_tests::resolved_when(&c, opener_pid, |r| {
+        r.state == proto::ProcessState::Running as i32
+            && r.start_time != Some(opener_start)
+            && r.cgroup_id == Some(cgroup.id())
+    })
+    .await
+    .expect("the agent sees the new holder of the pid in its cgroup");
+
+    // The keeper asks on the kept connection.
+    stdin.write_all(b"go\n").expect("tell the keeper");
+    let mut answer = String::new();
+    opener
+        .0
+        .stdout
+        .as_mut()
+        .expect("stdout")
+        .read_to_string(&mut answer)
+        .expect("the keeper's answer");
+    let (status, body) = answer.split_once('\n').expect("status line and body");
+    assert!(
+        !body.contains(&format!("\"start_time\":{}", new_holder.start_time.unwrap_or(0))),
+        "WhoAmI answered for the new holder of pid {opener_pid}: {answer}"
+    );
+    if status.contains(" 200 ") {
+        assert!(
+            body.contains("\"state\":\"exited\"")
+                && body.contains(&format!("\"start_time\":{opener_start}")),
+            "{answer}"
+        );
+    } else {
+        assert!(
+            status.contains(" 400 ") && body.contains("exited"),
+            "{answer}"
+        );
+    }
+    drop(reused);
+    agent.stop().await;
 }

@@ -17,11 +17,7 @@ use std::{
     os::unix::net::UnixStream,
     path::Path,
     process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -31,6 +27,8 @@ use pidmap::{
 };
 use pidmap_tests::{
     checker::{self, client, Checker, Currency, Run},
+    load::Storm,
+    wire::{frame, grpc_request_headers, hpack, CONTINUATION, DATA, END_HEADERS, HEADERS, PREFACE, SETTINGS},
     private_socket, proc_comm, proc_start_time, AgentProcess, ChildGuard, TestAgent,
 };
 use tonic::{transport::Channel, Code};
@@ -48,71 +46,6 @@ fn ms(d: Duration) -> String {
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-/// `/bin/true` spawned and reaped in a loop by a few threads until stopped
-/// (or until `limit` processes).
-struct Storm {
-    stop: Arc<AtomicBool>,
-    spawned: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Storm {
-    fn start(threads: usize, limit: u64) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let claimed = Arc::new(AtomicU64::new(0));
-        let spawned = Arc::new(AtomicU64::new(0));
-        let threads = (0..threads)
-            .map(|_| {
-                let (stop, claimed, spawned) = (
-                    Arc::clone(&stop),
-                    Arc::clone(&claimed),
-                    Arc::clone(&spawned),
-                );
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed)
-                        && claimed.fetch_add(1, Ordering::Relaxed) < limit
-                    {
-                        let _ = Command::new("/bin/true").status();
-                        spawned.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            spawned,
-            threads,
-        }
-    }
-
-    /// Waits for the threads to reach their limit.
-    fn join(mut self) -> u64 {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        self.spawned()
-    }
-
-    /// Stops the threads and waits for them; returns how many processes ran.
-    fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.join()
-    }
-
-    fn spawned(&self) -> u64 {
-        self.spawned.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Storm {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Processes a fault test follows by name: some started while the fault
@@ -556,50 +489,6 @@ async fn an_agent_stopped_for_ten_seconds_mid_storm_repairs_its_table() {
 // ---------------------------------------------------------------------------
 
 // ---------------------------------------------------------------------------
-
-/// An HTTP/2 frame: 24-bit length, type, flags, stream id, payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).expect("frame length");
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.extend([kind, flags]);
-    f.extend(stream.to_be_bytes());
-    f.extend(payload);
-    f
-}
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const CONTINUATION: u8 = 0x9;
-const END_HEADERS: u8 = 0x4;
-
-/// HPACK: literal header fields without indexing, names and values plain.
-fn hpack(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in fields {
-        out.push(0);
-        for s in [name, value] {
-            // A 7-bit prefix integer (all ours are short).
-            let len = u8::try_from(s.len()).expect("short header");
-            assert!(len < 127);
-            out.push(len);
-            out.extend(s.as_bytes());
-        }
-    }
-    out
-}
-
-fn grpc_request_headers(method: &str) -> Vec<u8> {
-    hpack(&[
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", method),
-        (":authority", "localhost"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ])
-}
 
 /// How many files `pid` holds open.
 fn open_fds(pid: u32) -> usize {

@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Every fuzz target (a `[[bin]]` of `fuzz/Cargo.toml`), in the order they run.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 10] = [
     "cgroup_path",
     "proc_stat",
     "proc_cgroup",
@@ -29,7 +29,14 @@ pub const TARGETS: [&str; 7] = [
     "oci_spec",
     "config",
     "http_request",
+    "authority",
+    "mountinfo",
+    "cgroup_join",
 ];
+
+/// Targets run with a malloc limit (MiB): one allocation over it is a crash. The authority
+/// rewriter must hold what a peer sends within a few MiB, whatever it decodes to.
+const MALLOC_LIMIT_MB: [(&str, u32); 1] = [("authority", 64)];
 
 /// Seconds per target when neither `--runs` nor `--seconds` is given.
 const DEFAULT_SECONDS: u64 = 60;
@@ -179,6 +186,12 @@ fn run_target(dirs: &Dirs, target: &'static str, budget: Budget) -> Result<Outco
         .arg(budget.libfuzzer_arg())
         .arg("-print_final_stats=1")
         .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
+        .args(
+            MALLOC_LIMIT_MB
+                .iter()
+                .filter(|(t, _)| *t == target)
+                .map(|(_, mb)| format!("-malloc_limit_mb={mb}")),
+        )
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

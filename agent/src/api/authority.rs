@@ -258,6 +258,16 @@ impl Rewriter {
         }
     }
 
+    /// Bytes of client input held back now: a partial frame, and the
+    /// header block being assembled. At most [`MAX_BLOCK`] plus two frames.
+    pub fn held(&self) -> usize {
+        self.input.len()
+            + self
+                .block
+                .as_ref()
+                .map_or(0, |b| b.raw.len() + b.fragment.len())
+    }
+
     /// The streams the client reset since the last call.
     pub fn take_resets(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.resets)

@@ -341,8 +341,9 @@ impl CgroupFs {
     /// Writes into `buf` the directory of cgroup `path` in `hierarchy`.
     ///
     /// Rejects relative paths, `.`/`..` components and paths outside the
-    /// sub-tree the mount shows.
-    pub(crate) fn dir_of(
+    /// sub-tree the mount shows: the directory is always under the mount
+    /// point.
+    pub fn dir_of(
         &self,
         hierarchy: Hierarchy,
         path: &str,

@@ -79,7 +79,7 @@ pub(crate) enum PlaceError {
 ///
 /// `join_normalized("/kubepods/pod1/c1", "/../../pod2/c2")` is
 /// `Some("/kubepods/pod2/c2")`.
-pub(crate) fn join_normalized(base: &str, rel: &str) -> Option<String> {
+pub fn join_normalized(base: &str, rel: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
     for component in base.split('/').chain(rel.split('/')) {
         match component {
