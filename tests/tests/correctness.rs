@@ -140,6 +140,143 @@ async fn orphans_get_their_reaper_as_parent() {
     agent.stop().await;
 }
 
+/// Issue 16, row 3: 400 orphans of a subreaper made beside four busy loops
+/// and an exec storm. Each one's ppid must reach the subreaper, however long
+/// the loaded node makes the re-parenting or its look-up wait: the tracker
+/// never gives an orphan up. Prints how long the answers lagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_of_a_subreaper_under_load_all_get_their_reaper() {
+    const ORPHANS: usize = 400;
+    let agent = TestAgent::start(Config::default()).await;
+    let mut c = client(&agent).await;
+    let busy = pidmap_tests::load::BusyLoops::start(4);
+    let storm = pidmap_tests::load::Storm::start(2, u64::MAX);
+    // The subreaper forks ORPHANS children that each start a sleep and
+    // exit at once; it prints each sleep's pid once its parent is gone.
+    let (reaper, first) = spawn_until_ready(&mut python(&format!(
+        "import ctypes, os, sys, time\n\
+         ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n\
+         print('ready', flush=True)\n\
+         for _ in range({ORPHANS}):\n\
+         \x20   r, w = os.pipe()\n\
+         \x20   mid = os.fork()\n\
+         \x20   if mid == 0:\n\
+         \x20       pid = os.fork()\n\
+         \x20       if pid == 0:\n\
+         \x20           os.execv('/bin/sleep', ['sleep', '1000'])\n\
+         \x20       os.write(w, str(pid).encode())\n\
+         \x20       os._exit(0)\n\
+         \x20   os.close(w)\n\
+         \x20   pid = int(os.read(r, 32))\n\
+         \x20   os.close(r)\n\
+         \x20   os.waitpid(mid, 0)\n\
+         \x20   print(pid, flush=True)\n\
+         sys.stdin.readline()\n"
+    )));
+    assert_eq!(first, "ready");
+    let reaper_pid = reaper.pid();
+    let mut reader = std::io::BufReader::new(
+        // spawn_until_ready read the first line only.
+        reaper_stdout(&reaper),
+    );
+    let mut orphans: Vec<(PidGuard, std::time::Instant)> = Vec::new();
+    let mut lags = Vec::new();
+    let mut pending: Vec<usize> = Vec::new();
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    while (orphans.len() < ORPHANS || !pending.is_empty()) && std::time::Instant::now() < deadline {
+        // Take the orphans made so far.
+        while orphans.len() < ORPHANS && reader_has_line(&reader) {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).expect("an orphan's pid");
+            let pid: u32 = line.trim().parse().expect("a pid");
+            pending.push(orphans.len());
+            orphans.push((PidGuard::new(pid), std::time::Instant::now()));
+        }
+        if pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        let records = c
+            .resolve_batch(proto::ResolveBatchRequest {
+                requests: pending
+                    .iter()
+                    .map(|&i| proto::ResolveRequest {
+                        pid: orphans[i].0.pid.into(),
+                        start_time: None,
+                    })
+                    .collect(),
+            })
+            .await
+            .expect("resolve the orphans")
+            .into_inner()
+            .records;
+        let now = std::time::Instant::now();
+        let mut still = Vec::new();
+        for (&i, r) in pending.iter().zip(&records) {
+            if r.ppid == Some(reaper_pid) {
+                lags.push(now.duration_since(orphans[i].1));
+            } else {
+                still.push(i);
+            }
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let spawned = storm.finish();
+    drop(busy);
+    lags.sort();
+    let at = |q: f64| lags.get(((lags.len() as f64 * q) as usize).min(lags.len().saturating_sub(1)));
+    println!(
+        "{} orphans of a subreaper beside 4 busy loops and an exec storm ({spawned} processes): \
+         ppid right after p50 {:?}, p99 {:?}, max {:?} (from when the test saw the orphan, \
+         polling every 5 ms); {} never right",
+        lags.len(),
+        at(0.5),
+        at(0.99),
+        lags.last(),
+        pending.len()
+    );
+    assert!(
+        pending.is_empty() && orphans.len() == ORPHANS,
+        "{} of {} orphans kept their dead parent",
+        pending.len(),
+        orphans.len()
+    );
+    drop(reaper);
+    agent.stop().await;
+}
+
+/// The stdout of a child made by `spawn_until_ready` (its first line read).
+fn reaper_stdout(child: &ChildGuard) -> std::fs::File {
+    use std::os::fd::{AsFd as _, FromRawFd as _, IntoRawFd as _};
+    let fd = child
+        .0
+        .stdout
+        .as_ref()
+        .expect("stdout")
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("dup stdout");
+    // SAFETY: a fresh descriptor we own.
+    unsafe { std::fs::File::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// Whether a line can be read without blocking.
+fn reader_has_line(reader: &std::io::BufReader<std::fs::File>) -> bool {
+    if reader.buffer().contains(&b'\n') {
+        return true;
+    }
+    use std::os::fd::AsRawFd as _;
+    let mut fds = [libc::pollfd {
+        fd: reader.get_ref().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd; no wait.
+    unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) > 0 }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_known_from_cgroup_paths_are_listed_followed_and_forgotten() {
     let agent = TestAgent::start(Config {

@@ -204,6 +204,40 @@ impl ProcessTable {
             .collect()
     }
 
+    /// The pid of the parent live process `child` is recorded with, when
+    /// that parent is no longer alive as far as the table knows: it exited,
+    /// or another process holds its pid now. Such a child has been (or is
+    /// about to be) re-parented by the kernel, and nothing else will tell
+    /// the table — its parent's exit was applied before the child was known
+    /// (a /proc scan that read the child while its parent lived, applied
+    /// after that parent's exit event), or it was lost.
+    pub fn parent_gone(&self, child: ProcKey) -> Option<u32> {
+        let p = self.live.get(&child.pid).filter(|p| p.key == child)?;
+        let parent = p.parent?;
+        if parent.pid == 0 {
+            // init and kthreadd: no parent in this pid namespace.
+            return None;
+        }
+        match self.live.get(&parent.pid) {
+            // Known only by pid (from /proc): the holder must be older
+            // than the child to be its parent.
+            Some(holder) if parent.start_time.0 == 0 => {
+                (holder.key.start_time > child.start_time).then_some(parent.pid)
+            }
+            Some(holder) => (holder.key != parent).then_some(parent.pid),
+            None => Some(parent.pid),
+        }
+    }
+
+    /// Every live process whose recorded parent is gone (see
+    /// [`parent_gone`](Self::parent_gone)), with that parent's pid.
+    pub fn orphaned(&self) -> Vec<(ProcKey, u32)> {
+        self.live
+            .values()
+            .filter_map(|p| Some((p.key, self.parent_gone(p.key)?)))
+            .collect()
+    }
+
     /// Records that live process `child` now has `parent` (its parent
     /// exited and the kernel handed it to a reaper at CLOCK_MONOTONIC
     /// `at_ns`). Returns false when `child` is not live.

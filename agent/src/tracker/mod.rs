@@ -347,6 +347,10 @@ impl Tracker {
                     for child in table.children_of(ev.key) {
                         self.orphans.push(child, ev.key.pid);
                     }
+                } else if let Some(gone) = table.parent_gone(ev.key) {
+                    // Its parent's exit came first (events of two CPUs, or
+                    // a parent the table saw exit before this child).
+                    self.orphans.push(ev.key, gone);
                 }
             }
         }
@@ -546,7 +550,18 @@ impl Tracker {
                 }
             }
         }
-        let stats = self.writer.table().apply_scan(result, monotonic_ns());
+        let (stats, orphaned) = {
+            let mut table = self.writer.table();
+            let stats = table.apply_scan(result, monotonic_ns());
+            // Children the scan read while their parent lived, whose
+            // parent's exit was applied before them: nothing else would
+            // re-parent them.
+            (stats, table.orphaned())
+        };
+        for (child, gone) in orphaned {
+            self.orphans.push(child, gone);
+        }
+        self.orphans.start();
         self.repaired_drops = self.repaired_drops.max(covers);
         if !self.repairing() {
             self.writer.set_repairing(false);

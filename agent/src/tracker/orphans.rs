@@ -204,7 +204,16 @@ fn look_up(root: &std::path::Path, o: Orphan) -> Found {
     let read_ns = monotonic_ns();
     match proc::read_stat(root, o.child.pid) {
         Ok(stat) if stat.start_time != o.child.start_time => Found::Gone,
-        Ok(stat) if stat.ppid == o.old_parent => Found::NotYet(OrphanRef(o)),
+        // The old parent is exiting (or a zombie): the kernel has not
+        // re-parented the child yet. (A parent the kernel still names but
+        // /proc does not show is not waited for: the child's parent is
+        // what the kernel says.)
+        Ok(stat)
+            if stat.ppid == o.old_parent
+                && proc::read_stat(root, o.old_parent).is_ok() =>
+        {
+            Found::NotYet(OrphanRef(o))
+        }
         Ok(stat) => Found::Parent {
             orphan: OrphanRef(o),
             pid: stat.ppid,

@@ -431,3 +431,48 @@ fn live_pids_come_in_order_from_a_cursor() {
     assert_eq!(t.live_pids_after(27, 2), [40]);
     assert!(t.live_pids_after(40, 2).is_empty());
 }
+
+#[test]
+fn a_child_known_only_after_its_parents_exit_is_found_orphaned() {
+    let mut t = table();
+    let parent = key(100, 50);
+    t.apply_event(&ev(EventKind::Fork, parent, SEC));
+    // The parent's exit is applied first ...
+    t.apply_event(&ev(EventKind::Exit, parent, 2 * SEC));
+    // ... then a scan that read the child while its parent lived.
+    let mut child = scanned(key(101, 60), "child");
+    child.ppid = 100;
+    let mut init = scanned(key(1, 1), "init");
+    init.ppid = 0;
+    t.apply_scan(&scan(SEC + 1, vec![init, child]), 3 * SEC);
+    assert_eq!(t.parent_gone(key(101, 60)), Some(100));
+    assert_eq!(t.orphaned(), [(key(101, 60), 100)]);
+    // Re-parented: no longer.
+    t.reparent(key(101, 60), 1, 4 * SEC);
+    assert!(t.orphaned().iter().all(|(k, _)| k.pid != 101));
+}
+
+#[test]
+fn a_parent_pid_held_by_a_younger_process_is_gone() {
+    let mut t = table();
+    // A child whose parent is known by pid only (from /proc), and a process
+    // younger than the child now holds that pid.
+    let mut child = scanned(key(101, 60), "child");
+    child.ppid = 100;
+    let younger = scanned(key(100, 90), "younger");
+    t.apply_scan(&scan(SEC, vec![child, younger]), SEC);
+    assert_eq!(t.parent_gone(key(101, 60)), Some(100));
+    // An older holder is the parent.
+    let mut t = table();
+    let mut child = scanned(key(101, 60), "child");
+    child.ppid = 100;
+    t.apply_scan(&scan(SEC, vec![child, scanned(key(100, 40), "parent")]), SEC);
+    assert_eq!(t.parent_gone(key(101, 60)), None);
+    // Events name the parent exactly: a reused pid is another process.
+    let mut t = table();
+    let mut e = ev(EventKind::Fork, key(101, 60), SEC);
+    e.parent = key(100, 40);
+    t.apply_event(&e);
+    t.apply_event(&ev(EventKind::Fork, key(100, 95), 2 * SEC));
+    assert_eq!(t.parent_gone(key(101, 60)), Some(100));
+}
