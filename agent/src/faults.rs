@@ -2,7 +2,9 @@
 //! `fault-injection`; never in a release build). A test passes [`Faults`]
 //! to [`Agent::start_with_faults`](crate::Agent::start_with_faults) and
 //! later triggers one: the task then panics, ends, or hangs (stops working
-//! without ending), as a bug would make it.
+//! without ending), as a bug would make it — or pauses until resumed, as a
+//! process the scheduler does not run (so a test can make the ring buffer
+//! overflow by stopping its reader, not by hoping the machine is fast).
 
 use std::{
     future::Future,
@@ -24,6 +26,8 @@ pub enum Fault {
     End = 2,
     /// The task stops working but never ends.
     Hang = 3,
+    /// The task is not run until [`TaskFault::resume`].
+    Pause = 4,
 }
 
 /// A fault switch for one task. Cheap to clone; clones share the switch.
@@ -37,6 +41,17 @@ impl TaskFault {
         self.0 .1.notify_waiters();
     }
 
+    /// Runs a paused task again.
+    pub fn resume(&self) {
+        let _ = self.0 .0.compare_exchange(
+            Fault::Pause as u8,
+            0,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.0 .1.notify_waiters();
+    }
+
     async fn triggered(&self) -> Fault {
         loop {
             let notified = self.0 .1.notified();
@@ -44,20 +59,36 @@ impl TaskFault {
                 1 => return Fault::Panic,
                 2 => return Fault::End,
                 3 => return Fault::Hang,
+                4 => return Fault::Pause,
                 _ => notified.await,
             }
         }
     }
 
-    /// Runs `task` until the fault is triggered, then fails as told.
+    async fn resumed(&self) {
+        loop {
+            let notified = self.0 .1.notified();
+            if self.0 .0.load(Ordering::Acquire) != Fault::Pause as u8 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Runs `task` until the fault is triggered, then fails as told (a
+    /// paused task is not polled until it is resumed).
     pub(crate) async fn wrap(self, name: &'static str, task: impl Future<Output = ()>) {
-        tokio::select! {
-            () = task => {}
-            fault = self.triggered() => match fault {
-                Fault::Panic => panic!("fault injected into the {name} task"),
-                Fault::End => {}
-                Fault::Hang => std::future::pending::<()>().await,
-            },
+        let mut task = std::pin::pin!(task);
+        loop {
+            tokio::select! {
+                () = &mut task => return,
+                fault = self.triggered() => match fault {
+                    Fault::Panic => panic!("fault injected into the {name} task"),
+                    Fault::End => return,
+                    Fault::Hang => std::future::pending::<()>().await,
+                    Fault::Pause => self.resumed().await,
+                },
+            }
         }
     }
 }

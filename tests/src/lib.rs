@@ -91,6 +91,55 @@ pub fn pidmap_bin() -> PathBuf {
     bin
 }
 
+/// The `pidmap` binary where any user can run it, for tests that run it as
+/// another user (`nobody`): the binary itself when every directory above
+/// it lets others through, else a copy in a private directory under /tmp
+/// that others may enter (a clone in a `0700` directory, such as root's
+/// home, would otherwise fail those tests with EACCES). The copy is removed
+/// when the guard drops.
+pub fn pidmap_bin_for_anyone() -> SharedBin {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = pidmap_bin();
+    let reachable = bin
+        .ancestors()
+        .skip(1)
+        .all(|dir| fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if reachable {
+        return SharedBin {
+            path: bin,
+            dir: None,
+        };
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "pidmap-test-bin-{}-{}",
+        std::process::id(),
+        NEXT_SOCKET.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir_all(&dir).expect("a directory for the shared binary");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod the directory");
+    let path = dir.join("pidmap");
+    fs::copy(&bin, &path).expect("copy the pidmap binary");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod the binary");
+    SharedBin {
+        path,
+        dir: Some(dir),
+    }
+}
+
+/// See [`pidmap_bin_for_anyone`].
+pub struct SharedBin {
+    pub path: PathBuf,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for SharedBin {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// The example program `name` of the pidmap-client crate (`cargo xtask
 /// test` builds the examples before the privileged tests).
 pub fn client_example_bin(name: &str) -> PathBuf {

@@ -417,8 +417,9 @@ async fn restrict_peers_limits_others_to_whoami_and_status() {
     };
     let agent = TestAgent::start(config).await;
     open_to_all(&agent);
+    let bin = pidmap_tests::pidmap_bin_for_anyone();
     let run_as_nobody = |args: &[&str]| {
-        let mut cmd = Command::new(pidmap_bin());
+        let mut cmd = Command::new(&bin.path);
         cmd.args(args).arg("--socket").arg(agent.socket());
         cmd.uid(65534).gid(65534);
         cmd.output().expect("run pidmap as nobody")
@@ -484,8 +485,9 @@ async fn restrict_peers_counts_supplementary_groups() {
     };
     let agent = TestAgent::start(config).await;
     open_to_all(&agent);
+    let bin = pidmap_tests::pidmap_bin_for_anyone();
     let resolve_as = |gid: u32, groups: &[u32]| {
-        let mut cmd = Command::new(pidmap_bin());
+        let mut cmd = Command::new(&bin.path);
         cmd.args(["resolve", "1", "--socket"]).arg(agent.socket());
         as_user(&mut cmd, 65534, gid, groups)
             .output()
@@ -557,8 +559,9 @@ sys.stdin.read()
     assert_eq!(line.trim(), "64", "one user holds at most its share");
 
     // Root, another user, and nobody itself over a new connection.
+    let bin = pidmap_tests::pidmap_bin_for_anyone();
     let status_as = |uid: Option<u32>| {
-        let mut cmd = Command::new(pidmap_bin());
+        let mut cmd = Command::new(&bin.path);
         cmd.arg("status").arg("--socket").arg(agent.socket());
         if let Some(uid) = uid {
             as_user(&mut cmd, uid, uid, &[]);

@@ -103,33 +103,51 @@ async fn a_hung_tracker_fails_readiness_and_the_liveness_probe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn periodic_work_keeps_running_while_the_ring_never_empties() {
-    // The smallest ring and a short grace: during the storm the ring
-    // overflows again and again (every drop check must start a rescan) and
-    // exited processes must keep expiring.
-    let agent = TestAgent::start(Config {
-        ring_buffer_bytes: 4096,
-        exit_grace_seconds: 1,
-        ..Config::default()
-    })
+async fn periodic_work_keeps_running_while_the_ring_keeps_overflowing() {
+    // The smallest ring and a short grace. The test makes the ring overflow
+    // itself, whatever the machine's speed: it stops the tracker (its reader)
+    // until the storm has run enough processes to fill the ring many times
+    // over, lets it run for a while, and again, for 6 s. Every overflow must
+    // start a rescan, and exited processes must keep expiring.
+    let faults = Faults::default();
+    let agent = TestAgent::start_with_faults(
+        Config {
+            ring_buffer_bytes: 4096,
+            exit_grace_seconds: 1,
+            ..Config::default()
+        },
+        faults.clone(),
+    )
     .await;
     let state = agent.state();
     let before = state.metrics().snapshot();
     let storming = AtomicBool::new(true);
+    let spawned = std::sync::atomic::AtomicU64::new(0);
     let storm = Duration::from_secs(6);
-    let (rescans_during, max_exited_age) = std::thread::scope(|s| {
+    let (rescans_during, max_exited_age, pauses) = std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
                 while storming.load(Ordering::Relaxed) {
                     let _ = Command::new("/bin/true").status();
+                    spawned.fetch_add(1, Ordering::Relaxed);
                 }
             });
         }
         let started = Instant::now();
+        let mut pauses = 0;
         // Every exited process the table holds must have exited within
         // grace + one sweep (+ slack) ago: the sweep is not starved.
         let mut worst = Duration::ZERO;
         while started.elapsed() < storm {
+            // Stopped while 20 processes (60 events: a 4 KiB ring holds a
+            // dozen) start and end.
+            faults.tracker.trigger(Fault::Pause);
+            pauses += 1;
+            let from = spawned.load(Ordering::Relaxed);
+            while spawned.load(Ordering::Relaxed) < from + 20 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            faults.tracker.resume();
             std::thread::sleep(Duration::from_millis(200));
             if started.elapsed() < Duration::from_secs(3) {
                 continue;
@@ -144,12 +162,12 @@ async fn periodic_work_keeps_running_while_the_ring_never_empties() {
         }
         let rescans = state.metrics().snapshot().rescans - before.rescans;
         storming.store(false, Ordering::Relaxed);
-        (rescans, worst)
+        (rescans, worst, pauses)
     });
     let after = state.metrics().snapshot();
     assert!(
         after.lost_events > before.lost_events,
-        "the tiny ring never overflowed"
+        "the ring never overflowed in {pauses} pauses of its reader"
     );
     assert!(rescans_during > 0, "no rescan ran during the storm");
     assert!(
