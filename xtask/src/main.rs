@@ -7,9 +7,12 @@ mod bench;
 mod fuzz;
 mod image;
 mod lint;
+mod load;
 mod matrix;
+mod privileged;
 mod run;
 mod setup;
+mod soak;
 mod stages;
 mod test;
 mod util;
@@ -50,15 +53,26 @@ enum Command {
     /// Run setup, then rustfmt and clippy on the workspace and on the eBPF crate.
     Lint,
     /// Run the whole test suite: setup --for-tests, lint, unit tests, fuzz, privileged tests,
-    /// matrix --ci.
+    /// the ground-truth and fault tests again with load beside them, matrix --ci.
     ///
     /// The fuzz stage runs every fuzz target for 10 seconds (`cargo xtask fuzz --seconds 10`).
     /// The privileged end-to-end tests (real eBPF, containerd and runc) need root and run with
-    /// --test-threads=1. Arguments after `--` go to the privileged test binary, e.g. a test name
-    /// filter: `cargo xtask test -- forked_and_execed_child`. The last stage is `cargo xtask
-    /// matrix --ci` (three Debian kernels under QEMU with cgroup v2, containerd 1.6 and 2.1).
-    /// Prints a summary of every stage.
+    /// --test-threads=1 and --no-fail-fast: a failing file does not hide the others, and a
+    /// summary per file ends the stage. Then the ground-truth and fault tests run once more
+    /// with a busy loop on every core and an exec storm beside them (started and stopped by
+    /// xtask); --load runs the whole privileged stage that way instead. Arguments after `--`
+    /// go to the privileged test binaries, e.g. a test name filter: `cargo xtask test --
+    /// forked_and_execed_child`. The last stage is `cargo xtask matrix --ci` (three Debian
+    /// kernels under QEMU with cgroup v2, containerd 1.6 and 2.1). Prints a summary of every
+    /// stage.
     Test(test::Args),
+    /// Run the ground-truth checker with load beside it for as long as asked.
+    ///
+    /// The ground-truth test (containers, renames, orphans, a containerd kill and an agent
+    /// restart churn while an independent checker compares every answer with /proc and
+    /// containerd) for --minutes, with a busy loop on every core and an exec storm beside it.
+    /// Fails on any wrong answer. Needs root.
+    Soak(soak::Args),
     /// Run setup, build the release agent, write its OCI image archive.
     ///
     /// The archive (an OCI image layout tar, reference `localhost/pidmap:<version>`) holds the
@@ -88,7 +102,8 @@ enum Command {
     /// Fuzz pidmap's parsers of untrusted input with libFuzzer (cargo-fuzz, nightly).
     ///
     /// Targets (fuzz/fuzz_targets/): cgroup_path, proc_stat, proc_cgroup, ring_event, oci_spec,
-    /// config. Each runs for --runs inputs or --seconds (default 60 s), from the committed seeds
+    /// config, http_request, authority (with a 64 MiB malloc limit), mountinfo, cgroup_join.
+    /// Each runs for --runs inputs or --seconds (default 60 s), from the committed seeds
     /// in fuzz/corpus/TARGET (never written) plus what earlier runs found
     /// (target/fuzz-corpus/TARGET). Prints runs, runs/s and crashes; a crash input is kept in
     /// target/fuzz-artifacts/TARGET/ and the command fails.
@@ -103,6 +118,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Lint => lint::run(),
         Command::Test(args) => test::run(&args),
+        Command::Soak(args) => soak::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Image(args) => image::run(&args),

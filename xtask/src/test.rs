@@ -1,20 +1,25 @@
 //! `cargo xtask test`: setup --for-tests, lint, unit tests, a short run of every fuzz target,
-//! the privileged tests, then the CI subset of `cargo xtask matrix`.
+//! the privileged tests, the ground-truth and fault tests again with load beside them, then
+//! the CI subset of `cargo xtask matrix`.
 
 use std::ffi::OsString;
 
 use anyhow::{bail, Result};
 
 use crate::{
-    fuzz, lint, matrix, setup,
+    fuzz, lint, load, matrix, privileged, setup,
     stages::Stages,
     util::{cargo, is_root, run_shown},
 };
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Arguments for the privileged test binary (after `--test-threads=1`), e.g. a test name
-    /// filter or `--nocapture`.
+    /// Run the whole privileged stage with the load beside it (a busy loop on every core
+    /// and an exec storm), not only the ground-truth and fault tests.
+    #[arg(long)]
+    load: bool,
+    /// Arguments for the privileged test binaries (after `--test-threads=1`), e.g. a test
+    /// name filter or `--nocapture`.
     #[arg(last = true, value_name = "TEST_ARGS")]
     test_args: Vec<OsString>,
 }
@@ -24,7 +29,12 @@ const FUZZ: &str = "fuzz (10 s per target)";
 /// Seconds each fuzz target runs in the test: the build is most of the stage.
 const FUZZ_SECONDS: u64 = 10;
 const PRIVILEGED: &str = "privileged tests";
+const LOADED: &str = "ground truth and faults, with load";
 const MATRIX: &str = "matrix --ci";
+
+/// The test files run a second time with the load beside them: the ground truth and the
+/// fault tests, whose answers must stay right on a busy node.
+pub const LOADED_FILES: [&str; 4] = ["ground_truth", "faults", "faults_containerd", "hostile"];
 
 /// Runs every stage (a failed lint does not stop the tests), then prints a summary.
 pub fn run(args: &Args) -> Result<()> {
@@ -40,7 +50,7 @@ pub fn run(args: &Args) -> Result<()> {
     }) {
         for name in lint::STAGES
             .into_iter()
-            .chain([UNIT, FUZZ, PRIVILEGED, MATRIX])
+            .chain([UNIT, FUZZ, PRIVILEGED, LOADED, MATRIX])
         {
             stages.skip(name, "setup failed");
         }
@@ -67,16 +77,25 @@ pub fn run(args: &Args) -> Result<()> {
                  `cargo xtask test` as root"
             );
         }
-        // The CLI tests run the `pidmap` binary itself, the client tests the
-        // pidmap-client example that docs/clients.md shows.
-        run_shown(cargo().args(["build", "-p", "pidmap"]))?;
-        run_shown(cargo().args(["build", "-p", "pidmap-client", "--examples"]))?;
-        run_shown(
-            cargo()
-                .args(["test", "-p", "pidmap-tests", "--", "--test-threads=1"])
-                .args(&args.test_args),
-        )
+        privileged::build_prerequisites()?;
+        let (ran, _) = load::beside(args.load, || {
+            privileged::run(PRIVILEGED, &[], &args.test_args, &[])
+        });
+        ran.map(drop)
     });
+    // The ground truth and the fault tests once more, with a busy loop on every core and an
+    // exec storm beside them: zero wrong answers on a busy node too.
+    if !args.load {
+        stages.run(LOADED, || {
+            if !is_root() {
+                bail!("the privileged tests need root");
+            }
+            let (ran, _) = load::beside(true, || {
+                privileged::run(LOADED, &LOADED_FILES, &args.test_args, &[])
+            });
+            ran.map(drop)
+        });
+    }
     // Debian's 5.10, 6.1 and 6.12 kernels with pure cgroup v2 under QEMU, and the containerd
     // tests against containerd 1.6 and 2.1: what fits CI's time (4–6 minutes here).
     stages.run(MATRIX, || {

@@ -1,0 +1,228 @@
+//! The privileged end-to-end tests (`tests/`, package `pidmap-tests`): what
+//! they need built, and a run of them that goes on past a failing file and
+//! ends with one summary per file.
+
+use std::{
+    ffi::OsString,
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::util::{cargo, display, run_shown};
+
+/// Builds what the privileged tests run besides themselves: the debug
+/// `pidmap` binary (CLI, image and process tests) and the pidmap-client
+/// examples (the client tests run what docs/clients.md shows).
+pub fn build_prerequisites() -> Result<()> {
+    run_shown(cargo().args(["build", "-p", "pidmap"]))?;
+    run_shown(cargo().args(["build", "-p", "pidmap-client", "--examples"]))
+}
+
+/// How one test file (one test binary) went.
+#[derive(Debug, Default, Clone)]
+pub struct FileOutcome {
+    pub file: String,
+    pub passed: u32,
+    pub failed: Vec<String>,
+    pub ignored: u32,
+    /// Its binary ended without a result line (crashed, killed).
+    pub crashed: bool,
+}
+
+impl FileOutcome {
+    fn ok(&self) -> bool {
+        self.failed.is_empty() && !self.crashed
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub files: Vec<FileOutcome>,
+}
+
+impl Summary {
+    pub fn passed(&self) -> u32 {
+        self.files.iter().map(|f| f.passed).sum()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.files.iter().map(|f| f.failed.len()).sum()
+    }
+
+    /// Prints one line per file, failures named.
+    pub fn print(&self, title: &str) {
+        let crashed = self.files.iter().filter(|f| f.crashed).count();
+        println!(
+            "\n{title}: {} files, {} tests passed, {} failed{}",
+            self.files.len(),
+            self.passed(),
+            self.failed(),
+            if crashed > 0 {
+                format!(", {crashed} files crashed")
+            } else {
+                String::new()
+            }
+        );
+        for f in &self.files {
+            let verdict = if f.crashed {
+                "CRASHED".to_owned()
+            } else if f.failed.is_empty() {
+                "ok".to_owned()
+            } else {
+                format!("FAILED: {}", f.failed.join(", "))
+            };
+            println!(
+                "  {:<24} {:>3} passed {:>2} ignored  {verdict}",
+                f.file, f.passed, f.ignored
+            );
+        }
+    }
+}
+
+/// Runs the privileged tests — every file, or only `files` — with
+/// `--no-fail-fast` and `--test-threads=1` (and `args` after it), echoing
+/// their output; then prints the summary under `title`. Fails if any test
+/// failed.
+pub fn run(title: &str, files: &[&str], args: &[OsString], env: &[(&str, String)]) -> Result<Summary> {
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "pidmap-tests", "--no-fail-fast"]);
+    for file in files {
+        cmd.args(["--test", file]);
+    }
+    cmd.args(["--", "--test-threads=1"]).args(args);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let summary = run_summarized(&mut cmd)?;
+    summary.print(title);
+    let bad: Vec<&str> = summary
+        .files
+        .iter()
+        .filter(|f| !f.ok())
+        .map(|f| f.file.as_str())
+        .collect();
+    if !bad.is_empty() {
+        bail!("{title}: failures in {}", bad.join(", "));
+    }
+    Ok(summary)
+}
+
+/// Runs a `cargo test` command with its stdout and stderr merged (so the
+/// order of `Running …` lines and test results holds), echoes it, and
+/// collects the outcome of each test binary.
+fn run_summarized(cmd: &mut Command) -> Result<Summary> {
+    println!("$ {}", display(cmd));
+    let (reader, writer) = std::io::pipe().context("a pipe for the test output")?;
+    let mut child = cmd
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", display(cmd)))?;
+    // The writers now live only in the child (the command held them).
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut summary = Summary::default();
+    let mut current: Option<FileOutcome> = None;
+    for line in BufReader::new(reader).lines() {
+        let line = line.context("reading the test output")?;
+        println!("{line}");
+        parse_line(&line, &mut current, &mut summary);
+    }
+    if let Some(mut unfinished) = current.take() {
+        unfinished.crashed = true;
+        summary.files.push(unfinished);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() && summary.files.iter().all(FileOutcome::ok) {
+        bail!(
+            "`cargo test` failed ({status}) before or between the test files: see its output above"
+        );
+    }
+    Ok(summary)
+}
+
+/// Follows one line of `cargo test` output.
+fn parse_line(line: &str, current: &mut Option<FileOutcome>, summary: &mut Summary) {
+    let trimmed = line.trim();
+    if let Some(rest) = trimmed.strip_prefix("Running ") {
+        // `Running tests/api.rs (target/debug/deps/api-…)`; unit tests of
+        // the package's library and binaries count as files too.
+        let file = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or(rest)
+            .trim_start_matches("tests/")
+            .to_owned();
+        if let Some(mut unfinished) = current.replace(FileOutcome {
+            file,
+            ..FileOutcome::default()
+        }) {
+            unfinished.crashed = true;
+            summary.files.push(unfinished);
+        }
+    } else if let Some(name) = trimmed
+        .strip_prefix("test ")
+        .and_then(|t| t.strip_suffix(" ... FAILED"))
+    {
+        if let Some(file) = current.as_mut() {
+            file.failed.push(name.to_owned());
+        }
+    } else if let Some(counts) = trimmed.strip_prefix("test result: ") {
+        if let Some(mut file) = current.take() {
+            let number = |word: &str| -> u32 {
+                counts
+                    .split(';')
+                    .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            file.passed = number(" passed");
+            file.ignored = number(" ignored");
+            summary.files.push(file);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_test_output_is_summed_up_per_file() {
+        let out = "\
+     Running tests/api.rs (target/debug/deps/api-1)
+running 2 tests
+test a ... ok
+test b ... FAILED
+test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s
+     Running tests/cli.rs (target/debug/deps/cli-2)
+running 3 tests
+test result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1s
+     Running tests/faults.rs (target/debug/deps/faults-3)
+running 1 test
+error: test failed, to rerun pass `-p pidmap-tests --test faults`";
+        let (mut current, mut summary) = (None, Summary::default());
+        for line in out.lines() {
+            parse_line(line, &mut current, &mut summary);
+        }
+        if let Some(mut f) = current.take() {
+            f.crashed = true;
+            summary.files.push(f);
+        }
+        let files: Vec<_> = summary
+            .files
+            .iter()
+            .map(|f| (f.file.as_str(), f.passed, f.failed.clone(), f.ignored, f.crashed))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("api.rs", 1, vec!["b".to_owned()], 0, false),
+                ("cli.rs", 2, vec![], 1, false),
+                ("faults.rs", 0, vec![], 0, true),
+            ]
+        );
+        assert_eq!((summary.passed(), summary.failed()), (3, 1));
+    }
+}
