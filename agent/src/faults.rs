@@ -43,12 +43,10 @@ impl TaskFault {
 
     /// Runs a paused task again.
     pub fn resume(&self) {
-        let _ = self.0 .0.compare_exchange(
-            Fault::Pause as u8,
-            0,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ =
+            self.0
+                 .0
+                .compare_exchange(Fault::Pause as u8, 0, Ordering::AcqRel, Ordering::Acquire);
         self.0 .1.notify_waiters();
     }
 

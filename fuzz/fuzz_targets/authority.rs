@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
         state ^= state >> 17;
         state ^= state << 5;
         let n = (state as usize % 8192 + 1).min(input.len() - fed);
-        if rewriter.feed(&input[fed..fed + n], &mut out, &reports).is_err() {
+        if rewriter
+            .feed(&input[fed..fed + n], &mut out, &reports)
+            .is_err()
+        {
             // The connection is closed: nothing more is read.
             return;
         }

@@ -23,5 +23,8 @@ fuzz_target!(|data: &[u8]| {
         "{joined:?} is not normalized"
     );
     // Idempotent: a normalized path joined onto the root is itself.
-    assert_eq!(join_normalized("/", &joined).as_deref(), Some(joined.as_str()));
+    assert_eq!(
+        join_normalized("/", &joined).as_deref(),
+        Some(joined.as_str())
+    );
 });

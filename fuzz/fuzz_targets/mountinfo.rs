@@ -21,10 +21,17 @@ fuzz_target!(|data: &[u8]| {
         let root = root.to_path_buf();
         let mut dir = PathBuf::new();
         if fs.dir_of(hierarchy, path, &mut dir).is_ok() {
-            assert!(dir.starts_with(&root), "{} outside {}", dir.display(), root.display());
+            assert!(
+                dir.starts_with(&root),
+                "{} outside {}",
+                dir.display(),
+                root.display()
+            );
             let below = dir.strip_prefix(&root).expect("under the root");
             assert!(
-                below.components().all(|c| matches!(c, Component::Normal(_))),
+                below
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_))),
                 "{} climbs",
                 dir.display()
             );

@@ -76,7 +76,6 @@ impl Drop for Storm {
     }
 }
 
-
 /// Threads that spin until dropped: every core kept busy.
 pub struct BusyLoops {
     stop: Arc<AtomicBool>,

@@ -1168,7 +1168,10 @@ async fn whoami_on_a_kept_connection_never_answers_for_a_reused_pid() {
         .expect("the keeper's answer");
     let (status, body) = answer.split_once('\n').expect("status line and body");
     assert!(
-        !body.contains(&format!("\"start_time\":{}", new_holder.start_time.unwrap_or(0))),
+        !body.contains(&format!(
+            "\"start_time\":{}",
+            new_holder.start_time.unwrap_or(0)
+        )),
         "WhoAmI answered for the new holder of pid {opener_pid}: {answer}"
     );
     if status.contains(" 200 ") {

@@ -226,7 +226,8 @@ async fn orphans_of_a_subreaper_under_load_all_get_their_reaper() {
     let spawned = storm.finish();
     drop(busy);
     lags.sort();
-    let at = |q: f64| lags.get(((lags.len() as f64 * q) as usize).min(lags.len().saturating_sub(1)));
+    let at =
+        |q: f64| lags.get(((lags.len() as f64 * q) as usize).min(lags.len().saturating_sub(1)));
     println!(
         "{} orphans of a subreaper beside 4 busy loops and an exec storm ({spawned} processes): \
          ppid right after p50 {:?}, p99 {:?}, max {:?} (from when the test saw the orphan, \

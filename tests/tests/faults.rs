@@ -28,8 +28,12 @@ use pidmap::{
 use pidmap_tests::{
     checker::{self, client, Checker, Currency, Run},
     load::Storm,
-    wire::{frame, grpc_request_headers, hpack, CONTINUATION, DATA, END_HEADERS, HEADERS, PREFACE, SETTINGS},
-    private_socket, proc_comm, proc_start_time, AgentProcess, ChildGuard, TestAgent,
+    private_socket, proc_comm, proc_start_time,
+    wire::{
+        frame, grpc_request_headers, hpack, CONTINUATION, DATA, END_HEADERS, HEADERS, PREFACE,
+        SETTINGS,
+    },
+    AgentProcess, ChildGuard, TestAgent,
 };
 use tonic::{transport::Channel, Code};
 

@@ -68,8 +68,11 @@ impl Probe {
         let answered = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let task = {
-            let (stop, answered, failed) =
-                (Arc::clone(&stop), Arc::clone(&answered), Arc::clone(&failed));
+            let (stop, answered, failed) = (
+                Arc::clone(&stop),
+                Arc::clone(&answered),
+                Arc::clone(&failed),
+            );
             tokio::spawn(async move {
                 let mut errors = Vec::new();
                 let mut c = client(&socket).await;
@@ -219,7 +222,10 @@ async fn hostile_peers_cannot_push_the_agent_past_its_daemonset_memory_limit() {
     assert!(alive, "the agent died; its log:\n{}", agent.log());
     assert_eq!(oom_kills, 0, "the agent was OOM-killed");
     assert_eq!(failed, 0, "the probe failed: {errors:?}");
-    assert!(answered > 20, "the probe was answered only {answered} times");
+    assert!(
+        answered > 20,
+        "the probe was answered only {answered} times"
+    );
     assert!(
         bomb_report.contains("200 requests sent"),
         "the bombs were not all sent: {bomb_report}"

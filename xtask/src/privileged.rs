@@ -86,7 +86,12 @@ impl Summary {
 /// `--no-fail-fast` and `--test-threads=1` (and `args` after it), echoing
 /// their output; then prints the summary under `title`. Fails if any test
 /// failed.
-pub fn run(title: &str, files: &[&str], args: &[OsString], env: &[(&str, String)]) -> Result<Summary> {
+pub fn run(
+    title: &str,
+    files: &[&str],
+    args: &[OsString],
+    env: &[(&str, String)],
+) -> Result<Summary> {
     let mut cmd = cargo();
     cmd.args(["test", "-p", "pidmap-tests", "--no-fail-fast"]);
     for file in files {
@@ -174,7 +179,15 @@ fn parse_line(line: &str, current: &mut Option<FileOutcome>, summary: &mut Summa
             let number = |word: &str| -> u32 {
                 counts
                     .split(';')
-                    .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse().ok())
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
                     .unwrap_or(0)
             };
             file.passed = number(" passed");
@@ -213,7 +226,15 @@ error: test failed, to rerun pass `-p pidmap-tests --test faults`";
         let files: Vec<_> = summary
             .files
             .iter()
-            .map(|f| (f.file.as_str(), f.passed, f.failed.clone(), f.ignored, f.crashed))
+            .map(|f| {
+                (
+                    f.file.as_str(),
+                    f.passed,
+                    f.failed.clone(),
+                    f.ignored,
+                    f.crashed,
+                )
+            })
             .collect();
         assert_eq!(
             files,

@@ -44,7 +44,10 @@ impl PeerKey {
         match peer {
             Some(p) if p.is_root() => p
                 .process
-                .or_else(|| p.pid.map(|pid| ProcKey::new(pid, crate::types::StartTime(0))))
+                .or_else(|| {
+                    p.pid
+                        .map(|pid| ProcKey::new(pid, crate::types::StartTime(0)))
+                })
                 .map_or(Self::User(0), Self::RootProcess),
             Some(p) => Self::User(p.uid),
             None => Self::Unknown,
@@ -259,7 +262,12 @@ mod tests {
     use super::*;
 
     fn admission(max: usize, per_peer: usize) -> Arc<Admission> {
-        Admission::new(max, per_peer, Budgets::default(), Arc::new(Metrics::default()))
+        Admission::new(
+            max,
+            per_peer,
+            Budgets::default(),
+            Arc::new(Metrics::default()),
+        )
     }
 
     fn peer(uid: u32, pid: u32) -> Peer {
@@ -359,7 +367,11 @@ mod tests {
         let other = a.admit(Some(&peer(1001, 3))).unwrap();
         x.ledger().open(1).charge(800).unwrap();
         assert!(y.ledger().open(1).charge(300).is_err(), "one user's budget");
-        other.ledger().open(1).charge(800).expect("another user's own");
+        other
+            .ledger()
+            .open(1)
+            .charge(800)
+            .expect("another user's own");
         assert_eq!(a.unread(), 1600);
         drop((x, y, other));
         assert_eq!(a.unread(), 0, "closed connections hold nothing");

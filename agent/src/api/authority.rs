@@ -127,7 +127,9 @@ pub enum RewriteError {
     /// A header list decoded to over four times the server's limit after
     /// the connection's blocks were re-encoded (h2 closes a connection for
     /// such a list).
-    #[error("a header list of over {0} decoded bytes on a connection whose headers are re-encoded")]
+    #[error(
+        "a header list of over {0} decoded bytes on a connection whose headers are re-encoded"
+    )]
     TooLarge(usize),
 }
 
@@ -734,7 +736,8 @@ impl WriteScan {
                 let n = self.left.min(bytes.len());
                 self.left -= n;
                 bytes = &bytes[n..];
-                let (kind, flags, stream) = (self.header[3], self.header[4], stream_id(&self.header));
+                let (kind, flags, stream) =
+                    (self.header[3], self.header[4], stream_id(&self.header));
                 if kind == DATA {
                     found.push(Written::Data(stream, n));
                     if self.left == 0 && flags & END_STREAM != 0 {

@@ -494,7 +494,10 @@ mod tests {
         let (a, b) = (ledger.open(1), ledger.open(3));
         a.charge(300).unwrap();
         b.charge(200).unwrap();
-        assert_eq!((peer.held(), total.held(), ledger.unread()), (500, 500, 500));
+        assert_eq!(
+            (peer.held(), total.held(), ledger.unread()),
+            (500, 500, 500)
+        );
         ledger.written(1, 100);
         ledger.written(7, 100); // a stream without an account: nothing
         assert_eq!(peer.held(), 400);
@@ -516,7 +519,10 @@ mod tests {
         s.charge(5000).expect("an empty pool takes any one chunk");
         let over = s.charge(1).expect_err("then nothing more");
         assert_eq!((over.held, over.limit), (5000, 1000));
-        assert!(over.to_string().contains("max_unread_bytes_per_peer"), "{over}");
+        assert!(
+            over.to_string().contains("max_unread_bytes_per_peer"),
+            "{over}"
+        );
         assert!(ledger.full().is_some());
         ledger.written(1, 4500);
         assert!(ledger.full().is_none());
@@ -530,10 +536,15 @@ mod tests {
         let user = ConnLedger::new(Arc::clone(&total_peer), Arc::clone(&total), false);
         let root = ConnLedger::new(Pool::per_peer(1 << 30), Arc::clone(&total), true);
         user.open(1).charge(1400).unwrap();
-        let refused = user.open(3).charge(200).expect_err("non-root stop at 15/16");
+        let refused = user
+            .open(3)
+            .charge(200)
+            .expect_err("non-root stop at 15/16");
         assert!(refused.to_string().contains("all clients"), "{refused}");
         assert_eq!(refused.limit, 1500);
-        root.open(1).charge(200).expect("root may use the last 1/16");
+        root.open(1)
+            .charge(200)
+            .expect("root may use the last 1/16");
         assert_eq!(total.held(), 1600);
         assert!(user.full().is_some() && root.full().is_some());
     }
@@ -565,7 +576,8 @@ mod tests {
     }
 
     fn chunks(n: usize, size: usize) -> impl Body<Data = Bytes, Error = BoxError> + Unpin {
-        let frames = (0..n).map(move |_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; size]))));
+        let frames =
+            (0..n).map(move |_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; size]))));
         StreamBody::new(tokio_stream::iter(frames))
     }
 
@@ -574,7 +586,12 @@ mod tests {
         let (peer, total) = pools(1000, 10_000);
         let ledger = ConnLedger::new(Arc::clone(&peer), total, false);
         let metrics = Arc::new(Metrics::default());
-        let body = Metered::new(chunks(10, 400), ledger.open(1), CutOff::Grpc, Arc::clone(&metrics));
+        let body = Metered::new(
+            chunks(10, 400),
+            ledger.open(1),
+            CutOff::Grpc,
+            Arc::clone(&metrics),
+        );
         let mut body = std::pin::pin!(body);
         let mut data = 0;
         let trailers = loop {
@@ -595,11 +612,19 @@ mod tests {
         let (peer, total) = pools(100, 10_000);
         let ledger = ConnLedger::new(peer, total, false);
         let metrics = Arc::new(Metrics::default());
-        let body = Metered::new(chunks(3, 80), ledger.open(1), CutOff::NdJson, Arc::clone(&metrics));
+        let body = Metered::new(
+            chunks(3, 80),
+            ledger.open(1),
+            CutOff::NdJson,
+            Arc::clone(&metrics),
+        );
         let collected = body.collect().await.expect("no error").to_bytes();
         let text = String::from_utf8(collected.to_vec()).unwrap();
         assert!(text.starts_with(&"x".repeat(80)));
-        assert!(text.ends_with("}\n") && text.contains("ResourceExhausted"), "{text}");
+        assert!(
+            text.ends_with("}\n") && text.contains("ResourceExhausted"),
+            "{text}"
+        );
         let body = Metered::new(chunks(3, 80), ledger.open(3), CutOff::Abort, metrics);
         assert!(body.collect().await.is_err());
     }

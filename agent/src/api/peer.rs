@@ -51,7 +51,13 @@ pub struct Peer {
 impl PartialEq for Peer {
     fn eq(&self, other: &Self) -> bool {
         (self.pid, self.process, self.uid, self.gid, &self.groups)
-            == (other.pid, other.process, other.uid, other.gid, &other.groups)
+            == (
+                other.pid,
+                other.process,
+                other.uid,
+                other.gid,
+                &other.groups,
+            )
     }
 }
 

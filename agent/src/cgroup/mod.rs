@@ -38,8 +38,8 @@ use std::path::PathBuf;
 pub use cache::{walk_hierarchy, CgroupPathCache};
 pub use container::{container_from_path, PathContainer, PathRuntime};
 pub use fs::CgroupFs;
-pub use namespace::join_normalized;
 pub(crate) use fs::{proc_pid_dir, read_all, Scratch};
+pub use namespace::join_normalized;
 pub use parse::{parse_proc_cgroup, CgroupPaths};
 
 /// One of the cgroup hierarchies pidmap tracks.

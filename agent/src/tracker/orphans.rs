@@ -104,6 +104,7 @@ impl Orphans {
     /// next start. A child already waiting is looked at afresh for its
     /// newest parent.
     pub(super) fn push(&mut self, child: ProcKey, old_parent: u32) {
+        debug!(%child, old_parent, "orphan queued for a look-up");
         let now = Instant::now();
         self.waiting.insert(
             child,
@@ -176,7 +177,8 @@ impl Orphans {
                     pid,
                     read_ns,
                 } => {
-                    table.reparent(orphan.0.child, pid, read_ns);
+                    let applied = table.reparent(orphan.0.child, pid, read_ns);
+                    debug!(child = %orphan.0.child, parent = pid, applied, "orphan re-parented");
                 }
                 Found::NotYet(orphan) => {
                     // Pushed again meanwhile (orphaned anew): that entry
@@ -185,7 +187,7 @@ impl Orphans {
                         .entry(orphan.0.child)
                         .or_insert_with(|| orphan.0.again(now));
                 }
-                Found::Gone => {}
+                Found::Gone => debug!("orphan gone before its look-up"),
             }
         }
     }
@@ -199,21 +201,23 @@ impl Orphans {
 }
 
 /// Reads the orphan's parent from /proc.
+///
+/// Whether the old parent still exists is read *before* the child: a parent
+/// that exists then and is the child's parent after it has not handed the
+/// child over yet (look again). A parent gone before a read that still
+/// names it as the child's parent is not one the kernel will re-parent away
+/// from (its pid is not visible here): the child's parent is what the kernel
+/// says. Read the other way round, a parent reaped between the two reads
+/// would have passed for one the kernel keeps.
 fn look_up(root: &std::path::Path, o: Orphan) -> Found {
+    let old_parent_exists = proc::read_stat(root, o.old_parent).is_ok();
     // Taken before the read: the parent read is at least this recent.
     let read_ns = monotonic_ns();
     match proc::read_stat(root, o.child.pid) {
         Ok(stat) if stat.start_time != o.child.start_time => Found::Gone,
         // The old parent is exiting (or a zombie): the kernel has not
-        // re-parented the child yet. (A parent the kernel still names but
-        // /proc does not show is not waited for: the child's parent is
-        // what the kernel says.)
-        Ok(stat)
-            if stat.ppid == o.old_parent
-                && proc::read_stat(root, o.old_parent).is_ok() =>
-        {
-            Found::NotYet(OrphanRef(o))
-        }
+        // re-parented the child yet.
+        Ok(stat) if stat.ppid == o.old_parent && old_parent_exists => Found::NotYet(OrphanRef(o)),
         Ok(stat) => Found::Parent {
             orphan: OrphanRef(o),
             pid: stat.ppid,
@@ -258,6 +262,48 @@ mod tests {
         assert_eq!(waits[1], Duration::from_millis(40));
         assert!(waits.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(*waits.last().unwrap(), MAX_BACKOFF);
+    }
+
+    /// A procfs with `pid`'s stat saying `ppid` and `start`.
+    fn stat(root: &std::path::Path, pid: u32, ppid: u32, start: u64) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut fields = vec!["0".to_owned(); 50];
+        fields[0] = "S".into();
+        fields[1] = ppid.to_string();
+        // Field 22 of the line is the 20th after `(comm)`.
+        fields[19] = start.to_string();
+        std::fs::write(
+            dir.join("stat"),
+            format!("{pid} (child) {}\n", fields.join(" ")),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_look_up_waits_while_the_old_parent_exists_and_takes_the_kernels_word_after() {
+        let root = std::env::temp_dir().join(format!("pidmap-orphans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let o = Orphan {
+            child: ProcKey::new(7, StartTime(100)),
+            ..orphan(Instant::now())
+        };
+        // Not handed over yet: the old parent (3) is still there.
+        stat(&root, 7, 3, 100);
+        stat(&root, 3, 1, 50);
+        assert!(matches!(look_up(&root, o), Found::NotYet(_)));
+        // Handed over to the reaper (1).
+        stat(&root, 7, 1, 100);
+        assert!(matches!(look_up(&root, o), Found::Parent { pid: 1, .. }));
+        // Another process on the child's pid: gone.
+        stat(&root, 7, 1, 999);
+        assert!(matches!(look_up(&root, o), Found::Gone));
+        // A parent absent before the read that still names it: the kernel's
+        // word, not a wait for ever.
+        std::fs::remove_dir_all(root.join("3")).unwrap();
+        stat(&root, 7, 3, 100);
+        assert!(matches!(look_up(&root, o), Found::Parent { pid: 3, .. }));
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

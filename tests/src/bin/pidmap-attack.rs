@@ -20,9 +20,8 @@ use std::{
 };
 
 use pidmap_tests::wire::{
-    frame, grpc_message, grpc_request_headers, header_frames, hpack_bomb, settings,
-    window_update, DATA, END_HEADERS, END_STREAM, HEADERS, INITIAL_WINDOW_SIZE, MAX_WINDOW,
-    PREFACE,
+    frame, grpc_message, grpc_request_headers, header_frames, hpack_bomb, settings, window_update,
+    DATA, END_HEADERS, END_STREAM, HEADERS, INITIAL_WINDOW_SIZE, MAX_WINDOW, PREFACE,
 };
 
 fn main() -> ExitCode {
@@ -50,7 +49,11 @@ fn hpack_bombs(socket: &str, connections: usize, rounds: usize) -> ExitCode {
     let mut request = PREFACE.to_vec();
     request.extend(settings(&[]));
     // 64 KiB in all: four frames of 16 KiB.
-    request.extend(header_frames(1, END_STREAM, &hpack_bomb(4000, 64 * 1024 - 64)));
+    request.extend(header_frames(
+        1,
+        END_STREAM,
+        &hpack_bomb(4000, 64 * 1024 - 64),
+    ));
     let (mut sent, mut closed) = (0, 0);
     for _ in 0..rounds {
         let mut open = Vec::new();
@@ -112,7 +115,10 @@ fn watch_flood(socket: &str, connections: usize, streams: usize) -> ExitCode {
             }
         }
     }
-    println!("ready: {} connections, {streams} Watch streams each", held.len());
+    println!(
+        "ready: {} connections, {streams} Watch streams each",
+        held.len()
+    );
     let _ = std::io::stdout().flush();
     // Never read the sockets; end when told (stdin closes).
     let mut sink = Vec::new();

@@ -233,7 +233,10 @@ fn a_block_larger_than_a_frame_is_split_again() {
     assert_eq!(authority(&lists[1].1), Some("localhost"));
     let kept = lists[1].1.iter().find(|(n, _)| n == "x-long");
     assert_eq!(kept.map(|(_, v)| v.len()), Some(long.len()));
-    assert!(lists[1].1.iter().all(|(n, _)| n != "x-more"), "over the limit");
+    assert!(
+        lists[1].1.iter().all(|(n, _)| n != "x-more"),
+        "over the limit"
+    );
     assert_eq!(
         frames,
         [
@@ -610,14 +613,12 @@ fn a_list_over_the_limit_stays_over_it_when_reencoded() {
         big.extend(string(format!("x-big-{i}").as_bytes()));
         big.extend(string(&[b'b'; 4000]));
     }
-    let frames = vec![
-        frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &request(0x01, &string(b"tmp%2Fx.sock")),
-        ),
-    ];
+    let frames = vec![frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request(0x01, &string(b"tmp%2Fx.sock")),
+    )];
     let mut frames = frames;
     frames.extend(header_frames(3, &big));
     let out = feed(&conversation(&frames), 1000).unwrap();
@@ -662,8 +663,7 @@ async fn h2_refuses_oversized_lists_and_closes_on_bombs_behind_the_rewriter() {
             &request(0x01, &string(b"localhost")),
         ));
         let ledger = ConnLedger::new(Arc::clone(&peer), Arc::clone(&total), false);
-        let (seen, _, answers) =
-            h2_server_with(conversation(&frames), 1 << 20, Some(ledger)).await;
+        let (seen, _, answers) = h2_server_with(conversation(&frames), 1 << 20, Some(ledger)).await;
         // h2 answers the oversized request itself: 431, or a reset.
         let mut scan = WriteScan::default();
         let mut found = Vec::new();
@@ -700,7 +700,12 @@ async fn tagged_requests_reach_h2_with_their_stream_and_the_ledger_follows_them(
             let mut payload = vec![3, 0, 0, 0, 0, 16];
             payload.extend(request(0x01, &string(b"localhost")));
             payload.extend([0; 3]);
-            frame(HEADERS, END_HEADERS | END_STREAM | PADDED | PRIORITY, 1, &payload)
+            frame(
+                HEADERS,
+                END_HEADERS | END_STREAM | PADDED | PRIORITY,
+                1,
+                &payload,
+            )
         },
         frame(
             HEADERS,
@@ -740,10 +745,13 @@ async fn tagged_requests_reach_h2_with_their_stream_and_the_ledger_follows_them(
         scan.scan(piece, &mut found);
     }
     assert_eq!(
-        found.iter().filter_map(|w| match w {
-            Written::Data(7, n) => Some(*n),
-            _ => None,
-        }).sum::<usize>(),
+        found
+            .iter()
+            .filter_map(|w| match w {
+                Written::Data(7, n) => Some(*n),
+                _ => None,
+            })
+            .sum::<usize>(),
         100
     );
     assert_eq!(found.last(), Some(&Written::Ended(7)));

@@ -412,7 +412,9 @@ fn the_cgroup_index_always_equals_a_walk_of_the_table() {
             }
         }
         assert_eq!(
-            t.groups().map(|(k, g)| (k, g.clone())).collect::<HashMap<_, _>>(),
+            t.groups()
+                .map(|(k, g)| (k, g.clone()))
+                .collect::<HashMap<_, _>>(),
             groups_by_walking(&t),
             "after round {round}"
         );
@@ -466,7 +468,10 @@ fn a_parent_pid_held_by_a_younger_process_is_gone() {
     let mut t = table();
     let mut child = scanned(key(101, 60), "child");
     child.ppid = 100;
-    t.apply_scan(&scan(SEC, vec![child, scanned(key(100, 40), "parent")]), SEC);
+    t.apply_scan(
+        &scan(SEC, vec![child, scanned(key(100, 40), "parent")]),
+        SEC,
+    );
     assert_eq!(t.parent_gone(key(101, 60)), None);
     // Events name the parent exactly: a reused pid is another process.
     let mut t = table();
