@@ -154,12 +154,16 @@ fn parse_line(line: &str, current: &mut Option<FileOutcome>, summary: &mut Summa
     if let Some(rest) = trimmed.strip_prefix("Running ") {
         // `Running tests/api.rs (target/debug/deps/api-…)`; unit tests of
         // the package's library and binaries count as files too.
-        let file = rest
-            .split_whitespace()
-            .next()
-            .unwrap_or(rest)
-            .trim_start_matches("tests/")
-            .to_owned();
+        let mut words = rest.split_whitespace();
+        let first = words.next().unwrap_or(rest);
+        // `Running unittests src/lib.rs (…)`: the source file names it.
+        let file = if first == "unittests" {
+            words.next().unwrap_or(first)
+        } else {
+            first
+        }
+        .trim_start_matches("tests/")
+        .to_owned();
         if let Some(mut unfinished) = current.replace(FileOutcome {
             file,
             ..FileOutcome::default()
@@ -204,6 +208,8 @@ mod tests {
     #[test]
     fn cargo_test_output_is_summed_up_per_file() {
         let out = "\
+     Running unittests src/lib.rs (target/debug/deps/pidmap_tests-0)
+test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0s
      Running tests/api.rs (target/debug/deps/api-1)
 running 2 tests
 test a ... ok
@@ -239,11 +245,12 @@ error: test failed, to rerun pass `-p pidmap-tests --test faults`";
         assert_eq!(
             files,
             [
+                ("src/lib.rs", 2, vec![], 0, false),
                 ("api.rs", 1, vec!["b".to_owned()], 0, false),
                 ("cli.rs", 2, vec![], 1, false),
                 ("faults.rs", 0, vec![], 0, true),
             ]
         );
-        assert_eq!((summary.passed(), summary.failed()), (3, 1));
+        assert_eq!((summary.passed(), summary.failed()), (5, 1));
     }
 }

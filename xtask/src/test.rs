@@ -18,6 +18,11 @@ pub struct Args {
     /// and an exec storm), not only the ground-truth and fault tests.
     #[arg(long)]
     load: bool,
+    /// Run only the privileged stage (after setup), this many times in a row, each with its
+    /// own summary, then one line per run: how a timing-sensitive test is caught. With
+    /// --load, every run has the load beside it.
+    #[arg(long, value_name = "N")]
+    privileged_runs: Option<u32>,
     /// Arguments for the privileged test binaries (after `--test-threads=1`), e.g. a test
     /// name filter or `--nocapture`.
     #[arg(last = true, value_name = "TEST_ARGS")]
@@ -38,6 +43,9 @@ pub const LOADED_FILES: [&str; 4] = ["ground_truth", "faults", "faults_container
 
 /// Runs every stage (a failed lint does not stop the tests), then prints a summary.
 pub fn run(args: &Args) -> Result<()> {
+    if let Some(runs) = args.privileged_runs {
+        return privileged_runs(args, runs);
+    }
     let mut stages = Stages::new("test");
     if !is_root() {
         eprintln!(
@@ -108,4 +116,42 @@ pub fn run(args: &Args) -> Result<()> {
         )
     });
     stages.finish()
+}
+
+/// `--privileged-runs N`: the privileged stage N times in a row.
+fn privileged_runs(args: &Args, runs: u32) -> Result<()> {
+    if !is_root() {
+        bail!("the privileged tests need root");
+    }
+    setup::run(&setup::Options { for_tests: true })?;
+    privileged::build_prerequisites()?;
+    let mut lines = Vec::new();
+    let mut failed_runs = 0;
+    for run in 1..=runs {
+        let title = format!("privileged run {run} of {runs}");
+        let started = std::time::Instant::now();
+        let (ran, load) = load::beside(args.load, || {
+            privileged::run(&title, &[], &args.test_args, &[])
+        });
+        let verdict = match &ran {
+            Ok(s) => format!("{} tests passed, 0 failed", s.passed()),
+            Err(e) => {
+                failed_runs += 1;
+                format!("FAILED: {e:#}")
+            }
+        };
+        lines.push(format!(
+            "run {run}: {verdict} in {}{}",
+            crate::util::fmt_duration(started.elapsed()),
+            load.map(|l| format!(", beside {l}")).unwrap_or_default()
+        ));
+    }
+    println!("\nprivileged runs:");
+    for line in &lines {
+        println!("  {line}");
+    }
+    if failed_runs > 0 {
+        bail!("{failed_runs} of {runs} privileged runs failed");
+    }
+    Ok(())
 }
