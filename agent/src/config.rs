@@ -160,8 +160,9 @@ pub struct Config {
     pub idle_timeout_seconds: u64,
     /// Changes a Watch client may fall behind — changes made that its
     /// stream has not taken yet — before it is cut off with
-    /// RESOURCE_EXHAUSTED. 1 to 1048576.
-    #[arg(long, default_value = "1024", value_name = "N")]
+    /// RESOURCE_EXHAUSTED. 1 to 1048576 (the change feed keeps this many
+    /// for all watchers together, about 80 bytes each, allocated at start).
+    #[arg(long, default_value = "8192", value_name = "N")]
     pub watch_buffer: usize,
     /// Bytes of responses held for one peer (a user's processes, or one
     /// root process) that its clients have not read yet; a stream that

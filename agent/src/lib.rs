@@ -94,6 +94,7 @@ impl Agent {
         spawner: Spawner,
     ) -> Result<Self, Error> {
         config.validate()?;
+        raise_open_files_limit();
         let server_settings = api_settings(&config)?;
         // procfs is read only once the programs are loaded (the seed): check
         // it can be read first.
@@ -395,6 +396,24 @@ impl Spawner {
     }
     fn api(&self, f: impl Future<Output = ()>) -> impl Future<Output = ()> {
         self.faults.api.clone().wrap(task::API, f)
+    }
+}
+
+/// Raises the soft limit of open files to the hard one: every API
+/// connection holds two (its socket and its peer's pidfd), and a soft
+/// limit of 1,024 (systemd's default) would refuse connections well below
+/// `max_connections` when it is raised. Go programs do the same at start.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(error) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(%error, "cannot raise the open files limit");
+        }
     }
 }
 

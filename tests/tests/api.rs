@@ -252,8 +252,10 @@ async fn concurrent_clients_all_get_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_gives_snapshot_then_changes_and_cuts_off_slow_watchers() {
+    // A reader that keeps up: room for whatever else runs on the node (the
+    // suite also runs with an exec storm beside it).
     let config = Config {
-        watch_buffer: 16,
+        watch_buffer: 65_536,
         ..Config::default()
     };
     let agent = TestAgent::start(config).await;
@@ -289,12 +291,18 @@ async fn watch_gives_snapshot_then_changes_and_cuts_off_slow_watchers() {
     })
     .await;
     assert!(saw.is_ok(), "change for pid {pid} never arrived");
+    agent.stop().await;
 
     // A watcher that takes nothing (its HTTP/2 window held at 0: it cannot
     // be sent a byte) falls behind by every change made meanwhile: over
     // watch_buffer, it is cut off with RESOURCE_EXHAUSTED as soon as it
     // reads again — whatever the machine's speed — and the agent keeps
     // answering others.
+    let agent = TestAgent::start(Config {
+        watch_buffer: 16,
+        ..Config::default()
+    })
+    .await;
     let slow = ShutWatch::start(agent.socket()).await;
     for _ in 0..20 {
         let _ = Command::new("/bin/true").status();

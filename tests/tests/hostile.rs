@@ -25,6 +25,8 @@ use pidmap_tests::{
 
 /// The DaemonSet's memory limit (deploy/kubernetes/daemonset.yaml).
 const DAEMONSET_LIMIT: u64 = 256 * 1024 * 1024;
+/// How long the agent gives any request (`request_timeout`).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The agent's budget of unread bytes for one peer (its default).
 const PER_PEER_BUDGET_KIB: u64 = 16 * 1024;
 
@@ -59,6 +61,8 @@ struct Probe {
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    /// The slowest round answered, in ms.
+    slowest: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<Vec<String>>,
 }
 
@@ -67,18 +71,23 @@ impl Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
+        let slowest = Arc::new(AtomicU64::new(0));
         let task = {
-            let (stop, answered, failed) = (
+            let (stop, answered, failed, slowest) = (
                 Arc::clone(&stop),
                 Arc::clone(&answered),
                 Arc::clone(&failed),
+                Arc::clone(&slowest),
             );
             tokio::spawn(async move {
                 let mut errors = Vec::new();
                 let mut c = client(&socket).await;
                 let pid = i64::from(std::process::id());
                 while !stop.load(Ordering::Relaxed) {
-                    let asked = tokio::time::timeout(Duration::from_secs(5), async {
+                    let started = Instant::now();
+                    // The agent's own bound on a request (a loaded node and
+                    // a flood's snapshots make it slower, never silent).
+                    let asked = tokio::time::timeout(REQUEST_TIMEOUT, async {
                         c.status(proto::StatusRequest {}).await?;
                         c.resolve(proto::ResolveRequest {
                             pid,
@@ -88,8 +97,19 @@ impl Probe {
                     })
                     .await;
                     match asked {
-                        Ok(Ok(r)) if r.get_ref().state() == proto::ProcessState::Running => {
+                        // `pending`: the agent could not confirm its table
+                        // current in time (a loaded node) and says so.
+                        Ok(Ok(r))
+                            if matches!(
+                                r.get_ref().state(),
+                                proto::ProcessState::Running | proto::ProcessState::Pending
+                            ) =>
+                        {
                             answered.fetch_add(1, Ordering::Relaxed);
+                            slowest.fetch_max(
+                                u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                                Ordering::Relaxed,
+                            );
                         }
                         other => {
                             failed.fetch_add(1, Ordering::Relaxed);
@@ -107,17 +127,20 @@ impl Probe {
             stop,
             answered,
             failed,
+            slowest,
             task,
         }
     }
 
-    async fn finish(self) -> (u64, u64, Vec<String>) {
+    /// Rounds answered, rounds failed (with why), the slowest round in ms.
+    async fn finish(self) -> (u64, u64, Vec<String>, u64) {
         self.stop.store(true, Ordering::Relaxed);
         let errors = self.task.await.expect("probe");
         (
             self.answered.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
             errors,
+            self.slowest.load(Ordering::Relaxed),
         )
     }
 }
@@ -192,7 +215,7 @@ async fn hostile_peers_cannot_push_the_agent_past_its_daemonset_memory_limit() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = agent.rss_kib().unwrap_or(0);
     let unread_after = metric(port, "pidmap_api_unread_bytes").unwrap_or(-1.0);
-    let (answered, failed, errors) = probe.finish().await;
+    let (answered, failed, errors, slowest) = probe.finish().await;
     let hwm = proc_status_kib(pid, "VmHWM").unwrap_or(0);
     let cgroup_peak = memcg.peak_bytes().unwrap_or(0);
     let oom_kills = memcg.oom_kills();
@@ -207,7 +230,8 @@ async fn hostile_peers_cannot_push_the_agent_past_its_daemonset_memory_limit() {
            unread bytes; {open:.0} connections)\n\
          - after the flood ended: RSS {} ({unread_after:.0} bytes unread)\n\
          - peak RSS {}; the cgroup's peak {}; OOM kills {oom_kills}\n\
-         - the probe (another peer): {answered} rounds answered, {failed} failed",
+         - the probe (another peer): {answered} rounds answered (the slowest in {slowest} ms), \
+           {failed} failed",
         mib(DAEMONSET_LIMIT / 1024),
         mib(rss_at_rest),
         bombs_took.as_secs_f64(),
