@@ -147,22 +147,23 @@ impl Agent {
             _ebpf: ebpf,
         };
 
-        let ring = ebpf::ring::Ring::new(ring, drops).map_err(Error::RingPoll)?;
         let (seeded_tx, seeded) = oneshot::channel();
-        let tracker = tracker::Tracker::new(
-            table_writer,
-            ring,
-            tracker::TrackerSettings {
-                poll: config.ring_poll_interval(),
-                batch: config.ring_batch(),
-                proc_root: config.proc_root.clone(),
-                cgroupfs: Arc::clone(&cgroupfs),
-            },
-            seeded_tx,
-        )
-        .map_err(Error::RingPoll)?;
-        let run = tracker.run(agent.shutdown.clone());
-        agent.spawn(task::TRACKER, spawner.tracker(run));
+        let settings = tracker::TrackerSettings {
+            poll: config.ring_poll_interval(),
+            batch: config.ring_batch(),
+            proc_root: config.proc_root.clone(),
+            cgroupfs: Arc::clone(&cgroupfs),
+        };
+        let tracker = {
+            let (shutdown, spawner) = (agent.shutdown.clone(), spawner.clone());
+            on_own_thread(task::TRACKER, move || {
+                let ring = ebpf::ring::Ring::new(ring, drops)?;
+                let tracker = tracker::Tracker::new(table_writer, ring, settings, seeded_tx)?;
+                Ok(spawner.tracker(tracker.run(shutdown)))
+            })
+            .map_err(Error::RingPoll)?
+        };
+        agent.spawn(task::TRACKER, tracker);
         if let Some(logger) = logger {
             agent.spawn(
                 task::EBPF_LOG,
@@ -277,12 +278,7 @@ impl Agent {
                 Some(Ok((id, ()))) => (id, "ended".to_owned()),
                 Some(Err(e)) if e.is_panic() => {
                     let id = e.id();
-                    let payload = e.into_panic();
-                    let message = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "(no message)".to_owned());
+                    let message = panic_message(&*e.into_panic());
                     (id, format!("panicked: {message}"))
                 }
                 Some(Err(e)) => (e.id(), "was cancelled".to_owned()),
@@ -365,9 +361,78 @@ impl Drop for SocketFile {
     }
 }
 
+/// Runs the future `build` makes on a thread of its own, with a
+/// current-thread runtime of its own (its timers, its I/O, its blocking
+/// pool): the tracker, which no amount of API work on the main runtime may
+/// starve — a peer's thousand `Watch` snapshots once kept it from ticking
+/// for five seconds, and a stalled tracker makes the agent unhealthy.
+/// Returns, once `build` succeeded, a future that ends when the thread's
+/// future does, and panics with its panic, so the agent supervises it like
+/// any task.
+fn on_own_thread<F>(
+    name: &'static str,
+    build: impl FnOnce() -> std::io::Result<F> + Send + 'static,
+) -> std::io::Result<impl Future<Output = ()> + Send + 'static>
+where
+    F: Future<Output = ()> + 'static,
+{
+    use futures_util::FutureExt as _;
+    let (built_tx, built) = std::sync::mpsc::channel();
+    let (done_tx, done) = oneshot::channel::<Result<(), String>>();
+    std::thread::Builder::new()
+        .name(format!("pidmap-{}", name.replace(' ', "-")))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = built_tx.send(Err(error));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let run = match build() {
+                    Ok(run) => {
+                        let _ = built_tx.send(Ok(()));
+                        run
+                    }
+                    Err(error) => {
+                        let _ = built_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let ended = std::panic::AssertUnwindSafe(run).catch_unwind().await;
+                let _ = done_tx.send(ended.map_err(|payload| panic_message(&*payload)));
+            });
+            // Blocking jobs (a /proc scan) get a moment to finish.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        })?;
+    built
+        .recv()
+        .map_err(|_| std::io::Error::other(format!("the {name} thread ended at start")))??;
+    Ok(async move {
+        match done.await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => panic!("{message}"),
+            Err(_) => panic!("the {name} thread ended without a word"),
+        }
+    })
+}
+
+/// The message of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
 /// Wraps tasks in the test faults when the feature is on; a no-op
 /// otherwise.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Spawner {
     #[cfg(feature = "fault-injection")]
     faults: faults::Faults,

@@ -209,13 +209,19 @@ async fn hostile_peers_cannot_push_the_agent_past_its_daemonset_memory_limit() {
     let unread = metric(port, "pidmap_api_unread_bytes").unwrap_or(-1.0);
     let cut_offs = metric(port, r#"pidmap_api_cut_offs_total{reason="unread_bytes"}"#);
     let open = metric(port, "pidmap_api_connections").unwrap_or(-1.0);
-    // The flood ends: its connections close, and what they held goes.
+    // The flood ends: its connections close, and what they held goes (the
+    // probe stops first: its own answers in flight count too).
     drop(flood.0.stdin.take());
     flood.wait();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after = agent.rss_kib().unwrap_or(0);
-    let unread_after = metric(port, "pidmap_api_unread_bytes").unwrap_or(-1.0);
     let (answered, failed, errors, slowest) = probe.finish().await;
+    let released = Instant::now();
+    let mut unread_after = metric(port, "pidmap_api_unread_bytes").unwrap_or(-1.0);
+    while unread_after != 0.0 && released.elapsed() < REQUEST_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        unread_after = metric(port, "pidmap_api_unread_bytes").unwrap_or(-1.0);
+    }
+    let released = released.elapsed();
+    let rss_after = agent.rss_kib().unwrap_or(0);
     let hwm = proc_status_kib(pid, "VmHWM").unwrap_or(0);
     let cgroup_peak = memcg.peak_bytes().unwrap_or(0);
     let oom_kills = memcg.oom_kills();
@@ -228,7 +234,7 @@ async fn hostile_peers_cannot_push_the_agent_past_its_daemonset_memory_limit() {
          - 8 × 64 Watch streams with 2 GiB windows, never read, {churned} processes churned: \
            RSS {} ({unread:.0} bytes unread, budget {} per peer; {cut_offs:?} cut off for \
            unread bytes; {open:.0} connections)\n\
-         - after the flood ended: RSS {} ({unread_after:.0} bytes unread)\n\
+         - after the flood ended: RSS {} ({unread_after:.0} bytes unread after {:.1} s)\n\
          - peak RSS {}; the cgroup's peak {}; OOM kills {oom_kills}\n\
          - the probe (another peer): {answered} rounds answered (the slowest in {slowest} ms), \
            {failed} failed",
@@ -240,6 +246,7 @@ async fn hostile_peers_cannot_push_the_agent_past_its_daemonset_memory_limit() {
         mib(rss_flooded),
         mib(PER_PEER_BUDGET_KIB),
         mib(rss_after),
+        released.as_secs_f64(),
         mib(hwm),
         mib(cgroup_peak / 1024),
     );

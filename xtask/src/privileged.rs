@@ -29,9 +29,17 @@ pub struct FileOutcome {
     pub ignored: u32,
     /// Its binary ended without a result line (crashed, killed).
     pub crashed: bool,
+    /// In the list of failures cargo prints at the end of a binary.
+    in_failures: bool,
 }
 
 impl FileOutcome {
+    fn add_failed(&mut self, name: &str) {
+        if !self.failed.iter().any(|f| f == name) {
+            self.failed.push(name.to_owned());
+        }
+    }
+
     fn ok(&self) -> bool {
         self.failed.is_empty() && !self.crashed
     }
@@ -176,7 +184,13 @@ fn parse_line(line: &str, current: &mut Option<FileOutcome>, summary: &mut Summa
         .and_then(|t| t.strip_suffix(" ... FAILED"))
     {
         if let Some(file) = current.as_mut() {
-            file.failed.push(name.to_owned());
+            file.add_failed(name);
+        }
+    } else if trimmed == "failures:" {
+        // The list of failed tests follows (with --nocapture the only
+        // place their names are whole).
+        if let Some(file) = current.as_mut() {
+            file.in_failures = true;
         }
     } else if let Some(counts) = trimmed.strip_prefix("test result: ") {
         if let Some(mut file) = current.take() {
@@ -196,7 +210,19 @@ fn parse_line(line: &str, current: &mut Option<FileOutcome>, summary: &mut Summa
             };
             file.passed = number(" passed");
             file.ignored = number(" ignored");
+            let failed = number(" failed") as usize;
+            while file.failed.len() < failed {
+                file.failed.push("(unnamed)".to_owned());
+            }
             summary.files.push(file);
+        }
+    } else if let Some(file) = current.as_mut() {
+        if file.in_failures
+            && line.starts_with("    ")
+            && !trimmed.is_empty()
+            && !trimmed.contains(' ')
+        {
+            file.add_failed(trimmed);
         }
     }
 }
@@ -218,6 +244,18 @@ test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; 
      Running tests/cli.rs (target/debug/deps/cli-2)
 running 3 tests
 test result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1s
+     Running tests/hostile.rs (target/debug/deps/hostile-4)
+running 1 test
+test flood ... what the test printed
+more of it
+FAILED
+
+failures:
+
+failures:
+    flood
+
+test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s
      Running tests/faults.rs (target/debug/deps/faults-3)
 running 1 test
 error: test failed, to rerun pass `-p pidmap-tests --test faults`";
@@ -248,9 +286,10 @@ error: test failed, to rerun pass `-p pidmap-tests --test faults`";
                 ("src/lib.rs", 2, vec![], 0, false),
                 ("api.rs", 1, vec!["b".to_owned()], 0, false),
                 ("cli.rs", 2, vec![], 1, false),
+                ("hostile.rs", 0, vec!["flood".to_owned()], 0, false),
                 ("faults.rs", 0, vec![], 0, true),
             ]
         );
-        assert_eq!((summary.passed(), summary.failed()), (5, 1));
+        assert_eq!((summary.passed(), summary.failed()), (5, 2));
     }
 }
