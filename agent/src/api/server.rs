@@ -405,7 +405,7 @@ fn take_stream_tag<B>(req: &mut http::Request<B>) -> Option<u32> {
         .headers()
         .get_all(STREAM_TAG)
         .iter()
-        .last()
+        .next_back()
         .and_then(|v| v.to_str().ok()?.parse().ok());
     req.headers_mut().remove(STREAM_TAG);
     tag
