@@ -224,7 +224,23 @@ impl View<'_> {
                     .filter(|id| id.0 != 1)
                     .and_then(|id| self.store.by_cgroup_v1_memory(id))
             })
-            .or_else(|| path.and_then(|p| self.store.by_cgroup_path(p)))
+            .or_else(|| path.and_then(|p| self.container_at_or_above(p)))
+    }
+
+    /// The container whose cgroup is `path` or, for a cgroup made inside a
+    /// container's (systemd in a pod, a container's own sub-cgroups), the
+    /// nearest ancestor of it.
+    fn container_at_or_above(&self, path: &str) -> Option<&Container> {
+        let mut at = path;
+        loop {
+            if let Some(c) = self.store.by_cgroup_path(at) {
+                return Some(c);
+            }
+            at = match at.rfind('/') {
+                Some(0) | None => return None,
+                Some(i) => &at[..i],
+            };
+        }
     }
 
     /// A cgroup path containerd would own: a CRI, kubepods or Docker

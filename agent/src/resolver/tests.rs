@@ -291,3 +291,30 @@ fn membership_is_the_same_for_resolve_and_ps() {
     );
     assert_eq!(ps.iter().map(|r| r.pid).collect::<Vec<_>>(), [10]);
 }
+
+#[test]
+fn a_cgroup_made_inside_a_container_resolves_to_it() {
+    let f = fixture();
+    f.containers.set_link(ContainerdLink::Synced);
+    let path = kubepods();
+    let mut c = Container::placeholder(ContainerKey::new("k8s.io", ID));
+    c.status = TaskStatus::Running;
+    c.cgroup_path = Some(path.clone());
+    c.cgroup_v2 = Some(CgroupId(77));
+    f.containers.store().upsert(c);
+    // systemd (or the application) made cgroups of its own inside it.
+    f.add(10, 78, Some(&format!("{path}/init.scope")));
+    f.add(11, 79, Some(&format!("{path}/system.slice/a.service")));
+    for pid in [10, 11] {
+        let r = f.resolve(pid);
+        assert_eq!(r.source, Some(Source::Containerd), "{pid}");
+        assert_eq!(r.container.map(|c| c.key.id).as_deref(), Some(ID));
+    }
+    // A sibling of the container's cgroup in its pod is not inside it.
+    f.add(
+        12,
+        80,
+        Some(&format!("/kubepods/besteffort/pod{UID}/other")),
+    );
+    assert_ne!(f.resolve(12).source, Some(Source::Containerd));
+}
