@@ -11,18 +11,26 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const DROPS_MAP: &str = "DROPS";
 /// Name of the read-only global holding the [`KernelConfig`].
 pub const CONFIG_GLOBAL: &str = "CONFIG";
+/// Name of the hash map of cgroup id → [`ContainerRecord`], and of its pin
+/// in the agent's pin directory (`/sys/fs/bpf/pidmap/containers`).
+pub const CONTAINERS_MAP: &str = "containers";
+/// Entries the containers map holds at most: one per cgroup with processes
+/// or per known container; a node this size has a few thousand.
+pub const CONTAINERS_MAX_ENTRIES: u32 = 65_536;
 
 /// Default size of the event ring buffer in bytes (a power of two, a
 /// multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 * 1024 * 1024;
 
 /// The eBPF programs, as `(program name, BTF tracepoint)` pairs.
-pub const PROGRAMS: [(&str, &str); 5] = [
+pub const PROGRAMS: [(&str, &str); 7] = [
     ("pidmap_fork", "sched_process_fork"),
     ("pidmap_exec", "sched_process_exec"),
     ("pidmap_exit", "sched_process_exit"),
     ("pidmap_cgroup_attach", "cgroup_attach_task"),
     ("pidmap_rename", "task_rename"),
+    ("pidmap_cgroup_mkdir", "cgroup_mkdir"),
+    ("pidmap_cgroup_rmdir", "cgroup_rmdir"),
 ];
 
 /// What happened to the subject process of a [`RawEvent`].
@@ -205,9 +213,19 @@ pub struct KernelConfig {
     /// below that, records are submitted without a wake-up and the reader
     /// finds them on its periodic poll. 0 leaves the kernel's default policy.
     pub wakeup_bytes: u32,
+    /// `cgroup.self` (the cgroup's own `cgroup_subsys_state`)
+    pub cgroup_self: u32,
+    /// `cgroup_subsys_state.parent`
+    pub css_parent: u32,
+    /// Hierarchy id of the cgroups the containers map is keyed by (0: the
+    /// cgroup2 hierarchy); `u32::MAX` when no hierarchy is (nothing is
+    /// copied to nested cgroups then).
+    pub containers_hierarchy_id: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 80);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 96);
 
 impl KernelConfig {
     /// The value compiled into the programs: not ready, every offset 0.
@@ -233,15 +251,23 @@ impl KernelConfig {
             kernfs_node_id: 0,
             memory_subsys_index: u32::MAX,
             wakeup_bytes: 0,
+            cgroup_self: 0,
+            css_parent: 0,
+            containers_hierarchy_id: u32::MAX,
+            _pad: 0,
         }
     }
 }
 
+pub mod containers;
+pub use containers::ContainerRecord;
+
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: both types are repr(C), Copy, have no padding bytes left
+    // SAFETY: these types are repr(C), Copy, have no padding bytes left
     // implicit (sizes asserted above) and every bit pattern is valid.
     unsafe impl aya::Pod for super::RawEvent {}
     unsafe impl aya::Pod for super::RawAttachEvent {}
     unsafe impl aya::Pod for super::KernelConfig {}
+    unsafe impl aya::Pod for super::ContainerRecord {}
 }

@@ -10,6 +10,12 @@
 //! and cgroup ids, so any one event is enough to put a process into the
 //! agent's table.
 //!
+//! Two more keep the pinned containers map (cgroup id → container record,
+//! written by the agent for other eBPF tools) right about cgroups made and
+//! removed inside containers: `cgroup_mkdir` copies a container's (or a
+//! pending cgroup's) record to a cgroup made inside it, `cgroup_rmdir`
+//! deletes a removed cgroup's entry.
+//!
 //! Rust eBPF has no CO-RE, so kernel structures are read with
 //! `bpf_probe_read_kernel` at offsets that the agent took from the running
 //! kernel's BTF and stored in the read-only global `CONFIG`.
@@ -21,14 +27,18 @@
 #![no_main]
 
 use agent_common::{
-    EventKind, KernelConfig, RawAttachEvent, RawEvent, ATTACH_PATH_LEN, COMM_LEN,
-    FLAG_ATTACH_MEMORY, FLAG_ATTACH_UNIFIED, FLAG_MEMORY_CGROUP,
+    containers::{FLAG_NESTED, STATE_CONTAINER, STATE_PENDING},
+    ContainerRecord, EventKind, KernelConfig, RawAttachEvent, RawEvent, ATTACH_PATH_LEN, COMM_LEN,
+    CONTAINERS_MAX_ENTRIES, FLAG_ATTACH_MEMORY, FLAG_ATTACH_UNIFIED, FLAG_MEMORY_CGROUP,
 };
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str},
+    },
     macros::{btf_tracepoint, map},
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
@@ -40,6 +50,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::DEFAULT_RING_BYTE
 /// Count of events lost because the ring buffer was full (index 0).
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// cgroup id → container record: the agent writes it (and pins it for other
+/// tools); the programs below keep nested cgroups in it.
+#[map(name = "containers")]
+static CONTAINERS: HashMap<u64, ContainerRecord> =
+    HashMap::with_max_entries(CONTAINERS_MAX_ENTRIES, 0);
 
 /// Offsets and settings; overridden by the agent at load time.
 #[unsafe(no_mangle)]
@@ -334,6 +350,89 @@ fn try_rename(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     }
     ev.comm = name;
     submit(&cfg, &ev);
+    Ok(())
+}
+
+/// `cgroup_mkdir(struct cgroup *cgrp, const char *path)`: a cgroup made
+/// inside a container's (or a pending cgroup's) cgroup gets a copy of its
+/// parent's record, marked nested, before anything can run in it.
+#[btf_tracepoint(function = "cgroup_mkdir")]
+pub fn pidmap_cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
+    if let Err(err) = try_cgroup_mkdir(&ctx) {
+        warn!(&ctx, "pidmap: nested cgroup not recorded: error {}", err);
+    }
+    0
+}
+
+/// The cgroup's id when it is in the hierarchy the containers map is keyed
+/// by.
+#[inline(always)]
+fn keyed_id(cfg: &KernelConfig, cgroup: *const u8) -> Result<Option<u64>, ReadError> {
+    let root: *const u8 = read(cgroup, cfg.cgroup_root)?;
+    let hierarchy: i32 = read(root, cfg.cgroup_root_hierarchy_id)?;
+    if hierarchy as u32 != cfg.containers_hierarchy_id {
+        return Ok(None);
+    }
+    cgroup_id(cfg, cgroup).map(Some)
+}
+
+fn try_cgroup_mkdir(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
+    let cfg = config();
+    if cfg.ready == 0 {
+        return Ok(());
+    }
+    let cgroup: *const u8 = ctx.arg(0);
+    let Some(id) = keyed_id(&cfg, cgroup)? else {
+        return Ok(());
+    };
+    // cgroup->self.parent->cgroup
+    let parent_css: *const u8 = read(cgroup, cfg.cgroup_self + cfg.css_parent)?;
+    if parent_css.is_null() {
+        return Ok(());
+    }
+    let parent: *const u8 = read(parent_css, cfg.css_cgroup)?;
+    let parent_id = cgroup_id(&cfg, parent)?;
+    let Some(record) = CONTAINERS.get_ptr(parent_id) else {
+        return Ok(());
+    };
+    // SAFETY: a map value pointer is valid for the program's run; the copy
+    // is taken at once.
+    let mut record = unsafe { *record };
+    if record.state != STATE_CONTAINER && record.state != STATE_PENDING {
+        return Ok(());
+    }
+    record.flags |= FLAG_NESTED;
+    // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
+    record.generation = unsafe { bpf_ktime_get_boot_ns() };
+    // An entry the agent wrote first stays.
+    match CONTAINERS.insert(id, record, u64::from(BPF_NOEXIST)) {
+        Ok(()) | Err(-17) => Ok(()), // EEXIST
+        Err(err) => Err(err),
+    }
+}
+
+/// `cgroup_rmdir(struct cgroup *cgrp, const char *path)`: a removed cgroup
+/// leaves the containers map at once (its id is never used again).
+#[btf_tracepoint(function = "cgroup_rmdir")]
+pub fn pidmap_cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
+    if let Err(err) = try_cgroup_rmdir(&ctx) {
+        warn!(&ctx, "pidmap: removed cgroup not forgotten: error {}", err);
+    }
+    0
+}
+
+fn try_cgroup_rmdir(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
+    let cfg = config();
+    if cfg.ready == 0 {
+        return Ok(());
+    }
+    let cgroup: *const u8 = ctx.arg(0);
+    if let Some(id) = keyed_id(&cfg, cgroup)? {
+        match CONTAINERS.remove(id) {
+            Ok(()) | Err(-2) => {} // ENOENT: it had no entry
+            Err(err) => return Err(err),
+        }
+    }
     Ok(())
 }
 

@@ -178,6 +178,17 @@ pub struct Config {
     /// as 127.0.0.1:9464 [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Directory (on a BPF filesystem) to pin the containers map in, as
+    /// DIR/containers: cgroup id → container, pod uid and state, for any
+    /// eBPF program on the node (layout: include/pidmap.h). An existing
+    /// pin is reused, so its entries survive restarts [default:
+    /// /sys/fs/bpf/pidmap when /sys/fs/bpf is a BPF filesystem, else not
+    /// pinned].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_pin")]
+    pub pin_dir: Option<PathBuf>,
+    /// Do not pin the containers map.
+    #[arg(long)]
+    pub no_pin: bool,
 }
 
 /// Parses nothing but the defaults of [`Config`].
@@ -185,6 +196,18 @@ pub struct Config {
 struct Defaults {
     #[command(flatten)]
     config: Config,
+}
+
+impl Config {
+    /// Where to pin the containers map: `--pin-dir`, else the default
+    /// directory where a BPF filesystem is mounted for it; `None` with
+    /// `--no-pin`.
+    pub fn pin_dir(&self) -> Option<PathBuf> {
+        if self.no_pin {
+            return None;
+        }
+        self.pin_dir.clone().or_else(crate::pinned::default_dir)
+    }
 }
 
 impl Default for Config {

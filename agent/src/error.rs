@@ -33,6 +33,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The containers map cannot be pinned where asked.
+    #[error("containers map pin")]
+    Pin(#[from] crate::pinned::PinError),
     /// The agent stopped before its first /proc seed completed.
     #[error("the agent stopped before the process table was seeded")]
     NotSeeded,

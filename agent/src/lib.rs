@@ -16,6 +16,7 @@ pub mod error;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 pub mod metrics;
+pub mod pinned;
 pub mod proc;
 pub mod resolver;
 pub mod runtime;
@@ -52,6 +53,7 @@ mod task {
     pub const API: &str = "API server";
     pub const METRICS: &str = "metrics server";
     pub const EBPF_LOG: &str = "eBPF log";
+    pub const PINNED_MAP: &str = "containers map publisher";
 }
 
 /// A running agent.
@@ -117,15 +119,27 @@ impl Agent {
             Some(addr) => Some(metrics::server::MetricsServer::bind(addr).await?),
             None => None,
         };
+        // The pin directory too: a wrong one fails the start here.
+        let keyed = pinned::Keyed::of_host(&cgroupfs, &config.proc_root);
+        let containers_pin = match config.pin_dir() {
+            Some(dir) => Some(pinned::prepare(&dir)?),
+            None => {
+                info!("the containers map is not pinned (--no-pin, or no BPF filesystem at /sys/fs/bpf)");
+                None
+            }
+        };
         let loaded = ebpf::load(&ebpf::EbpfSettings {
             ring_buffer_bytes: config.ring_buffer_bytes,
             wakeup_events: config.ring_wakeup_events,
             btf_path: config.btf_path.clone(),
+            containers_pin: containers_pin.clone(),
+            containers_hierarchy_id: keyed.map_or(u32::MAX, pinned::Keyed::hierarchy_id),
         })?;
         let ebpf::Loaded {
             ebpf,
             ring,
             drops,
+            containers,
             logger,
         } = loaded;
 
@@ -212,6 +226,13 @@ impl Agent {
         }
 
         agent.until_ready(seeded, first_contact, &config).await?;
+        // Published once ready: an entry written before containerd's first
+        // list would turn a container (from an agent before) into pending.
+        if let (Some(pin), Some(keyed)) = (containers_pin, keyed) {
+            let publisher = pinned::Publisher::new(Arc::clone(&state), containers, keyed);
+            info!(pin = %pin.display(), ?keyed, "containers map pinned");
+            agent.spawn(task::PINNED_MAP, publisher.run(agent.shutdown.clone()));
+        }
         Ok(agent)
     }
 

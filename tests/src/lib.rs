@@ -256,6 +256,11 @@ impl TestAgent {
         if config.socket == Config::default().socket {
             config.socket = private_socket();
         }
+        // Never the node's pinned containers map: a test that wants a
+        // pinned map gives a private --pin-dir.
+        if config.pin_dir.is_none() {
+            config.no_pin = true;
+        }
         let socket = config.socket.clone();
         let shutdown = CancellationToken::new();
         let agent = Agent::start_with_faults(config, shutdown.clone(), faults)
@@ -388,11 +393,12 @@ impl AgentProcess {
         require_root();
         let started = Instant::now();
         let mut cmd = Command::new(pidmap_bin());
-        cmd.arg("agent")
-            .arg("--socket")
-            .arg(socket)
-            .args(args)
-            .env("RUST_LOG", "info")
+        cmd.arg("agent").arg("--socket").arg(socket).args(args);
+        // Never the node's pinned containers map (see TestAgent::start).
+        if !args.contains(&"--pin-dir") {
+            cmd.arg("--no-pin");
+        }
+        cmd.env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -731,6 +737,63 @@ impl Drop for MemoryCgroup {
                     return;
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// A BPF filesystem of the test's own, mounted on a temp directory; on drop
+/// it is unmounted (maps pinned only there go with it) and the directory
+/// removed.
+pub struct PrivateBpfFs {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateBpfFs {
+    pub fn mount() -> Self {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("pidmap-test-bpffs-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let target = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes())
+            .expect("a path without NUL");
+        // SAFETY: every pointer is a NUL-terminated string that outlives
+        // the call; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount bpffs on {}: {}",
+            dir.path().display(),
+            std::io::Error::last_os_error()
+        );
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for PrivateBpfFs {
+    fn drop(&mut self) {
+        if let Ok(target) = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()) {
+            // SAFETY: a NUL-terminated path that outlives the call.
+            if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+                eprintln!(
+                    "warning: cannot unmount {}: {}",
+                    self.dir.path().display(),
+                    std::io::Error::last_os_error()
+                );
             }
         }
     }

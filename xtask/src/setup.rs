@@ -377,14 +377,19 @@ fn protoc(apt: &mut Apt) -> Result<()> {
 }
 
 /// The tools the privileged tests run, and the Debian package of each. `dockerd`, not
-/// `docker`: a machine may have Docker's client without its engine.
-const TEST_TOOLS: [(&str, &str); 5] = [
+/// `docker`: a machine may have Docker's client without its engine. `clang` builds the
+/// example eBPF consumer of the pinned containers map (tests/pinned.rs).
+const TEST_TOOLS: [(&str, &str); 6] = [
     ("containerd", "containerd"),
     ("ctr", "containerd"),
     ("runc", "runc"),
     ("dockerd", "docker.io"),
     ("podman", "podman"),
+    ("clang", "clang"),
 ];
+
+/// libbpf's header for BPF programs in C, which the example consumer includes.
+const BPF_HELPERS: &str = "/usr/include/bpf/bpf_helpers.h";
 
 fn test_tools(apt: &mut Apt) -> Result<()> {
     let mut packages = BTreeSet::new();
@@ -414,12 +419,21 @@ fn test_tools(apt: &mut Apt) -> Result<()> {
         }
         Err(err) => return Err(err).with_context(|| format!("cannot inspect {BUSYBOX}")),
     }
+    if Path::new(BPF_HELPERS).exists() {
+        say(format!("libbpf headers present ({BPF_HELPERS})"));
+    } else {
+        say(format!("libbpf headers not found ({BPF_HELPERS})"));
+        packages.insert("libbpf-dev");
+    }
     if packages.is_empty() {
         return Ok(());
     }
     apt.install(&packages.into_iter().collect::<Vec<_>>())?;
     for (tool, _) in TEST_TOOLS {
         require_tool(tool)?;
+    }
+    if !Path::new(BPF_HELPERS).exists() {
+        bail!("{BPF_HELPERS} is still missing after installing libbpf-dev");
     }
     if !is_static_elf(Path::new(BUSYBOX)).unwrap_or(false) {
         bail!("{BUSYBOX} is still not a static busybox after installing busybox-static");

@@ -294,6 +294,10 @@ impl KernelBtf {
             kernfs_node_id: self.sized("kernfs_node", "id", 8)?,
             memory_subsys_index,
             wakeup_bytes,
+            cgroup_self: self.member("cgroup", "self")?.offset,
+            css_parent: self.sized("cgroup_subsys_state", "parent", POINTER)?,
+            containers_hierarchy_id: u32::MAX,
+            _pad: 0,
         })
     }
 }

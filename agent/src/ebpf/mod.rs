@@ -25,9 +25,12 @@ pub mod ring;
 
 use std::path::PathBuf;
 
-use agent_common::{CONFIG_GLOBAL, DEFAULT_RING_BYTES, DROPS_MAP, EVENTS_MAP, PROGRAMS};
+use agent_common::{
+    ContainerRecord, CONFIG_GLOBAL, CONTAINERS_MAP, DEFAULT_RING_BYTES, DROPS_MAP, EVENTS_MAP,
+    PROGRAMS,
+};
 use aya::{
-    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError},
     Ebpf, EbpfLoader,
 };
@@ -52,6 +55,12 @@ pub struct EbpfSettings {
     pub wakeup_events: u32,
     /// Kernel BTF to take offsets from.
     pub btf_path: PathBuf,
+    /// Where to pin the containers map (an existing pin there is reused);
+    /// `None` keeps it unpinned.
+    pub containers_pin: Option<PathBuf>,
+    /// Hierarchy id of the cgroups the containers map is keyed by (0:
+    /// cgroup2), or `u32::MAX` for none.
+    pub containers_hierarchy_id: u32,
 }
 
 impl Default for EbpfSettings {
@@ -60,6 +69,8 @@ impl Default for EbpfSettings {
             ring_buffer_bytes: DEFAULT_RING_BYTES,
             wakeup_events: 0,
             btf_path: PathBuf::from(VMLINUX_BTF),
+            containers_pin: None,
+            containers_hierarchy_id: u32::MAX,
         }
     }
 }
@@ -117,6 +128,8 @@ pub struct Loaded {
     pub ring: RingBuf<MapData>,
     /// Per-CPU count of failed reservations.
     pub drops: PerCpuArray<MapData, u64>,
+    /// cgroup id → container record, pinned for other tools when asked.
+    pub containers: HashMap<MapData, u64, ContainerRecord>,
     /// Reader for `aya-log` records from the programs, if they log.
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -150,8 +163,9 @@ pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
     }
     raise_memlock();
 
-    let offsets = btf::KernelBtf::from_file(&settings.btf_path)?
+    let mut offsets = btf::KernelBtf::from_file(&settings.btf_path)?
         .kernel_config(settings.wakeup_events.saturating_mul(RECORD_BYTES))?;
+    offsets.containers_hierarchy_id = settings.containers_hierarchy_id;
     debug!(?offsets, "kernel structure offsets from BTF");
     // `EbpfLoader::new` parses the kernel's BTF itself, for CO-RE
     // relocations, which Rust programs do not have: drop that copy at once,
@@ -163,19 +177,21 @@ pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
     let aya_btf = aya::Btf::parse_file(&settings.btf_path, aya::Endianness::default())
         .map_err(LoadError::AyaBtf)?;
 
-    let mut ebpf = loader
+    loader
         .override_global(CONFIG_GLOBAL, &offsets, true)
-        .map_max_entries(EVENTS_MAP, settings.ring_buffer_bytes)
-        .load(EBPF_OBJECT)
-        .map_err(|source| {
-            // SAFETY: geteuid has no preconditions.
-            let euid = unsafe { libc::geteuid() };
-            if euid != 0 {
-                LoadError::NotPermitted { euid, source }
-            } else {
-                LoadError::Load(source)
-            }
-        })?;
+        .map_max_entries(EVENTS_MAP, settings.ring_buffer_bytes);
+    if let Some(pin) = &settings.containers_pin {
+        loader.map_pin_path(CONTAINERS_MAP, pin.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            LoadError::NotPermitted { euid, source }
+        } else {
+            LoadError::Load(source)
+        }
+    })?;
 
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(logger),
@@ -195,6 +211,7 @@ pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
 
     let ring = take_map(&mut ebpf, EVENTS_MAP)?;
     let drops = take_map(&mut ebpf, DROPS_MAP)?;
+    let containers = take_map(&mut ebpf, CONTAINERS_MAP)?;
     info!(
         programs = PROGRAMS.len(),
         ring_buffer_bytes = settings.ring_buffer_bytes,
@@ -204,6 +221,7 @@ pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
         ebpf,
         ring,
         drops,
+        containers,
         logger,
     })
 }

@@ -232,6 +232,34 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
         ConstCounter::new(value).encode(cut.encode_family(&labels)?)?;
     }
 
+    let mut pinned = e.encode_descriptor(
+        "pinned_map_writes",
+        "Entries of the pinned containers map (cgroup id to container, for other eBPF tools) the agent wrote, by op: update (added or changed) or remove",
+        None,
+        MetricType::Counter,
+    )?;
+    for (op, value) in [
+        ("update", s.pinned_map_writes),
+        ("remove", s.pinned_map_removals),
+    ] {
+        let labels = [("op", op)];
+        ConstCounter::new(value).encode(pinned.encode_family(&labels)?)?;
+    }
+    let errors = ConstCounter::new(s.pinned_map_errors);
+    errors.encode(e.encode_descriptor(
+        "pinned_map_errors",
+        "Writes to the pinned containers map that failed (the map full, ...)",
+        None,
+        errors.metric_type(),
+    )?)?;
+    let entries = gauge(usize::try_from(s.pinned_map_entries).unwrap_or(usize::MAX));
+    entries.encode(e.encode_descriptor(
+        "pinned_map_entries",
+        "Entries the agent keeps in the pinned containers map (nested cgroups' copies the kernel made are not counted)",
+        None,
+        entries.metric_type(),
+    )?)?;
+
     let requests = m.requests.samples();
     let mut counts = e.encode_descriptor(
         "api_requests",

@@ -204,6 +204,9 @@ pub struct Metrics {
     api_cut_offs: [AtomicU64; 2],
     /// Docker Engine API lookups, by [`DockerLookup`].
     docker_lookups: [AtomicU64; 4],
+    /// Entries of the pinned containers map written, removed; failed
+    /// writes; entries held.
+    pinned_map: [AtomicU64; 4],
     /// From a kernel exec event to its process being in the table (and so
     /// resolvable): CLOCK_MONOTONIC now minus the event's timestamp.
     pub exec_to_resolvable: Latency,
@@ -257,6 +260,15 @@ pub struct MetricsSnapshot {
     /// Streams cut off, and requests refused, because their peer (or all
     /// peers together) left too many bytes unread.
     pub api_cut_offs_unread_bytes: u64,
+    /// Entries of the pinned containers map written (added or changed).
+    pub pinned_map_writes: u64,
+    /// Entries of the pinned containers map removed.
+    pub pinned_map_removals: u64,
+    /// Writes to the pinned containers map that failed (map full, …).
+    pub pinned_map_errors: u64,
+    /// Entries the agent keeps in the pinned containers map (nested ones
+    /// the kernel made are not counted).
+    pub pinned_map_entries: u64,
 }
 
 /// Why the API cut a stream off (or refused a request).
@@ -379,6 +391,19 @@ impl Metrics {
         self.api_cut_offs[why as usize].fetch_add(1, Relaxed);
     }
 
+    /// Counts entries of the pinned containers map written and removed,
+    /// and sets how many the agent keeps there.
+    pub fn count_pinned_map_writes(&self, written: u64, removed: u64, entries: usize) {
+        self.pinned_map[0].fetch_add(written, Relaxed);
+        self.pinned_map[1].fetch_add(removed, Relaxed);
+        self.pinned_map[3].store(entries as u64, Relaxed);
+    }
+
+    /// Counts one failed write to the pinned containers map.
+    pub fn count_pinned_map_error(&self) {
+        self.pinned_map[2].fetch_add(1, Relaxed);
+    }
+
     /// Counts one handled API request: `method` is the RPC's name, `code`
     /// the status it ended with, `elapsed` the time it took. Cheap enough
     /// for every request: a shared lock and a few atomic adds.
@@ -416,6 +441,10 @@ impl Metrics {
             api_cut_offs_watch_lag: self.api_cut_offs[CutOff::WatchLag as usize].load(Relaxed),
             api_cut_offs_unread_bytes: self.api_cut_offs[CutOff::UnreadBytes as usize]
                 .load(Relaxed),
+            pinned_map_writes: self.pinned_map[0].load(Relaxed),
+            pinned_map_removals: self.pinned_map[1].load(Relaxed),
+            pinned_map_errors: self.pinned_map[2].load(Relaxed),
+            pinned_map_entries: self.pinned_map[3].load(Relaxed),
         }
     }
 }

@@ -280,9 +280,9 @@ fn every_family_has_help_and_type_and_the_text_ends_with_eof() {
     }
     // events, 9 counters, docker lookups, processes, containers,
     // containerd_connected, containerd_synced, api connections open and
-    // refused, unread bytes, cut-offs, api requests and durations, two
-    // latencies.
-    assert_eq!(families, 23, "{text}");
+    // refused, unread bytes, cut-offs, pinned map writes, errors and
+    // entries, api requests and durations, two latencies.
+    assert_eq!(families, 26, "{text}");
 }
 
 #[test]

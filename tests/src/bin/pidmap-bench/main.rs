@@ -340,6 +340,7 @@ fn agent_rss(bin: &std::path::Path, extra: usize) -> Result<()> {
                 .arg("agent")
                 .arg("--socket")
                 .arg(&socket)
+                .arg("--no-pin")
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
                 .stdout(Stdio::null())
