@@ -12,9 +12,12 @@
 //!   cgroup that holds live processes — its [`membership`], the rule every
 //!   answer of the API uses — and one per container the runtime reported
 //!   as created, running or paused whose cgroup id it knows, from its
-//!   record: as soon as its task starts. It recomputes on every change
-//!   of the state (a few milliseconds apart at most) and once a second, and
-//!   writes only entries that differ; an entry whose cgroup emptied is
+//!   record: as soon as its task starts. It recomputes when what entries
+//!   depend on changed (the sets of cgroups with live processes, the
+//!   cgroup paths known, the container store, the link to containerd: the
+//!   writers of each tell it, at no cost to an exec in a known cgroup), a
+//!   few milliseconds apart at most, and once a second; it writes only
+//!   entries that differ; an entry whose cgroup emptied is
 //!   removed, a container's when it is deleted.
 //! - The kernel side (`agent-ebpf`) copies a container's (or pending
 //!   cgroup's) entry to a cgroup made inside it at `cgroup_mkdir`, marked
@@ -38,7 +41,6 @@ use agent_common::containers::{
     STATE_PENDING,
 };
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, MapInfo, MapType};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -59,7 +61,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_FS: &str = "/sys/fs/bpf";
 
 /// How long the publisher lets changes gather before it recomputes: a
-/// storm of process events costs one recompute per this interval.
+/// storm of new cgroups costs one recompute per this interval.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// Recompute at least this often, whatever the change feed says.
@@ -221,6 +223,28 @@ pub struct Publisher {
     generation: u64,
     /// A failed write was logged (later ones are only counted).
     warned: bool,
+    /// What the last publication was computed from.
+    inputs: Option<Inputs>,
+}
+
+/// What the entries are computed from, as epochs: the sets of cgroups
+/// processes are in, the cgroup paths known, the container store and
+/// containerd's link. While they stay, so do the entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inputs {
+    groups: u64,
+    paths: u64,
+    containers: u64,
+}
+
+/// The [`Inputs`] now.
+fn inputs(state: &State) -> Inputs {
+    let containers = state.containers_epoch();
+    Inputs {
+        groups: state.table().groups_epoch(),
+        paths: state.cgroup_paths().epoch(),
+        containers,
+    }
 }
 
 impl Publisher {
@@ -246,25 +270,27 @@ impl Publisher {
             published,
             generation,
             warned: false,
+            inputs: None,
         }
     }
 
     /// Publishes until `shutdown`: at once, then after every change (a
     /// few milliseconds' worth gathered) and every second.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut changes = self.state.subscribe_changes();
+        let state = Arc::clone(&self.state);
         let mut refresh = tokio::time::interval(REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
-                change = changes.recv() => {
-                    if let Err(RecvError::Closed) = change {
-                        return;
-                    }
+                () = state.inputs_changed() => {
+                    // Gather what else changes meanwhile: a storm costs one
+                    // recompute per interval.
                     tokio::time::sleep(DEBOUNCE).await;
-                    while let Ok(_) | Err(TryRecvError::Lagged(_)) = changes.try_recv() {}
+                    if Some(inputs(&self.state)) == self.inputs {
+                        continue;
+                    }
                 }
                 _ = refresh.tick() => {}
             }
@@ -274,7 +300,8 @@ impl Publisher {
 
     /// Brings the map in line with the state; returns (written, removed).
     pub fn publish(&mut self) -> (usize, usize) {
-        let desired = desired(&self.state, self.keyed);
+        let (desired, inputs) = desired_with_inputs(&self.state, self.keyed);
+        self.inputs = Some(inputs);
         let synced = self.state.containerd_synced();
         let (mut written, mut removed) = (0, 0);
         for (&key, record) in &desired {
@@ -366,8 +393,20 @@ fn boottime_ns() -> u64 {
 /// answers meet on one key (hybrid hosts), the surer one wins: container
 /// over pending over host. Generations are 0 here.
 pub fn desired(state: &State, keyed: Keyed) -> HashMap<u64, ContainerRecord> {
+    desired_with_inputs(state, keyed).0
+}
+
+/// [`desired`], and the [`Inputs`] it was computed from (read under the
+/// same locks).
+fn desired_with_inputs(state: &State, keyed: Keyed) -> (HashMap<u64, ContainerRecord>, Inputs) {
+    let containers = state.containers_epoch();
     let table = state.table();
     View::with(state, |view| {
+        let inputs = Inputs {
+            groups: table.groups_epoch(),
+            paths: view.paths.epoch(),
+            containers,
+        };
         let mut out: HashMap<u64, ContainerRecord> = HashMap::new();
         let mut put = |key: u64, record: ContainerRecord| {
             let keep = out
@@ -416,7 +455,7 @@ pub fn desired(state: &State, keyed: Keyed) -> HashMap<u64, ContainerRecord> {
                 put(key, container_record(c, keyed));
             }
         }
-        out
+        (out, inputs)
     })
 }
 

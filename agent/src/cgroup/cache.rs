@@ -27,6 +27,8 @@ use crate::types::CgroupId;
 pub struct CgroupPathCache {
     v2: LruCache<CgroupId, String>,
     v1_memory: LruCache<CgroupId, String>,
+    /// Changes whenever a pair is added, changed or dropped.
+    epoch: u64,
 }
 
 impl CgroupPathCache {
@@ -37,6 +39,7 @@ impl CgroupPathCache {
         Self {
             v2: LruCache::new(cap),
             v1_memory: LruCache::new(cap),
+            epoch: 0,
         }
     }
 
@@ -54,12 +57,26 @@ impl CgroupPathCache {
 
     /// Records that cgroup `id` of `hierarchy` is at `path`.
     pub fn insert(&mut self, hierarchy: Hierarchy, id: CgroupId, path: impl Into<String>) {
-        self.tree_mut(hierarchy).put(id, path.into());
+        let path = path.into();
+        let tree = self.tree_mut(hierarchy);
+        let full = tree.len() == tree.cap().get();
+        let old = tree.put(id, path.clone());
+        // An eviction (a new pair in a full cache) drops a pair too.
+        if old.as_ref() != Some(&path) || (old.is_none() && full) {
+            self.epoch = self.epoch.wrapping_add(1);
+        }
     }
 
     /// Drops what is known about cgroup `id` of `hierarchy`.
     pub fn forget(&mut self, hierarchy: Hierarchy, id: CgroupId) {
-        self.tree_mut(hierarchy).pop(&id);
+        if self.tree_mut(hierarchy).pop(&id).is_some() {
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+    }
+
+    /// Changes whenever a pair is added, changed or dropped.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// How many pairs are cached for `hierarchy`.
@@ -197,6 +214,29 @@ mod tests {
             .iter()
             .find(|(i, _)| *i == id)
             .map(|(_, p)| p.as_str())
+    }
+
+    #[test]
+    fn the_epoch_moves_when_a_pair_is_added_changed_dropped_or_evicted() {
+        let mut c = CgroupPathCache::new(2);
+        let e0 = c.epoch();
+        c.insert(Hierarchy::V2, CgroupId(5), "/a");
+        let e1 = c.epoch();
+        assert_ne!(e1, e0);
+        c.insert(Hierarchy::V2, CgroupId(5), "/a");
+        assert_eq!(c.epoch(), e1, "the same pair again");
+        c.insert(Hierarchy::V2, CgroupId(5), "/b");
+        let e2 = c.epoch();
+        assert_ne!(e2, e1, "changed");
+        c.insert(Hierarchy::V2, CgroupId(6), "/c");
+        let e3 = c.epoch();
+        c.insert(Hierarchy::V2, CgroupId(7), "/d");
+        assert_ne!(c.epoch(), e3, "evicted one");
+        let e4 = c.epoch();
+        c.forget(Hierarchy::V2, CgroupId(99));
+        assert_eq!(c.epoch(), e4, "nothing dropped");
+        c.forget(Hierarchy::V2, CgroupId(7));
+        assert_ne!(c.epoch(), e4, "dropped");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 pub use table::{Process, ProcessState, ProcessTable, ReconcileStats};
 
@@ -141,6 +141,12 @@ pub struct State {
     ready: AtomicBool,
     containerd: AtomicU8,
     containerd_seen: AtomicBool,
+    /// Moves on with every write to the container store and every change
+    /// of the containerd link.
+    containers_epoch: AtomicU64,
+    /// Told when an epoch moved: the table's sets of cgroups, the cgroup
+    /// paths, the container store or the containerd link.
+    inputs_changed: Notify,
     /// CLOCK_MONOTONIC ns of the tracker's last tick (0: not started).
     heartbeat_ns: AtomicU64,
     /// Longest the tracker may go without a tick.
@@ -183,6 +189,8 @@ impl State {
             ready: AtomicBool::new(false),
             containerd: AtomicU8::new(ContainerdLink::Down as u8),
             containerd_seen: AtomicBool::new(false),
+            containers_epoch: AtomicU64::new(0),
+            inputs_changed: Notify::new(),
             heartbeat_ns: AtomicU64::new(0),
             stall_limit_ns: duration_ns(STALL_LIMIT),
             changes: broadcast::channel(changes.max(1)).0,
@@ -275,6 +283,19 @@ impl State {
     /// Whether anyone watches changes (to skip building them).
     pub fn has_watchers(&self) -> bool {
         self.changes.receiver_count() > 0
+    }
+
+    /// Moves on with every write to the container store and every change
+    /// of the containerd link (read it before the store).
+    pub fn containers_epoch(&self) -> u64 {
+        self.containers_epoch.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the sets of cgroups with processes, the cgroup paths
+    /// known, the container store or the containerd link changed since
+    /// the last time it resolved (one waiter: the pinned map's publisher).
+    pub async fn inputs_changed(&self) {
+        self.inputs_changed.notified().await;
     }
 
     /// Read access to the container store.
@@ -383,13 +404,19 @@ impl TableWriter {
     }
 
     /// Write access to the table.
-    pub fn table(&self) -> RwLockWriteGuard<'_, ProcessTable> {
-        self.state.table.write().unwrap_or_else(|e| e.into_inner())
+    pub fn table(&self) -> Poking<'_, ProcessTable> {
+        Poking::new(
+            self.state.table.write().unwrap_or_else(|e| e.into_inner()),
+            &self.state.inputs_changed,
+        )
     }
 
     /// Write access to the cgroup path cache.
-    pub fn paths(&self) -> RwLockWriteGuard<'_, CgroupPathCache> {
-        self.state.paths.write().unwrap_or_else(|e| e.into_inner())
+    pub fn paths(&self) -> Poking<'_, CgroupPathCache> {
+        Poking::new(
+            self.state.paths.write().unwrap_or_else(|e| e.into_inner()),
+            &self.state.inputs_changed,
+        )
     }
 
     /// Tells watchers that something changed.
@@ -426,6 +453,93 @@ impl TableWriter {
     }
 }
 
+/// A structure whose epoch tells when what is computed from it (the
+/// pinned map's entries) may have changed.
+pub trait Epoch {
+    fn epoch(&self) -> u64;
+}
+
+impl Epoch for ProcessTable {
+    fn epoch(&self) -> u64 {
+        self.groups_epoch()
+    }
+}
+
+impl Epoch for CgroupPathCache {
+    fn epoch(&self) -> u64 {
+        CgroupPathCache::epoch(self)
+    }
+}
+
+/// Write access to a structure with an [`Epoch`]: when it ends with the
+/// epoch moved, [`State::inputs_changed`] is told.
+pub struct Poking<'a, T: Epoch> {
+    guard: RwLockWriteGuard<'a, T>,
+    start: u64,
+    changed: &'a Notify,
+}
+
+impl<'a, T: Epoch> Poking<'a, T> {
+    fn new(guard: RwLockWriteGuard<'a, T>, changed: &'a Notify) -> Self {
+        Self {
+            start: guard.epoch(),
+            guard,
+            changed,
+        }
+    }
+}
+
+impl<T: Epoch> std::ops::Deref for Poking<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T: Epoch> std::ops::DerefMut for Poking<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T: Epoch> Drop for Poking<'_, T> {
+    fn drop(&mut self) {
+        if self.guard.epoch() != self.start {
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// Write access to the container store; when it ends, the store's epoch
+/// moves on (while the lock is still held, so whoever reads the epoch and
+/// then the store sees what this writer did) and
+/// [`State::inputs_changed`] is told.
+pub struct StoreWriteGuard<'a> {
+    guard: RwLockWriteGuard<'a, ContainerStore>,
+    epoch: &'a AtomicU64,
+    changed: &'a Notify,
+}
+
+impl std::ops::Deref for StoreWriteGuard<'_> {
+    type Target = ContainerStore;
+    fn deref(&self) -> &ContainerStore {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for StoreWriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ContainerStore {
+        &mut self.guard
+    }
+}
+
+impl Drop for StoreWriteGuard<'_> {
+    fn drop(&mut self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+}
+
 /// The only writer of the container store: the containerd watcher's. Not
 /// `Clone`; [`State::new`] makes exactly one.
 pub struct ContainerWriter {
@@ -439,11 +553,16 @@ impl ContainerWriter {
     }
 
     /// Write access to the container store.
-    pub fn store(&self) -> RwLockWriteGuard<'_, ContainerStore> {
-        self.state
-            .containers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+    pub fn store(&self) -> StoreWriteGuard<'_> {
+        StoreWriteGuard {
+            guard: self
+                .state
+                .containers
+                .write()
+                .unwrap_or_else(|e| e.into_inner()),
+            epoch: &self.state.containers_epoch,
+            changed: &self.state.inputs_changed,
+        }
     }
 
     /// Tells watchers that something changed.
@@ -456,7 +575,10 @@ impl ContainerWriter {
         if link == ContainerdLink::Synced {
             self.state.containerd_seen.store(true, Ordering::Release);
         }
-        ContainerdLink::from_u8(self.state.containerd.swap(link as u8, Ordering::AcqRel))
+        let old = self.state.containerd.swap(link as u8, Ordering::AcqRel);
+        self.state.containers_epoch.fetch_add(1, Ordering::AcqRel);
+        self.state.inputs_changed.notify_one();
+        ContainerdLink::from_u8(old)
     }
 }
 

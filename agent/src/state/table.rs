@@ -103,6 +103,9 @@ pub struct ProcessTable {
     /// Start time of the newest exited entry per pid, for bare-pid look-ups.
     latest_exit: HashMap<u32, ProcKey>,
     grace_ns: u64,
+    /// Changes whenever a set of cgroups gains its first live process or
+    /// loses its last, or enters or leaves the index.
+    groups_epoch: u64,
 }
 
 impl ProcessTable {
@@ -116,6 +119,7 @@ impl ProcessTable {
             exited: LruCache::new(max_exited),
             latest_exit: HashMap::new(),
             grace_ns,
+            groups_epoch: 0,
         }
     }
 
@@ -181,11 +185,28 @@ impl ProcessTable {
     /// Updates the cgroup index for one process: `f` on the group of
     /// `cgroups`, which goes when it is empty.
     fn regroup(&mut self, cgroups: CgroupIds, f: impl FnOnce(&mut CgroupGroup)) {
+        let (existed, had_live) = self
+            .groups
+            .get(&cgroups)
+            .map_or((false, false), |g| (true, !g.live.is_empty()));
         let group = self.groups.entry(cgroups).or_default();
         f(group);
-        if group.is_empty() {
+        let has_live = !group.live.is_empty();
+        let empty = group.is_empty();
+        if empty {
             self.groups.remove(&cgroups);
         }
+        if !existed || empty || had_live != has_live {
+            self.groups_epoch = self.groups_epoch.wrapping_add(1);
+        }
+    }
+
+    /// Changes whenever the set of cgroups processes are in changes (a set
+    /// of cgroups gains its first live process, loses its last, enters or
+    /// leaves the index): what is computed per set of cgroups is still
+    /// right while it is the same.
+    pub fn groups_epoch(&self) -> u64 {
+        self.groups_epoch
     }
 
     /// The live processes whose parent is `parent` (by pid, and by start

@@ -481,3 +481,24 @@ fn a_parent_pid_held_by_a_younger_process_is_gone() {
     t.apply_event(&ev(EventKind::Fork, key(100, 95), 2 * SEC));
     assert_eq!(t.parent_gone(key(101, 60)), Some(100));
 }
+
+#[test]
+fn the_groups_epoch_moves_only_when_the_sets_of_cgroups_change() {
+    let mut t = table();
+    let start = t.groups_epoch();
+    t.apply_event(&ev(EventKind::Exec, key(100, 1), 1));
+    let one = t.groups_epoch();
+    assert_ne!(one, start, "a new set of cgroups");
+    // More processes, execs and exits in the same, still live, cgroups.
+    t.apply_event(&ev(EventKind::Fork, key(101, 2), 2));
+    t.apply_event(&ev(EventKind::Exec, key(101, 2), 3));
+    t.apply_event(&ev(EventKind::Exit, key(101, 2), 4));
+    assert_eq!(
+        t.groups_epoch(),
+        one,
+        "nothing a per-cgroup answer depends on"
+    );
+    // The last live process exits: the cgroups hold only exited ones.
+    t.apply_event(&ev(EventKind::Exit, key(100, 1), 5));
+    assert_ne!(t.groups_epoch(), one, "no live process left there");
+}
