@@ -21,6 +21,7 @@ use pidmap::{
 use tokio_util::sync::CancellationToken;
 
 pub mod checker;
+pub mod consumer;
 pub mod containerd;
 #[cfg(cri_api)]
 pub mod cri;

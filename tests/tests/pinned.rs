@@ -30,10 +30,10 @@ mod kubelet {
     use aya::maps::{HashMap, MapData};
     use pidmap::config::Config;
     use pidmap_tests::{
-        cgroup2_id_of, cgroup2_path_of, cgroup2_root,
+        cgroup2_id_of, cgroup2_path_of, cgroup2_root, consumer,
         containerd::{Containerd, CRI_IMAGE},
         cri::PodSpec,
-        repo_root, resolved_as, wait_until, CgroupGuard, ChildGuard, PrivateBpfFs, TestAgent,
+        resolved_as, wait_until, CgroupGuard, ChildGuard, PrivateBpfFs, TestAgent,
     };
 
     const WAIT: Duration = Duration::from_secs(15);
@@ -207,69 +207,6 @@ mod kubelet {
         agent.stop().await;
     }
 
-    /// The example consumer, built with clang for BPF in `dir`.
-    fn build_consumer(dir: &Path) -> Vec<u8> {
-        let root = repo_root();
-        let source = root.join("examples/ebpf-consumer/execs_per_pod.bpf.c");
-        let object = dir.join("execs_per_pod.bpf.o");
-        let multiarch = Command::new("cc")
-            .arg("-print-multiarch")
-            .output()
-            .expect("cc -print-multiarch");
-        let multiarch = String::from_utf8_lossy(&multiarch.stdout).trim().to_owned();
-        let out = Command::new("clang")
-            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror", "-I"])
-            .arg(root.join("include"))
-            .arg("-isystem")
-            .arg(format!("/usr/include/{multiarch}"))
-            .arg("-c")
-            .arg(&source)
-            .arg("-o")
-            .arg(&object)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run clang ({e}): run `cargo xtask setup --for-tests`, which installs it")
-            });
-        assert!(
-            out.status.success(),
-            "clang {}: {}",
-            source.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::read(&object).expect("the consumer's object")
-    }
-
-    /// Runs `/bin/true` `n` times, each moved into cgroup `procs` before
-    /// its exec: exactly `n` execs there.
-    fn exec_in(procs: Option<&Path>, n: usize) {
-        use std::os::unix::process::CommandExt as _;
-        for _ in 0..n {
-            let mut cmd = Command::new("/bin/true");
-            if let Some(procs) = procs {
-                let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes())
-                    .expect("a path without NUL");
-                // SAFETY: between fork and exec only async-signal-safe calls
-                // on memory allocated before the fork: open, write, close.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                        if fd < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                        libc::close(fd);
-                        if written != 1 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        Ok(())
-                    });
-                }
-            }
-            let status = cmd.status().expect("run /bin/true");
-            assert!(status.success());
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn another_tools_ebpf_program_counts_execs_per_pod_through_the_pinned_map() {
         const A: &str = "0a0b0c0d-1111-4222-8333-444455556666";
@@ -303,7 +240,7 @@ mod kubelet {
         // Another tool: its own object, its own loader, pidmap's map bound
         // by its pin path.
         let work = tempfile::tempdir().expect("temp dir");
-        let object = build_consumer(work.path());
+        let object = consumer::build(work.path());
         let mut consumer = aya::EbpfLoader::new()
             .map_pin_path(agent_common::CONTAINERS_MAP, pin.as_path())
             .load(&object)
@@ -322,9 +259,9 @@ mod kubelet {
             HashMap::try_from(consumer.take_map("execs_per_pod").expect("execs_per_pod"))
                 .expect("a hash map");
 
-        exec_in(Some(&apps[0].2), 7);
-        exec_in(Some(&apps[1].2), 3);
-        exec_in(None, 5); // the host's: no pod
+        consumer::exec_true(Some(&apps[0].2), 7);
+        consumer::exec_true(Some(&apps[1].2), 3);
+        consumer::exec_true(None, 5); // the host's: no pod
         let count = |uid: &[u8; 16]| counts.get(uid, 0).unwrap_or(0);
         assert_eq!(
             count(&apps[0].3),

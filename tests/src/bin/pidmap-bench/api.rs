@@ -213,6 +213,7 @@ impl BenchAgent {
         };
         let config = Config {
             socket: this.socket.clone(),
+            no_pin: true,
             ..Config::default()
         };
         let agent = this

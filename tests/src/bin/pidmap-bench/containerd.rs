@@ -36,6 +36,7 @@ pub fn run(containers: usize) -> Result<()> {
     let config = Config {
         socket: socket.clone(),
         containerd_socket: ctrd.socket().to_path_buf(),
+        no_pin: true,
         ..Config::default()
     };
     let agent = rt.block_on(Agent::start(config, shutdown.clone()))?;
@@ -79,7 +80,7 @@ fn settle() {
     std::thread::sleep(Duration::from_millis(300));
 }
 
-fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !cond() {
         if Instant::now() > deadline {
@@ -90,7 +91,7 @@ fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -102,7 +103,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 type Times = Arc<Mutex<HashMap<String, SystemTime>>>;
 
 /// `ctr events` timestamps of `/tasks/start`, by container id.
-fn task_start_times(ctrd: &Containerd) -> Result<(ChildGuard, Times)> {
+pub(crate) fn task_start_times(ctrd: &Containerd) -> Result<(ChildGuard, Times)> {
     let mut child = ChildGuard(
         Command::new("ctr")
             .arg("-a")

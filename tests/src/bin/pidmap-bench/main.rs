@@ -6,8 +6,9 @@
 //! (`--agent-bin PATH`; alone with `--rss-only`); /proc seed time per 1,000
 //! processes; query API Resolve/ResolveBatch latency and throughput next to
 //! the /proc/PID/cgroup baseline (`--api-only`); container start to
-//! resolvable (`--containerd-only`). `--storm-only` runs the exec storms
-//! alone.
+//! resolvable (`--containerd-only`); the pinned containers map's costs
+//! (`--pinned-only`). `--storm-only` runs the exec storms alone. The node's
+//! own pin (/sys/fs/bpf/pidmap) is never touched.
 
 use std::{
     path::PathBuf,
@@ -19,6 +20,7 @@ use std::{
 mod alloc;
 mod api;
 mod containerd;
+mod pinned;
 
 use std::io::BufRead as _;
 
@@ -45,6 +47,8 @@ fn main() -> Result<()> {
     let only_api = args.iter().any(|a| a == "--api-only");
     let only_rss = args.iter().any(|a| a == "--rss-only");
     let only_storm = args.iter().any(|a| a == "--storm-only");
+    let only_pinned = args.iter().any(|a| a == "--pinned-only");
+    let groups: usize = arg(&args, "--cgroups").unwrap_or(500);
     let api_pids: usize = arg(&args, "--api-pids").unwrap_or(1_000);
     let agent_bin = args
         .iter()
@@ -60,6 +64,9 @@ fn main() -> Result<()> {
     if only_api {
         return api::run(api_pids);
     }
+    if only_pinned {
+        return pinned::run(containers, groups, storm, spawners);
+    }
     if only_rss {
         let bin = agent_bin.context("--rss-only needs --agent-bin target/release/pidmap")?;
         return agent_rss(&bin, extra);
@@ -68,7 +75,10 @@ fn main() -> Result<()> {
     // for ring_batch_us), reading at every wake-up, and the old batched
     // policy (wake once 64 events wait, else the 10 ms poll), side by side;
     // then the default again with a query-like catch-up every millisecond.
-    let default = Config::default();
+    let default = Config {
+        no_pin: true,
+        ..Config::default()
+    };
     exec_storm(
         storm,
         spawners,
@@ -78,7 +88,7 @@ fn main() -> Result<()> {
     )?;
     let eager = Config {
         ring_batch_us: 0,
-        ..Config::default()
+        ..default.clone()
     };
     exec_storm(
         storm,
@@ -89,7 +99,7 @@ fn main() -> Result<()> {
     )?;
     let polled = Config {
         ring_wakeup_events: 64,
-        ..Config::default()
+        ..default.clone()
     };
     exec_storm(
         storm,
@@ -112,7 +122,8 @@ fn main() -> Result<()> {
         println!("agent RSS: skipped (pass --agent-bin target/release/pidmap)");
     }
     api::run(api_pids)?;
-    containerd::run(containers)
+    containerd::run(containers)?;
+    pinned::run(containers, groups, storm, spawners)
 }
 
 fn arg(args: &[String], name: &str) -> Option<usize> {
@@ -143,7 +154,11 @@ fn agent_cpu_ticks() -> u64 {
     tasks
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-        .filter(|s| s.contains(&format!("({AGENT_THREADS}")))
+        .filter(|s| {
+            // The runtime's threads, and the tracker's own (named by the
+            // agent: `pidmap-tracker`).
+            s.contains(&format!("({AGENT_THREADS}")) || s.contains("(pidmap-tracker)")
+        })
         .filter_map(|s| {
             let after = s[s.rfind(')')? + 2..].to_owned();
             let f: Vec<&str> = after.split_whitespace().collect();
@@ -167,7 +182,13 @@ pub(crate) fn agent_runtime() -> Result<tokio::runtime::Runtime> {
 /// meanwhile calls `State::catch_up` (what every Resolve, ResolveBatch and
 /// WhoAmI does first) once a millisecond and prints its latency and how
 /// often it gave up.
-fn exec_storm(n: usize, spawners: usize, base: &Config, label: &str, probe: bool) -> Result<()> {
+pub(crate) fn exec_storm(
+    n: usize,
+    spawners: usize,
+    base: &Config,
+    label: &str,
+    probe: bool,
+) -> Result<()> {
     let rt = agent_runtime()?;
     let shutdown = CancellationToken::new();
     let socket = pidmap_tests::private_socket();
