@@ -519,6 +519,18 @@ fn agent_runs_with_its_config_and_volumes_match_it() {
     assert_host_dir(pod, agent, btf_dir, true);
     assert_host_dir(pod, agent, Path::new(CGROUPFS), true);
 
+    // The host's bpffs, writable: the containers map is pinned in it (the
+    // default pin directory, not set otherwise in the file).
+    assert_eq!(config.pin_dir, None);
+    assert!(!config.no_pin);
+    let pin_parent = Path::new(agent_common::containers::DEFAULT_PIN_DIR)
+        .parent()
+        .expect("the bpffs");
+    assert_eq!(
+        assert_host_dir(pod, agent, pin_parent, false),
+        "DirectoryOrCreate"
+    );
+
     // /proc is the host's through hostPID, not a mount.
     assert_eq!(config.proc_root, Path::new("/proc"));
     assert!(
