@@ -1,8 +1,11 @@
-//! Clients against a real agent: Python grpcio and Node @grpc/grpc-js with
-//! their default options, the pidmap-client cache (changes, deletions,
-//! re-syncs after a restart), and every snippet of docs/clients.md as
-//! written. Run as root with `--test-threads=1`, after `cargo xtask setup
-//! --for-tests` (grpcio and grpc-js in target/client-tools) and `cargo
+//! Clients against a real agent: Python grpcio, Node @grpc/grpc-js and Go
+//! grpc-go with their default options, the pidmap-client cache (changes,
+//! deletions, re-syncs after a restart), the Go package clients/go (its
+//! stubs current with the proto, its own tests), the standard-library
+//! Python package clients/python (its own tests), and every snippet of
+//! docs/clients.md as written. Run as root with `--test-threads=1`, after
+//! `cargo xtask setup --for-tests` (grpcio and grpc-js in
+//! target/client-tools; Debian's Go, grpc-go and protoc plugins) and `cargo
 //! build -p pidmap -p pidmap-client --examples` (`cargo xtask test` does
 //! both).
 
@@ -66,23 +69,32 @@ impl Workdir {
     }
 }
 
+/// How long a Go build may take (the first one compiles grpc-go and
+/// protobuf into Go's build cache).
+const GO_BUILD: Duration = Duration::from_secs(300);
+
 /// Runs `cmd`, killed after [`EVENTUALLY`]; fails the test with its
 /// output unless it succeeds; returns its stdout.
 async fn run(cmd: &mut Command) -> String {
+    run_within(cmd, EVENTUALLY).await.0
+}
+
+/// [`run`], killed after `limit`; returns its stdout and stderr.
+async fn run_within(cmd: &mut Command, limit: Duration) -> (String, String) {
     let shown = format!("{cmd:?}");
     let mut cmd = tokio::process::Command::from(std::mem::replace(cmd, Command::new("true")));
-    let out: Output = tokio::time::timeout(EVENTUALLY, cmd.kill_on_drop(true).output())
+    let out: Output = tokio::time::timeout(limit, cmd.kill_on_drop(true).output())
         .await
-        .unwrap_or_else(|_| panic!("{shown} did not finish within {EVENTUALLY:?}"))
+        .unwrap_or_else(|_| panic!("{shown} did not finish within {limit:?}"))
         .expect("run client");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "{shown} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        "{shown} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
     );
-    stdout
+    (stdout, stderr)
 }
 
 /// docs/clients.md's snippets.
@@ -381,6 +393,40 @@ async fn every_snippet_of_the_client_docs_runs_as_written() {
     );
     ran.extend([("Python", "sh"), ("Python", "python")]);
 
+    // The standard-library package, beside the grpcio stubs just made.
+    let package = repo_root().join("clients/python");
+    let stdlib = dir.write(
+        "client_stdlib.py",
+        snippet(&all, "Standard-library Python", "python"),
+    );
+    let out = run(dir
+        .command(python_bin(), &socket)
+        .env("PYTHONPATH", &package)
+        .arg(stdlib))
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[0].starts_with("running python"), "{out}");
+    assert!(lines[1].starts_with("1 host "), "{out}");
+    assert_eq!(lines[3], "refused: 400 InvalidArgument", "{out}");
+    assert!(
+        lines[4].starts_with("cached: ") && lines[4].ends_with(" running python"),
+        "{out}"
+    );
+    // The package and the grpcio stubs (`pidmap.v1`, in `dir`) import side
+    // by side.
+    let both = run(dir
+        .command(python_bin(), &socket)
+        .env("PYTHONPATH", &package)
+        .args([
+            "-c",
+            "import pidmap; from pidmap.v1 import pidmap_pb2; \
+             print(pidmap.Client.__name__, pidmap_pb2.DESCRIPTOR.package)",
+        ]))
+    .await;
+    assert_eq!(both.trim(), "Client pidmap.v1");
+    ran.push(("Standard-library Python", "python"));
+
     let node = dir.write("client.js", snippet(&all, "Node", "js"));
     let out = run(dir.command("node", &socket).arg(node)).await;
     assert!(out.starts_with("PROCESS_STATE_RUNNING node"), "{out}");
@@ -423,9 +469,30 @@ async fn every_snippet_of_the_client_docs_runs_as_written() {
     assert!(!out.contains("not in the cache"), "{out}");
     ran.push(("Rust", "rust"));
 
-    // Go is shown, not run (no Go toolchain here); nothing else may hide.
-    snippet(&all, "Go", "go");
-    ran.push(("Go", "go"));
+    // The Go package: built with the docs' own commands (GOPATH mode, from a
+    // checkout's root: `clients` links to the repository's), then run.
+    require_go();
+    std::os::unix::fs::symlink(repo_root().join("clients"), dir.path().join("clients"))
+        .expect("link clients/");
+    dir.write("lookup.go", snippet(&all, "Go (clients/go)", "go"));
+    let build = snippet(&all, "Go (clients/go)", "sh").to_owned();
+    run_within(
+        dir.command("sh", &socket).arg("-e").arg("-c").arg(build),
+        GO_BUILD,
+    )
+    .await;
+    let out = run(&mut dir.command(dir.path().join("lookup-go"), &socket)).await;
+    assert!(out.starts_with("whoami: pid "), "{out}");
+    assert!(
+        out.contains("cached: true state PROCESS_STATE_RUNNING comm lookup-go"),
+        "{out}"
+    );
+    ran.extend([("Go (clients/go)", "sh"), ("Go (clients/go)", "go")]);
+
+    // Bare grpc-go is shown, not run (it uses grpc-go API newer than
+    // Debian's 1.33); nothing else may hide.
+    snippet(&all, "Go (grpc-go)", "go");
+    ran.push(("Go (grpc-go)", "go"));
     for s in &all {
         assert!(
             ran.iter()
@@ -433,5 +500,149 @@ async fn every_snippet_of_the_client_docs_runs_as_written() {
             "a snippet no test runs: {s:?}"
         );
     }
+    agent.stop().await;
+}
+
+/// Where Debian's Go packages keep their sources (the GOPATH entry that
+/// holds grpc-go and protobuf).
+const DEBIAN_GOCODE: &str = "/usr/share/gocode";
+
+/// Fails clearly unless Debian's Go toolchain and grpc-go are installed.
+fn require_go() {
+    let go = Command::new("go").arg("version").output();
+    assert!(
+        go.is_ok_and(|o| o.status.success())
+            && Path::new(DEBIAN_GOCODE)
+                .join("src/google.golang.org/grpc")
+                .is_dir(),
+        "Go or Debian's grpc-go is missing: run `cargo xtask setup --for-tests` (it installs \
+         golang-go, golang-google-grpc-dev, golang-google-protobuf-dev, \
+         golang-github-golang-protobuf-1-5-dev, protoc-gen-go and protoc-gen-go-grpc)"
+    );
+}
+
+/// A `go` command in GOPATH mode over Debian's packages (there is no module
+/// proxy) and `DIR/gopath`, whose `src/pidmap/clients/go` is the
+/// repository's `clients/go` (its import path, `pidmap/clients/go`).
+fn go(dir: &Workdir, socket: &Path) -> Command {
+    let gopath = dir.path().join("gopath");
+    let package = gopath.join("src/pidmap/clients/go");
+    if !package.exists() {
+        std::fs::create_dir_all(package.parent().expect("a parent")).expect("create gopath/");
+        std::os::unix::fs::symlink(repo_root().join("clients/go"), &package)
+            .expect("link clients/go into gopath/");
+    }
+    let mut cmd = dir.command("go", socket);
+    cmd.env("GO111MODULE", "off")
+        .env("GOPATH", format!("{DEBIAN_GOCODE}:{}", gopath.display()))
+        .env("GOFLAGS", "")
+        .env("GOPROXY", "off");
+    cmd
+}
+
+/// The Go package clients/go: its committed stubs are what generate.sh
+/// makes of the proto now, it is gofmt'ed and passes go vet, and its tests
+/// pass against a real agent (own process, a child's start and exit through
+/// the cache, an unknown pid, Status; and the cache's re-sync against a
+/// scripted agent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_client_matches_the_proto_and_passes_its_tests() {
+    require_go();
+    let agent = TestAgent::start(Config::default()).await;
+    let socket = agent.socket().to_path_buf();
+    let dir = Workdir::new();
+    let package = repo_root().join("clients/go");
+
+    let fresh = dir.path().join("generated");
+    run(dir
+        .command("sh", &socket)
+        .arg("-e")
+        .arg(package.join("generate.sh"))
+        .arg(&fresh))
+    .await;
+    let names = |d: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let generated = names(&fresh.join("pidmapv1"));
+    assert_eq!(generated, ["pidmap.pb.go", "pidmap_grpc.pb.go"]);
+    assert_eq!(names(&package.join("pidmapv1")), generated);
+    for name in &generated {
+        let committed =
+            std::fs::read_to_string(package.join("pidmapv1").join(name)).expect("a committed stub");
+        let now = std::fs::read_to_string(fresh.join("pidmapv1").join(name)).expect("a stub");
+        assert!(
+            committed == now,
+            "clients/go/pidmapv1/{name} differs from what clients/go/generate.sh makes of \
+             the proto: run it and commit the result"
+        );
+    }
+
+    let unformatted = run(dir.command("gofmt", &socket).arg("-l").arg(&package)).await;
+    assert!(unformatted.is_empty(), "not gofmt'ed:\n{unformatted}");
+    run_within(
+        go(&dir, &socket).args(["vet", "pidmap/clients/go", "pidmap/clients/go/pidmapv1"]),
+        GO_BUILD,
+    )
+    .await;
+    let (out, _) = run_within(
+        go(&dir, &socket).args(["test", "-count=1", "-v", "pidmap/clients/go"]),
+        GO_BUILD,
+    )
+    .await;
+    for test in [
+        "TestResolveAnswersThisProcess",
+        "TestAnUnknownPidIsARecordNotAnError",
+        "TestStatus",
+        "TestTheCacheFollowsAChildFromStartToExit",
+        "TestTheCacheResyncsAfterTheStreamEnds",
+    ] {
+        assert!(
+            out.contains(&format!("--- PASS: {test} ")),
+            "{test}:\n{out}"
+        );
+    }
+    assert!(!out.contains("--- SKIP"), "nothing may skip here:\n{out}");
+    agent.stop().await;
+}
+
+/// The standard-library Python package (clients/python) passes its own
+/// unittest suite against a real agent: the client's endpoints and errors,
+/// and its cache following a child process from its start to its exit,
+/// answering misses with one request and re-syncing after a break. Run with
+/// the virtualenv's Python (3.11); the package needs nothing beyond the
+/// standard library.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_package_passes_its_tests_against_an_agent() {
+    let agent = TestAgent::start(Config::default()).await;
+    let socket = agent.socket().to_path_buf();
+    let dir = Workdir::new();
+    let tests = repo_root().join("clients/python/tests");
+    // Each wait in the suite is bounded (15 s); the whole takes ~3 s idle.
+    let (_, report) = run_within(
+        dir.command(python_bin(), &socket)
+            .args(["-m", "unittest", "discover", "-v", "-s"])
+            .arg(&tests),
+        Duration::from_secs(120),
+    )
+    .await;
+    // Workdir::command sets PIDMAP_SOCKET: nothing may have been skipped.
+    assert!(!report.contains("skipped"), "{report}");
+    assert!(
+        report.lines().any(|l| l
+            .starts_with("test_a_child_is_followed_from_its_start_to_its_exit ")
+            && l.ends_with(" ... ok")),
+        "{report}"
+    );
+    assert!(report.trim_end().ends_with("OK"), "{report}");
     agent.stop().await;
 }

@@ -41,6 +41,19 @@ const PYTHON_PACKAGES: [(&str, &str); 2] = [("grpcio", "1.85.1"), ("grpcio-tools
 const NODE_PACKAGES: [(&str, &str); 2] =
     [("@grpc/grpc-js", "1.14.7"), ("@grpc/proto-loader", "0.8.1")];
 
+/// Debian's packages for the Go client tests (`clients/go`, built in GOPATH mode from
+/// `/usr/share/gocode`: there is no Go module proxy). `golang-github-golang-protobuf-1-5-dev`
+/// must come with grpc-go: alone, apt satisfies grpc-go with the 1-3 package, which builds but
+/// panics on proto3 `optional` fields. The protoc plugins are for `clients/go/generate.sh`.
+const GO_PACKAGES: [&str; 6] = [
+    "golang-go",
+    "golang-google-grpc-dev",
+    "golang-google-protobuf-dev",
+    "golang-github-golang-protobuf-1-5-dev",
+    "protoc-gen-go",
+    "protoc-gen-go-grpc",
+];
+
 /// Where the CRI API's `.proto` goes, under the target directory, gogoproto options stripped.
 /// `tests/build.rs` compiles it from there (and names the same path).
 const CRI_PROTO: &str = "cri-api/api.proto";
@@ -54,7 +67,8 @@ const CRI_PROTO_IN_PACKAGE: &str =
 #[derive(clap::Args)]
 pub struct Args {
     /// Also install what the tests need: containerd, ctr, runc, a static busybox, the stock
-    /// gRPC clients (Python grpcio, Node @grpc/grpc-js) under target/, Docker and podman,
+    /// gRPC clients (Python grpcio, Node @grpc/grpc-js) under target/, Debian's Go and grpc-go
+    /// (for clients/go), clang and libbpf's headers, Docker and podman,
     /// cargo-fuzz, and fetch the CRI API's .proto.
     #[arg(long)]
     for_tests: bool,
@@ -84,6 +98,7 @@ pub fn run(options: &Options) -> Result<()> {
         let tools = util::Metadata::load()?.target_dir()?.join(CLIENT_TOOLS);
         step("python gRPC client", || python_client(&mut apt, &tools))?;
         step("node gRPC client", || node_client(&mut apt, &tools))?;
+        step("go gRPC client", || go_client(&mut apt))?;
         step("CRI API", cri_api)?;
         cargo_fuzz()?;
     }
@@ -535,6 +550,36 @@ fn node_client(apt: &mut Apt, tools: &Path) -> Result<()> {
         ])
         .args(&wanted);
     install_packages(&wanted, &mut install)
+}
+
+/// Debian's Go, grpc-go, protobuf and protoc plugins ([`GO_PACKAGES`]), for the Go client tests.
+/// Installed packages are told by dpkg (the 1-3 and 1-5 golang/protobuf packages ship the same
+/// paths, so files alone cannot tell them apart).
+fn go_client(apt: &mut Apt) -> Result<()> {
+    let installed = |package: &str| {
+        output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+            .is_ok_and(|status| status == "install ok installed")
+    };
+    let missing: Vec<&str> = GO_PACKAGES.into_iter().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        let version = output(Command::new("go").arg("version"))?;
+        say(format!(
+            "{version} with Debian's grpc-go and protoc plugins present"
+        ));
+        return Ok(());
+    }
+    say(format!(
+        "Go client packages missing: {}",
+        missing.join(", ")
+    ));
+    apt.install(&missing)?;
+    match probe("go", &["version"]) {
+        Probe::Works(version) => say(format!("{version} installed")),
+        Probe::NotFound => bail!("go is still not on PATH after installing golang-go"),
+        Probe::Fails(why) => bail!("go was installed but `go version` fails: {why}"),
+    }
+    require_tool("protoc-gen-go")?;
+    require_tool("protoc-gen-go-grpc")
 }
 
 /// The CRI API's `.proto` for `tests/tests/cri.rs`: Debian's `golang-github-kubernetes-cri-api-dev`
