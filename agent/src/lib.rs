@@ -217,7 +217,7 @@ impl Agent {
             let gauge_state = Arc::clone(&state);
             let registry = metrics::exposition::registry(
                 Arc::clone(&metrics),
-                Box::new(move || gauge_state.gauges()),
+                Box::new(move || gauges(&gauge_state)),
             );
             agent.spawn(
                 task::METRICS,
@@ -569,4 +569,20 @@ fn api_settings(config: &Config) -> Result<api::server::ServerSettings, Error> {
 /// task died.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     Agent::start(config, shutdown).await?.wait().await
+}
+
+/// The sizes and flags the metrics endpoint shows, read from `state` now
+/// (each under its own short read lock).
+pub(crate) fn gauges(state: &State) -> metrics::exposition::Gauges {
+    let (live_processes, exited_processes) = {
+        let table = state.table();
+        (table.live_len(), table.exited_len())
+    };
+    metrics::exposition::Gauges {
+        live_processes,
+        exited_processes,
+        containers: state.containers().len(),
+        containerd_connected: state.containerd_connected(),
+        containerd_synced: state.containerd_synced(),
+    }
 }

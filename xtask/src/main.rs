@@ -4,6 +4,7 @@
 //! printed before they run and run with their output visible. See `docs/development.md`.
 
 mod bench;
+mod debian;
 mod fuzz;
 mod image;
 mod lint;

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    matrix::{self, debian::LazyDebian},
+    debian::{self, LazyDebian},
     util::{self, cargo, nightly, output, probe, Metadata, Probe},
 };
 
@@ -597,7 +597,7 @@ fn cri_api() -> Result<()> {
         "CRI API not found ({}): fetching Debian's {CRI_PACKAGE}",
         proto.display()
     ));
-    let mut debian = LazyDebian::new(matrix::apt_dir(&target));
+    let mut debian = LazyDebian::new(debian::apt_dir(&target));
     let debian = debian.get()?;
     let (suite, version) = debian.with_fresh_retry(|d| {
         CRI_SUITES
@@ -611,7 +611,7 @@ fn cri_api() -> Result<()> {
         .prefix("pidmap-cri-api-")
         .tempdir()
         .context("cannot create a temp dir")?;
-    matrix::debian::extract_matching(&deb, CRI_PROTO_IN_PACKAGE, unpacked.path())?;
+    debian::extract_matching(&deb, CRI_PROTO_IN_PACKAGE, unpacked.path())?;
     let _ = fs::remove_file(&deb);
     let original = unpacked.path().join(CRI_PROTO_IN_PACKAGE);
     let text = fs::read_to_string(&original)

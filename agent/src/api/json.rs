@@ -107,7 +107,7 @@ pub fn watch_event(event: &Event) -> Value {
 /// An error: `{"error": {"code": "InvalidArgument", "message": …}}`, the
 /// code named as in the request metrics (grpc-go's names).
 pub fn error(code: tonic::Code, message: &str) -> Value {
-    json!({"error": {"code": crate::metrics::code_name(code), "message": message}})
+    json!({"error": {"code": crate::util::code_name(code), "message": message}})
 }
 
 /// A process record as OpenTelemetry resource attributes (semantic

@@ -296,7 +296,7 @@ async fn serve_connection(
         }
     };
     if let Err(error) = served {
-        debug!(error = %crate::error::chain(&*error), "API connection ended with an error");
+        debug!(error = %crate::util::chain(&*error), "API connection ended with an error");
     }
 }
 

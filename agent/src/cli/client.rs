@@ -87,7 +87,7 @@ pub async fn connect(socket: &Path) -> Result<PidmapClient<Channel>, Failure> {
 }
 
 fn unreachable(e: &pidmap_client::ConnectError) -> Failure {
-    let error = crate::error::chain(e);
+    let error = crate::util::chain(e);
     Failure {
         code: EXIT_UNREACHABLE,
         message: if e.may_be_unreachable() {

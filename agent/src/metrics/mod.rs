@@ -21,7 +21,7 @@ use std::{
 
 use agent_common::EventKind;
 
-use crate::util::duration_ns as nanos;
+use crate::util::{code_name, duration_ns as nanos};
 use histogram::{Buckets, LogHistogram, REQUEST_BOUNDS_NS, RESOLVABLE_BOUNDS_NS};
 
 /// Most (method, code) request series kept; later ones are counted under
@@ -104,31 +104,6 @@ impl Requests {
             .collect();
         all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         all
-    }
-}
-
-/// The name of a gRPC status code as Prometheus gRPC metrics spell it
-/// (`OK`, `NotFound`, `InvalidArgument`, …).
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
     }
 }
 

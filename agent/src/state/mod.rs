@@ -373,22 +373,6 @@ impl State {
     pub fn process_by_key(&self, key: ProcKey) -> Option<Process> {
         self.table().get_key(key).cloned()
     }
-
-    /// The sizes and flags the metrics endpoint shows, read now (each
-    /// under its own short read lock).
-    pub fn gauges(&self) -> crate::metrics::exposition::Gauges {
-        let (live_processes, exited_processes) = {
-            let table = self.table();
-            (table.live_len(), table.exited_len())
-        };
-        crate::metrics::exposition::Gauges {
-            live_processes,
-            exited_processes,
-            containers: self.containers().len(),
-            containerd_connected: self.containerd_connected(),
-            containerd_synced: self.containerd_synced(),
-        }
-    }
 }
 
 /// The only writer of the process table and the cgroup path cache: the

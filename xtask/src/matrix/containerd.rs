@@ -18,10 +18,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    debian::{self, LazyDebian},
     report::{Cell, Row, Verdict},
     say, Containerd,
 };
+use crate::debian::{self, LazyDebian};
 use crate::util::{cargo, display, fmt_duration, probe, Probe};
 
 /// The fixture's variable for a directory holding `containerd`, `ctr` and

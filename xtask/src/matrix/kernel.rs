@@ -24,10 +24,10 @@ use anyhow::{bail, Context as _, Result};
 
 use super::{
     cpio,
-    debian::{self, Debian},
     report::{Cell, Row, Verdict},
     say, Kernel, Layout,
 };
+use crate::debian::{self, Debian};
 use crate::util::{self, display, fmt_duration, output};
 
 /// The checks, in the order `checks.sh` runs them (its `CHECKS`).

@@ -10,7 +10,6 @@
 
 mod containerd;
 mod cpio;
-pub mod debian;
 mod kernel;
 mod report;
 
@@ -24,11 +23,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use self::{
-    debian::LazyDebian,
-    report::{Report, Row, Section},
-};
+use self::report::{Report, Row, Section};
 use crate::{
+    debian::{self, LazyDebian},
     setup,
     util::{cargo, fmt_duration, is_root, output, probe, run_shown, Metadata, Probe},
 };
@@ -264,13 +261,7 @@ fn machine() -> String {
 
 /// The matrix's download cache, `target/matrix-cache/` (kept between runs).
 fn cache_dir(target: &Path) -> PathBuf {
-    target.join("matrix-cache")
-}
-
-/// The private apt state (sources list, package lists, `.deb` cache) under the matrix's
-/// cache, shared with setup's download of the CRI API (see [`debian`]).
-pub fn apt_dir(target: &Path) -> PathBuf {
-    cache_dir(target).join("apt")
+    target.join(debian::CACHE)
 }
 
 /// Runs `plan` (started by `command`, which the report names), prints the table and writes
@@ -297,7 +288,7 @@ pub fn run_plan(plan: &Plan, command: &str) -> Result<()> {
         .prefix("pidmap-matrix-")
         .tempdir()
         .context("cannot create a temp dir")?;
-    let mut debian = LazyDebian::new(apt_dir(&target));
+    let mut debian = LazyDebian::new(debian::apt_dir(&target));
 
     let mut report = Report::default();
     if !plan.vms.is_empty() || plan.host {

@@ -34,7 +34,10 @@ fn state() -> Agent {
 /// The registry a running agent serves.
 fn registry_of(a: &Agent) -> Registry {
     let state = Arc::clone(&a.state);
-    registry(a.state.metrics_handle(), Box::new(move || state.gauges()))
+    registry(
+        a.state.metrics_handle(),
+        Box::new(move || crate::gauges(&state)),
+    )
 }
 
 fn event(kind: EventKind, pid: u32) -> KernelEvent {

@@ -5,6 +5,8 @@
 //! `/etc/apt/sources.list.d/debian.sources` names (read at run time, never written down
 //! here). Exact package versions are looked up at run time too, so the matrix follows the
 //! suites as Debian updates them.
+//!
+//! Shared by the matrix (kernels, containerd versions) and setup (the CRI API's `.proto`).
 
 use std::{
     fs,
@@ -16,6 +18,15 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::util::{self, output};
+
+/// The matrix's cache under the target directory (kernels, containerd builds, and the
+/// private apt state).
+pub const CACHE: &str = "matrix-cache";
+
+/// The private apt state (sources list, package lists, `.deb` cache), under [`CACHE`].
+pub fn apt_dir(target: &Path) -> PathBuf {
+    target.join(CACHE).join("apt")
+}
 
 /// Where the system's Debian sources are (deb822 format).
 const SYSTEM_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
