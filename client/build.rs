@@ -10,6 +10,12 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed={proto}");
     tonic_prost_build::configure()
         .server_mod_attribute("pidmap.v1", r#"#[cfg(feature = "server")]"#)
+        // The agent's HTTP/JSON `Status` is this message as it is: every
+        // field, by its proto name, with no list kept by hand.
+        .type_attribute(
+            "pidmap.v1.StatusResponse",
+            r#"#[cfg_attr(feature = "server", derive(serde::Serialize))]"#,
+        )
         .file_descriptor_set_path(out.join("pidmap_descriptor.bin"))
         .compile_protos(&[proto], &["../proto"])
         .context("compile proto/pidmap/v1/pidmap.proto (needs protoc: cargo xtask setup)")?;

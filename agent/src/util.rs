@@ -69,6 +69,41 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// Pause after a failed accept (out of file descriptors, …) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The next connection from `accept` (a listener's `accept()`); a failure
+/// (EMFILE and friends) is logged, with `what` the listener, and retried
+/// after a pause. `None` once `shutdown` fires. Shared by the API's and
+/// the metrics endpoint's accept loops.
+pub async fn accept_next<T, E, F>(
+    shutdown: &tokio_util::sync::CancellationToken,
+    what: &str,
+    mut accept: impl FnMut() -> F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return None,
+            accepted = accept() => accepted,
+        };
+        match accepted {
+            Ok(conn) => return Some(conn),
+            Err(error) => {
+                tracing::warn!(%error, "{what}: accept failed; pausing {ACCEPT_BACKOFF:?}");
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ pub const AUTHORITY: &str = "localhost";
 /// Largest response message accepted: the agent's own limit for what it
 /// sends (a full `ResolveBatch` or `ListProcesses` of a busy node is larger
 /// than gRPC's 4 MiB default).
-const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How to reach the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]

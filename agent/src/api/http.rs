@@ -41,10 +41,6 @@ use super::{
 /// Response bodies (the gRPC routes' type, so both share one server).
 pub type Body = tonic::body::Body;
 
-/// The endpoints, for the answer to an unknown path.
-const ENDPOINTS: &str = "GET /v1/processes/{pid}, /v1/processes?pid=…, /v1/containers, \
-                         /v1/containers/{id}/processes, /v1/whoami, /v1/status, /v1/watch";
-
 /// An HTTP request that is answered with an error.
 #[derive(Debug)]
 pub struct HttpError {
@@ -99,70 +95,103 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// What a path asks for.
+/// One HTTP endpoint: its path under `/v1/` (a `{…}` segment captures
+/// one, percent-decoded), the RPC it is (its policy and its metrics) and
+/// the query parameters it takes. The one list of the HTTP routes.
+#[derive(Debug, PartialEq, Eq)]
+struct Endpoint {
+    path: &'static [&'static str],
+    method: Method,
+    parameters: &'static [&'static str],
+}
+
+const ENDPOINTS: [Endpoint; 7] = [
+    Endpoint {
+        path: &["processes", "{pid}"],
+        method: Method::Resolve,
+        parameters: &["start_time", "format"],
+    },
+    Endpoint {
+        path: &["processes"],
+        method: Method::ResolveBatch,
+        parameters: &["pid", "format"],
+    },
+    Endpoint {
+        path: &["containers"],
+        method: Method::ListContainers,
+        parameters: &[
+            "namespace",
+            "pod",
+            "pod_namespace",
+            "label",
+            "all",
+            "format",
+        ],
+    },
+    Endpoint {
+        path: &["containers", "{id}", "processes"],
+        method: Method::ListProcesses,
+        parameters: &["namespace", "format"],
+    },
+    Endpoint {
+        path: &["whoami"],
+        method: Method::WhoAmI,
+        parameters: &["format"],
+    },
+    Endpoint {
+        path: &["status"],
+        method: Method::Status,
+        parameters: &[],
+    },
+    Endpoint {
+        path: &["watch"],
+        method: Method::Watch,
+        parameters: &[],
+    },
+];
+
+/// The endpoints, for the answer to an unknown path.
+fn endpoint_list() -> String {
+    let paths: Vec<String> = ENDPOINTS
+        .iter()
+        .map(|e| format!("/v1/{}", e.path.join("/")))
+        .collect();
+    format!("GET {}", paths.join(", "))
+}
+
+/// What a path asks for: its endpoint, and the segment it captured.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
-    /// `/v1/processes/{pid}`, the pid as given.
-    Process(String),
-    /// `/v1/processes`
-    Processes,
-    /// `/v1/containers`
-    Containers,
-    /// `/v1/containers/{id}/processes`, the id decoded.
-    ContainerProcesses(String),
-    WhoAmI,
-    Status,
-    Watch,
+struct Route {
+    endpoint: &'static Endpoint,
+    capture: Option<String>,
 }
 
 impl Route {
     fn parse(path: &str) -> Option<Self> {
         let rest = path.strip_prefix("/v1/")?;
         let parts: Vec<&str> = rest.split('/').collect();
-        Some(match parts.as_slice() {
-            ["processes"] => Self::Processes,
-            ["processes", pid] if !pid.is_empty() => Self::Process((*pid).to_owned()),
-            ["containers"] => Self::Containers,
-            ["containers", id, "processes"] if !id.is_empty() => {
-                Self::ContainerProcesses(decode(id).ok()?)
+        ENDPOINTS.iter().find_map(|endpoint| {
+            if endpoint.path.len() != parts.len() {
+                return None;
             }
-            ["whoami"] => Self::WhoAmI,
-            ["status"] => Self::Status,
-            ["watch"] => Self::Watch,
-            _ => return None,
+            let mut capture = None;
+            for (want, got) in endpoint.path.iter().zip(&parts) {
+                if want.starts_with('{') {
+                    if got.is_empty() {
+                        return None;
+                    }
+                    capture = Some(decode(got).ok()?);
+                } else if want != got {
+                    return None;
+                }
+            }
+            Some(Self { endpoint, capture })
         })
     }
 
-    /// The gRPC method this route is: its policy and its metrics.
+    /// The gRPC method this route is.
     fn method(&self) -> Method {
-        match self {
-            Self::Process(_) => Method::Resolve,
-            Self::Processes => Method::ResolveBatch,
-            Self::Containers => Method::ListContainers,
-            Self::ContainerProcesses(_) => Method::ListProcesses,
-            Self::WhoAmI => Method::WhoAmI,
-            Self::Status => Method::Status,
-            Self::Watch => Method::Watch,
-        }
-    }
-
-    /// The query parameters the route takes.
-    fn parameters(&self) -> &'static [&'static str] {
-        match self {
-            Self::Process(_) => &["start_time", "format"],
-            Self::Processes => &["pid", "format"],
-            Self::Containers => &[
-                "namespace",
-                "pod",
-                "pod_namespace",
-                "label",
-                "all",
-                "format",
-            ],
-            Self::ContainerProcesses(_) => &["namespace", "format"],
-            Self::WhoAmI => &["format"],
-            Self::Status | Self::Watch => &[],
-        }
+        self.endpoint.method
     }
 }
 
@@ -350,7 +379,7 @@ impl Ask {
             refuse(HttpError::new(
                 StatusCode::NOT_FOUND,
                 Code::NotFound,
-                format!("no endpoint {}; there are {ENDPOINTS}", uri.path()),
+                format!("no endpoint {}; there are {}", uri.path(), endpoint_list()),
             ))
         })?;
         if method != HttpMethod::GET {
@@ -370,17 +399,18 @@ impl Ask {
     /// What `route` asks with the query `query`.
     fn of(route: Route, query: Option<&str>, batch_limit: usize) -> Result<Self, HttpError> {
         let query = Query::parse(query)?;
-        query.only(route.parameters())?;
+        query.only(route.endpoint.parameters)?;
         let format = query.format()?;
-        Ok(match route {
-            Route::Process(pid) => {
-                let mut request = pid_and_start(&pid)?;
+        let capture = route.capture.unwrap_or_default();
+        Ok(match route.endpoint.method {
+            Method::Resolve => {
+                let mut request = pid_and_start(&capture)?;
                 if let Some(start) = query.one("start_time")? {
                     request.start_time = Some(start_time(start)?);
                 }
                 Self::Process { request, format }
             }
-            Route::Processes => {
+            Method::ResolveBatch => {
                 let requests = query
                     .all("pid")
                     .map(pid_and_start)
@@ -400,7 +430,7 @@ impl Ask {
                 }
                 Self::Processes { requests, format }
             }
-            Route::Containers => Self::Containers {
+            Method::ListContainers => Self::Containers {
                 filter: proto::ListContainersRequest {
                     runtime_namespace: query.one("namespace")?.map(str::to_owned),
                     pod_name: query.one("pod")?.map(str::to_owned),
@@ -410,16 +440,16 @@ impl Ask {
                 },
                 format,
             },
-            Route::ContainerProcesses(container_id) => Self::ContainerProcesses {
+            Method::ListProcesses => Self::ContainerProcesses {
                 request: proto::ListProcessesRequest {
-                    container_id,
+                    container_id: capture,
                     runtime_namespace: query.one("namespace")?.map(str::to_owned),
                 },
                 format,
             },
-            Route::WhoAmI => Self::WhoAmI { format },
-            Route::Status => Self::Status,
-            Route::Watch => Self::Watch,
+            Method::WhoAmI => Self::WhoAmI { format },
+            Method::Status => Self::Status,
+            Method::Watch => Self::Watch,
         })
     }
 
@@ -574,15 +604,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_method_has_one_endpoint_and_the_list_names_them_all() {
+        for method in Method::ALL {
+            let n = ENDPOINTS.iter().filter(|e| e.method == method).count();
+            assert_eq!(n, 1, "{method:?}");
+        }
+        let list = endpoint_list();
+        assert!(
+            list.starts_with("GET /v1/processes/{pid}, /v1/processes,"),
+            "{list}"
+        );
+        assert!(list.ends_with("/v1/status, /v1/watch"), "{list}");
+    }
+
+    #[test]
     fn routes_are_found_by_their_paths() {
-        assert_eq!(Route::parse("/v1/processes"), Some(Route::Processes));
+        let parsed = |path| Route::parse(path).map(|r| (r.method(), r.capture));
+        assert_eq!(parsed("/v1/processes"), Some((Method::ResolveBatch, None)));
         assert_eq!(
-            Route::parse("/v1/processes/4711"),
-            Some(Route::Process("4711".into()))
+            parsed("/v1/processes/4711"),
+            Some((Method::Resolve, Some("4711".into())))
         );
         assert_eq!(
-            Route::parse("/v1/containers/a%2Fb/processes"),
-            Some(Route::ContainerProcesses("a/b".into()))
+            parsed("/v1/containers/a%2Fb/processes"),
+            Some((Method::ListProcesses, Some("a/b".into())))
         );
         for path in ["/v1/status", "/v1/whoami", "/v1/watch", "/v1/containers"] {
             assert!(Route::parse(path).is_some(), "{path}");

@@ -71,21 +71,7 @@ pub fn container(c: &proto::Container) -> Value {
 
 /// The agent's readiness and counters.
 pub fn status(s: &proto::StatusResponse) -> Value {
-    json!({
-        "ready": s.ready,
-        "processes": s.processes,
-        "exited_processes": s.exited_processes,
-        "containers": s.containers,
-        "events_received": s.events_received,
-        "events_lost": s.events_lost,
-        "containerd_connected": s.containerd_connected,
-        "containerd_synced": s.containerd_synced,
-        "containerd_reconnects": s.containerd_reconnects,
-        "rescans": s.rescans,
-        "repairing": s.repairing,
-        "catch_up_timeouts": s.catch_up_timeouts,
-        "version": s.version,
-    })
+    serde_json::to_value(s).unwrap_or_else(|e| error(tonic::Code::Internal, &e.to_string()))
 }
 
 /// A `Watch` event as one JSON line: `{"event": KIND, "record"|"container": …}`.
@@ -194,6 +180,40 @@ fn split_image(image: &str) -> Option<(&str, Option<&str>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_has_every_field_of_the_message_by_its_proto_name() {
+        use prost::Message as _;
+        let s = proto::StatusResponse {
+            ready: true,
+            version: "1.2.3".into(),
+            catch_up_timeouts: 7,
+            ..Default::default()
+        };
+        let v = status(&s);
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        // Every field the descriptor the agent serves (reflection) names.
+        let set = prost_types::FileDescriptorSet::decode(pidmap_client::proto::FILE_DESCRIPTOR_SET)
+            .unwrap();
+        let fields: Vec<String> = set
+            .file
+            .iter()
+            .flat_map(|f| &f.message_type)
+            .filter(|m| m.name() == "StatusResponse")
+            .flat_map(|m| m.field.iter().map(|f| f.name().to_owned()))
+            .collect();
+        assert!(!fields.is_empty());
+        let mut want: Vec<&str> = fields.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        let mut got = keys.clone();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(
+            (v["ready"].as_bool(), v["catch_up_timeouts"].as_u64()),
+            (Some(true), Some(7))
+        );
+        assert_eq!(v["version"], "1.2.3");
+    }
 
     #[test]
     fn image_references_split_into_name_and_tag() {

@@ -184,14 +184,9 @@ pub async fn serve(
             biased;
             () = shutdown.cancelled() => break,
             Some(_) = connections.join_next() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // EMFILE and friends: report, accept again a bit later.
-                    warn!(%error, "accept failed; pausing 100 ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            accepted = crate::util::accept_next(&shutdown, "API", || listener.accept()) => match accepted {
+                Some((stream, _)) => stream,
+                None => break,
             },
         };
         let peer = match Peer::of(&stream, &settings.proc_root) {
@@ -329,7 +324,7 @@ impl App {
             &PolicyLayer::new(policy.clone()),
             PidmapServer::from_arc(Arc::clone(&service))
                 .max_decoding_message_size(settings.max_request_bytes)
-                .max_encoding_message_size(64 * 1024 * 1024),
+                .max_encoding_message_size(pidmap_client::MAX_RESPONSE_BYTES),
         );
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter

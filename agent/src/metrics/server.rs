@@ -68,8 +68,6 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Most request headers accepted.
 const MAX_HEADERS: usize = 32;
-/// Pause after a failed accept (e.g. out of file descriptors).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The server's bounds; [`Limits::default`] holds the constants above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,28 +142,18 @@ impl MetricsServer {
                     Err(_closed) => break,
                 },
             };
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
+            let Some((stream, peer)) =
+                crate::util::accept_next(&shutdown, "metrics", || self.listener.accept()).await
+            else {
+                break;
             };
-            match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(
-                        stream,
-                        peer,
-                        Arc::clone(&registry),
-                        self.limits,
-                        permit,
-                    ));
-                }
-                Err(error) => {
-                    warn!(%error, "cannot accept a metrics connection");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
-                    }
-                }
-            }
+            connections.spawn(serve_connection(
+                stream,
+                peer,
+                Arc::clone(&registry),
+                self.limits,
+                permit,
+            ));
         }
         connections.shutdown().await;
         debug!("metrics server stopped");

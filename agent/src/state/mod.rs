@@ -21,7 +21,7 @@ use std::{
 
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-pub use table::{Process, ProcessState, ProcessTable, ReconcileStats};
+pub use table::{Process, ProcessState, ProcessTable, ScanStats};
 
 use container::ContainerKey;
 use containers::ContainerStore;

@@ -48,9 +48,10 @@ pub struct Process {
     pub parent_ns: u64,
 }
 
-/// What a scan reconcile changed.
+/// What reconciling the table with a /proc scan changed (the container
+/// store's reconcile with containerd has its own `containers::ReconcileStats`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ReconcileStats {
+pub struct ScanStats {
     /// Processes the table did not know.
     pub added: usize,
     /// Live entries whose process was gone (their exit was missed).
@@ -433,9 +434,9 @@ impl ProcessTable {
     /// with what events already said: events newer than the scan win, an
     /// event-reported exit is never undone, and a live entry last heard of
     /// before the scan started and absent from it has exited.
-    pub fn apply_scan(&mut self, scan: &ScanResult, now_ns: u64) -> ReconcileStats {
+    pub fn apply_scan(&mut self, scan: &ScanResult, now_ns: u64) -> ScanStats {
         let started = scan.started_at_monotonic_ns;
-        let mut stats = ReconcileStats::default();
+        let mut stats = ScanStats::default();
         let mut seen = std::collections::HashSet::with_capacity(scan.processes.len());
         for sp in &scan.processes {
             seen.insert(sp.key.pid);
