@@ -270,4 +270,11 @@ mod user {
     unsafe impl aya::Pod for super::RawAttachEvent {}
     unsafe impl aya::Pod for super::KernelConfig {}
     unsafe impl aya::Pod for super::ContainerRecord {}
+
+    // SAFETY: as above: repr(C), Copy, no padding left implicit, every bit
+    // pattern valid, all-zero included.
+    unsafe impl bytemuck::Zeroable for super::RawEvent {}
+    unsafe impl bytemuck::Pod for super::RawEvent {}
+    unsafe impl bytemuck::Zeroable for super::RawAttachEvent {}
+    unsafe impl bytemuck::Pod for super::RawAttachEvent {}
 }

@@ -412,35 +412,10 @@ pub fn group_id(group: &str) -> Option<u32> {
     if let Ok(gid) = group.parse() {
         return Some(gid);
     }
-    let name = std::ffi::CString::new(group).ok()?;
-    let mut grp = zeroed_group();
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    let mut buf = vec![0u8; 1024];
-    loop {
-        // SAFETY: every pointer is valid for the call; `buf` is writable for
-        // `buf.len()` bytes and outlives the call; `grp` and `result` are
-        // ours.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                name.as_ptr(),
-                &raw mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &raw mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        return (rc == 0 && !result.is_null()).then_some(grp.gr_gid);
-    }
-}
-
-fn zeroed_group() -> libc::group {
-    // SAFETY: `struct group` is plain data (integers and pointers) for which
-    // all-zero is a valid value.
-    unsafe { std::mem::zeroed() }
+    nix::unistd::Group::from_name(group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::ffi::CStr;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -407,21 +407,13 @@ impl ProcDir {
 
     /// Replaces the contents of `data` with the contents of file `name`.
     fn read(&self, name: &CStr, data: &mut Vec<u8>) -> io::Result<()> {
-        // SAFETY: the directory fd is open for as long as `self` lives and
-        // `name` is NUL-terminated; the result is checked before use.
-        let fd = unsafe {
-            libc::openat(
-                self.0.as_raw_fd(),
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened by us and is owned by nothing else.
-        let file = unsafe { File::from_raw_fd(fd) };
-        read_all(file, data)
+        let fd = rustix::fs::openat(
+            &self.0,
+            name,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        read_all(File::from(fd), data)
     }
 }
 

@@ -127,8 +127,7 @@ impl Peer {
 }
 
 fn stream_fd(stream: &UnixStream) -> BorrowedFd<'_> {
-    // SAFETY: the fd is open for as long as `stream` is borrowed.
-    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
+    stream.as_fd()
 }
 
 /// Whether the process of `pidfd` has exited (a pidfd polls readable
@@ -225,12 +224,10 @@ mod tests {
             Some(ProcKey::new(std::process::id(), own.start_time))
         );
         assert_eq!(peer.has_exited(), Some(false));
-        // SAFETY: plain syscalls without arguments.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        assert_eq!((peer.uid, peer.gid), (uid, gid));
-        // SAFETY: a size query writes nothing.
-        let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-        assert_eq!(peer.groups.len(), usize::try_from(count).expect("count"));
+        let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
+        assert_eq!((peer.uid, peer.gid), (uid.as_raw(), gid.as_raw()));
+        let groups = rustix::process::getgroups().expect("getgroups");
+        assert_eq!(peer.groups.len(), groups.len());
     }
 
     #[test]

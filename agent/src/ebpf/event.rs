@@ -63,18 +63,14 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
     if record.len() < RAW_EVENT_SIZE {
         return Err(DecodeError::Short { len: record.len() });
     }
-    // SAFETY: the length was checked; RawEvent is plain data valid for any
-    // bit pattern; read_unaligned copes with any alignment of the slice.
-    let raw: RawEvent = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<RawEvent>()) };
+    let raw: RawEvent = bytemuck::pod_read_unaligned(&record[..RAW_EVENT_SIZE]);
     let mut ev = from_raw(&raw)?;
     if ev.kind == EventKind::CgroupAttach {
         let bad = DecodeError::BadAttach { len: record.len() };
         if record.len() < RAW_ATTACH_EVENT_SIZE {
             return Err(bad);
         }
-        // SAFETY: as above, for the longer record.
-        let full: RawAttachEvent =
-            unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<RawAttachEvent>()) };
+        let full: RawAttachEvent = bytemuck::pod_read_unaligned(&record[..RAW_ATTACH_EVENT_SIZE]);
         let hierarchy = if raw.flags & FLAG_ATTACH_UNIFIED != 0 {
             Hierarchy::V2
         } else if raw.flags & FLAG_ATTACH_MEMORY != 0 {
@@ -145,9 +141,7 @@ mod tests {
     }
 
     fn bytes(r: &RawEvent) -> Vec<u8> {
-        // SAFETY: RawEvent is repr(C) plain data of RAW_EVENT_SIZE bytes.
-        unsafe { std::slice::from_raw_parts((r as *const RawEvent).cast::<u8>(), RAW_EVENT_SIZE) }
-            .to_vec()
+        bytemuck::bytes_of(r).to_vec()
     }
 
     #[test]
@@ -211,14 +205,7 @@ mod tests {
     }
 
     fn attach_bytes(a: &RawAttachEvent) -> Vec<u8> {
-        // SAFETY: RawAttachEvent is repr(C) plain data of its asserted size.
-        unsafe {
-            std::slice::from_raw_parts(
-                (a as *const RawAttachEvent).cast::<u8>(),
-                RAW_ATTACH_EVENT_SIZE,
-            )
-        }
-        .to_vec()
+        bytemuck::bytes_of(a).to_vec()
     }
 
     #[test]

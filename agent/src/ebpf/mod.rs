@@ -137,15 +137,14 @@ pub struct Loaded {
 /// Raises RLIMIT_MEMLOCK; failure is expected without CAP_SYS_RESOURCE and
 /// harmless on kernels that account BPF memory through memcg.
 fn raise_memlock() {
-    let limit = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    let unlimited = Rlimit {
+        current: None,
+        maximum: None,
     };
-    // SAFETY: setrlimit reads the struct we pass; no memory is retained.
-    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
-    if ret != 0 {
+    if let Err(error) = setrlimit(Resource::Memlock, unlimited) {
         warn!(
-            error = %std::io::Error::last_os_error(),
+            error = %std::io::Error::from(error),
             "cannot raise RLIMIT_MEMLOCK; continuing (kernels ≥ 5.11 charge BPF memory to the memory cgroup)"
         );
     }
@@ -184,8 +183,7 @@ pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
         loader.map_pin_path(CONTAINERS_MAP, pin.as_path());
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
+        let euid = rustix::process::geteuid().as_raw();
         if euid != 0 {
             LoadError::NotPermitted { euid, source }
         } else {

@@ -94,9 +94,7 @@ unsafe impl Sync for Pages {}
 
 impl Positions {
     fn map(ring: &RingBuf<MapData>) -> io::Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-            .map_err(|_| io::Error::other("cannot read the page size"))?;
+        let page = rustix::param::page_size();
         let len = 2 * page;
         // SAFETY: a fresh read-only shared mapping of the ring buffer map's
         // fd at offset 0: the consumer page, then the producer page (the BPF
