@@ -1,7 +1,7 @@
 //! Latency histograms on atomics: recording is a few relaxed atomic adds and
 //! takes no lock. [`Buckets`] has the fixed bounds the Prometheus
-//! exposition shows; [`LogHistogram`] has fine log-linear buckets for
-//! percentiles (benchmarks, `pidmap status`).
+//! exposition shows; fine percentiles (benchmarks) are an HDR histogram in
+//! [`Latency`](super::Latency).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -104,115 +104,6 @@ impl Buckets {
     }
 }
 
-/// Sub-buckets per power of two in a [`LogHistogram`]: values are kept
-/// within 1/8 (12.5 %) of their true size.
-const SUB_BITS: u32 = 3;
-const SUBS: usize = 1 << SUB_BITS;
-/// Buckets of a [`LogHistogram`]: every u64 has one.
-const LOG_BUCKETS: usize = (64 - SUB_BITS as usize + 1) * SUBS;
-
-/// A histogram of nanosecond values in log-linear buckets (8 per power of
-/// two) on atomics, for percentiles without a lock.
-#[derive(Debug)]
-pub struct LogHistogram {
-    counts: Box<[AtomicU64]>,
-}
-
-impl Default for LogHistogram {
-    fn default() -> Self {
-        Self {
-            counts: (0..LOG_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-}
-
-impl LogHistogram {
-    /// The bucket of `v`: exact below 8, then 8 per power of two.
-    fn index(v: u64) -> usize {
-        if v < SUBS as u64 {
-            return v as usize;
-        }
-        let exp = 63 - v.leading_zeros(); // ≥ SUB_BITS
-        let sub = (v >> (exp - SUB_BITS)) as usize & (SUBS - 1);
-        (exp - SUB_BITS + 1) as usize * SUBS + sub
-    }
-
-    /// The largest value that falls in bucket `i`.
-    fn upper(i: usize) -> u64 {
-        if i < SUBS {
-            return i as u64;
-        }
-        let exp = (i / SUBS) as u32 + SUB_BITS - 1;
-        let sub = (i % SUBS) as u64;
-        let low = (1u64 << exp) | (sub << (exp - SUB_BITS));
-        low.saturating_add((1u64 << (exp - SUB_BITS)) - 1)
-    }
-
-    /// Counts one value.
-    pub fn record(&self, v: u64) {
-        if let Some(c) = self.counts.get(Self::index(v)) {
-            c.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// Number of values counted.
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Relaxed)).sum()
-    }
-
-    /// A copy of the counts now (to take percentiles of what was counted
-    /// between two copies, see [`Counts::since`]).
-    pub fn counts(&self) -> Counts {
-        Counts(self.counts.iter().map(|c| c.load(Relaxed)).collect())
-    }
-
-    /// The value at quantile `q` (0 to 1), as its bucket's upper end (at
-    /// most 12.5 % above the true value); `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<u64> {
-        self.counts().quantile(q)
-    }
-}
-
-/// A copy of a [`LogHistogram`]'s counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Counts(Vec<u64>);
-
-impl Counts {
-    /// What was counted after `earlier` (a copy of the same histogram).
-    pub fn since(&self, earlier: &Self) -> Self {
-        Self(
-            self.0
-                .iter()
-                .zip(earlier.0.iter().chain(std::iter::repeat(&0)))
-                .map(|(now, then)| now.saturating_sub(*then))
-                .collect(),
-        )
-    }
-
-    /// Number of values.
-    pub fn count(&self) -> u64 {
-        self.0.iter().sum()
-    }
-
-    /// The value at quantile `q` (0 to 1), as its bucket's upper end (at
-    /// most 12.5 % above the true value); `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<u64> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, n) in self.0.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(LogHistogram::upper(i));
-            }
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,30 +129,6 @@ mod tests {
             vec![(1e-8, 2), (2e-8, 2), (f64::INFINITY, 2)],
             "le is inclusive; past the last bound is +Inf"
         );
-    }
-
-    #[test]
-    fn log_histogram_quantiles_are_within_an_eighth() {
-        let h = LogHistogram::default();
-        assert_eq!(h.quantile(0.5), None);
-        for v in 1..=1000u64 {
-            h.record(v * 1_000);
-        }
-        assert_eq!(h.count(), 1000);
-        for (q, want) in [(0.5, 500_000f64), (0.99, 990_000.0), (1.0, 1_000_000.0)] {
-            let got = h.quantile(q).unwrap() as f64;
-            assert!(got >= want && got <= want * 1.125, "q{q}: {got} vs {want}");
-        }
-        let before = h.counts();
-        h.record(5_000_000);
-        let since = h.counts().since(&before);
-        assert_eq!(since.count(), 1);
-        assert!(since.quantile(0.5).unwrap() >= 5_000_000);
-        for v in [0, 1, 7, 8, 9, 1023, 1024, u64::MAX] {
-            let i = LogHistogram::index(v);
-            assert!(LogHistogram::upper(i) >= v, "{v}");
-            assert!(i == 0 || LogHistogram::upper(i - 1) < v, "{v}");
-        }
     }
 
     #[test]

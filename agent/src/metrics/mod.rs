@@ -14,15 +14,17 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        RwLock,
+        Mutex, RwLock,
     },
     time::Duration,
 };
 
+use hdrhistogram::Histogram;
+
 use agent_common::EventKind;
 
 use crate::util::{code_name, duration_ns as nanos};
-use histogram::{Buckets, LogHistogram, REQUEST_BOUNDS_NS, RESOLVABLE_BOUNDS_NS};
+use histogram::{Buckets, REQUEST_BOUNDS_NS, RESOLVABLE_BOUNDS_NS};
 
 /// Most (method, code) request series kept; later ones are counted under
 /// method [`OTHER_METHOD`]. Methods are `&'static str`, so this only
@@ -31,19 +33,26 @@ const MAX_REQUEST_SERIES: usize = 256;
 /// The method label of requests past the most series kept (256).
 pub const OTHER_METHOD: &str = "other";
 
-/// A latency histogram in nanoseconds: fine log-linear buckets for
-/// percentiles, and fixed Prometheus buckets (100 µs to 10 s) for the
-/// metrics endpoint. Recording takes no lock.
+/// A latency histogram in nanoseconds: fixed Prometheus buckets (100 µs to
+/// 10 s) for the metrics endpoint, on atomics, and an HDR histogram (two
+/// significant digits, 1 ns to an hour; longer is counted as an hour) for
+/// percentiles, behind a lock taken once per [`record_all`](Self::record_all).
 #[derive(Debug)]
 pub struct Latency {
-    fine: LogHistogram,
+    fine: Mutex<Histogram<u64>>,
     buckets: Buckets,
 }
+
+/// The longest latency the fine histogram tells apart: an hour.
+const FINE_MAX_NS: u64 = 3_600_000_000_000;
 
 impl Default for Latency {
     fn default() -> Self {
         Self {
-            fine: LogHistogram::default(),
+            fine: Mutex::new(
+                Histogram::new_with_bounds(1, FINE_MAX_NS, 2)
+                    .unwrap_or_else(|_| unreachable!("constant, valid bounds")),
+            ),
             buckets: Buckets::new(RESOLVABLE_BOUNDS_NS),
         }
     }
@@ -52,13 +61,22 @@ impl Default for Latency {
 impl Latency {
     /// Records one latency.
     pub fn record(&self, ns: u64) {
-        self.buckets.observe(ns);
-        self.fine.record(ns);
+        self.record_all([ns]);
     }
 
-    /// The fine histogram, for percentiles.
-    pub fn fine(&self) -> &LogHistogram {
-        &self.fine
+    /// Records latencies (a batch's, under one lock).
+    pub fn record_all(&self, ns: impl IntoIterator<Item = u64>) {
+        let mut fine = self.fine.lock().unwrap_or_else(|e| e.into_inner());
+        for ns in ns {
+            self.buckets.observe(ns);
+            fine.saturating_record(ns);
+        }
+    }
+
+    /// A copy of the fine histogram now (percentiles of what was recorded
+    /// between two copies: `later.subtract(&earlier)`).
+    pub fn fine(&self) -> Histogram<u64> {
+        self.fine.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The Prometheus buckets.
@@ -450,10 +468,10 @@ mod tests {
         m.record_container_start_to_resolvable(Duration::from_millis(2));
         m.exec_to_resolvable.record(10);
         let fine = m.container_start_to_resolvable.fine();
-        assert_eq!(fine.count(), 1);
-        assert!(fine.quantile(0.5).unwrap() >= 2_000_000);
+        assert_eq!(fine.len(), 1);
+        assert!(fine.value_at_quantile(0.5) >= 2_000_000);
         assert_eq!(m.container_start_to_resolvable.buckets().count(), 1);
-        assert_eq!(m.exec_to_resolvable.fine().quantile(1.0), Some(10));
+        assert_eq!(m.exec_to_resolvable.fine().max(), 10);
         assert_eq!(m.exec_to_resolvable.buckets().sample().sum_seconds, 1e-8);
     }
 

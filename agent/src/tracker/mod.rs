@@ -363,12 +363,13 @@ impl Tracker {
         let now = monotonic_ns();
         for ev in events {
             self.metrics.count_event(ev.kind);
-            if ev.kind == EventKind::Exec {
-                self.metrics
-                    .exec_to_resolvable
-                    .record(now.saturating_sub(ev.timestamp_ns));
-            }
         }
+        self.metrics.exec_to_resolvable.record_all(
+            events
+                .iter()
+                .filter(|ev| ev.kind == EventKind::Exec)
+                .map(|ev| now.saturating_sub(ev.timestamp_ns)),
+        );
         if self.orphans.len() > 0 {
             self.orphans.start();
         }

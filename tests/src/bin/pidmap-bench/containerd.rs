@@ -236,7 +236,7 @@ fn start_to_resolvable(ctrd: &Containerd, state: &Arc<State>, n: usize) -> Resul
 
 fn exec_to_resolvable(ctrd: &Containerd, state: &Arc<State>) -> Result<()> {
     let execs = 1_000;
-    let before = state.metrics().exec_to_resolvable.fine().counts();
+    let before = state.metrics().exec_to_resolvable.fine();
     let script = format!(
         "i=0; while [ $i -lt {execs} ]; do /bin/true; i=$((i+1)); done; exec /bin/sleep 1000"
     );
@@ -249,16 +249,12 @@ fn exec_to_resolvable(ctrd: &Containerd, state: &Arc<State>) -> Result<()> {
     })
     .context("exec loop finished")?;
     settle();
-    let after = state
-        .metrics()
-        .exec_to_resolvable
-        .fine()
-        .counts()
-        .since(&before);
-    let ms = |q| after.quantile(q).unwrap_or(0) as f64 / 1e6;
+    let mut after = state.metrics().exec_to_resolvable.fine();
+    after.subtract(&before)?;
+    let ms = |q| after.value_at_quantile(q) as f64 / 1e6;
     println!(
-        "exec to resolvable (kernel exec event → process in the table, inside a running container): {} execs, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (log buckets: values within 12.5 %)",
-        after.count(),
+        "exec to resolvable (kernel exec event → process in the table, inside a running container): {} execs, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (HDR histogram: 2 significant digits)",
+        after.len(),
         ms(0.5),
         ms(0.99),
         ms(1.0)

@@ -200,7 +200,7 @@ pub(crate) fn exec_storm(
     let agent = rt.block_on(Agent::start(config, shutdown.clone()))?;
     let state = Arc::clone(agent.state());
     let before = state.metrics().snapshot();
-    let exec_latency_before = state.metrics().exec_to_resolvable.fine().counts();
+    let exec_latency_before = state.metrics().exec_to_resolvable.fine();
     let cpu_before = agent_cpu_ticks();
     let started = Instant::now();
     let storming = std::sync::atomic::AtomicBool::new(true);
@@ -272,19 +272,15 @@ pub(crate) fn exec_storm(
         cpu_secs * 1e6 / received.max(1) as f64,
         cpu_secs * 100.0 / drain_secs
     );
-    let exec = state
-        .metrics()
-        .exec_to_resolvable
-        .fine()
-        .counts()
-        .since(&exec_latency_before);
-    let ms = |q| exec.quantile(q).unwrap_or(0) as f64 / 1e6;
+    let mut exec = state.metrics().exec_to_resolvable.fine();
+    exec.subtract(&exec_latency_before)?;
+    let ms = |q| exec.value_at_quantile(q) as f64 / 1e6;
     println!(
-        "  exec → in the table: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} execs (log buckets: within 12.5 %)",
+        "  exec → in the table: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} execs (HDR histogram: 2 significant digits)",
         ms(0.5),
         ms(0.99),
         ms(1.0),
-        exec.count()
+        exec.len()
     );
     if let Some(probed) = probed {
         let (latency, gave_up) = probed?;
