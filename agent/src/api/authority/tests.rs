@@ -1,6 +1,6 @@
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::*;
+use super::{rewrite::*, *};
 
 const SETTINGS: u8 = 0x4;
 const DATA: u8 = 0x0;
