@@ -163,7 +163,7 @@ pub fn repo_root() -> PathBuf {
 
 /// Where `cargo xtask setup --for-tests` installs the stock gRPC clients:
 /// `client-tools` in the target directory (`CLIENT_TOOLS` in
-/// xtask/src/setup.rs).
+/// xtask/src/setup/clients.rs).
 fn client_tools() -> PathBuf {
     let tools = profile_dir()
         .parent()
