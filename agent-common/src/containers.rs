@@ -86,8 +86,8 @@ pub struct ContainerRecord {
 
 /// Size of [`ContainerRecord`] in the map.
 pub const RECORD_SIZE: usize = 64;
-const _: () = assert!(core::mem::size_of::<ContainerRecord>() == RECORD_SIZE);
-const _: () = assert!(core::mem::align_of::<ContainerRecord>() == 8);
+const _: () = assert!(size_of::<ContainerRecord>() == RECORD_SIZE);
+const _: () = assert!(align_of::<ContainerRecord>() == 8);
 
 impl ContainerRecord {
     /// An empty record of this version in `state`.

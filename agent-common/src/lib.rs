@@ -114,8 +114,8 @@ pub struct RawEvent {
 
 /// Size of [`RawEvent`] on the wire.
 pub const RAW_EVENT_SIZE: usize = 88;
-const _: () = assert!(core::mem::size_of::<RawEvent>() == RAW_EVENT_SIZE);
-const _: () = assert!(core::mem::align_of::<RawEvent>() == 8);
+const _: () = assert!(size_of::<RawEvent>() == RAW_EVENT_SIZE);
+const _: () = assert!(align_of::<RawEvent>() == 8);
 
 /// Bytes of a cgroup path an attach event carries, NUL included (the
 /// kernel's own buffer for it is 1024; longer paths are cut and flagged).
@@ -140,7 +140,7 @@ pub struct RawAttachEvent {
 
 /// Size of [`RawAttachEvent`] on the wire.
 pub const RAW_ATTACH_EVENT_SIZE: usize = RAW_EVENT_SIZE + 8 + ATTACH_PATH_LEN;
-const _: () = assert!(core::mem::size_of::<RawAttachEvent>() == RAW_ATTACH_EVENT_SIZE);
+const _: () = assert!(size_of::<RawAttachEvent>() == RAW_ATTACH_EVENT_SIZE);
 
 impl RawEvent {
     /// An all-zero event, to fill in.
@@ -225,7 +225,7 @@ pub struct KernelConfig {
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 96);
+const _: () = assert!(size_of::<KernelConfig>() == 96);
 
 impl KernelConfig {
     /// The value compiled into the programs: not ready, every offset 0.
@@ -264,17 +264,24 @@ pub use containers::ContainerRecord;
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: these types are repr(C), Copy, have no padding bytes left
-    // implicit (sizes asserted above) and every bit pattern is valid.
-    unsafe impl aya::Pod for super::RawEvent {}
-    unsafe impl aya::Pod for super::RawAttachEvent {}
-    unsafe impl aya::Pod for super::KernelConfig {}
-    unsafe impl aya::Pod for super::ContainerRecord {}
+    // Every type here is repr(C), Copy, has no padding bytes left implicit
+    // (sizes asserted above), and every bit pattern (all-zero included) is
+    // a valid value of it.
 
-    // SAFETY: as above: repr(C), Copy, no padding left implicit, every bit
-    // pattern valid, all-zero included.
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RawEvent {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RawAttachEvent {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::KernelConfig {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ContainerRecord {}
+    // SAFETY: see above.
     unsafe impl bytemuck::Zeroable for super::RawEvent {}
+    // SAFETY: see above.
     unsafe impl bytemuck::Pod for super::RawEvent {}
+    // SAFETY: see above.
     unsafe impl bytemuck::Zeroable for super::RawAttachEvent {}
+    // SAFETY: see above.
     unsafe impl bytemuck::Pod for super::RawAttachEvent {}
 }

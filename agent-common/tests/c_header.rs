@@ -101,7 +101,7 @@ fn the_c_header_and_the_rust_record_agree_byte_for_byte() {
     assert_eq!(lines.next().unwrap(), hex, "the bytes of one record");
 
     let offsets = [
-        std::mem::size_of::<ContainerRecord>(),
+        size_of::<ContainerRecord>(),
         std::mem::offset_of!(ContainerRecord, version),
         std::mem::offset_of!(ContainerRecord, state),
         std::mem::offset_of!(ContainerRecord, runtime),

@@ -25,6 +25,8 @@
 //! 5.8 (BPF ring buffer; BTF tracepoints need 5.5).
 #![no_std]
 #![no_main]
+// The programs are `pub` as aya's macros expect; a binary exports nothing else.
+#![allow(unreachable_pub)]
 
 use agent_common::{
     containers::{FLAG_NESTED, STATE_CONTAINER, STATE_PENDING},

@@ -396,7 +396,7 @@ impl Config {
 pub fn given_options(matches: &ArgMatches) -> Vec<&str> {
     matches
         .ids()
-        .map(|id| id.as_str())
+        .map(clap::Id::as_str)
         .filter(|id| {
             matches!(
                 matches.value_source(id),

@@ -48,12 +48,12 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Names of the agent's long-lived tasks, for logs and [`Error::TaskDied`].
 mod task {
-    pub const TRACKER: &str = "tracker";
-    pub const WATCHER: &str = "containerd watcher";
-    pub const API: &str = "API server";
-    pub const METRICS: &str = "metrics server";
-    pub const EBPF_LOG: &str = "eBPF log";
-    pub const PINNED_MAP: &str = "containers map publisher";
+    pub(crate) const TRACKER: &str = "tracker";
+    pub(crate) const WATCHER: &str = "containerd watcher";
+    pub(crate) const API: &str = "API server";
+    pub(crate) const METRICS: &str = "metrics server";
+    pub(crate) const EBPF_LOG: &str = "eBPF log";
+    pub(crate) const PINNED_MAP: &str = "containers map publisher";
 }
 
 /// A running agent.

@@ -227,11 +227,15 @@ impl Drop for Cache {
 
 impl Shared {
     fn read(&self) -> RwLockReadGuard<'_, View> {
-        self.view.read().unwrap_or_else(|e| e.into_inner())
+        self.view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, View> {
-        self.view.write().unwrap_or_else(|e| e.into_inner())
+        self.view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

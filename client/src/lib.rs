@@ -40,7 +40,7 @@ pub use client::{
 
 /// The generated `pidmap.v1` messages and client (and, with the `server`
 /// feature, the server side), from `proto/pidmap/v1/pidmap.proto`.
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, missing_docs, unused_qualifications, unreachable_pub)]
 pub mod proto {
     tonic::include_proto!("pidmap.v1");
 

@@ -297,7 +297,7 @@ impl Containerd {
     /// The daemon's PID, if it runs.
     pub fn pid(&self) -> Option<u32> {
         let mut daemon = lock(&self.daemon);
-        match daemon.as_mut().map(|c| c.try_wait()) {
+        match daemon.as_mut().map(Child::try_wait) {
             Some(Ok(None)) => daemon.as_ref().map(Child::id),
             _ => None,
         }

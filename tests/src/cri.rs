@@ -28,7 +28,7 @@ use containerd_client::tonic::transport::Channel;
 use crate::containerd::Containerd;
 
 /// The generated CRI API (`runtime.v1`).
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, missing_docs, unused_qualifications, unreachable_pub)]
 pub mod api {
     tonic::include_proto!("runtime.v1");
 }

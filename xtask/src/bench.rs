@@ -11,7 +11,7 @@ use crate::{
 };
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Do not measure the clean release build time.
     #[arg(long)]
     skip_build_time: bool,
@@ -31,7 +31,7 @@ const BENCH_BIN: &str = "pidmap-bench";
 /// Runs of each fuzz target in the bench.
 const FUZZ_RUNS: u64 = 10_000_000;
 
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     setup::run(&setup::Options { for_tests: false })?;
     if !args.fuzz_only {
         agent_bench(args)?;

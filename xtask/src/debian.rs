@@ -21,10 +21,10 @@ use crate::util::{self, output};
 
 /// The matrix's cache under the target directory (kernels, containerd builds, and the
 /// private apt state).
-pub const CACHE: &str = "matrix-cache";
+pub(crate) const CACHE: &str = "matrix-cache";
 
 /// The private apt state (sources list, package lists, `.deb` cache), under [`CACHE`].
-pub fn apt_dir(target: &Path) -> PathBuf {
+pub(crate) fn apt_dir(target: &Path) -> PathBuf {
     target.join(CACHE).join("apt")
 }
 
@@ -36,7 +36,7 @@ const SUITES: [&str; 4] = ["bullseye", "bookworm", "trixie", "sid"];
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// A private view of Debian's suites (see the [module docs](self)).
-pub struct Debian {
+pub(crate) struct Debian {
     dir: PathBuf,
     mirror: String,
     updated_now: bool,
@@ -45,7 +45,7 @@ pub struct Debian {
 impl Debian {
     /// Prepares `dir` (the sources list names the system's mirror) and fetches the package
     /// lists unless they are less than a day old.
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
         let sources = fs::read_to_string(SYSTEM_SOURCES)
             .with_context(|| format!("cannot read {SYSTEM_SOURCES} to find the Debian mirror"))?;
         let mirror = mirror_from_deb822(&sources).with_context(|| {
@@ -82,7 +82,7 @@ impl Debian {
     }
 
     /// `apt-get update` on the private lists.
-    pub fn update(&mut self) -> Result<()> {
+    pub(crate) fn update(&mut self) -> Result<()> {
         say(format!(
             "fetching the package lists of {} from {}",
             SUITES.join(", "),
@@ -141,14 +141,14 @@ impl Debian {
     }
 
     /// The version of `package` in `suite` (from `apt-cache madison`).
-    pub fn version_in(&self, package: &str, suite: &str) -> Result<String> {
+    pub(crate) fn version_in(&self, package: &str, suite: &str) -> Result<String> {
         let text = output(self.apt("apt-cache").args(["madison", package]))?;
         version_in_madison(&text, suite)
             .with_context(|| format!("Debian {suite} has no package {package} (apt-cache madison)"))
     }
 
     /// Field `field` (e.g. `Depends`) of `package` at `version` (from `apt-cache show`).
-    pub fn field(&self, package: &str, version: &str, field: &str) -> Result<String> {
+    pub(crate) fn field(&self, package: &str, version: &str, field: &str) -> Result<String> {
         let text = output(
             self.apt("apt-cache")
                 .args(["show", "--no-all-versions"])
@@ -162,7 +162,7 @@ impl Debian {
     }
 
     /// Downloads `package` at `version` into the cache and returns the `.deb`'s path.
-    pub fn download(&self, package: &str, version: &str) -> Result<PathBuf> {
+    pub(crate) fn download(&self, package: &str, version: &str) -> Result<PathBuf> {
         let debs = self.dir.join("debs");
         let mut download = self.apt("apt-get");
         download
@@ -190,7 +190,10 @@ impl Debian {
     /// Runs `fetch` (look a version up, download it); if it fails and the lists were not
     /// fetched in this run, they may be stale (the mirror dropped that version): fetches
     /// them and runs `fetch` once more.
-    pub fn with_fresh_retry<T>(&mut self, mut fetch: impl FnMut(&Self) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_fresh_retry<T>(
+        &mut self,
+        mut fetch: impl FnMut(&Self) -> Result<T>,
+    ) -> Result<T> {
         match fetch(self) {
             Ok(value) => Ok(value),
             Err(err) if !self.updated_now => {
@@ -207,17 +210,17 @@ impl Debian {
 
 /// A [`Debian`] opened (its lists fetched when stale) on first use, so a matrix that needs
 /// no package never touches the mirror.
-pub struct LazyDebian {
+pub(crate) struct LazyDebian {
     dir: PathBuf,
     opened: Option<Debian>,
 }
 
 impl LazyDebian {
-    pub fn new(dir: PathBuf) -> Self {
+    pub(crate) fn new(dir: PathBuf) -> Self {
         Self { dir, opened: None }
     }
 
-    pub fn get(&mut self) -> Result<&mut Debian> {
+    pub(crate) fn get(&mut self) -> Result<&mut Debian> {
         let debian = match self.opened.take() {
             Some(debian) => debian,
             None => Debian::open(&self.dir)?,
@@ -228,7 +231,7 @@ impl LazyDebian {
 
 /// Extracts a `.deb`'s files into `dir` (`dpkg-deb -x`), through a sibling temp directory
 /// renamed into place, so an interrupted extraction never looks complete.
-pub fn extract(deb: &Path, dir: &Path) -> Result<()> {
+pub(crate) fn extract(deb: &Path, dir: &Path) -> Result<()> {
     let partial = dir.with_extension("partial");
     let _ = fs::remove_dir_all(&partial);
     fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
@@ -240,7 +243,7 @@ pub fn extract(deb: &Path, dir: &Path) -> Result<()> {
 
 /// Extracts the members of a `.deb` whose paths match `pattern` (a tar wildcard such as
 /// `./boot/vmlinuz-*`) into `dir`.
-pub fn extract_matching(deb: &Path, pattern: &str, dir: &Path) -> Result<()> {
+pub(crate) fn extract_matching(deb: &Path, pattern: &str, dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     println!(
         "$ dpkg-deb --fsys-tarfile {} | tar -x -C {} --wildcards '{pattern}'",

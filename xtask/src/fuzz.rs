@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Every fuzz target (a `[[bin]]` of `fuzz/Cargo.toml`), in the order they run.
-pub const TARGETS: [&str; 10] = [
+pub(crate) const TARGETS: [&str; 10] = [
     "cgroup_path",
     "proc_stat",
     "proc_cgroup",
@@ -45,7 +45,7 @@ const DEFAULT_SECONDS: u64 = 60;
 const RSS_LIMIT_MB: u32 = 2048;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Fuzz only this target [default: all of them, one after another].
     #[arg(long, value_name = "NAME", value_parser = TARGETS)]
     target: Option<String>,
@@ -59,7 +59,7 @@ pub struct Args {
 
 /// How long each target runs.
 #[derive(Debug, Clone, Copy)]
-pub enum Budget {
+pub(crate) enum Budget {
     Runs(u64),
     Seconds(u64),
 }
@@ -82,7 +82,7 @@ struct Outcome {
     crash: Option<String>,
 }
 
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     setup::run(&setup::Options { for_tests: false })?;
     setup::cargo_fuzz()?;
     let budget = match (args.runs, args.seconds) {
@@ -98,7 +98,7 @@ pub fn run(args: &Args) -> Result<()> {
 
 /// Builds the targets, runs each of `targets` for `budget`, prints a table; fails if any
 /// crashed (or could not run).
-pub fn fuzz(targets: &[&'static str], budget: Budget) -> Result<()> {
+pub(crate) fn fuzz(targets: &[&'static str], budget: Budget) -> Result<()> {
     let dirs = Dirs::new()?;
     run_shown(&mut dirs.cargo_fuzz("build"))?;
     let mut outcomes = Vec::new();

@@ -13,7 +13,7 @@ use crate::{
 };
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Where to write the archive (an OCI image layout tar); default
     /// `<target dir>/pidmap-image.tar`.
     #[arg(long, value_name = "PATH")]
@@ -22,7 +22,7 @@ pub struct Args {
 
 /// Runs setup, builds the release agent, writes the archive and prints its reference and
 /// manifest digest. Timestamps are `SOURCE_DATE_EPOCH` if set, else 0.
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     setup::run(&setup::Options { for_tests: false })?;
     run_shown(cargo().args(["build", "--release", "-p", "pidmap"]))
         .context("building the agent failed")?;

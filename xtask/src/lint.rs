@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// Runs setup, then every lint stage, then prints a summary.
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     let mut stages = Stages::new("lint");
     // clippy runs agent/build.rs, which builds the eBPF programs (nightly, bpf-linker) and
     // the containerd client (protoc).
@@ -25,10 +25,10 @@ pub fn run() -> Result<()> {
 }
 
 /// The names of the stages [`add_stages`] runs.
-pub const STAGES: [&str; 3] = ["fmt", "clippy", "clippy (eBPF)"];
+pub(crate) const STAGES: [&str; 3] = ["fmt", "clippy", "clippy (eBPF)"];
 
 /// Adds the lint stages to a run; each runs whatever the others did.
-pub fn add_stages(stages: &mut Stages) {
+pub(crate) fn add_stages(stages: &mut Stages) {
     stages.run(STAGES[0], || {
         run_shown(cargo().args(["fmt", "--all", "--", "--check"]))?;
         // The fuzz targets are a workspace of their own (nightly, cargo-fuzz); rustfmt

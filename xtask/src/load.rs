@@ -19,7 +19,7 @@ use std::{
 const STORM_THREADS: usize = 2;
 
 /// The load, running until [`Load::stop`] (or drop).
-pub struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     spawned: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
@@ -29,7 +29,7 @@ pub struct Load {
 
 /// What a load did.
 #[derive(Debug, Clone, Copy)]
-pub struct Done {
+pub(crate) struct Done {
     pub busy_loops: usize,
     pub spawned: u64,
     pub elapsed: Duration,
@@ -50,7 +50,7 @@ impl std::fmt::Display for Done {
 
 impl Load {
     /// Starts a busy loop per core and the exec storm; says so.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let busy = std::thread::available_parallelism().map_or(2, usize::from);
         println!(
             "load: starting {busy} busy loops (one per core) and an exec storm ({STORM_THREADS} \
@@ -97,7 +97,7 @@ impl Load {
     }
 
     /// Stops the load, waits for its threads, and says what it did.
-    pub fn stop(mut self) -> Done {
+    pub(crate) fn stop(mut self) -> Done {
         let done = self.halt();
         println!("load: stopped after {done}");
         done
@@ -125,7 +125,7 @@ impl Drop for Load {
 }
 
 /// Runs `f` with the load beside it (or without, when `on` is false).
-pub fn beside<T>(on: bool, f: impl FnOnce() -> T) -> (T, Option<Done>) {
+pub(crate) fn beside<T>(on: bool, f: impl FnOnce() -> T) -> (T, Option<Done>) {
     if !on {
         return (f(), None);
     }

@@ -15,14 +15,14 @@ use crate::util::{cargo, display, run_shown};
 /// Builds what the privileged tests run besides themselves: the debug
 /// `pidmap` binary (CLI, image and process tests) and the pidmap-client
 /// examples (the client tests run what docs/clients.md shows).
-pub fn build_prerequisites() -> Result<()> {
+pub(crate) fn build_prerequisites() -> Result<()> {
     run_shown(cargo().args(["build", "-p", "pidmap"]))?;
     run_shown(cargo().args(["build", "-p", "pidmap-client", "--examples"]))
 }
 
 /// How one test file (one test binary) went.
 #[derive(Debug, Default, Clone)]
-pub struct FileOutcome {
+pub(crate) struct FileOutcome {
     pub file: String,
     pub passed: u32,
     pub failed: Vec<String>,
@@ -47,21 +47,21 @@ impl FileOutcome {
 
 /// The outcome of a run.
 #[derive(Debug, Default, Clone)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub files: Vec<FileOutcome>,
 }
 
 impl Summary {
-    pub fn passed(&self) -> u32 {
+    pub(crate) fn passed(&self) -> u32 {
         self.files.iter().map(|f| f.passed).sum()
     }
 
-    pub fn failed(&self) -> usize {
+    pub(crate) fn failed(&self) -> usize {
         self.files.iter().map(|f| f.failed.len()).sum()
     }
 
     /// Prints one line per file, failures named.
-    pub fn print(&self, title: &str) {
+    pub(crate) fn print(&self, title: &str) {
         let crashed = self.files.iter().filter(|f| f.crashed).count();
         println!(
             "\n{title}: {} files, {} tests passed, {} failed{}",
@@ -94,7 +94,7 @@ impl Summary {
 /// `--no-fail-fast` and `--test-threads=1` (and `args` after it), echoing
 /// their output; then prints the summary under `title`. Fails if any test
 /// failed.
-pub fn run(
+pub(crate) fn run(
     title: &str,
     files: &[&str],
     args: &[OsString],

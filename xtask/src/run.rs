@@ -10,14 +10,14 @@ use crate::{
 };
 
 #[derive(clap::Args)]
-pub struct BuildArgs {
+pub(crate) struct BuildArgs {
     /// Build the debug profile instead of release.
     #[arg(long)]
     debug: bool,
 }
 
 #[derive(clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Build and run the debug profile instead of release.
     #[arg(long)]
     debug: bool,
@@ -27,7 +27,7 @@ pub struct RunArgs {
 }
 
 /// Runs setup (without the test tools), then builds the `pidmap` package.
-pub fn build(args: &BuildArgs) -> Result<()> {
+pub(crate) fn build(args: &BuildArgs) -> Result<()> {
     setup::run(&setup::Options { for_tests: false })?;
     let mut build = cargo();
     build.arg("build");
@@ -40,7 +40,7 @@ pub fn build(args: &BuildArgs) -> Result<()> {
 
 /// Builds the agent, then replaces this process with `pidmap agent ARGS…`, so that signals
 /// from the terminal reach the agent itself. Returns only on failure.
-pub fn run(args: RunArgs) -> Result<()> {
+pub(crate) fn run(args: RunArgs) -> Result<()> {
     build(&BuildArgs { debug: args.debug })?;
     let profile = if args.debug { "debug" } else { "release" };
     let binary = Metadata::load()?.target_dir()?.join(profile).join("pidmap");

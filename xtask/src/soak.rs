@@ -8,13 +8,13 @@ use anyhow::{bail, Result};
 use crate::{load, privileged, setup, util::is_root};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// How long the checker runs.
     #[arg(long, default_value = "10", value_name = "N")]
     minutes: u64,
 }
 
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     setup::run(&setup::Options { for_tests: true })?;
     if !is_root() {
         bail!("the soak loads eBPF programs and drives containerd: run it as root");

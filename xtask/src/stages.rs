@@ -19,13 +19,13 @@ struct Stage {
 }
 
 /// Runs stages one after another, remembering how each went.
-pub struct Stages {
+pub(crate) struct Stages {
     task: &'static str,
     done: Vec<Stage>,
 }
 
 impl Stages {
-    pub fn new(task: &'static str) -> Self {
+    pub(crate) fn new(task: &'static str) -> Self {
         Self {
             task,
             done: Vec::new(),
@@ -34,7 +34,7 @@ impl Stages {
 
     /// Runs one stage; a failure is printed and remembered, and the run goes on.
     /// Returns whether the stage passed.
-    pub fn run(&mut self, name: &'static str, stage: impl FnOnce() -> Result<()>) -> bool {
+    pub(crate) fn run(&mut self, name: &'static str, stage: impl FnOnce() -> Result<()>) -> bool {
         println!("\n==> {}: {name}", self.task);
         let start = Instant::now();
         let result = stage();
@@ -56,7 +56,7 @@ impl Stages {
     }
 
     /// Records a stage that did not run, and why.
-    pub fn skip(&mut self, name: &'static str, why: &'static str) {
+    pub(crate) fn skip(&mut self, name: &'static str, why: &'static str) {
         self.done.push(Stage {
             name,
             outcome: Outcome::Skipped(why),
@@ -65,7 +65,7 @@ impl Stages {
     }
 
     /// Prints the summary; fails if any stage failed.
-    pub fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         let width = self.done.iter().map(|s| s.name.len()).max().unwrap_or(0);
         println!("\n{} summary:", self.task);
         for stage in &self.done {

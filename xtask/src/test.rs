@@ -13,7 +13,7 @@ use crate::{
 };
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Run the whole privileged stage with the load beside it (a busy loop on every core
     /// and an exec storm), not only the ground-truth and fault tests.
     #[arg(long)]
@@ -39,10 +39,11 @@ const MATRIX: &str = "matrix --ci";
 
 /// The test files run a second time with the load beside them: the ground truth and the
 /// fault tests, whose answers must stay right on a busy node.
-pub const LOADED_FILES: [&str; 4] = ["ground_truth", "faults", "faults_containerd", "hostile"];
+pub(crate) const LOADED_FILES: [&str; 4] =
+    ["ground_truth", "faults", "faults_containerd", "hostile"];
 
 /// Runs every stage (a failed lint does not stop the tests), then prints a summary.
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     if let Some(runs) = args.privileged_runs {
         return privileged_runs(args, runs);
     }

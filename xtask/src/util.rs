@@ -22,12 +22,12 @@ const TOOLCHAIN_ENV: [&str; 5] = [
 ];
 
 /// The workspace root (the parent of the xtask crate).
-pub fn repo_root() -> &'static Path {
+pub(crate) fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 /// The cargo that runs xtask (`$CARGO`), in the workspace root.
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let program = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(program);
     cmd.current_dir(repo_root());
@@ -36,7 +36,7 @@ pub fn cargo() -> Command {
 
 /// `PROGRAM +nightly` through rustup's proxy, in the workspace root, with the variables that
 /// would pin the stable toolchain removed.
-pub fn nightly(program: &str) -> Command {
+pub(crate) fn nightly(program: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.arg("+nightly").current_dir(repo_root());
     for key in TOOLCHAIN_ENV {
@@ -46,13 +46,13 @@ pub fn nightly(program: &str) -> Command {
 }
 
 /// Whether the effective user is root.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// A command line as a user would type it: `VAR=value program arg…`.
-pub fn display(cmd: &Command) -> String {
+pub(crate) fn display(cmd: &Command) -> String {
     let mut words = Vec::new();
     for (key, value) in cmd.get_envs() {
         if let Some(value) = value {
@@ -95,7 +95,7 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// Runs `cmd` with inherited stdio; fails unless it exits successfully.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = display(cmd);
     let status = cmd
         .status()
@@ -107,13 +107,13 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Prints `$ cmd`, then [`run`]s it.
-pub fn run_shown(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run_shown(cmd: &mut Command) -> Result<()> {
     println!("$ {}", display(cmd));
     run(cmd)
 }
 
 /// Runs `cmd` and returns its trimmed stdout; on failure the error carries its stderr.
-pub fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let shown = display(cmd);
     let out = cmd
         .stdin(Stdio::null())
@@ -134,7 +134,7 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 
 /// What running a tool's `--version` said about it.
 #[derive(Debug)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// It ran and succeeded; the first line it printed.
     Works(String),
     /// There is no such program.
@@ -144,7 +144,7 @@ pub enum Probe {
 }
 
 /// Runs `program args…` quietly to learn whether the tool is there and works.
-pub fn probe(program: impl AsRef<OsStr>, args: &[&str]) -> Probe {
+pub(crate) fn probe(program: impl AsRef<OsStr>, args: &[&str]) -> Probe {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -173,7 +173,7 @@ fn first_line(text: &str) -> Option<&str> {
 }
 
 /// Where `program` resolves on `PATH`, if anywhere.
-pub fn which(program: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     let path = env::var_os("PATH")?;
     env::split_paths(&path)
@@ -186,7 +186,7 @@ pub fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// The home directory, from `HOME`.
-pub fn home() -> Result<PathBuf> {
+pub(crate) fn home() -> Result<PathBuf> {
     match env::var_os("HOME") {
         Some(home) if !home.is_empty() => Ok(PathBuf::from(home)),
         _ => bail!("HOME is not set"),
@@ -194,19 +194,19 @@ pub fn home() -> Result<PathBuf> {
 }
 
 /// The workspace as `cargo metadata --no-deps` describes it.
-pub struct Metadata {
+pub(crate) struct Metadata {
     json: serde_json::Value,
 }
 
 impl Metadata {
-    pub fn load() -> Result<Self> {
+    pub(crate) fn load() -> Result<Self> {
         let text = output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
         let json = serde_json::from_str(&text).context("cannot parse `cargo metadata` output")?;
         Ok(Self { json })
     }
 
     /// The target directory (honours `CARGO_TARGET_DIR` and cargo's configuration).
-    pub fn target_dir(&self) -> Result<PathBuf> {
+    pub(crate) fn target_dir(&self) -> Result<PathBuf> {
         self.json["target_directory"]
             .as_str()
             .map(PathBuf::from)
@@ -214,7 +214,7 @@ impl Metadata {
     }
 
     /// Whether the workspace package `package` has a binary target named `bin`.
-    pub fn has_bin(&self, package: &str, bin: &str) -> bool {
+    pub(crate) fn has_bin(&self, package: &str, bin: &str) -> bool {
         let packages = self.json["packages"].as_array().into_iter().flatten();
         packages
             .filter(|p| p["name"] == package)
@@ -230,7 +230,7 @@ impl Metadata {
 }
 
 /// `1m26s` from a minute on, `4.2s` below.
-pub fn fmt_duration(duration: Duration) -> String {
+pub(crate) fn fmt_duration(duration: Duration) -> String {
     let secs = duration.as_secs();
     if secs >= 60 {
         format!("{}m{:02}s", secs / 60, secs % 60)

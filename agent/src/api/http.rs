@@ -291,7 +291,7 @@ fn decode(s: &str) -> Result<String, std::str::Utf8Error> {
     let spaced = s.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()
-        .map(|s| s.into_owned())
+        .map(std::borrow::Cow::into_owned)
 }
 
 /// A pid as a path or query gives it: `PID`, or `PID:START_TIME`.

@@ -193,8 +193,7 @@ mod tests {
         let v = status(&s);
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         // Every field the descriptor the agent serves (reflection) names.
-        let set = prost_types::FileDescriptorSet::decode(pidmap_client::proto::FILE_DESCRIPTOR_SET)
-            .unwrap();
+        let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
         let fields: Vec<String> = set
             .file
             .iter()

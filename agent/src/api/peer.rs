@@ -156,7 +156,7 @@ fn open_pidfd(pid: u32) -> io::Result<OwnedFd> {
 /// kernel recorded it at connect (`SO_PEERPIDFD`, Linux 6.5+).
 fn peer_pidfd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut pidfd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `pidfd` is writable for `len` bytes and outlives the call.
     let rc = unsafe {
         libc::getsockopt(
@@ -177,7 +177,7 @@ fn peer_pidfd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// The supplementary groups of the peer of the connected Unix socket `fd`
 /// (`SO_PEERGROUPS`, Linux 4.13+).
 fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
-    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    const GID: usize = size_of::<libc::gid_t>();
     let mut groups: Vec<libc::gid_t> = vec![0; 32];
     loop {
         let mut len = libc::socklen_t::try_from(groups.len() * GID)

@@ -228,7 +228,7 @@ impl KernelBtf {
                 .members
                 .iter()
                 .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == name))
-                .map(|m| m.val()),
+                .map(btf_rs::EnumMember::val),
             _ => None,
         })
     }

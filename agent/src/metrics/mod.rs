@@ -66,7 +66,10 @@ impl Latency {
 
     /// Records latencies (a batch's, under one lock).
     pub fn record_all(&self, ns: impl IntoIterator<Item = u64>) {
-        let mut fine = self.fine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fine = self
+            .fine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for ns in ns {
             self.buckets.observe(ns);
             fine.saturating_record(ns);
@@ -76,7 +79,10 @@ impl Latency {
     /// A copy of the fine histogram now (percentiles of what was recorded
     /// between two copies: `later.subtract(&earlier)`).
     pub fn fine(&self) -> Histogram<u64> {
-        self.fine.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.fine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The Prometheus buckets.
@@ -94,13 +100,19 @@ impl Requests {
     /// shared lock and adds to atomics.
     fn record(&self, method: &'static str, code: tonic::Code, ns: u64) {
         {
-            let series = self.0.read().unwrap_or_else(|e| e.into_inner());
+            let series = self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(buckets) = series.get(&(method, code)) {
                 buckets.observe(ns);
                 return;
             }
         }
-        let mut series = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut series = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let method = if series.len() < MAX_REQUEST_SERIES || series.contains_key(&(method, code)) {
             method
         } else {
@@ -115,7 +127,10 @@ impl Requests {
     /// Every series, sorted by method and code, as (method, code name,
     /// histogram).
     fn samples(&self) -> Vec<(&'static str, &'static str, histogram::HistogramSample)> {
-        let series = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let series = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut all: Vec<_> = series
             .iter()
             .map(|(&(method, code), b)| (method, code_name(code), b.sample()))

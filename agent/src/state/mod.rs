@@ -300,18 +300,24 @@ impl State {
 
     /// Read access to the container store.
     pub fn containers(&self) -> RwLockReadGuard<'_, ContainerStore> {
-        self.containers.read().unwrap_or_else(|e| e.into_inner())
+        self.containers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Read access to the cgroup id → path cache.
     pub fn cgroup_paths(&self) -> RwLockReadGuard<'_, CgroupPathCache> {
-        self.paths.read().unwrap_or_else(|e| e.into_inner())
+        self.paths
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Read access to the table (a poisoned lock is still readable: the
     /// table's invariants hold between writer operations).
     pub fn table(&self) -> RwLockReadGuard<'_, ProcessTable> {
-        self.table.read().unwrap_or_else(|e| e.into_inner())
+        self.table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The agent's link to containerd.
@@ -390,7 +396,10 @@ impl TableWriter {
     /// Write access to the table.
     pub fn table(&self) -> Poking<'_, ProcessTable> {
         Poking::new(
-            self.state.table.write().unwrap_or_else(|e| e.into_inner()),
+            self.state
+                .table
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             &self.state.inputs_changed,
         )
     }
@@ -398,7 +407,10 @@ impl TableWriter {
     /// Write access to the cgroup path cache.
     pub fn paths(&self) -> Poking<'_, CgroupPathCache> {
         Poking::new(
-            self.state.paths.write().unwrap_or_else(|e| e.into_inner()),
+            self.state
+                .paths
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             &self.state.inputs_changed,
         )
     }
@@ -543,7 +555,7 @@ impl ContainerWriter {
                 .state
                 .containers
                 .write()
-                .unwrap_or_else(|e| e.into_inner()),
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             epoch: &self.state.containers_epoch,
             changed: &self.state.inputs_changed,
         }

@@ -521,7 +521,7 @@ impl Tracker {
             // An unreadable /proc must not look like an empty node: keep
             // the table as it is.
             Ok(Err(error)) => {
-                warn!(error = %chain(&error), "/proc scan failed; table left as it was")
+                warn!(error = %chain(&error), "/proc scan failed; table left as it was");
             }
             Err(error) => warn!(%error, "/proc scan task failed"),
         }

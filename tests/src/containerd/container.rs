@@ -21,7 +21,7 @@ pub struct ContainerSpec {
     pub(super) cgroup: Option<String>,
     pub(super) image: Option<String>,
     pub(super) command: Vec<String>,
-    pub(super) binds: Vec<(std::path::PathBuf, String)>,
+    pub(super) binds: Vec<(PathBuf, String)>,
     /// Extra `ctr run` flags, before the image or `--rootfs`.
     pub(super) run_args: Vec<OsString>,
     /// Where init's stdout and stderr go (`--log-uri file://…`); `None`: `--null-io`.
@@ -53,7 +53,7 @@ impl ContainerSpec {
 
     /// Bind-mounts host path `src` read-only at `dst` in the container
     /// (a file or a directory).
-    pub fn bind_ro(mut self, src: impl Into<std::path::PathBuf>, dst: impl Into<String>) -> Self {
+    pub fn bind_ro(mut self, src: impl Into<PathBuf>, dst: impl Into<String>) -> Self {
         self.binds.push((src.into(), dst.into()));
         self
     }

@@ -26,7 +26,7 @@ use crate::util::{cargo, display, fmt_duration, probe, Probe};
 
 /// The fixture's variable for a directory holding `containerd`, `ctr` and
 /// `containerd-shim-runc-v2` (`pidmap_tests::containerd::BIN_DIR_ENV`).
-pub const BIN_DIR_ENV: &str = "PIDMAP_TEST_CONTAINERD_BIN_DIR";
+pub(super) const BIN_DIR_ENV: &str = "PIDMAP_TEST_CONTAINERD_BIN_DIR";
 
 /// How long `tests/tests/ground_truth.rs` churns (its `PIDMAP_GROUND_TRUTH_SECS`, default
 /// 120 s) in the matrix, unless set already: a shorter churn, run once per version.
@@ -34,7 +34,7 @@ const GROUND_TRUTH_SECS: &str = "30";
 
 /// The test files (`tests/tests/<name>.rs`) that start the containerd fixture, by name:
 /// found at run time, so a new one joins the matrix by itself.
-pub fn fixture_tests() -> Result<Vec<String>> {
+pub(super) fn fixture_tests() -> Result<Vec<String>> {
     let dir = crate::util::repo_root().join("tests/tests");
     let mut names = Vec::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
@@ -75,7 +75,7 @@ impl Containerd {
 }
 
 /// The containerd binaries one row runs with.
-pub struct Runtime {
+pub(super) struct Runtime {
     /// e.g. `containerd 2.1.9+ds1-5 (sid, unpacked privately), runc 1.1.5`
     pub label: String,
     /// Where the binaries are; `None`: the system's, on `PATH`.
@@ -103,7 +103,11 @@ fn runc_version() -> String {
 
 /// Finds the binaries for `version`: the system's when they are that version, else the
 /// Debian package of its suite, unpacked into the cache (once).
-pub fn prepare(version: Containerd, cache: &Path, debian: &mut LazyDebian) -> Result<Runtime> {
+pub(super) fn prepare(
+    version: Containerd,
+    cache: &Path,
+    debian: &mut LazyDebian,
+) -> Result<Runtime> {
     let runc = runc_version();
     if let Some(system) = version_of(Path::new("containerd")) {
         if system.starts_with(&format!("{}.", version.series())) {
@@ -163,7 +167,12 @@ pub fn prepare(version: Containerd, cache: &Path, debian: &mut LazyDebian) -> Re
 }
 
 /// Runs every test file of `tests` against `runtime`; a cell per file.
-pub fn run_tests(version: Containerd, runtime: &Runtime, tests: &[String], logs: &Path) -> Row {
+pub(super) fn run_tests(
+    version: Containerd,
+    runtime: &Runtime,
+    tests: &[String],
+    logs: &Path,
+) -> Row {
     let start = Instant::now();
     let mut cells = Vec::new();
     say(format!(

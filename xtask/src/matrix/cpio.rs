@@ -12,14 +12,14 @@ const SYMLINK: u32 = 0o120_000;
 const CHAR_DEV: u32 = 0o020_000;
 
 /// Writes a `newc` archive entry by entry; [`finish`](Self::finish) adds the trailer.
-pub struct Writer<W: Write> {
+pub(super) struct Writer<W: Write> {
     out: W,
     written: u64,
     next_ino: u32,
 }
 
 impl<W: Write> Writer<W> {
-    pub fn new(out: W) -> Self {
+    pub(super) fn new(out: W) -> Self {
         Self {
             out,
             written: 0,
@@ -28,27 +28,33 @@ impl<W: Write> Writer<W> {
     }
 
     /// A directory (`path` without a leading `/`, e.g. `bin`).
-    pub fn dir(&mut self, path: &str) -> io::Result<()> {
+    pub(super) fn dir(&mut self, path: &str) -> io::Result<()> {
         self.entry(path, DIR | 0o755, 2, (0, 0), &[])
     }
 
     /// A regular file with `mode`'s permission bits.
-    pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> io::Result<()> {
+    pub(super) fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> io::Result<()> {
         self.entry(path, REGULAR | (mode & 0o7777), 1, (0, 0), data)
     }
 
     /// A symlink at `path` pointing at `target`.
-    pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+    pub(super) fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
         self.entry(path, SYMLINK | 0o777, 1, (0, 0), target.as_bytes())
     }
 
     /// A character device node (e.g. `dev/console`, 5:1).
-    pub fn char_dev(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+    pub(super) fn char_dev(
+        &mut self,
+        path: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> io::Result<()> {
         self.entry(path, CHAR_DEV | (mode & 0o7777), 1, (major, minor), &[])
     }
 
     /// Writes the trailer and returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(super) fn finish(mut self) -> io::Result<W> {
         self.header("TRAILER!!!", 0, 0, 0, 1, (0, 0))?;
         Ok(self.out)
     }

@@ -31,7 +31,7 @@ use crate::debian::{self, Debian};
 use crate::util::{self, display, fmt_duration, output};
 
 /// The checks, in the order `checks.sh` runs them (its `CHECKS`).
-pub const CHECKS: [&str; 8] = [
+pub(super) const CHECKS: [&str; 8] = [
     "ready", "cgroup", "exited", "pidns", "storm", "rename", "orphan", "overflow",
 ];
 
@@ -57,7 +57,7 @@ impl Kernel {
 }
 
 /// A Debian kernel image, unpacked in the cache.
-pub struct DebianKernel {
+pub(super) struct DebianKernel {
     pub package: String,
     pub version: String,
     pub suite: &'static str,
@@ -67,7 +67,7 @@ pub struct DebianKernel {
 /// Finds the image package `linux-image-cloud-amd64` of `kernel`'s suite depends on (the
 /// newest in that suite, so the exact name and version are looked up, never fixed here),
 /// downloads it and unpacks its `vmlinuz` into `cache/kernels/`, unless already there.
-pub fn fetch(debian: &mut Debian, cache: &Path, kernel: Kernel) -> Result<DebianKernel> {
+pub(super) fn fetch(debian: &mut Debian, cache: &Path, kernel: Kernel) -> Result<DebianKernel> {
     let suite = kernel
         .suite()
         .context("the host kernel is not a Debian package")?;
@@ -134,7 +134,7 @@ fn image_package(depends: &str) -> Option<String> {
 }
 
 /// Compiles [`STATIC_TRUE_C`] with `gcc -static` into `work/static-true`.
-pub fn build_static_true(work: &Path) -> Result<PathBuf> {
+pub(super) fn build_static_true(work: &Path) -> Result<PathBuf> {
     let source = work.join("static-true.c");
     let binary = work.join("static-true");
     fs::write(&source, STATIC_TRUE_C).context("cannot write static-true.c")?;
@@ -149,7 +149,7 @@ pub fn build_static_true(work: &Path) -> Result<PathBuf> {
 }
 
 /// Writes the guests' initramfs (an uncompressed `newc` cpio) to `work/initramfs.cpio`.
-pub fn build_initramfs(work: &Path, pidmap: &Path, static_true: &Path) -> Result<PathBuf> {
+pub(super) fn build_initramfs(work: &Path, pidmap: &Path, static_true: &Path) -> Result<PathBuf> {
     let path = work.join("initramfs.cpio");
     let file =
         fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
@@ -208,7 +208,7 @@ pub fn build_initramfs(work: &Path, pidmap: &Path, static_true: &Path) -> Result
 
 /// Boots `kernel` with `layout` under QEMU and runs the checks; every failure (QEMU not
 /// starting, a timeout) ends up in the row's cells.
-pub fn run_vm(
+pub(super) fn run_vm(
     kernel: &DebianKernel,
     release: Kernel,
     layout: Layout,
@@ -253,7 +253,7 @@ pub fn run_vm(
 }
 
 /// Runs the checks natively on this host (its own kernel and cgroup layout).
-pub fn run_host(
+pub(super) fn run_host(
     pidmap: &Path,
     static_true: &Path,
     work: &Path,

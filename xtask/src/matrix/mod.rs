@@ -32,7 +32,7 @@ use crate::{
 
 /// A kernel row of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
-pub enum Kernel {
+pub(crate) enum Kernel {
     /// Linux 5.10, Debian bullseye's `linux-image-cloud-amd64`.
     #[value(name = "5.10")]
     V5_10,
@@ -62,7 +62,7 @@ impl Kernel {
 
 /// A cgroup layout the guests mount.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
-pub enum Layout {
+pub(crate) enum Layout {
     /// Pure cgroup v2: cgroup2 at /sys/fs/cgroup.
     V2,
     /// Hybrid: every v1 controller at /sys/fs/cgroup/<name>, cgroup2 at /sys/fs/cgroup/unified.
@@ -85,7 +85,7 @@ impl Layout {
 
 /// A containerd version of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
-pub enum Containerd {
+pub(crate) enum Containerd {
     /// containerd 1.6 (Debian bookworm; the system's when it has that version).
     #[value(name = "1.6")]
     V1_6,
@@ -110,7 +110,7 @@ impl Containerd {
 }
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// A kernel to check (repeatable; default: all). Debian kernels boot under QEMU;
     /// `host` runs the checks natively on this machine's kernel and cgroup layout.
     #[arg(long = "kernel", value_enum, value_name = "VERSION")]
@@ -140,7 +140,7 @@ pub struct Args {
 
 /// What one run does.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Debian kernels and the layouts each boots with.
     vms: Vec<(Kernel, Layout)>,
     host: bool,
@@ -150,7 +150,7 @@ pub struct Plan {
 
 impl Plan {
     /// The subset `cargo xtask test` runs (and `--ci` selects).
-    pub fn ci() -> Self {
+    pub(crate) fn ci() -> Self {
         Self {
             vms: Kernel::DEBIAN.iter().map(|&k| (k, Layout::V2)).collect(),
             host: false,
@@ -238,7 +238,7 @@ fn say(message: impl Display) {
 }
 
 /// `cargo xtask matrix`: see the [module docs](self) and `--help`.
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     let words: Vec<String> = std::env::args().skip(1).collect();
     let command = format!("cargo xtask {}", words.join(" "));
     run_plan(&Plan::from_args(args, kernel::host_layout()), &command)
@@ -266,7 +266,7 @@ fn cache_dir(target: &Path) -> PathBuf {
 
 /// Runs `plan` (started by `command`, which the report names), prints the table and writes
 /// `target/matrix-last.md`; fails if a cell failed.
-pub fn run_plan(plan: &Plan, command: &str) -> Result<()> {
+pub(crate) fn run_plan(plan: &Plan, command: &str) -> Result<()> {
     if plan.vms.is_empty() && !plan.host && plan.containerds.is_empty() {
         bail!("nothing selected: --no-kernel and --no-containerd together leave no matrix");
     }

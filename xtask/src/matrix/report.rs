@@ -6,7 +6,7 @@ use crate::util::fmt_duration;
 
 /// How one check went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(super) enum Verdict {
     Pass,
     Fail,
     /// Not applicable on this row (the message says why and what was seen).
@@ -15,7 +15,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// `pass`, `fail` or `skip`, as the check script prints them.
-    pub fn parse(word: &str) -> Option<Self> {
+    pub(super) fn parse(word: &str) -> Option<Self> {
         match word {
             "pass" => Some(Self::Pass),
             "fail" => Some(Self::Fail),
@@ -25,7 +25,7 @@ impl Verdict {
     }
 
     /// `pass`, `FAIL` or `n/a`, as the table shows them.
-    pub fn word(self) -> &'static str {
+    pub(super) fn word(self) -> &'static str {
         match self {
             Self::Pass => "pass",
             Self::Fail => "FAIL",
@@ -36,27 +36,27 @@ impl Verdict {
 
 /// One cell: a verdict and what was seen (figures when it passed, the failure otherwise).
 #[derive(Clone, Debug)]
-pub struct Cell {
+pub(super) struct Cell {
     pub verdict: Verdict,
     pub message: String,
 }
 
 impl Cell {
-    pub fn new(verdict: Verdict, message: impl Into<String>) -> Self {
+    pub(super) fn new(verdict: Verdict, message: impl Into<String>) -> Self {
         Self {
             verdict,
             message: message.into(),
         }
     }
 
-    pub fn fail(message: impl Into<String>) -> Self {
+    pub(super) fn fail(message: impl Into<String>) -> Self {
         Self::new(Verdict::Fail, message)
     }
 }
 
 /// One row: a kernel and cgroup layout, or a containerd version.
 #[derive(Debug)]
-pub struct Row {
+pub(super) struct Row {
     /// The short name footnotes use, e.g. `6.1 v2` or `containerd 2.1`.
     pub name: String,
     /// What ran, e.g. `linux-image-6.1.0-50-cloud-amd64 6.1.176-1 (bookworm), cgroup v2`.
@@ -70,7 +70,12 @@ pub struct Row {
 
 impl Row {
     /// A row whose every column failed for one reason (e.g. its kernel could not be fetched).
-    pub fn failed(name: String, label: String, columns: &[impl AsRef<str>], why: &str) -> Self {
+    pub(super) fn failed(
+        name: String,
+        label: String,
+        columns: &[impl AsRef<str>],
+        why: &str,
+    ) -> Self {
         Self {
             name,
             label,
@@ -90,7 +95,7 @@ impl Row {
 
 /// The rows of one matrix and its columns.
 #[derive(Debug)]
-pub struct Section {
+pub(super) struct Section {
     /// The header of the row labels, e.g. `kernel × cgroup layout`.
     pub title: &'static str,
     pub columns: Vec<String>,
@@ -99,7 +104,7 @@ pub struct Section {
 
 /// Everything the matrix found.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(super) struct Report {
     pub sections: Vec<Section>,
 }
 
@@ -149,7 +154,7 @@ fn shape(message: &str) -> String {
 
 impl Report {
     /// Cells that failed, and all cells.
-    pub fn counts(&self) -> (usize, usize) {
+    pub(super) fn counts(&self) -> (usize, usize) {
         let cells = self
             .sections
             .iter()
@@ -207,7 +212,7 @@ impl Report {
     }
 
     /// The table for a terminal: aligned columns, footnotes and row notes below.
-    pub fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         let mut out = String::new();
         let mut notes = Vec::new();
         for section in &self.sections {
@@ -260,7 +265,7 @@ impl Report {
     }
 
     /// The same as Markdown (for `target/matrix-last.md` and the README's "Tested on").
-    pub fn markdown(&self) -> String {
+    pub(super) fn markdown(&self) -> String {
         let mut out = String::new();
         let mut notes = Vec::new();
         for section in &self.sections {

@@ -33,7 +33,7 @@ use toolchain::*;
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Also install what the tests need: containerd, ctr, runc, a static busybox, the stock
     /// gRPC clients (Python grpcio, Node @grpc/grpc-js) under target/, Debian's Go and grpc-go
     /// (for clients/go), clang and libbpf's headers, Docker and podman,
@@ -42,7 +42,7 @@ pub struct Args {
     for_tests: bool,
 }
 
-pub struct Options {
+pub(crate) struct Options {
     pub for_tests: bool,
 }
 
@@ -55,7 +55,7 @@ impl From<Args> for Options {
 }
 
 /// Runs every step in order; the first failing step stops setup.
-pub fn run(options: &Options) -> Result<()> {
+pub(crate) fn run(options: &Options) -> Result<()> {
     let mut apt = Apt::default();
     step("nightly toolchain", nightly_toolchain)?;
     step("rust-src", rust_src)?;
@@ -63,7 +63,7 @@ pub fn run(options: &Options) -> Result<()> {
     step("protoc", || protoc(&mut apt))?;
     if options.for_tests {
         step("test tools", || test_tools(&mut apt))?;
-        let tools = util::Metadata::load()?.target_dir()?.join(CLIENT_TOOLS);
+        let tools = Metadata::load()?.target_dir()?.join(CLIENT_TOOLS);
         step("python gRPC client", || python_client(&mut apt, &tools))?;
         step("node gRPC client", || node_client(&mut apt, &tools))?;
         step("go gRPC client", || go_client(&mut apt))?;
@@ -75,7 +75,7 @@ pub fn run(options: &Options) -> Result<()> {
 
 /// The `cargo-fuzz` step: present, or installed with `cargo install` into cargo's bin
 /// directory (it runs the fuzz targets on the nightly toolchain; it builds on stable).
-pub fn cargo_fuzz() -> Result<()> {
+pub(crate) fn cargo_fuzz() -> Result<()> {
     step("cargo-fuzz", || {
         match probe("cargo-fuzz", &["--version"]) {
             Probe::Works(version) => {
@@ -136,7 +136,7 @@ fn require_tool(tool: &str) -> Result<()> {
 
 /// Installs Debian `packages` with the system's apt-get (`update` first); for tools that
 /// only some subcommands need (`cargo xtask matrix`: QEMU, gcc).
-pub fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     Apt::default().install(packages)
 }
 

@@ -86,9 +86,9 @@ fn known_state() -> Agent {
     m.count_containerd_reconnect();
     m.count_containerd_resync();
     m.count_containerd_resync();
-    m.count_docker_lookup(crate::metrics::DockerLookup::Found);
-    m.count_docker_lookup(crate::metrics::DockerLookup::Found);
-    m.count_docker_lookup(crate::metrics::DockerLookup::Unreachable);
+    m.count_docker_lookup(DockerLookup::Found);
+    m.count_docker_lookup(DockerLookup::Found);
+    m.count_docker_lookup(DockerLookup::Unreachable);
     let us = Duration::from_micros;
     m.record_request("Resolve", tonic::Code::Ok, us(20));
     m.record_request("Resolve", tonic::Code::Ok, us(40));
@@ -206,9 +206,9 @@ fn unread_bytes_are_a_gauge_and_cut_offs_counted_by_reason() {
     let s = known_state();
     let m = s.state.metrics();
     m.set_api_unread_bytes(4096);
-    m.count_cut_off(crate::metrics::CutOff::WatchLag);
-    m.count_cut_off(crate::metrics::CutOff::UnreadBytes);
-    m.count_cut_off(crate::metrics::CutOff::UnreadBytes);
+    m.count_cut_off(CutOff::WatchLag);
+    m.count_cut_off(CutOff::UnreadBytes);
+    m.count_cut_off(CutOff::UnreadBytes);
     assert_lines(
         &render_state(&s),
         &[

@@ -64,11 +64,11 @@ pub struct WatcherConfig {
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
     #[error("cannot connect")]
-    Connect(#[source] containerd_client::tonic::transport::Error),
+    Connect(#[source] tonic::transport::Error),
     #[error("connect timed out after {CONNECT_TIMEOUT:?}")]
     ConnectTimeout,
     #[error("cannot subscribe to events")]
-    Subscribe(#[source] containerd_client::tonic::Status),
+    Subscribe(#[source] tonic::Status),
     #[error("event subscription not confirmed within {SUBSCRIBE_TIMEOUT:?}")]
     SubscribeTimeout,
     #[error("list failed")]
@@ -402,7 +402,7 @@ impl Watcher {
             }
             Ok(None) => debug!(container = %key, "container gone before its metadata was fetched"),
             Err(error) => {
-                warn!(container = %key, error = %chain(&error), "cannot fetch container metadata")
+                warn!(container = %key, error = %chain(&error), "cannot fetch container metadata");
             }
         }
     }

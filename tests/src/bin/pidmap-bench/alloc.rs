@@ -7,7 +7,7 @@ use std::{
 };
 
 /// [`System`] plus a running total of live bytes.
-pub struct Counting;
+pub(crate) struct Counting;
 
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
 
@@ -41,6 +41,6 @@ unsafe impl GlobalAlloc for Counting {
 }
 
 /// Heap bytes in use now.
-pub fn in_use() -> usize {
+pub(crate) fn in_use() -> usize {
     IN_USE.load(Relaxed)
 }

@@ -49,7 +49,7 @@ const CACHE_BATCH: usize = 100;
 const WATCH_SPAWNS: usize = 200;
 
 /// Runs every API measurement over `n` live `sleep` processes.
-pub fn run(n: usize) -> Result<()> {
+pub(crate) fn run(n: usize) -> Result<()> {
     ensure!(n > 0, "--api-pids must be at least 1");
     let agent = BenchAgent::start()?;
     let sleepers = crate::spawn_sleepers(n)?;
@@ -76,7 +76,7 @@ pub fn run(n: usize) -> Result<()> {
 
     println!(
         "query API vs /proc ({n} live `sleep` pids; agent in-process on a private socket, its runtime 1 worker thread; clients on their own {CLIENT_THREADS}-thread runtime; all share {} CPUs)",
-        std::thread::available_parallelism().map_or(0, |c| c.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     println!("  socket: one gRPC (HTTP/2) round trip over the Unix socket per call, client encode/decode included; answers the agent's full record (state, start time, cgroup, container/pod metadata; exited processes too, for the grace window)");
     println!("  /proc: open+read /proc/PID/cgroup, parse the 0::/memory line, guess a container id from the path (pidmap's own parser); gives a cgroup path and a guessed id only: no image/pod/labels, nothing once the process has exited");

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{agent_runtime, alloc};
 
 /// Runs every containerd measurement with `containers` containers.
-pub fn run(containers: usize) -> Result<()> {
+pub(crate) fn run(containers: usize) -> Result<()> {
     let ctrd = Containerd::start();
     let rt = agent_runtime()?;
     let shutdown = CancellationToken::new();
@@ -127,7 +127,9 @@ pub(crate) fn task_start_times(ctrd: &Containerd) -> Result<(ChildGuard, Times)>
             else {
                 continue;
             };
-            map.lock().unwrap_or_else(|e| e.into_inner()).insert(id, ts);
+            map.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(id, ts);
         }
     });
     Ok((child, seen))
@@ -183,7 +185,9 @@ fn start_to_resolvable(ctrd: &Containerd, state: &Arc<State>, n: usize) -> Resul
                     .filter_map(|c| Some((c.key.clone(), c.task_pid?)))
                     .collect();
                 let now = SystemTime::now();
-                let mut done = resolved.lock().unwrap_or_else(|e| e.into_inner());
+                let mut done = resolved
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for (key, pid) in running {
                     if done.contains_key(&key.id) {
                         continue;
@@ -211,8 +215,14 @@ fn start_to_resolvable(ctrd: &Containerd, state: &Arc<State>, n: usize) -> Resul
     .context("all containers resolvable")?;
     stop.store(true, Ordering::Relaxed);
     let _ = poller.join();
-    let starts = starts.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let resolved = resolved.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let starts = starts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let resolved = resolved
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let mut ms: Vec<f64> = resolved
         .iter()
         .filter_map(|(id, done)| {

@@ -27,7 +27,7 @@ use crate::{agent_runtime, containerd::percentile};
 
 /// Runs every measurement: `containers` containers, `groups` host cgroups
 /// with a process each, a storm of `storm` execs.
-pub fn run(containers: usize, groups: usize, storm: usize, spawners: usize) -> Result<()> {
+pub(crate) fn run(containers: usize, groups: usize, storm: usize, spawners: usize) -> Result<()> {
     let bpffs = PrivateBpfFs::mount();
     let pin_dir = bpffs.path().join("pidmap");
     let pin = pin_dir.join(agent_common::CONTAINERS_MAP);
@@ -98,7 +98,9 @@ fn container_events(
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let now = SystemTime::now();
-                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                let mut seen = seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for (_, r) in map.iter().filter_map(Result::ok) {
                     if r.state == STATE_CONTAINER {
                         seen.entry(name_of(&r)).or_insert(now);
@@ -128,8 +130,14 @@ fn container_events(
     std::thread::sleep(Duration::from_millis(500));
     let deleted = state.metrics().snapshot();
 
-    let starts = starts.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let starts = starts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let seen = seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let mut ms: Vec<f64> = seen
         .iter()
         .filter_map(|(id, at)| {
