@@ -3,7 +3,7 @@
 //! Set `AYA_BUILD_SKIP=1` to skip it when working on pure userspace code
 //! (the agent then cannot load its programs).
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()

@@ -29,9 +29,10 @@
 #![allow(unreachable_pub)]
 
 use agent_common::{
+    ATTACH_PATH_LEN, COMM_LEN, CONTAINERS_MAX_ENTRIES, ContainerRecord, EventKind,
+    FLAG_ATTACH_MEMORY, FLAG_ATTACH_UNIFIED, FLAG_MEMORY_CGROUP, KernelConfig, RawAttachEvent,
+    RawEvent,
     containers::{FLAG_NESTED, STATE_CONTAINER, STATE_PENDING},
-    ContainerRecord, EventKind, KernelConfig, RawAttachEvent, RawEvent, ATTACH_PATH_LEN, COMM_LEN,
-    CONTAINERS_MAX_ENTRIES, FLAG_ATTACH_MEMORY, FLAG_ATTACH_UNIFIED, FLAG_MEMORY_CGROUP,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},

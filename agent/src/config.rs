@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{parser::ValueSource, ArgMatches, Args, Parser};
+use clap::{ArgMatches, Args, Parser, parser::ValueSource};
 use serde::{Deserialize, Serialize};
 
 /// Default path of the API's Unix socket, and the longest a Unix socket

@@ -9,8 +9,8 @@
 use std::{
     future::Future,
     sync::{
-        atomic::{AtomicU8, Ordering},
         Arc,
+        atomic::{AtomicU8, Ordering},
     },
 };
 
@@ -37,23 +37,23 @@ pub struct TaskFault(Arc<(AtomicU8, Notify)>);
 impl TaskFault {
     /// Makes the task fail with `fault`.
     pub fn trigger(&self, fault: Fault) {
-        self.0 .0.store(fault as u8, Ordering::Release);
-        self.0 .1.notify_waiters();
+        self.0.0.store(fault as u8, Ordering::Release);
+        self.0.1.notify_waiters();
     }
 
     /// Runs a paused task again.
     pub fn resume(&self) {
         let _ =
             self.0
-                 .0
+                .0
                 .compare_exchange(Fault::Pause as u8, 0, Ordering::AcqRel, Ordering::Acquire);
-        self.0 .1.notify_waiters();
+        self.0.1.notify_waiters();
     }
 
     async fn triggered(&self) -> Fault {
         loop {
-            let notified = self.0 .1.notified();
-            match self.0 .0.load(Ordering::Acquire) {
+            let notified = self.0.1.notified();
+            match self.0.0.load(Ordering::Acquire) {
                 1 => return Fault::Panic,
                 2 => return Fault::End,
                 3 => return Fault::Hang,
@@ -65,8 +65,8 @@ impl TaskFault {
 
     async fn resumed(&self) {
         loop {
-            let notified = self.0 .1.notified();
-            if self.0 .0.load(Ordering::Acquire) != Fault::Pause as u8 {
+            let notified = self.0.1.notified();
+            if self.0.0.load(Ordering::Acquire) != Fault::Pause as u8 {
                 return;
             }
             notified.await;

@@ -124,7 +124,9 @@ impl Agent {
         let containers_pin = match config.pin_dir() {
             Some(dir) => Some(pinned::prepare(&dir)?),
             None => {
-                info!("the containers map is not pinned (--no-pin, or no BPF filesystem at /sys/fs/bpf)");
+                info!(
+                    "the containers map is not pinned (--no-pin, or no BPF filesystem at /sys/fs/bpf)"
+                );
                 None
             }
         };
@@ -474,13 +476,13 @@ impl Spawner {
 
 #[cfg(feature = "fault-injection")]
 impl Spawner {
-    fn tracker(&self, f: impl Future<Output = ()>) -> impl Future<Output = ()> {
+    fn tracker<F: Future<Output = ()>>(&self, f: F) -> impl Future<Output = ()> + use<F> {
         self.faults.tracker.clone().wrap(task::TRACKER, f)
     }
-    fn watcher(&self, f: impl Future<Output = ()>) -> impl Future<Output = ()> {
+    fn watcher<F: Future<Output = ()>>(&self, f: F) -> impl Future<Output = ()> + use<F> {
         self.faults.watcher.clone().wrap(task::WATCHER, f)
     }
-    fn api(&self, f: impl Future<Output = ()>) -> impl Future<Output = ()> {
+    fn api<F: Future<Output = ()>>(&self, f: F) -> impl Future<Output = ()> + use<F> {
         self.faults.api.clone().wrap(task::API, f)
     }
 }
@@ -490,7 +492,7 @@ impl Spawner {
 /// limit of 1,024 (systemd's default) would refuse connections well below
 /// `max_connections` when it is raised. Go programs do the same at start.
 fn raise_open_files_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
+    use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
         let raised = rustix::process::Rlimit {

@@ -3,9 +3,9 @@
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
-use pidmap::cli::{client, Cli, Command};
+use pidmap::cli::{Cli, Command, client};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::{util::SubscriberInitExt as _, EnvFilter};
+use tracing_subscriber::{EnvFilter, util::SubscriberInitExt as _};
 
 fn main() -> ExitCode {
     let (cli, matches) = Cli::parse_with_matches();
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Command::Resolve { conn, pids } => {
             return client::run_query(async move {
                 client::resolve(&socket_of(&conn), &pids, conn.output).await
-            })
+            });
         }
         Command::Ls {
             conn,
@@ -53,22 +53,22 @@ fn main() -> ExitCode {
         } => {
             return client::run_query(async move {
                 client::ps(&socket_of(&conn), container, namespace, conn.output).await
-            })
+            });
         }
         Command::Watch { conn } => {
-            return client::run_query(
-                async move { client::watch(&socket_of(&conn), conn.output).await },
-            )
+            return client::run_query(async move {
+                client::watch(&socket_of(&conn), conn.output).await
+            });
         }
         Command::Whoami { conn } => {
             return client::run_query(async move {
                 client::whoami(&socket_of(&conn), conn.output).await
-            })
+            });
         }
         Command::Status { conn } => {
             return client::run_query(async move {
                 client::status(&socket_of(&conn), conn.output).await
-            })
+            });
         }
     };
     let agent_matches = matches.subcommand_matches("agent").unwrap_or(&matches);

@@ -46,10 +46,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::{CgroupFs, PathContainer, PathRuntime},
-    resolver::{membership_of, Membership, View},
+    resolver::{Membership, View, membership_of},
     state::{
-        container::{namespaces, Container, TaskStatus},
         State,
+        container::{Container, TaskStatus, namespaces},
     },
     types::CgroupIds,
 };

@@ -16,7 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::cgroup::{is_gone, proc_pid_dir, read_all, CgroupError, CgroupFs, CgroupPaths, Scratch};
+use crate::cgroup::{CgroupError, CgroupFs, CgroupPaths, Scratch, is_gone, proc_pid_dir, read_all};
 use crate::types::{CgroupIds, Comm, ProcKey, StartTime};
 use crate::util::monotonic_ns;
 
@@ -562,12 +562,16 @@ mod tests {
         assert_eq!(p.cgroup_paths.v1_memory.as_deref(), Some("/default/long1"));
 
         assert_eq!(&read_process(&fs, &proc_root, 100).unwrap(), p);
-        assert!(read_process(&fs, &proc_root, 101)
-            .unwrap_err()
-            .is_vanished());
-        assert!(read_process(&fs, &proc_root, 9999)
-            .unwrap_err()
-            .is_vanished());
+        assert!(
+            read_process(&fs, &proc_root, 101)
+                .unwrap_err()
+                .is_vanished()
+        );
+        assert!(
+            read_process(&fs, &proc_root, 9999)
+                .unwrap_err()
+                .is_vanished()
+        );
 
         let missing = tmp.path().join("no-proc");
         let err = try_scan(&fs, &missing).unwrap_err();

@@ -23,11 +23,11 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    cgroup::{container_from_path, CgroupPathCache, Hierarchy, PathContainer, PathRuntime},
+    cgroup::{CgroupPathCache, Hierarchy, PathContainer, PathRuntime, container_from_path},
     state::{
-        container::{namespaces, Container, ContainerKey, TaskStatus},
-        containers::ContainerStore,
         Process, ProcessState, State,
+        container::{Container, ContainerKey, TaskStatus, namespaces},
+        containers::ContainerStore,
     },
     types::{CgroupId, CgroupIds, ProcKey, StartTime},
 };
@@ -190,8 +190,8 @@ impl View<'_> {
         let v2 = cgroups.v2.map(|id| (Hierarchy::V2, id));
         let v1 = cgroups.v1_memory.map(|id| (Hierarchy::V1Memory, id));
         let (hierarchy, id) = match (v2, v1) {
-            (Some(v2), _) if v2.1 .0 != 1 => v2,
-            (_, Some(v1)) if v1.1 .0 != 1 => v1,
+            (Some(v2), _) if v2.1.0 != 1 => v2,
+            (_, Some(v1)) if v1.1.0 != 1 => v1,
             (Some(one), _) | (None, Some(one)) => one,
             (None, None) => return None,
         };

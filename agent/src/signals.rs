@@ -1,6 +1,6 @@
 //! Shutdown on SIGTERM or SIGINT.
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

@@ -74,7 +74,7 @@ pub async fn accept_next<T, E, F>(
 ) -> Option<T>
 where
     E: std::fmt::Display,
-    F: std::future::Future<Output = Result<T, E>>,
+    F: Future<Output = Result<T, E>>,
 {
     loop {
         let accepted = tokio::select! {

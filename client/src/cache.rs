@@ -13,8 +13,8 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        atomic::{AtomicU64, Ordering},
         Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -434,10 +434,10 @@ fn expire(view: &mut View, expiry: &mut Expiry, settings: &CacheSettings, now: I
         if !old(*at) && expiry.deleted.len() <= settings.max_exited {
             break;
         }
-        if let Some((_, key)) = expiry.deleted.pop_front() {
-            if view.containers.get(&key).is_some_and(|c| c.deleted) {
-                view.containers.remove(&key);
-            }
+        if let Some((_, key)) = expiry.deleted.pop_front()
+            && view.containers.get(&key).is_some_and(|c| c.deleted)
+        {
+            view.containers.remove(&key);
         }
     }
 }

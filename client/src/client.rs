@@ -6,8 +6,8 @@ use std::{
 };
 
 use tonic::{
-    transport::{Channel, Endpoint},
     Status, Streaming,
+    transport::{Channel, Endpoint},
 };
 
 use crate::proto::{self, pidmap_client::PidmapClient};
@@ -269,9 +269,10 @@ mod tests {
         let s = Settings::new("/nonexistent/pidmap-client-test.sock");
         let err = Client::connect(&s).await.expect_err("no agent there");
         assert!(matches!(err, ConnectError::Connect { .. }), "{err:?}");
-        assert!(err
-            .to_string()
-            .contains("/nonexistent/pidmap-client-test.sock"));
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/pidmap-client-test.sock")
+        );
         assert!(err.may_be_unreachable());
     }
 

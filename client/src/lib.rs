@@ -34,8 +34,8 @@ mod client;
 
 pub use cache::{Cache, CacheSettings, CacheStats, Entry};
 pub use client::{
-    Client, ConnectError, Settings, AUTHORITY, DEFAULT_SOCKET, MAX_RESPONSE_BYTES, MAX_SOCKET_PATH,
-    SOCKET_ENV,
+    AUTHORITY, Client, ConnectError, DEFAULT_SOCKET, MAX_RESPONSE_BYTES, MAX_SOCKET_PATH,
+    SOCKET_ENV, Settings,
 };
 
 /// The generated `pidmap.v1` messages and client (and, with the `server`

@@ -36,7 +36,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";

@@ -54,7 +54,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 
 pub use container::{ContainerSpec, RunningContainer};
 pub use host::process_alive;

@@ -35,9 +35,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 
-use crate::containerd::{host, Containerd};
+use crate::containerd::{Containerd, host};
 
 /// How long `dockerd` may take to answer `docker version`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -282,10 +282,10 @@ impl Drop for Dockerd<'_> {
         if self.made_run_docker {
             let plugins = Path::new(RUN_DOCKER).join("plugins");
             let _ = fs::remove_dir(plugins);
-            if let Err(e) = fs::remove_dir(RUN_DOCKER) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    errors.push(format!("remove {RUN_DOCKER}: {e}"));
-                }
+            if let Err(e) = fs::remove_dir(RUN_DOCKER)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                errors.push(format!("remove {RUN_DOCKER}: {e}"));
             }
         }
         if !errors.is_empty() {

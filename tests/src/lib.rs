@@ -15,8 +15,8 @@ use std::{
 };
 
 use pidmap::{
-    api::proto::{self, pidmap_client::PidmapClient},
     Agent, Config,
+    api::proto::{self, pidmap_client::PidmapClient},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -341,10 +341,10 @@ impl TestAgent {
     /// died before.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        if let Some(agent) = self.agent.take() {
-            if let Err(e) = agent.wait().await {
-                panic!("the agent failed: {}", pidmap::error::chain(&e));
-            }
+        if let Some(agent) = self.agent.take()
+            && let Err(e) = agent.wait().await
+        {
+            panic!("the agent failed: {}", pidmap::error::chain(&e));
         }
     }
 }
@@ -355,10 +355,10 @@ impl Drop for TestAgent {
         // (and its Ebpf) is dropped right after.
         self.shutdown.cancel();
         let _ = fs::remove_file(&self.socket);
-        if let Some(dir) = self.socket.parent() {
-            if dir.starts_with(std::env::temp_dir()) {
-                let _ = fs::remove_dir(dir);
-            }
+        if let Some(dir) = self.socket.parent()
+            && dir.starts_with(std::env::temp_dir())
+        {
+            let _ = fs::remove_dir(dir);
         }
     }
 }
@@ -509,10 +509,10 @@ impl Drop for AgentProcess {
         if let Some(child) = self.child.take() {
             // SIGKILL ends a stopped process too.
             drop(child);
-            if let Some(dir) = self.socket.parent() {
-                if dir.starts_with(std::env::temp_dir()) {
-                    let _ = fs::remove_dir_all(dir);
-                }
+            if let Some(dir) = self.socket.parent()
+                && dir.starts_with(std::env::temp_dir())
+            {
+                let _ = fs::remove_dir_all(dir);
             }
         }
     }
@@ -889,7 +889,7 @@ pub fn proc_comm(pid: u32) -> Option<String> {
 pub async fn eventually<T, E, F, Fut>(timeout: Duration, mut probe: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let deadline = Instant::now() + timeout;
     loop {

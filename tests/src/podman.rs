@@ -213,12 +213,11 @@ impl Drop for Podman {
         errors.extend(host::remove_dirs_deepest_first(
             lock(&self.made_cgroups).iter(),
         ));
-        if self.made_runc_state {
-            if let Err(e) = fs::remove_dir(RUNC_STATE) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    errors.push(format!("remove {RUNC_STATE}: {e}"));
-                }
-            }
+        if self.made_runc_state
+            && let Err(e) = fs::remove_dir(RUNC_STATE)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            errors.push(format!("remove {RUNC_STATE}: {e}"));
         }
         host::report_leaks("podman", self.dir.take(), errors);
     }

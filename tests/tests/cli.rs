@@ -10,8 +10,9 @@ use std::{
 
 use pidmap::Config;
 use pidmap_tests::{
+    ChildGuard, TestAgent,
     containerd::{ContainerSpec, Containerd},
-    pidmap_bin, ChildGuard, TestAgent,
+    pidmap_bin,
 };
 use serde_json::Value;
 

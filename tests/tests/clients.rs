@@ -18,9 +18,9 @@ use std::{
 use pidmap::Config;
 use pidmap_client::{Cache, CacheSettings, Settings};
 use pidmap_tests::{
-    client_example_bin, containerd::ContainerSpec, containerd::Containerd, node_modules,
-    private_socket, python_bin, python_bin_dir, repo_root, snippets, spawn_until_ready, wait_until,
-    Snippet, TestAgent,
+    Snippet, TestAgent, client_example_bin, containerd::ContainerSpec, containerd::Containerd,
+    node_modules, private_socket, python_bin, python_bin_dir, repo_root, snippets,
+    spawn_until_ready, wait_until,
 };
 use serde_json::Value;
 

@@ -6,15 +6,15 @@
 use std::{process::Command, time::Duration};
 
 use pidmap::{
-    resolver::{resolve, Resolution, Resolved, Source},
-    state::container::{ContainerKey, TaskStatus},
-    state::State,
     Config,
+    resolver::{Resolution, Resolved, Source, resolve},
+    state::State,
+    state::container::{ContainerKey, TaskStatus},
 };
 use pidmap_tests::{
-    children,
+    TestAgent, children,
     containerd::{ContainerSpec, Containerd},
-    wait_until, TestAgent,
+    wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(15);

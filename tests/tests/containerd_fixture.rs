@@ -12,7 +12,7 @@ use std::{
 
 use pidmap_tests::{
     cgroup2_path_of, cgroup2_root,
-    containerd::{process_alive, ContainerSpec, Containerd},
+    containerd::{ContainerSpec, Containerd, process_alive},
     proc_pids, require_root,
 };
 

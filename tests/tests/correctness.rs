@@ -10,15 +10,14 @@ use std::{
 };
 
 use pidmap::{
-    api::proto::{self, pidmap_client::PidmapClient, watch_event::Event},
-    resolver::{resolve, Source},
     Config,
+    api::proto::{self, pidmap_client::PidmapClient, watch_event::Event},
+    resolver::{Source, resolve},
 };
 use pidmap_tests::{
-    cgroup2_path_of,
+    CgroupGuard, ChildGuard, PidGuard, TestAgent, cgroup2_path_of,
     containerd::{ContainerSpec, Containerd},
-    pidmap_bin, proc_comm, proc_ppid, proc_start_time, spawn_until_ready, wait_until, CgroupGuard,
-    ChildGuard, PidGuard, TestAgent,
+    pidmap_bin, proc_comm, proc_ppid, proc_start_time, spawn_until_ready, wait_until,
 };
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
@@ -341,10 +340,10 @@ async fn containers_known_from_cgroup_paths_are_listed_followed_and_forgotten() 
     // has left the grace window.
     let announced = tokio::time::timeout(EVENTUALLY, async {
         while let Some(Ok(ev)) = watch.next().await {
-            if let Some(Event::Container(x) | Event::ContainerChanged(x)) = ev.event {
-                if x.id == id {
-                    return;
-                }
+            if let Some(Event::Container(x) | Event::ContainerChanged(x)) = ev.event
+                && x.id == id
+            {
+                return;
             }
         }
     })
@@ -354,10 +353,10 @@ async fn containers_known_from_cgroup_paths_are_listed_followed_and_forgotten() 
     sleeper.wait();
     let gone = tokio::time::timeout(EVENTUALLY, async {
         while let Some(Ok(ev)) = watch.next().await {
-            if let Some(Event::ContainerDeleted(x)) = ev.event {
-                if x.id == id {
-                    return x;
-                }
+            if let Some(Event::ContainerDeleted(x)) = ev.event
+                && x.id == id
+            {
+                return x;
             }
         }
         panic!("watch ended");
@@ -437,10 +436,10 @@ async fn container_lifecycle_matches_containerd_and_deleted_ones_leave_ls() {
 
     let deleted = tokio::time::timeout(EVENTUALLY, async {
         while let Some(Ok(ev)) = watch.next().await {
-            if let Some(Event::ContainerDeleted(x)) = ev.event {
-                if x.id == "life" {
-                    return x;
-                }
+            if let Some(Event::ContainerDeleted(x)) = ev.event
+                && x.id == "life"
+            {
+                return x;
             }
         }
         panic!("watch ended");
@@ -460,9 +459,11 @@ async fn container_lifecycle_matches_containerd_and_deleted_ones_leave_ls() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(!ls(&[]).contains("life"));
-    assert!(ls(&["--all"])
-        .lines()
-        .any(|l| l.contains("life") && l.contains("deleted")));
+    assert!(
+        ls(&["--all"])
+            .lines()
+            .any(|l| l.contains("life") && l.contains("deleted"))
+    );
     agent.stop().await;
 }
 

@@ -23,11 +23,12 @@ mod kubelet {
     use std::time::Duration;
 
     use pidmap::api::proto::{
-        self, pidmap_client::PidmapClient, ListContainersRequest, ListProcessesRequest,
+        self, ListContainersRequest, ListProcessesRequest, pidmap_client::PidmapClient,
     };
     use pidmap_tests::{
-        containerd::{Containerd, CRI_IMAGE, CRI_NAMESPACE, CRI_SANDBOX_IMAGE},
-        eventually, resolved_as, TestAgent,
+        TestAgent,
+        containerd::{CRI_IMAGE, CRI_NAMESPACE, CRI_SANDBOX_IMAGE, Containerd},
+        eventually, resolved_as,
     };
     use tonic::transport::Channel;
 
@@ -148,11 +149,7 @@ mod kubelet {
         let deleted = eventually(WAIT, || async {
             let all = listed(&client, true).await;
             let gone = all.len() == 2 && all.iter().all(|c| c.deleted && c.status == "deleted");
-            if gone {
-                Ok(())
-            } else {
-                Err(all)
-            }
+            if gone { Ok(()) } else { Err(all) }
         })
         .await;
         if let Err(all) = deleted {

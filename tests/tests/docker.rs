@@ -11,10 +11,11 @@ use std::{path::Path, time::Duration};
 
 use pidmap::Config;
 use pidmap_tests::{
+    TestAgent,
     containerd::Containerd,
     containers_in,
-    docker::{Dockerd, CGROUP_PARENT},
-    eventually, resolved_as, TestAgent,
+    docker::{CGROUP_PARENT, Dockerd},
+    eventually, resolved_as,
 };
 
 const IMAGE: &str = "localhost/busybox:docker";

@@ -22,20 +22,20 @@ use std::{
 };
 
 use pidmap::{
-    api::proto::{self, pidmap_client::PidmapClient},
     Config,
+    api::proto::{self, pidmap_client::PidmapClient},
 };
 use pidmap_tests::{
-    checker::{self, client, Checker, Currency, Run},
+    AgentProcess, ChildGuard, TestAgent,
+    checker::{self, Checker, Currency, Run, client},
     load::Storm,
     private_socket, proc_comm, proc_start_time,
     wire::{
-        frame, grpc_request_headers, hpack, CONTINUATION, DATA, END_HEADERS, HEADERS, PREFACE,
-        SETTINGS,
+        CONTINUATION, DATA, END_HEADERS, HEADERS, PREFACE, SETTINGS, frame, grpc_request_headers,
+        hpack,
     },
-    AgentProcess, ChildGuard, TestAgent,
 };
-use tonic::{transport::Channel, Code};
+use tonic::{Code, transport::Channel};
 
 /// Generous bound for things that must happen; never a timing check.
 const EVENTUALLY: Duration = Duration::from_secs(20);

@@ -14,9 +14,10 @@ use std::{
 
 use pidmap::api::proto;
 use pidmap_tests::{
-    checker::{self, client, Checker, ContainerdKills, Run},
+    AgentProcess, TestAgent,
+    checker::{self, Checker, ContainerdKills, Run, client},
     containerd::Containerd,
-    env_seconds, private_socket, proc_start_time, AgentProcess, TestAgent,
+    env_seconds, private_socket, proc_start_time,
 };
 
 fn seed() -> u64 {

@@ -23,9 +23,10 @@ use std::{
 
 use pidmap::Config;
 use pidmap_tests::{
+    ChildGuard, PidGuard, TestAgent,
     checker::{self, ContainerdKills, Run, Want},
     containerd::Containerd,
-    env_seconds, private_socket, ChildGuard, PidGuard, TestAgent,
+    env_seconds, private_socket,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

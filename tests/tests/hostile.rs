@@ -11,16 +11,16 @@ use std::{
     net::TcpStream,
     process::{Command, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use pidmap::api::proto;
 use pidmap_tests::{
-    checker::client, init_logging, load::Storm, private_socket, proc_status_kib, require_root,
-    AgentProcess, ChildGuard, MemoryCgroup,
+    AgentProcess, ChildGuard, MemoryCgroup, checker::client, init_logging, load::Storm,
+    private_socket, proc_status_kib, require_root,
 };
 
 /// The DaemonSet's memory limit (deploy/kubernetes/daemonset.yaml).

@@ -18,11 +18,11 @@ use k8s_openapi::{
             VolumeMount,
         },
     },
-    serde::{de::DeserializeOwned, Serialize},
+    serde::{Serialize, de::DeserializeOwned},
 };
 use pidmap::{
-    cli::{Cli, Command},
     Config,
+    cli::{Cli, Command},
 };
 use serde_json::Value;
 

@@ -10,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pidmap::{metrics::server::HEADER_TIMEOUT, Agent, Config, Error};
-use pidmap_tests::{init_logging, private_socket, require_root, ChildGuard, TestAgent};
+use pidmap::{Agent, Config, Error, metrics::server::HEADER_TIMEOUT};
+use pidmap_tests::{ChildGuard, TestAgent, init_logging, private_socket, require_root};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -92,9 +92,11 @@ async fn scrape_shows_events_rising_and_table_sizes() {
         .sample(r#"pidmap_processes{state="live"}"#)
         .expect("live process gauge");
     assert!(live >= 1.0, "the seeded table is not empty: {live}");
-    assert!(first
-        .sample("pidmap_scan_added_total")
-        .is_some_and(|n| n >= 1.0));
+    assert!(
+        first
+            .sample("pidmap_scan_added_total")
+            .is_some_and(|n| n >= 1.0)
+    );
     assert_eq!(first.sample("pidmap_containerd_connected"), Some(0.0));
     let before = first.sample(EXEC).expect("exec counter");
 

@@ -30,10 +30,11 @@ mod kubelet {
     use aya::maps::{HashMap, MapData};
     use pidmap::config::Config;
     use pidmap_tests::{
-        cgroup2_id_of, cgroup2_path_of, cgroup2_root, consumer,
-        containerd::{Containerd, CRI_IMAGE},
+        CgroupGuard, ChildGuard, PrivateBpfFs, TestAgent, cgroup2_id_of, cgroup2_path_of,
+        cgroup2_root, consumer,
+        containerd::{CRI_IMAGE, Containerd},
         cri::PodSpec,
-        resolved_as, wait_until, CgroupGuard, ChildGuard, PrivateBpfFs, TestAgent,
+        resolved_as, wait_until,
     };
 
     const WAIT: Duration = Duration::from_secs(15);
@@ -179,11 +180,13 @@ mod kubelet {
         // The nested cgroup removed: its entry goes with it, at once.
         drop(sleeper);
         drop(nested_dir); // rmdir (after the sleeper's exit frees it)
-        assert!(!cgroup2_root()
-            .expect("cgroup2")
-            .join(&app_path[1..])
-            .join("pidmap-nested")
-            .exists());
+        assert!(
+            !cgroup2_root()
+                .expect("cgroup2")
+                .join(&app_path[1..])
+                .join("pidmap-nested")
+                .exists()
+        );
         assert_eq!(entry(&map, nested), None, "the removed cgroup's entry");
 
         // The host cgroup emptied: its entry goes.

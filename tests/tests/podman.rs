@@ -10,13 +10,13 @@
 use std::time::Duration;
 
 use pidmap::{
-    api::proto::{self, pidmap_client::PidmapClient, ListProcessesRequest},
     Config,
+    api::proto::{self, ListProcessesRequest, pidmap_client::PidmapClient},
 };
 use pidmap_tests::{
-    children, containers_in, eventually,
+    TestAgent, children, containers_in, eventually,
     podman::{Podman, PodmanContainer},
-    resolved_when, TestAgent,
+    resolved_when,
 };
 use tonic::transport::Channel;
 

@@ -4,11 +4,11 @@
 use std::{process::Command, time::Duration};
 
 use pidmap::{
+    Config,
     state::ProcessState,
     types::{CgroupId, ProcKey, StartTime},
-    Config,
 };
-use pidmap_tests::{proc_start_time, wait_until, CgroupGuard, ChildGuard, TestAgent};
+use pidmap_tests::{CgroupGuard, ChildGuard, TestAgent, proc_start_time, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -11,12 +11,12 @@ use std::{
 };
 
 use pidmap::{
+    Config, Error,
     api::proto,
     faults::{Fault, Faults},
     state::STALL_LIMIT,
-    Config, Error,
 };
-use pidmap_tests::{containerd::Containerd, pidmap_bin, wait_until, TestAgent};
+use pidmap_tests::{TestAgent, containerd::Containerd, pidmap_bin, wait_until};
 
 const EVENTUALLY: Duration = Duration::from_secs(20);
 

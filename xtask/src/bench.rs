@@ -3,11 +3,11 @@
 
 use std::{ffi::OsString, fs, io, path::Path, time::Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     fuzz, setup,
-    util::{cargo, fmt_duration, is_root, run_shown, Metadata},
+    util::{Metadata, cargo, fmt_duration, is_root, run_shown},
 };
 
 #[derive(clap::Args)]

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::util::{self, output};
 

@@ -13,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     setup,
-    util::{self, fmt_duration, nightly, repo_root, run_shown, Metadata},
+    util::{self, Metadata, fmt_duration, nightly, repo_root, run_shown},
 };
 
 /// Every fuzz target (a `[[bin]]` of `fuzz/Cargo.toml`), in the order they run.

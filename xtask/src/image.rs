@@ -5,7 +5,7 @@
 
 use std::{env, path::PathBuf, time::Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     setup,
@@ -210,10 +210,12 @@ mod tests {
         );
         assert_eq!(config["config"]["Cmd"], serde_json::json!(["agent"]));
         assert_eq!(config["config"]["User"], "0");
-        assert!(config["config"]["Env"]
-            .as_array()
-            .expect("env")
-            .contains(&"RUST_LOG=info".into()));
+        assert!(
+            config["config"]["Env"]
+                .as_array()
+                .expect("env")
+                .contains(&"RUST_LOG=info".into())
+        );
         assert_eq!(
             config["config"]["Labels"]["org.opencontainers.image.version"],
             "0.1.0"

@@ -8,7 +8,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::util::{cargo, display, run_shown};
 
@@ -216,14 +216,13 @@ fn parse_line(line: &str, current: &mut Option<FileOutcome>, summary: &mut Summa
             }
             summary.files.push(file);
         }
-    } else if let Some(file) = current.as_mut() {
-        if file.in_failures
-            && line.starts_with("    ")
-            && !trimmed.is_empty()
-            && !trimmed.contains(' ')
-        {
-            file.add_failed(trimmed);
-        }
+    } else if let Some(file) = current.as_mut()
+        && file.in_failures
+        && line.starts_with("    ")
+        && !trimmed.is_empty()
+        && !trimmed.contains(' ')
+    {
+        file.add_failed(trimmed);
     }
 }
 

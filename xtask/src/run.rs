@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     setup,
-    util::{self, cargo, is_root, run_shown, Metadata},
+    util::{self, Metadata, cargo, is_root, run_shown},
 };
 
 #[derive(clap::Args)]

@@ -3,7 +3,7 @@
 //! churn) with the load beside it — a busy loop on every core and an exec storm — for as
 //! long as asked. Zero wrong answers, or it fails.
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 use crate::{load, privileged, setup, util::is_root};
 

@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 use crate::{
     fuzz, lint, load, matrix, privileged, setup,

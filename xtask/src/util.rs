@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 /// Environment variables that pin a toolchain. `cargo run` (and rustup's proxies) set some of
 /// them for xtask; a `+nightly` child must not inherit them, or it would run stable tools.

@@ -53,10 +53,10 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc,
+        atomic::{AtomicBool, Ordering},
     },
-    task::{ready, Context, Poll},
+    task::{Context, Poll, ready},
 };
 
 use bytes::{Buf as _, BufMut as _, BytesMut};
@@ -109,9 +109,7 @@ pub enum RewriteError {
     /// A header list decoded to over four times the server's limit after
     /// the connection's blocks were re-encoded (h2 closes a connection for
     /// such a list).
-    #[error(
-        "a header list of over {0} decoded bytes on a connection whose headers are re-encoded"
-    )]
+    #[error("a header list of over {0} decoded bytes on a connection whose headers are re-encoded")]
     TooLarge(usize),
 }
 

@@ -4,11 +4,11 @@
 use super::proto;
 use crate::{
     resolver::{
-        hierarchy_name, path_runtime_name, PathContainerEntry, Resolution, Resolved, Source,
+        PathContainerEntry, Resolution, Resolved, Source, hierarchy_name, path_runtime_name,
     },
     state::{
-        container::{Container, ContainerKey, TaskStatus},
         ProcessState,
+        container::{Container, ContainerKey, TaskStatus},
     },
 };
 

@@ -22,7 +22,7 @@
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use http::{header, request::Parts, Method as HttpMethod, Request, Response, StatusCode};
+use http::{Method as HttpMethod, Request, Response, StatusCode, header, request::Parts};
 use http_body_util::{Full, StreamBody};
 use hyper::body::Frame;
 use serde_json::Value;
@@ -35,7 +35,7 @@ use super::{
     peer::Peer,
     policy::{Method, Policy},
     proto,
-    service::{check_batch, PidmapService},
+    service::{PidmapService, check_batch},
 };
 
 /// Response bodies (the gRPC routes' type, so both share one server).
@@ -222,7 +222,7 @@ impl Query {
                 _ => {
                     return Err(Status::invalid_argument(
                         "the query is not valid percent-encoded UTF-8",
-                    ))
+                    ));
                 }
             }
         }
@@ -656,10 +656,12 @@ mod tests {
         let err = q.only(&["pid"]).unwrap_err();
         assert!(err.message().contains("\"label\""), "{}", err.message());
         assert!(Query::parse(Some("a=%ff")).is_err());
-        assert!(Query::parse(Some("all=maybe"))
-            .unwrap()
-            .flag("all")
-            .is_err());
+        assert!(
+            Query::parse(Some("all=maybe"))
+                .unwrap()
+                .flag("all")
+                .is_err()
+        );
         assert_eq!(Query::parse(None).unwrap().format().unwrap(), Format::Json);
         assert_eq!(
             Query::parse(Some("format=otel")).unwrap().format().unwrap(),

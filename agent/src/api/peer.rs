@@ -27,7 +27,7 @@ use std::{
     sync::Arc,
 };
 
-use rustix::event::{poll, PollFd, PollFlags};
+use rustix::event::{PollFd, PollFlags, poll};
 use tokio::net::UnixStream;
 
 use crate::{proc, types::ProcKey};

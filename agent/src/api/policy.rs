@@ -14,7 +14,7 @@ use std::{
 };
 
 use tonic::codegen::http;
-use tonic::{server::NamedService, Status};
+use tonic::{Status, server::NamedService};
 use tower::Service;
 
 use super::peer::Peer;

@@ -11,7 +11,7 @@ use std::{
     convert::Infallible,
     future::Future,
     io,
-    os::unix::fs::{chown, DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _, chown},
     path::{Path, PathBuf},
     pin::Pin,
     sync::Arc,
@@ -31,17 +31,17 @@ use tokio::{
     time::{Instant, Sleep},
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{service::Routes, Status};
+use tonic::{Status, service::Routes};
 use tracing::{debug, info, warn};
 
 use super::{
     admission::{Admission, Admitted, Budgets, Refused},
-    authority::{AuthorityStream, Reports, MAX_HEADER_LIST, STREAM_TAG},
+    authority::{AuthorityStream, MAX_HEADER_LIST, Reports, STREAM_TAG},
     budget::{ConnLedger, CutOff, Metered},
     http::{Body, HttpApi, HttpError},
     peer::Peer,
     policy::{Policy, PolicyLayer},
-    proto::{pidmap_server::PidmapServer, FILE_DESCRIPTOR_SET},
+    proto::{FILE_DESCRIPTOR_SET, pidmap_server::PidmapServer},
     service::{PidmapService, ServiceSettings},
 };
 use crate::{

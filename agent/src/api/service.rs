@@ -16,8 +16,8 @@ use super::{
     proto::{self, pidmap_server::Pidmap},
 };
 use crate::{
-    resolver::{path_containers, processes_of, resolve, ContainerRef},
-    state::{container::Container, Change, State},
+    resolver::{ContainerRef, path_containers, processes_of, resolve},
+    state::{Change, State, container::Container},
     types::StartTime,
 };
 
@@ -221,7 +221,9 @@ impl PidmapService {
     /// client's reads, until the watcher goes away, falls behind
     /// (`RESOURCE_EXHAUSTED`) or the agent shuts down (`UNAVAILABLE`). See
     /// [`super::watch`].
-    pub fn watch(&self) -> impl Stream<Item = Result<proto::WatchEvent, Status>> + Send + 'static {
+    pub fn watch(
+        &self,
+    ) -> impl Stream<Item = Result<proto::WatchEvent, Status>> + Send + 'static + use<> {
         super::watch::stream(
             Arc::clone(&self.state),
             self.settings.watch_buffer,

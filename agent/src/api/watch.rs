@@ -40,7 +40,7 @@ use super::{
 use crate::{
     metrics::CutOff,
     resolver::{self, path_containers, resolve},
-    state::{container::ContainerKey, Change, State},
+    state::{Change, State, container::ContainerKey},
 };
 
 /// How many snapshot entries are taken from the state at once.
@@ -222,19 +222,17 @@ impl Feed {
         match change {
             Change::Process(key) => {
                 let r = resolve(state, key.pid, Some(key.start_time));
-                if let Some(pc) = &r.path_container {
-                    if r.source == Some(resolver::Source::CgroupPath)
-                        && r.state != resolver::Resolved::Pending
+                if let Some(pc) = &r.path_container
+                    && r.source == Some(resolver::Source::CgroupPath)
+                    && r.state != resolver::Resolved::Pending
+                {
+                    let key = resolver::path_container_key(pc);
+                    if !self.announced.contains(&key)
+                        && let Some(entry) = path_containers(state).get(&key)
                     {
-                        let key = resolver::path_container_key(pc);
-                        if !self.announced.contains(&key) {
-                            if let Some(entry) = path_containers(state).get(&key) {
-                                self.pending.push_back(Event::ContainerChanged(
-                                    convert::path_container(entry),
-                                ));
-                                self.announced.insert(key);
-                            }
-                        }
+                        self.pending
+                            .push_back(Event::ContainerChanged(convert::path_container(entry)));
+                        self.announced.insert(key);
                     }
                 }
                 self.pending

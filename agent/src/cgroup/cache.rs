@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use lru::LruCache;
 
 use super::parse::CgroupMount;
-use super::{is_gone, CgroupFs, Hierarchy};
+use super::{CgroupFs, Hierarchy, is_gone};
 use crate::types::CgroupId;
 
 /// Maps cgroup ids back to cgroup paths (eBPF events carry ids; cgroup

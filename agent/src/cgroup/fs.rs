@@ -8,8 +8,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::namespace::{self, join_normalized};
-use super::parse::{cgroup_mounts, parse_proc_cgroup, CgroupMount, CgroupPaths};
-use super::{is_gone, CgroupError, Hierarchy};
+use super::parse::{CgroupMount, CgroupPaths, cgroup_mounts, parse_proc_cgroup};
+use super::{CgroupError, Hierarchy, is_gone};
 use crate::types::{CgroupId, CgroupIds};
 
 /// The mount table read by [`CgroupFs::discover`].

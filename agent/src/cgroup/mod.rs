@@ -35,12 +35,12 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-pub use cache::{walk_hierarchy, CgroupPathCache};
-pub use container::{container_from_path, PathContainer, PathRuntime};
+pub use cache::{CgroupPathCache, walk_hierarchy};
+pub use container::{PathContainer, PathRuntime, container_from_path};
 pub use fs::CgroupFs;
-pub(crate) use fs::{proc_pid_dir, read_all, Scratch};
+pub(crate) use fs::{Scratch, proc_pid_dir, read_all};
 pub use namespace::join_normalized;
-pub use parse::{parse_proc_cgroup, CgroupPaths};
+pub use parse::{CgroupPaths, parse_proc_cgroup};
 
 /// One of the cgroup hierarchies pidmap tracks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -25,7 +25,9 @@ use super::parse::CgroupMount;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PlaceError {
     /// The mount shows a sub-tree beside the namespace, not above it.
-    #[error("the mount at {mount_point} shows {root:?}, which is not an ancestor of this cgroup namespace")]
+    #[error(
+        "the mount at {mount_point} shows {root:?}, which is not an ancestor of this cgroup namespace"
+    )]
     NotAnAncestor {
         /// Where the hierarchy is mounted.
         mount_point: PathBuf,

@@ -133,12 +133,12 @@ fn unescape_octal(field: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            if let Some(value) = octal3(&bytes[i + 1..]) {
-                out.push(value);
-                i += 4;
-                continue;
-            }
+        if bytes[i] == b'\\'
+            && let Some(value) = octal3(&bytes[i + 1..])
+        {
+            out.push(value);
+            i += 4;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -167,8 +167,7 @@ mod tests {
 
     #[test]
     fn proc_cgroup_hybrid() {
-        let text =
-            "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/7b8aea5a792c87bd514a176680fff0b0\n\
+        let text = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/7b8aea5a792c87bd514a176680fff0b0\n\
                     3:cpuset:/\n0::/\n";
         let paths = parse_proc_cgroup(text);
         assert_eq!(paths.v2.as_deref(), Some("/"));

@@ -5,7 +5,7 @@
 use std::{path::Path, process::ExitCode};
 
 use pidmap_client::{Client, Settings};
-use tonic::{transport::Channel, Code, Status};
+use tonic::{Code, Status, transport::Channel};
 
 use crate::api::{
     convert::{source_name, state_name},
@@ -253,7 +253,9 @@ pub async fn watch(socket: &Path, output: Output) -> Result<u8, Failure> {
         .map_err(|s| Failure::from_status(&s, socket))?;
     if output == Output::Table {
         println!("  {RECORD_HEADER}");
-        println!("  (= in the snapshot, ~ changed; C = container: NAMESPACE CONTAINER STATUS PID IMAGE POD)");
+        println!(
+            "  (= in the snapshot, ~ changed; C = container: NAMESPACE CONTAINER STATUS PID IMAGE POD)"
+        );
     }
     loop {
         let event = match stream.message().await {
@@ -338,7 +340,7 @@ fn refuse_otel(command: &str, output: Output) -> Result<(), Failure> {
 /// status, printing failures to stderr.
 pub fn run_query<F>(fut: F) -> ExitCode
 where
-    F: std::future::Future<Output = Result<u8, Failure>>,
+    F: Future<Output = Result<u8, Failure>>,
 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

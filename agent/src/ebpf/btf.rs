@@ -195,10 +195,10 @@ impl KernelBtf {
                         .resolve_chained_type(m)
                         .map_err(BtfError::Resolve)?,
                 )?;
-                if let Type::Struct(inner) | Type::Union(inner) = inner {
-                    if let Some((bits, found, bf)) = self.find_member(&inner, member)? {
-                        return Ok(Some((m.bit_offset() + bits, found, bf)));
-                    }
+                if let Type::Struct(inner) | Type::Union(inner) = inner
+                    && let Some((bits, found, bf)) = self.find_member(&inner, member)?
+                {
+                    return Ok(Some((m.bit_offset() + bits, found, bf)));
                 }
             }
         }

@@ -1,8 +1,8 @@
 //! Decoding of ring-buffer records into typed events.
 
 use agent_common::{
-    EventKind, RawAttachEvent, RawEvent, ATTACH_PATH_LEN, FLAG_ATTACH_MEMORY, FLAG_ATTACH_UNIFIED,
-    FLAG_MEMORY_CGROUP, RAW_ATTACH_EVENT_SIZE, RAW_EVENT_SIZE,
+    ATTACH_PATH_LEN, EventKind, FLAG_ATTACH_MEMORY, FLAG_ATTACH_UNIFIED, FLAG_MEMORY_CGROUP,
+    RAW_ATTACH_EVENT_SIZE, RAW_EVENT_SIZE, RawAttachEvent, RawEvent,
 };
 
 use crate::{

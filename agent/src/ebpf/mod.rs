@@ -26,13 +26,13 @@ pub mod ring;
 use std::path::PathBuf;
 
 use agent_common::{
-    ContainerRecord, CONFIG_GLOBAL, CONTAINERS_MAP, DEFAULT_RING_BYTES, DROPS_MAP, EVENTS_MAP,
+    CONFIG_GLOBAL, CONTAINERS_MAP, ContainerRecord, DEFAULT_RING_BYTES, DROPS_MAP, EVENTS_MAP,
     PROGRAMS,
 };
 use aya::{
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError},
-    Ebpf, EbpfLoader,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -79,7 +79,9 @@ impl Default for EbpfSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The kernel exposes no BTF; pidmap needs `CONFIG_DEBUG_INFO_BTF=y`.
-    #[error("kernel BTF not found at {path}: the kernel must be built with CONFIG_DEBUG_INFO_BTF=y (5.5 or newer)")]
+    #[error(
+        "kernel BTF not found at {path}: the kernel must be built with CONFIG_DEBUG_INFO_BTF=y (5.5 or newer)"
+    )]
     NoBtf { path: PathBuf },
     /// A structure or member the programs read is missing from BTF.
     #[error("unsupported kernel")]
@@ -88,10 +90,14 @@ pub enum LoadError {
     #[error("cannot parse kernel BTF for program loading")]
     AyaBtf(#[source] aya::BtfError),
     /// This binary was built with AYA_BUILD_SKIP=1 and carries no programs.
-    #[error("this pidmap binary was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild without it")]
+    #[error(
+        "this pidmap binary was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild without it"
+    )]
     NotEmbedded,
     /// The kernel refused to load the programs and we are not root.
-    #[error("loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE or memcg accounting); effective uid is {euid}")]
+    #[error(
+        "loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE or memcg accounting); effective uid is {euid}"
+    )]
     NotPermitted {
         euid: u32,
         #[source]
@@ -137,7 +143,7 @@ pub struct Loaded {
 /// Raises RLIMIT_MEMLOCK; failure is expected without CAP_SYS_RESOURCE and
 /// harmless on kernels that account BPF memory through memcg.
 fn raise_memlock() {
-    use rustix::process::{setrlimit, Resource, Rlimit};
+    use rustix::process::{Resource, Rlimit, setrlimit};
     let unlimited = Rlimit {
         current: None,
         maximum: None,

@@ -12,7 +12,7 @@ use std::{
 use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use super::event::{decode, DecodeError, KernelEvent};
+use super::event::{DecodeError, KernelEvent, decode};
 
 /// Reads the event ring buffer. Built from [`super::Loaded`].
 pub struct Ring {

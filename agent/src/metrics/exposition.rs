@@ -10,12 +10,12 @@ use std::{fmt, sync::Arc};
 use agent_common::EventKind;
 use prometheus_client::{
     collector::Collector,
-    encoding::{text, DescriptorEncoder, EncodeMetric, NoLabelSet},
-    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet, text},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
 
-use super::{histogram::HistogramSample, CutOff, DockerLookup, Metrics};
+use super::{CutOff, DockerLookup, Metrics, histogram::HistogramSample};
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -13,8 +13,8 @@ pub mod server;
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
         Mutex, RwLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };

@@ -26,11 +26,11 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
+    Method, Request, Response, StatusCode,
     body::Bytes,
-    header::{HeaderValue, ALLOW, CONTENT_TYPE},
+    header::{ALLOW, CONTENT_TYPE, HeaderValue},
     server::conn::http1,
     service::service_fn,
-    Method, Request, Response, StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;

@@ -7,7 +7,7 @@ use crate::{
     ebpf::event::KernelEvent,
     metrics::Metrics,
     state::{
-        containers::ContainerEvent, ContainerWriter, ContainerdLink, ProcessTable, TableWriter,
+        ContainerWriter, ContainerdLink, ProcessTable, TableWriter, containers::ContainerEvent,
     },
     types::{CgroupIds, Comm},
 };

@@ -24,7 +24,7 @@ use std::{
 };
 
 use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper::{body::Bytes, client::conn::http1, Request, StatusCode};
+use hyper::{Request, StatusCode, body::Bytes, client::conn::http1};
 use hyper_util::rt::TokioIo;
 use lru::LruCache;
 use serde::Deserialize;

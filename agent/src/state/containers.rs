@@ -254,20 +254,20 @@ impl ContainerStore {
             return;
         };
         let (v2, v1, path) = (c.cgroup_v2, c.cgroup_v1_memory, c.cgroup_path.clone());
-        if let Some(id) = v2 {
-            if self.by_v2.get(&id) == Some(key) {
-                self.by_v2.remove(&id);
-            }
+        if let Some(id) = v2
+            && self.by_v2.get(&id) == Some(key)
+        {
+            self.by_v2.remove(&id);
         }
-        if let Some(id) = v1 {
-            if self.by_v1_memory.get(&id) == Some(key) {
-                self.by_v1_memory.remove(&id);
-            }
+        if let Some(id) = v1
+            && self.by_v1_memory.get(&id) == Some(key)
+        {
+            self.by_v1_memory.remove(&id);
         }
-        if let Some(path) = path {
-            if self.by_path.get(&path) == Some(key) {
-                self.by_path.remove(&path);
-            }
+        if let Some(path) = path
+            && self.by_path.get(&path) == Some(key)
+        {
+            self.by_path.remove(&path);
         }
     }
 
@@ -394,14 +394,14 @@ impl ContainerStore {
     }
 
     fn mark_deleted(&mut self, key: &ContainerKey, now_ns: u64) {
-        if let Some(c) = self.containers.get_mut(key) {
-            if c.deleted_at_ns.is_none() {
-                c.deleted_at_ns = Some(now_ns);
-                c.status = TaskStatus::Deleted;
-                c.task_pid = None;
-                c.exec_pids.clear();
-                self.deleted.push_back((key.clone(), now_ns));
-            }
+        if let Some(c) = self.containers.get_mut(key)
+            && c.deleted_at_ns.is_none()
+        {
+            c.deleted_at_ns = Some(now_ns);
+            c.status = TaskStatus::Deleted;
+            c.task_pid = None;
+            c.exec_pids.clear();
+            self.deleted.push_back((key.clone(), now_ns));
         }
     }
 

@@ -13,13 +13,13 @@ pub mod table;
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
         Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 pub use table::{Process, ProcessState, ProcessTable, ScanStats};
 

@@ -318,12 +318,12 @@ impl ProcessTable {
         self.regroup(p.cgroups, |g| {
             g.live.remove(&pid);
         });
-        if let Some(parent) = p.parent {
-            if let Some(siblings) = self.children.get_mut(&parent.pid) {
-                siblings.retain(|&c| c != pid);
-                if siblings.is_empty() {
-                    self.children.remove(&parent.pid);
-                }
+        if let Some(parent) = p.parent
+            && let Some(siblings) = self.children.get_mut(&parent.pid)
+        {
+            siblings.retain(|&c| c != pid);
+            if siblings.is_empty() {
+                self.children.remove(&parent.pid);
             }
         }
         Some(p)
@@ -385,10 +385,9 @@ impl ProcessTable {
             if let ProcessState::Exited {
                 exit_code: code, ..
             } = &mut p.state
+                && code.is_none()
             {
-                if code.is_none() {
-                    *code = exit_code;
-                }
+                *code = exit_code;
             }
             return;
         }

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    cgroup::{walk_hierarchy, CgroupFs, Hierarchy},
+    cgroup::{CgroupFs, Hierarchy, walk_hierarchy},
     ebpf::{
         event::KernelEvent,
         ring::{Positions, Ring},
@@ -268,10 +268,10 @@ impl Tracker {
         while let Ok(more) = self.catch_ups.try_recv() {
             replies.push(more);
         }
-        if self.batch.armed() {
-            if let Err(error) = self.batch.disarm() {
-                debug!(%error, "cannot disarm the batch timer");
-            }
+        if self.batch.armed()
+            && let Err(error) = self.batch.disarm()
+        {
+            debug!(%error, "cannot disarm the batch timer");
         }
         let target = self.positions.producer();
         self.drain();

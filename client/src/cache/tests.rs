@@ -256,8 +256,9 @@ fn a_new_snapshot_keeps_exits_seen_before_but_not_vanished_live_processes() {
     let mut pids: Vec<u32> = new.processes.keys().copied().collect();
     pids.sort_unstable();
     assert_eq!(pids, [1, 3]);
-    assert!(new
-        .containers
-        .contains_key(&("default".into(), "gone".into())));
+    assert!(
+        new.containers
+            .contains_key(&("default".into(), "gone".into()))
+    );
     assert_eq!((carried.exited.len(), carried.deleted.len()), (1, 1));
 }

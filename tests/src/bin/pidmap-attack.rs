@@ -20,8 +20,8 @@ use std::{
 };
 
 use pidmap_tests::wire::{
-    frame, grpc_message, grpc_request_headers, header_frames, hpack_bomb, settings, window_update,
-    DATA, END_HEADERS, END_STREAM, HEADERS, INITIAL_WINDOW_SIZE, MAX_WINDOW, PREFACE,
+    DATA, END_HEADERS, END_STREAM, HEADERS, INITIAL_WINDOW_SIZE, MAX_WINDOW, PREFACE, frame,
+    grpc_message, grpc_request_headers, header_frames, hpack_bomb, settings, window_update,
 };
 
 fn main() -> ExitCode {

@@ -275,11 +275,11 @@ async fn connection_limit_and_idle_timeout_are_enforced() {
     drop((a, b, over));
     let mut served = false;
     for _ in 0..50 {
-        if let Ok(mut c) = pidmap::cli::client::connect(&socket).await {
-            if c.status(proto::StatusRequest {}).await.is_ok() {
-                served = true;
-                break;
-            }
+        if let Ok(mut c) = pidmap::cli::client::connect(&socket).await
+            && c.status(proto::StatusRequest {}).await.is_ok()
+        {
+            served = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -341,11 +341,11 @@ async fn hostile_input_leaves_the_agent_serving() {
     drop(abandoned);
     let mut served = false;
     for _ in 0..150 {
-        if let Ok(mut c) = pidmap::cli::client::connect(&socket).await {
-            if c.status(proto::StatusRequest {}).await.is_ok() {
-                served = true;
-                break;
-            }
+        if let Ok(mut c) = pidmap::cli::client::connect(&socket).await
+            && c.status(proto::StatusRequest {}).await.is_ok()
+        {
+            served = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -159,9 +159,11 @@ async fn http_json_keeps_the_same_peer_restrictions_and_readiness() {
         (403, "PermissionDenied"),
         "{body}"
     );
-    assert!(body["error"]["message"]
-        .as_str()
-        .is_some_and(|m| m.contains("restrict_peers")));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("restrict_peers"))
+    );
     let (status, body) = as_nobody("/v1/whoami");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["comm"], "curl");

@@ -10,11 +10,11 @@ use std::{
 };
 
 use pidmap::{
-    api::proto::{self, pidmap_client::PidmapClient},
     Config,
+    api::proto::{self, pidmap_client::PidmapClient},
 };
-use pidmap_tests::{h2watch::ShutWatch, pidmap_bin, private_socket, ChildGuard, TestAgent};
-use tonic::{transport::Channel, Code};
+use pidmap_tests::{ChildGuard, TestAgent, h2watch::ShutWatch, pidmap_bin, private_socket};
+use tonic::{Code, transport::Channel};
 
 mod access;
 mod http;

@@ -205,9 +205,8 @@ async fn concurrent_clients_all_get_answers() {
 async fn health_and_reflection_are_served() {
     use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
     };
     let agent = TestAgent::start(Config::default()).await;
     let channel = match pidmap::cli::client::channel(agent.socket()).await {

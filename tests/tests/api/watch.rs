@@ -44,10 +44,10 @@ async fn watch_gives_snapshot_then_changes_and_cuts_off_slow_watchers() {
     let saw = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let msg = stream.message().await.expect("stream").expect("open");
-            if let Some(proto::watch_event::Event::ProcessChanged(r)) = msg.event {
-                if r.pid == pid {
-                    return;
-                }
+            if let Some(proto::watch_event::Event::ProcessChanged(r)) = msg.event
+                && r.pid == pid
+            {
+                return;
             }
         }
     })

@@ -15,14 +15,15 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use super::{
+    Containerd,
     report::{Cell, Row, Verdict},
-    say, Containerd,
+    say,
 };
 use crate::debian::{self, LazyDebian};
-use crate::util::{cargo, display, fmt_duration, probe, Probe};
+use crate::util::{Probe, cargo, display, fmt_duration, probe};
 
 /// The fixture's variable for a directory holding `containerd`, `ctr` and
 /// `containerd-shim-runc-v2` (`pidmap_tests::containerd::BIN_DIR_ENV`).
@@ -109,17 +110,17 @@ pub(super) fn prepare(
     debian: &mut LazyDebian,
 ) -> Result<Runtime> {
     let runc = runc_version();
-    if let Some(system) = version_of(Path::new("containerd")) {
-        if system.starts_with(&format!("{}.", version.series())) {
-            say(format!(
-                "containerd {}: the system's ({system})",
-                version.series()
-            ));
-            return Ok(Runtime {
-                label: format!("containerd {system} (system's), runc {runc}"),
-                bin_dir: None,
-            });
-        }
+    if let Some(system) = version_of(Path::new("containerd"))
+        && system.starts_with(&format!("{}.", version.series()))
+    {
+        say(format!(
+            "containerd {}: the system's ({system})",
+            version.series()
+        ));
+        return Ok(Runtime {
+            label: format!("containerd {system} (system's), runc {runc}"),
+            bin_dir: None,
+        });
     }
     let suite = version.suite();
     let debian = debian.get()?;
@@ -302,8 +303,7 @@ mod tests {
 
     #[test]
     fn a_passing_run_shows_its_counts() {
-        let out =
-            "running 3 tests\ntest a ... ok\n\ntest result: ok. 3 passed; 0 failed; 0 ignored; \
+        let out = "running 3 tests\ntest a ... ok\n\ntest result: ok. 3 passed; 0 failed; 0 ignored; \
                    0 measured; 0 filtered out; finished in 4.20s\n";
         let cell = summarize(out, true);
         assert_eq!(cell.verdict, Verdict::Pass);

@@ -20,12 +20,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use super::{
-    cpio,
+    Kernel, Layout, cpio,
     report::{Cell, Row, Verdict},
-    say, Kernel, Layout,
+    say,
 };
 use crate::debian::{self, Debian};
 use crate::util::{self, display, fmt_duration, output};
@@ -629,9 +629,11 @@ mod tests {
             "pidmap said comm=sh, /proc says renamed"
         );
         assert_eq!(cell("storm").verdict, Verdict::Fail);
-        assert!(cell("storm")
-            .message
-            .starts_with("no result: the run ended early"));
+        assert!(
+            cell("storm")
+                .message
+                .starts_with("no result: the run ended early")
+        );
         assert_eq!(
             row.notes,
             ["v1 controllers the kernel lists but cannot mount: memory"]

@@ -21,13 +21,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use self::report::{Report, Row, Section};
 use crate::{
     debian::{self, LazyDebian},
     setup,
-    util::{cargo, fmt_duration, is_root, output, probe, run_shown, Metadata, Probe},
+    util::{Metadata, Probe, cargo, fmt_duration, is_root, output, probe, run_shown},
 };
 
 /// A kernel row of the matrix.

@@ -34,15 +34,15 @@ pub(super) fn python_client(apt: &mut Apt, tools: &Path) -> Result<()> {
     let python = venv.join("bin/python");
     let wanted = PYTHON_PACKAGES.map(|(name, version)| format!("{name}=={version}"));
     let installed = output(Command::new(&python).args(["-m", "pip", "freeze"]));
-    if let Ok(frozen) = &installed {
-        if wanted.iter().all(|w| frozen.lines().any(|l| l == w)) {
-            say(format!(
-                "{} present in {}",
-                wanted.join(", "),
-                venv.display()
-            ));
-            return Ok(());
-        }
+    if let Ok(frozen) = &installed
+        && wanted.iter().all(|w| frozen.lines().any(|l| l == w))
+    {
+        say(format!(
+            "{} present in {}",
+            wanted.join(", "),
+            venv.display()
+        ));
+        return Ok(());
     }
     if !python.exists() {
         if !matches!(

@@ -14,11 +14,11 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     debian::{self, LazyDebian},
-    util::{self, cargo, nightly, output, probe, Metadata, Probe},
+    util::{self, Metadata, Probe, cargo, nightly, output, probe},
 };
 
 mod clients;

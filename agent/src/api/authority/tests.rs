@@ -396,10 +396,12 @@ fn random_input_never_panics_and_output_stays_bounded() {
             }
             // What is held back is at most one header frame and one block.
             assert!(rewriter.input.len() <= FRAME_HEADER + MAX_FRAME_PAYLOAD);
-            assert!(rewriter
-                .block
-                .as_ref()
-                .is_none_or(|b| b.raw.len() <= MAX_BLOCK));
+            assert!(
+                rewriter
+                    .block
+                    .as_ref()
+                    .is_none_or(|b| b.raw.len() <= MAX_BLOCK)
+            );
         }
     }
 }

@@ -7,8 +7,8 @@ use crate::{
     cgroup::CgroupPathCache,
     ebpf::event::KernelEvent,
     state::{
-        container::{Container, ContainerKey},
         ContainerWriter, ContainerdLink, ProcessTable, State, TableWriter,
+        container::{Container, ContainerKey},
     },
     types::{CgroupIds, Comm, ProcKey, StartTime},
 };

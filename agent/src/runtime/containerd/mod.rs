@@ -15,7 +15,7 @@ pub mod spec;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use containerd_client::{
-    services::v1::{events_client::EventsClient, PublishRequest, SubscribeRequest},
+    services::v1::{PublishRequest, SubscribeRequest, events_client::EventsClient},
     tonic::transport::Channel,
     types::Envelope,
 };
@@ -27,9 +27,9 @@ use crate::{
     cgroup::CgroupFs,
     runtime::docker::Docker,
     state::{
-        container::{namespaces, ContainerKey},
-        containers::ContainerEvent,
         Change, ContainerWriter, ContainerdLink, State,
+        container::{ContainerKey, namespaces},
+        containers::ContainerEvent,
     },
     util::{chain, duration_ns, monotonic_ns},
 };
@@ -383,10 +383,9 @@ impl Watcher {
             namespace,
             container_id,
         } = &event
+            && namespace == namespaces::DOCKER
         {
-            if namespace == namespaces::DOCKER {
-                self.docker.forget(container_id);
-            }
+            self.docker.forget(container_id);
         }
         if let Some(key) = event.container_key() {
             self.writer.notify(|| Change::Container(key));
@@ -417,11 +416,12 @@ impl Watcher {
             return;
         }
         snapshot::resolve_cgroup_ids(&mut c, &self.fs);
-        if c.cgroup_v2.is_none() && c.cgroup_v1_memory.is_none() {
-            if let Some(p) = c.task_pid.and_then(|pid| self.state().process(pid)) {
-                c.cgroup_v2 = p.cgroups.v2.filter(|id| id.0 != 1);
-                c.cgroup_v1_memory = p.cgroups.v1_memory.filter(|id| id.0 != 1);
-            }
+        if c.cgroup_v2.is_none()
+            && c.cgroup_v1_memory.is_none()
+            && let Some(p) = c.task_pid.and_then(|pid| self.state().process(pid))
+        {
+            c.cgroup_v2 = p.cgroups.v2.filter(|id| id.0 != 1);
+            c.cgroup_v1_memory = p.cgroups.v1_memory.filter(|id| id.0 != 1);
         }
         self.writer
             .store()

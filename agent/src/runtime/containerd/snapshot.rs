@@ -10,11 +10,12 @@ use std::{
 
 use containerd_client::{
     services::v1::{
+        Container as CtrdContainer, GetContainerRequest, ListContainersRequest,
+        ListNamespacesRequest, ListPidsRequest, ListTasksRequest,
         containers_client::ContainersClient, namespaces_client::NamespacesClient,
-        tasks_client::TasksClient, Container as CtrdContainer, GetContainerRequest,
-        ListContainersRequest, ListNamespacesRequest, ListPidsRequest, ListTasksRequest,
+        tasks_client::TasksClient,
     },
-    tonic::{transport::Channel, Request, Status},
+    tonic::{Request, Status, transport::Channel},
     types::v1::Process,
 };
 use prost::Message as _;
@@ -23,7 +24,7 @@ use super::spec::{cgroup_dir, parse_spec};
 use crate::{
     cgroup::{CgroupFs, Hierarchy},
     runtime::docker::{Docker, DockerInfo},
-    state::container::{namespaces, pod_identity, Container, ContainerKey, TaskStatus},
+    state::container::{Container, ContainerKey, TaskStatus, namespaces, pod_identity},
     state::containers::Snapshot,
 };
 
@@ -63,7 +64,7 @@ fn with_ns<T>(msg: T, namespace: &str) -> Request<T> {
 
 async fn call<T>(
     name: &'static str,
-    fut: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    fut: impl Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<T, ListError> {
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
@@ -194,12 +195,12 @@ pub async fn get_container(
             return Err(ListError::Call {
                 call: "containers get",
                 source,
-            })
+            });
         }
         Err(_) => {
             return Err(ListError::Timeout {
                 call: "containers get",
-            })
+            });
         }
     };
     let Some(record) = record else {

@@ -14,14 +14,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use hdrhistogram::Histogram;
 use pidmap::{
+    Agent, Config,
     api::proto::{self, pidmap_client::PidmapClient},
     cgroup::{container_from_path, parse_proc_cgroup},
-    Agent, Config,
 };
-use pidmap_tests::{private_socket, ChildGuard};
+use pidmap_tests::{ChildGuard, private_socket};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -78,8 +78,12 @@ pub(crate) fn run(n: usize) -> Result<()> {
         "query API vs /proc ({n} live `sleep` pids; agent in-process on a private socket, its runtime 1 worker thread; clients on their own {CLIENT_THREADS}-thread runtime; all share {} CPUs)",
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
-    println!("  socket: one gRPC (HTTP/2) round trip over the Unix socket per call, client encode/decode included; answers the agent's full record (state, start time, cgroup, container/pod metadata; exited processes too, for the grace window)");
-    println!("  /proc: open+read /proc/PID/cgroup, parse the 0::/memory line, guess a container id from the path (pidmap's own parser); gives a cgroup path and a guessed id only: no image/pod/labels, nothing once the process has exited");
+    println!(
+        "  socket: one gRPC (HTTP/2) round trip over the Unix socket per call, client encode/decode included; answers the agent's full record (state, start time, cgroup, container/pod metadata; exited processes too, for the grace window)"
+    );
+    println!(
+        "  /proc: open+read /proc/PID/cgroup, parse the 0::/memory line, guess a container id from the path (pidmap's own parser); gives a cgroup path and a guessed id only: no image/pod/labels, nothing once the process has exited"
+    );
     // The floor: a Status call is the same gRPC round trip over the same
     // socket, with no catch-up and no look-up.
     let floor = clients.block_on(resolve_clients(&socket, &pids, 1, Call::Status))?;
@@ -237,10 +241,10 @@ impl Drop for BenchAgent {
             let _ = self.rt.block_on(agent.wait());
         }
         let _ = std::fs::remove_file(&self.socket);
-        if let Some(dir) = self.socket.parent() {
-            if dir.starts_with(std::env::temp_dir()) {
-                let _ = std::fs::remove_dir(dir);
-            }
+        if let Some(dir) = self.socket.parent()
+            && dir.starts_with(std::env::temp_dir())
+        {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
@@ -782,10 +786,11 @@ async fn watch_delivery(socket: &Path) -> Result<Delivery> {
         let pid = child.pid();
         let seen = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                if let Some(Event::ProcessChanged(r)) = next().await? {
-                    if r.pid == pid && r.comm() == "sleep" {
-                        return Ok::<_, anyhow::Error>(t.elapsed());
-                    }
+                if let Some(Event::ProcessChanged(r)) = next().await?
+                    && r.pid == pid
+                    && r.comm() == "sleep"
+                {
+                    return Ok::<_, anyhow::Error>(t.elapsed());
                 }
             }
         })

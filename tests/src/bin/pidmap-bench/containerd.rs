@@ -6,22 +6,22 @@ use std::{
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
 use pidmap::{
-    resolver::{resolve, Source},
-    state::container::ContainerKey,
-    state::State,
     Agent, Config,
+    resolver::{Source, resolve},
+    state::State,
+    state::container::ContainerKey,
 };
 use pidmap_tests::{
-    containerd::{ContainerSpec, Containerd},
     ChildGuard,
+    containerd::{ContainerSpec, Containerd},
 };
 use tokio_util::sync::CancellationToken;
 

@@ -24,9 +24,9 @@ mod pinned;
 
 use std::io::BufRead as _;
 
-use anyhow::{bail, Context as _, Result};
-use pidmap::{cgroup::CgroupFs, Agent, Config};
-use pidmap_tests::{require_root, ChildGuard};
+use anyhow::{Context as _, Result, bail};
+use pidmap::{Agent, Config, cgroup::CgroupFs};
+use pidmap_tests::{ChildGuard, require_root};
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]

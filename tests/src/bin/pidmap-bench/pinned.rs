@@ -6,8 +6,8 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -15,11 +15,10 @@ use std::{
 use agent_common::containers::{ContainerRecord, STATE_CONTAINER};
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use pidmap::{pinned, Agent, Config};
+use pidmap::{Agent, Config, pinned};
 use pidmap_tests::{
-    consumer,
+    CgroupGuard, PrivateBpfFs, consumer,
     containerd::{ContainerSpec, Containerd},
-    CgroupGuard, PrivateBpfFs,
 };
 use tokio_util::sync::CancellationToken;
 
