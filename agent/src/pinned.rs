@@ -319,7 +319,12 @@ impl Publisher {
                     continue;
                 }
             }
-            self.generation = self.generation.saturating_add(1).max(boottime_ns());
+            // CLOCK_BOOTTIME: generations keep increasing across agent
+            // restarts, whatever the map held.
+            self.generation = self
+                .generation
+                .saturating_add(1)
+                .max(crate::util::boottime_ns());
             let record = ContainerRecord {
                 generation: self.generation,
                 ..*record
@@ -376,16 +381,6 @@ fn nested_of_live(old: &ContainerRecord, desired: &HashMap<u64, ContainerRecord>
                 && r.runtime == old.runtime
                 && r.container_id == old.container_id
         })
-}
-
-/// CLOCK_BOOTTIME in ns: generations keep increasing across agent
-/// restarts.
-fn boottime_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    u64::try_from(ts.tv_sec)
-        .unwrap_or(0)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
 /// What the map should hold: every cgroup with live processes, by the

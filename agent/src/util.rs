@@ -6,7 +6,17 @@ use std::time::Duration;
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`, so
 /// user-space times compare with the kernel's event timestamps.
 pub fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    clock_ns(rustix::time::ClockId::Monotonic)
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds: increasing across agent restarts (and
+/// through suspend) on one boot.
+pub fn boottime_ns() -> u64 {
+    clock_ns(rustix::time::ClockId::Boottime)
+}
+
+fn clock_ns(clock: rustix::time::ClockId) -> u64 {
+    let ts = rustix::time::clock_gettime(clock);
     let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
     let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
     secs.saturating_mul(1_000_000_000).saturating_add(nanos)

@@ -39,28 +39,10 @@ pub fn build(dir: &Path) -> Vec<u8> {
 /// Runs `/bin/true` `n` times, each moved into cgroup `procs` before
 /// its exec: exactly `n` execs there.
 pub fn exec_true(procs: Option<&Path>, n: usize) {
-    use std::os::unix::process::CommandExt as _;
     for _ in 0..n {
         let mut cmd = Command::new("/bin/true");
         if let Some(procs) = procs {
-            let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes())
-                .expect("a path without NUL");
-            // SAFETY: between fork and exec only async-signal-safe calls
-            // on memory allocated before the fork: open, write, close.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if written != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            crate::join_cgroup_before_exec(&mut cmd, procs);
         }
         let status = cmd.status().expect("run /bin/true");
         assert!(status.success());

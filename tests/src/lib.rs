@@ -390,7 +390,6 @@ impl AgentProcess {
     /// (all its memory is charged there).
     pub fn start_in(socket: &Path, args: &[&str], cgroup: Option<&MemoryCgroup>) -> Self {
         use std::io::BufRead as _;
-        use std::os::unix::process::CommandExt as _;
         require_root();
         let started = Instant::now();
         let mut cmd = Command::new(pidmap_bin());
@@ -405,25 +404,7 @@ impl AgentProcess {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         if let Some(cgroup) = cgroup {
-            let procs = std::ffi::CString::new(cgroup.procs().as_os_str().as_encoded_bytes())
-                .expect("a path without NUL");
-            // SAFETY: between fork and exec only async-signal-safe calls on
-            // memory allocated before the fork: open, write, close.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // "0": the writing process itself.
-                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if written != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            join_cgroup_before_exec(&mut cmd, &cgroup.procs());
         }
         let mut child = ChildGuard::spawn(&mut cmd);
         let stderr = child.0.stderr.take().expect("the agent's stderr");
@@ -583,6 +564,32 @@ impl Drop for ChildGuard {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+}
+
+/// Makes `cmd`'s process move itself into the cgroup whose `cgroup.procs`
+/// is `procs` between fork and exec: everything it runs (its exec first)
+/// happens there.
+pub fn join_cgroup_before_exec(cmd: &mut Command, procs: &Path) {
+    use std::os::unix::process::CommandExt as _;
+    let procs =
+        std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("a path without NUL");
+    // SAFETY: between fork and exec only async-signal-safe calls on memory
+    // allocated before the fork: open, write, close.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // "0": the writing process itself.
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if written != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

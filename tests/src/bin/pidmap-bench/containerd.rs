@@ -100,7 +100,30 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Wall-clock times by container id, filled by another thread.
-type Times = Arc<Mutex<HashMap<String, SystemTime>>>;
+pub(crate) type Times = Arc<Mutex<HashMap<String, SystemTime>>>;
+
+/// Milliseconds from each container's `/tasks/start` (`starts`) to its time
+/// in `done` (negative: before it), sorted.
+pub(crate) fn ms_after_start(starts: &Times, done: &Times) -> Vec<f64> {
+    let starts = starts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let done = done
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut ms: Vec<f64> = done
+        .iter()
+        .filter_map(|(id, at)| {
+            let start = starts.get(id)?;
+            Some(match at.duration_since(*start) {
+                Ok(d) => d.as_secs_f64() * 1e3,
+                Err(e) => -e.duration().as_secs_f64() * 1e3,
+            })
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms
+}
 
 /// `ctr events` timestamps of `/tasks/start`, by container id.
 pub(crate) fn task_start_times(ctrd: &Containerd) -> Result<(ChildGuard, Times)> {
@@ -215,25 +238,7 @@ fn start_to_resolvable(ctrd: &Containerd, state: &Arc<State>, n: usize) -> Resul
     .context("all containers resolvable")?;
     stop.store(true, Ordering::Relaxed);
     let _ = poller.join();
-    let starts = starts
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let resolved = resolved
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let mut ms: Vec<f64> = resolved
-        .iter()
-        .filter_map(|(id, done)| {
-            let start = starts.get(id)?;
-            Some(match done.duration_since(*start) {
-                Ok(d) => d.as_secs_f64() * 1e3,
-                Err(e) => -e.duration().as_secs_f64() * 1e3,
-            })
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
+    let ms = ms_after_start(&starts, &resolved);
     println!(
         "container start to resolvable (/tasks/start timestamp → init pid resolves with metadata, 0.2 ms polling): {} containers, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         ms.len(),

@@ -4,9 +4,8 @@
 //! kernel's own run-time statistics). Everything on a private bpffs.
 
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -22,7 +21,10 @@ use pidmap_tests::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{agent_runtime, containerd::percentile};
+use crate::{
+    agent_runtime,
+    containerd::{Times, ms_after_start, percentile},
+};
 
 /// Runs every measurement: `containers` containers, `groups` host cgroups
 /// with a process each, a storm of `storm` execs.
@@ -90,7 +92,7 @@ fn container_events(
 ) -> Result<()> {
     let (_events, starts) = crate::containerd::task_start_times(ctrd)?;
     std::thread::sleep(Duration::from_millis(200)); // ctr events subscribed
-    let seen: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
+    let seen: Times = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
         let (map, seen, stop) = (Arc::clone(map), Arc::clone(&seen), Arc::clone(&stop));
@@ -129,25 +131,7 @@ fn container_events(
     std::thread::sleep(Duration::from_millis(500));
     let deleted = state.metrics().snapshot();
 
-    let starts = starts
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let seen = seen
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let mut ms: Vec<f64> = seen
-        .iter()
-        .filter_map(|(id, at)| {
-            let start = starts.get(id)?;
-            Some(match at.duration_since(*start) {
-                Ok(d) => d.as_secs_f64() * 1e3,
-                Err(e) => -e.duration().as_secs_f64() * 1e3,
-            })
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
+    let ms = ms_after_start(&starts, &seen);
     println!(
         "containers map, task start → entry (/tasks/start timestamp → the container's entry in the pinned map, 0.2 ms polling): {} containers, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (negative: before containerd's event)",
         ms.len(),
