@@ -3,7 +3,8 @@
 //! An [`Image`] is a set of files and directories plus an image config; [`Image::write_archive`]
 //! writes it as an OCI image layout tar (`oci-layout`, `index.json`, `blobs/sha256/…`) that
 //! `ctr images import`, `skopeo copy oci-archive:…` and `podman load` read. The same inputs
-//! always give the same bytes, hence the same manifest digest: entries are sorted, every
+//! always give the same bytes, hence the same manifest digest: the index, manifest and config
+//! are `oci-spec`'s typed documents written with every object's keys sorted, entries are sorted, every
 //! mtime is [`Image::created`], owners are 0:0 without names, modes are fixed, and the layer
 //! is stored uncompressed (`application/vnd.oci.image.layer.v1.tar`, so its digest is also
 //! its diff id and no gzip header can carry a timestamp).
@@ -36,13 +37,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde_json::{Value, json};
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, ImageConfigurationBuilder, ImageIndexBuilder,
+    ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
+};
+use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 /// The annotation `ctr images import` names the image by (the full reference).
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// The OCI layout's reference annotation; like `ctr images export`, we put the tag there.
@@ -74,6 +76,13 @@ pub enum Error {
         what: &'static str,
         #[source]
         source: serde_json::Error,
+    },
+    /// An image document could not be put together (a digest or a required field).
+    #[error("cannot build the image {what}")]
+    Spec {
+        what: &'static str,
+        #[source]
+        source: oci_spec::OciSpecError,
     },
     /// `ldd` could not tell the shared objects a binary needs.
     #[error("cannot list the shared objects of {}: {detail}", binary.display())]
@@ -238,26 +247,48 @@ impl Image {
         let layer_digest = digest(&layer); // Uncompressed: the diff id is the digest.
         let config = self.config_json(&layer_digest)?;
         let config_digest = digest(&config);
-        let manifest = to_vec(
-            "manifest",
-            &json!({
-                "schemaVersion": 2,
-                "mediaType": MANIFEST_TYPE,
-                "config": descriptor(CONFIG_TYPE, &config_digest, config.len()),
-                "layers": [descriptor(LAYER_TYPE, &layer_digest, layer.len())],
-            }),
-        )?;
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(descriptor(
+                MediaType::ImageConfig,
+                &config_digest,
+                config.len(),
+            )?)
+            .layers(vec![descriptor(
+                MediaType::ImageLayer,
+                &layer_digest,
+                layer.len(),
+            )?])
+            .build()
+            .map_err(spec_err("manifest"))?;
+        let manifest = to_vec("manifest", &manifest)?;
         let manifest_digest = digest(&manifest);
-        let mut manifest_desc = descriptor(MANIFEST_TYPE, &manifest_digest, manifest.len());
-        manifest_desc["platform"] = json!({ "architecture": oci_arch(), "os": "linux" });
-        manifest_desc["annotations"] = json!({
-            ANNOTATION_CONTAINERD_NAME: self.reference,
-            ANNOTATION_REF_NAME: self.tag(),
-        });
-        let index = to_vec(
-            "index",
-            &json!({ "schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [manifest_desc] }),
-        )?;
+        let mut manifest_desc =
+            descriptor(MediaType::ImageManifest, &manifest_digest, manifest.len())?;
+        manifest_desc.set_platform(Some(
+            PlatformBuilder::default()
+                .architecture(Arch::from(oci_arch()))
+                .os(Os::Linux)
+                .build()
+                .map_err(spec_err("platform"))?,
+        ));
+        manifest_desc.set_annotations(Some(
+            [
+                (ANNOTATION_CONTAINERD_NAME, self.reference.as_str()),
+                (ANNOTATION_REF_NAME, self.tag()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        ));
+        let index = ImageIndexBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageIndex)
+            .manifests(vec![manifest_desc])
+            .build()
+            .map_err(spec_err("index"))?;
+        let index = to_vec("index", &index)?;
 
         let mut archive = tar::Builder::new(Vec::new());
         let blob_path = |digest: &str| digest.replacen("sha256:", "blobs/sha256/", 1);
@@ -330,28 +361,37 @@ impl Image {
 
     fn config_json(&self, layer_digest: &str) -> Result<Vec<u8>, Error> {
         let c = &self.config;
-        let mut config = json!({
-            "Entrypoint": c.entrypoint,
-            "Cmd": c.cmd,
-            "Env": c.env,
-            "Labels": c.labels,
-        });
+        let mut runtime = ConfigBuilder::default()
+            .entrypoint(c.entrypoint.clone())
+            .cmd(c.cmd.clone())
+            .env(c.env.clone())
+            .labels(
+                c.labels
+                    .clone()
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            );
         if !c.user.is_empty() {
-            config["User"] = json!(c.user);
+            runtime = runtime.user(c.user.clone());
         }
         if !c.working_dir.is_empty() {
-            config["WorkingDir"] = json!(c.working_dir);
+            runtime = runtime.working_dir(c.working_dir.clone());
         }
-        to_vec(
-            "config",
-            &json!({
-                "created": rfc3339(self.created),
-                "architecture": oci_arch(),
-                "os": "linux",
-                "config": config,
-                "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
-            }),
-        )
+        let config = ImageConfigurationBuilder::default()
+            .created(rfc3339(self.created))
+            .architecture(Arch::from(oci_arch()))
+            .os(Os::Linux)
+            .config(runtime.build().map_err(spec_err("config"))?)
+            .rootfs(
+                RootFsBuilder::default()
+                    .typ("layers")
+                    .diff_ids(vec![layer_digest.to_owned()])
+                    .build()
+                    .map_err(spec_err("rootfs"))?,
+            )
+            .build()
+            .map_err(spec_err("config"))?;
+        to_vec("config", &config)
     }
 }
 
@@ -394,13 +434,37 @@ fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header
     h
 }
 
-fn to_vec(what: &'static str, value: &Value) -> Result<Vec<u8>, Error> {
-    serde_json::to_vec(value).map_err(|source| Error::Json { what, source })
+/// `value` as JSON with every object's keys sorted, whatever order its maps iterate in:
+/// oci-spec keeps labels and annotations in `HashMap`s, and the archive must be the same
+/// bytes every time.
+fn to_vec(what: &'static str, value: &impl Serialize) -> Result<Vec<u8>, Error> {
+    let json_err = |source| Error::Json { what, source };
+    let value = serde_json::to_value(value).map_err(json_err)?;
+    serde_json::to_vec(&sorted(value)).map_err(json_err)
+}
+
+/// `value` with the keys of every object in sorted order (a no-op for serde_json's
+/// default `BTreeMap` objects; needed if a dependency turns on `preserve_order`).
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
+fn spec_err(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> Error {
+    move |source| Error::Spec { what, source }
 }
 
 /// An OCI content descriptor.
-fn descriptor(media_type: &str, digest: &str, size: usize) -> Value {
-    json!({ "mediaType": media_type, "digest": digest, "size": size })
+fn descriptor(media_type: MediaType, digest: &str, size: usize) -> Result<Descriptor, Error> {
+    let digest: oci_spec::image::Digest = digest.parse().map_err(spec_err("descriptor digest"))?;
+    Ok(Descriptor::new(media_type, size as u64, digest))
 }
 
 /// `sha256:<hex>` of `blob`.
@@ -515,6 +579,30 @@ mod tests {
             })
             .collect();
         assert_eq!(links, [("bin/sh".to_owned(), "busybox".to_owned(), 7)]);
+    }
+
+    #[test]
+    fn documents_are_the_same_bytes_whatever_the_map_order() {
+        // oci-spec holds labels in a HashMap: each build iterates them in another order.
+        let config = ImageConfig {
+            entrypoint: vec!["/x".into()],
+            labels: (0..32)
+                .map(|i| (format!("label.{i:02}"), i.to_string()))
+                .collect(),
+            ..ImageConfig::default()
+        };
+        let image = Image::new("localhost/x:1", 0, config);
+        let first = image.config_json("sha256:00").expect("config");
+        for _ in 0..8 {
+            assert_eq!(image.config_json("sha256:00").expect("config"), first);
+        }
+        let text = String::from_utf8(first).expect("utf-8");
+        let at = |k: &str| {
+            text.find(k)
+                .unwrap_or_else(|| panic!("{k} missing in {text}"))
+        };
+        assert!(at("\"label.00\"") < at("\"label.01\"") && at("\"label.30\"") < at("\"label.31\""));
+        assert!(at("\"architecture\"") < at("\"config\"") && at("\"created\"") < at("\"rootfs\""));
     }
 
     #[test]
