@@ -7,24 +7,30 @@
 //! tasks until shutdown; [`run`] does both. Tests start whole agents
 //! in-process this way.
 
+// The library's API: the agent, its configuration and errors, the wire types and the
+// command line. Everything else is the crate's own; what the tests, fuzz targets and
+// benchmark need of it is re-exported by `testing`.
 pub mod api;
-pub mod cgroup;
 pub mod cli;
 pub mod config;
-pub mod ebpf;
 pub mod error;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
-pub mod metrics;
-pub mod pinned;
-pub mod proc;
-pub mod resolver;
-pub mod runtime;
 pub mod signals;
-pub mod state;
-pub mod tracker;
-pub mod types;
-pub mod util;
+#[doc(hidden)]
+pub mod testing;
+
+mod cgroup;
+mod ebpf;
+mod metrics;
+mod pinned;
+mod proc;
+mod resolver;
+mod runtime;
+mod state;
+mod tracker;
+mod types;
+mod util;
 
 use std::{collections::HashMap, future::Future, sync::Arc};
 

@@ -156,7 +156,7 @@ fn memory_hierarchy_id(text: &str) -> Option<u32> {
 /// Checks that `dir` can hold the pin — on a BPF filesystem, and any map
 /// already pinned there of pidmap's shape — and creates it (mode 0700).
 /// Returns the map's pin path.
-pub fn prepare(dir: &Path) -> Result<PathBuf, PinError> {
+pub(crate) fn prepare(dir: &Path) -> Result<PathBuf, PinError> {
     let existing = dir
         .ancestors()
         .find(|p| p.exists())
@@ -200,7 +200,7 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, PinError> {
 
 /// Where the map is pinned by default: `agent_common`'s directory, when
 /// [`BPF_FS`] is a BPF filesystem.
-pub fn default_dir() -> Option<PathBuf> {
+pub(crate) fn default_dir() -> Option<PathBuf> {
     on_bpffs(Path::new(BPF_FS)).then(|| PathBuf::from(agent_common::containers::DEFAULT_PIN_DIR))
 }
 
@@ -212,7 +212,7 @@ fn on_bpffs(path: &Path) -> bool {
 }
 
 /// Keeps the containers map equal to pidmap's view; see the module docs.
-pub struct Publisher {
+pub(crate) struct Publisher {
     state: Arc<State>,
     map: BpfHashMap<MapData, u64, ContainerRecord>,
     keyed: Keyed,
@@ -231,7 +231,7 @@ pub struct Publisher {
 /// processes are in, the cgroup paths known, the container store and
 /// containerd's link. While they stay, so do the entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Inputs {
+pub(crate) struct Inputs {
     groups: u64,
     paths: u64,
     containers: u64,
@@ -250,7 +250,7 @@ fn inputs(state: &State) -> Inputs {
 impl Publisher {
     /// A publisher of `state` into `map`; reads what the map already holds
     /// (an agent's before this one) so it is updated, not refilled.
-    pub fn new(
+    pub(crate) fn new(
         state: Arc<State>,
         map: BpfHashMap<MapData, u64, ContainerRecord>,
         keyed: Keyed,
@@ -276,7 +276,7 @@ impl Publisher {
 
     /// Publishes until `shutdown`: at once, then after every change (a
     /// few milliseconds' worth gathered) and every second.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let state = Arc::clone(&self.state);
         let mut refresh = tokio::time::interval(REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -299,7 +299,7 @@ impl Publisher {
     }
 
     /// Brings the map in line with the state; returns (written, removed).
-    pub fn publish(&mut self) -> (usize, usize) {
+    pub(crate) fn publish(&mut self) -> (usize, usize) {
         let (desired, inputs) = desired_with_inputs(&self.state, self.keyed);
         self.inputs = Some(inputs);
         let synced = self.state.containerd_synced();

@@ -165,12 +165,12 @@ impl ProcError {
 /// # Examples
 ///
 /// ```no_run
-/// use pidmap::cgroup::CgroupFs;
+/// use pidmap::testing::cgroup::CgroupFs;
 ///
 /// let fs = CgroupFs::discover()?;
-/// let scan = pidmap::proc::scan(&fs, "/proc".as_ref());
+/// let scan = pidmap::testing::proc::scan(&fs, "/proc".as_ref());
 /// println!("{} processes in {:?}", scan.processes.len(), scan.elapsed);
-/// # Ok::<(), pidmap::cgroup::CgroupError>(())
+/// # Ok::<(), pidmap::testing::cgroup::CgroupError>(())
 /// ```
 pub fn scan(fs: &CgroupFs, root: &Path) -> ScanResult {
     let started_at_monotonic_ns = monotonic_ns();
@@ -195,7 +195,7 @@ pub fn scan(fs: &CgroupFs, root: &Path) -> ScanResult {
 ///
 /// [`ProcError::List`] if `root` cannot be listed; errors of single
 /// processes only skip those processes.
-pub fn try_scan(fs: &CgroupFs, root: &Path) -> Result<ScanResult, ProcError> {
+pub(crate) fn try_scan(fs: &CgroupFs, root: &Path) -> Result<ScanResult, ProcError> {
     try_scan_since(fs, root, monotonic_ns(), Instant::now())
 }
 
@@ -253,7 +253,12 @@ fn try_scan_since(
 /// [`is_vanished`](ProcError::is_vanished) is true; otherwise
 /// [`ProcError::Read`], [`ProcError::MalformedStat`] or
 /// [`ProcError::Cgroup`].
-pub fn read_process(fs: &CgroupFs, root: &Path, pid: u32) -> Result<ScannedProcess, ProcError> {
+#[cfg(test)]
+pub(crate) fn read_process(
+    fs: &CgroupFs,
+    root: &Path,
+    pid: u32,
+) -> Result<ScannedProcess, ProcError> {
     read_with(fs, root, pid, &mut Scratch::default())
 }
 
@@ -304,9 +309,9 @@ fn read_with(
 ///
 /// # Errors
 ///
-/// As [`read_process`]: a process that is gone gives an error whose
+/// As for one process of [`scan`]: a process that is gone gives an error whose
 /// [`is_vanished`](ProcError::is_vanished) is true.
-pub fn read_stat(root: &Path, pid: u32) -> Result<StatFields, ProcError> {
+pub(crate) fn read_stat(root: &Path, pid: u32) -> Result<StatFields, ProcError> {
     let mut path = PathBuf::new();
     proc_pid_dir(&mut path, root, pid);
     path.push("stat");

@@ -83,7 +83,7 @@ impl Source {
 }
 
 /// The name every output uses for a runtime recognised in a cgroup path.
-pub fn path_runtime_name(r: PathRuntime) -> &'static str {
+pub(crate) fn path_runtime_name(r: PathRuntime) -> &'static str {
     match r {
         PathRuntime::Containerd => "containerd",
         PathRuntime::CriO => "cri-o",
@@ -94,7 +94,7 @@ pub fn path_runtime_name(r: PathRuntime) -> &'static str {
 }
 
 /// The name every output uses for a cgroup hierarchy.
-pub fn hierarchy_name(h: Hierarchy) -> &'static str {
+pub(crate) fn hierarchy_name(h: Hierarchy) -> &'static str {
     match h {
         Hierarchy::V2 => "unified",
         Hierarchy::V1Memory => "memory",
@@ -103,7 +103,7 @@ pub fn hierarchy_name(h: Hierarchy) -> &'static str {
 
 /// Which container a process belongs to. See the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Membership {
+pub(crate) enum Membership {
     /// A container containerd reported.
     Runtime(ContainerKey),
     /// A container recognised from its cgroup path only.
@@ -117,7 +117,7 @@ pub enum Membership {
 
 /// The cgroup a process is placed by: its hierarchy, id and (cached) path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placement {
+pub(crate) struct Placement {
     pub hierarchy: Hierarchy,
     pub id: CgroupId,
     pub path: Option<String>,
@@ -155,7 +155,7 @@ const WELL_KNOWN_NAMESPACES: [&str; 3] = [
 ];
 
 /// What [`membership`] needs to see, borrowed once.
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     pub store: &'a ContainerStore,
     pub paths: &'a CgroupPathCache,
     /// containerd is listed, reconciled and followed.
@@ -167,7 +167,7 @@ pub struct View<'a> {
 impl View<'_> {
     /// Runs `f` with a view of `state` (each structure read-locked for the
     /// call).
-    pub fn with<R>(state: &State, f: impl FnOnce(&View<'_>) -> R) -> R {
+    pub(crate) fn with<R>(state: &State, f: impl FnOnce(&View<'_>) -> R) -> R {
         let store = state.containers();
         let paths = state.cgroup_paths();
         f(&View {
@@ -181,12 +181,12 @@ impl View<'_> {
     /// The cgroup that places `p`: cgroup2 unless the process is at the
     /// cgroup2 root and has a v1 memory cgroup (pure-v1 and hybrid hosts
     /// where only v1 places processes).
-    pub fn placement(&self, p: &Process) -> Option<Placement> {
+    pub(crate) fn placement(&self, p: &Process) -> Option<Placement> {
         self.placement_of(p.cgroups)
     }
 
     /// [`placement`](Self::placement) for a process in `cgroups`.
-    pub fn placement_of(&self, cgroups: CgroupIds) -> Option<Placement> {
+    pub(crate) fn placement_of(&self, cgroups: CgroupIds) -> Option<Placement> {
         let v2 = cgroups.v2.map(|id| (Hierarchy::V2, id));
         let v1 = cgroups.v1_memory.map(|id| (Hierarchy::V1Memory, id));
         let (hierarchy, id) = match (v2, v1) {
@@ -202,14 +202,8 @@ impl View<'_> {
         })
     }
 
-    /// The container containerd reported for `p`'s cgroups.
-    pub fn runtime_container(&self, p: &Process, path: Option<&str>) -> Option<&Container> {
-        self.runtime_container_of(p.cgroups, path)
-    }
-
-    /// [`runtime_container`](Self::runtime_container) for a process in
-    /// `cgroups`.
-    pub fn runtime_container_of(
+    /// The container containerd reported for a process in `cgroups`.
+    pub(crate) fn runtime_container_of(
         &self,
         cgroups: CgroupIds,
         path: Option<&str>,
@@ -262,7 +256,11 @@ impl View<'_> {
 }
 
 /// Which container `p` belongs to; see the module docs.
-pub fn membership(view: &View<'_>, p: &Process, placement: Option<&Placement>) -> Membership {
+pub(crate) fn membership(
+    view: &View<'_>,
+    p: &Process,
+    placement: Option<&Placement>,
+) -> Membership {
     membership_of(
         view,
         p.cgroups,
@@ -273,7 +271,7 @@ pub fn membership(view: &View<'_>, p: &Process, placement: Option<&Placement>) -
 
 /// [`membership`] of a process in `cgroups` that runs (or exited): what it
 /// depends on, so that processes sharing cgroups are judged once.
-pub fn membership_of(
+pub(crate) fn membership_of(
     view: &View<'_>,
     cgroups: CgroupIds,
     running: bool,
@@ -345,7 +343,7 @@ impl Resolution {
 }
 
 /// Resolves a process the table holds, within `view`.
-pub fn resolve_in(view: &View<'_>, process: Process) -> Resolution {
+pub(crate) fn resolve_in(view: &View<'_>, process: Process) -> Resolution {
     let placement = view.placement(&process);
     let member = membership(view, &process, placement.as_ref());
     let lifecycle = match process.state {
@@ -386,7 +384,7 @@ pub fn resolve_in(view: &View<'_>, process: Process) -> Resolution {
 /// listed: running while any of its processes runs, stopped while only
 /// exited ones (inside the grace window) remain, gone after that.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathContainerEntry {
+pub(crate) struct PathContainerEntry {
     pub container: PathContainer,
     pub status: TaskStatus,
     /// The cgroup of its first process found, and its hierarchy.
@@ -399,7 +397,7 @@ pub struct PathContainerEntry {
 
 /// The key a path-known container is listed under: its namespace when the
 /// path names one (containerd's `/<ns>/<id>` layout), else the runtime.
-pub fn path_container_key(pc: &PathContainer) -> ContainerKey {
+pub(crate) fn path_container_key(pc: &PathContainer) -> ContainerKey {
     let ns = pc
         .namespace
         .clone()
@@ -411,7 +409,7 @@ pub fn path_container_key(pc: &PathContainer) -> ContainerKey {
 /// [`path_container_key`]. Costs the number of distinct cgroups processes
 /// sit in (the table's cgroup index), not the number of processes, live or
 /// exited: watchers call it on changes.
-pub fn path_containers(state: &State) -> BTreeMap<ContainerKey, PathContainerEntry> {
+pub(crate) fn path_containers(state: &State) -> BTreeMap<ContainerKey, PathContainerEntry> {
     let table = state.table();
     View::with(state, |view| {
         let mut out: BTreeMap<ContainerKey, PathContainerEntry> = BTreeMap::new();
@@ -453,7 +451,7 @@ pub fn path_containers(state: &State) -> BTreeMap<ContainerKey, PathContainerEnt
 
 /// Which container [`processes_of`] lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContainerRef {
+pub(crate) enum ContainerRef {
     /// One containerd reported.
     Runtime(ContainerKey),
     /// One known from cgroup paths.
@@ -463,7 +461,7 @@ pub enum ContainerRef {
 /// The live processes of a container, by the same rule as [`membership`],
 /// resolved. Judges each set of cgroups once (the table's cgroup index),
 /// then resolves only the processes in the container's.
-pub fn processes_of(state: &State, target: &ContainerRef) -> Vec<Resolution> {
+pub(crate) fn processes_of(state: &State, target: &ContainerRef) -> Vec<Resolution> {
     let table = state.table();
     View::with(state, |view| {
         let mut out: Vec<Resolution> = table

@@ -6,7 +6,7 @@ use std::fmt;
 ///
 /// `USER_HZ` is part of the Linux user ABI and is 100 on every architecture
 /// pidmap supports, whatever `CONFIG_HZ` the kernel was built with.
-pub const USER_HZ: u64 = 100;
+pub(crate) const USER_HZ: u64 = 100;
 
 const NSEC_PER_TICK: u64 = 1_000_000_000 / USER_HZ;
 

@@ -11,7 +11,7 @@ pub fn monotonic_ns() -> u64 {
 
 /// `CLOCK_BOOTTIME` in nanoseconds: increasing across agent restarts (and
 /// through suspend) on one boot.
-pub fn boottime_ns() -> u64 {
+pub(crate) fn boottime_ns() -> u64 {
     clock_ns(rustix::time::ClockId::Boottime)
 }
 
@@ -23,7 +23,7 @@ fn clock_ns(clock: rustix::time::ClockId) -> u64 {
 }
 
 /// Nanoseconds in `d`, saturating at `u64::MAX`.
-pub fn duration_ns(d: Duration) -> u64 {
+pub(crate) fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -47,7 +47,7 @@ pub fn chain(error: &dyn std::error::Error) -> String {
 
 /// The name of a gRPC status code as Prometheus gRPC metrics spell it
 /// (`OK`, `NotFound`, `InvalidArgument`, …).
-pub fn code_name(code: tonic::Code) -> &'static str {
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code;
     match code {
         Code::Ok => "OK",
@@ -77,7 +77,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// (EMFILE and friends) is logged, with `what` the listener, and retried
 /// after a pause. `None` once `shutdown` fires. Shared by the API's and
 /// the metrics endpoint's accept loops.
-pub async fn accept_next<T, E, F>(
+pub(crate) async fn accept_next<T, E, F>(
     shutdown: &tokio_util::sync::CancellationToken,
     what: &str,
     mut accept: impl FnMut() -> F,

@@ -1,5 +1,5 @@
 //! The `:authority` rewriter in front of HTTP/2
-//! (`pidmap::api::authority::Rewriter`): arbitrary bytes after the client
+//! (`pidmap::testing::api::authority::Rewriter`): arbitrary bytes after the client
 //! preface, fed in arbitrary chunks, as any peer of the socket can send
 //! them. Run with a malloc limit (`cargo xtask fuzz` gives this target
 //! `-malloc_limit_mb=64`): no input may make the rewriter allocate more,
@@ -8,7 +8,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pidmap::api::authority::{Reports, Rewriter, MAX_BLOCK, MAX_FRAME_PAYLOAD};
+use pidmap::testing::api::authority::{Reports, Rewriter, MAX_BLOCK, MAX_FRAME_PAYLOAD};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

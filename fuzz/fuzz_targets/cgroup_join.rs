@@ -1,10 +1,10 @@
 //! Joining a cgroup path the kernel printed in a private cgroup namespace
-//! onto the namespace's host root (`pidmap::cgroup::join_normalized`): the
+//! onto the namespace's host root (`pidmap::testing::cgroup::join_normalized`): the
 //! printed path is made of cgroup names anyone with delegation chose.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pidmap::cgroup::join_normalized;
+use pidmap::testing::cgroup::join_normalized;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

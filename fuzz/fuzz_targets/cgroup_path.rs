@@ -1,9 +1,9 @@
-//! `pidmap::cgroup::container_from_path`: any cgroup path a process can be
+//! `pidmap::testing::cgroup::container_from_path`: any cgroup path a process can be
 //! put in (a container runtime of any kind names them).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pidmap::cgroup::container_from_path;
+use pidmap::testing::cgroup::container_from_path;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else {

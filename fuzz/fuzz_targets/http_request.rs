@@ -1,11 +1,11 @@
 //! The HTTP/JSON API's request parser: a request target (path and query)
 //! as a client sends it, with GET and another method, through
-//! `pidmap::api::http::Ask::parse` — what every HTTP request meets before
+//! `pidmap::testing::api::http::Ask::parse` — what every HTTP request meets before
 //! anything is answered.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pidmap::api::http::{Ask, BadRequest};
+use pidmap::testing::api::http::{Ask, BadRequest};
 
 /// Limits small enough for the fuzzer to cross them.
 const MAX_REQUEST_BYTES: usize = 512;

@@ -1,5 +1,5 @@
 //! The mount table (`/proc/self/mountinfo`) parser and its octal unescaping
-//! (`pidmap::cgroup::CgroupFs::from_mountinfo`), then joining a cgroup
+//! (`pidmap::testing::cgroup::CgroupFs::from_mountinfo`), then joining a cgroup
 //! path under what it found (`CgroupFs::dir_of`). Mount points and roots
 //! carry names whoever mounts file systems chose.
 #![no_main]
@@ -7,7 +7,7 @@
 use std::path::{Component, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
-use pidmap::cgroup::{CgroupFs, Hierarchy};
+use pidmap::testing::cgroup::{CgroupFs, Hierarchy};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

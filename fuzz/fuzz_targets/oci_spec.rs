@@ -1,10 +1,10 @@
 //! The containerd OCI spec parser (`parse_spec`) and the cgroupsPath parser
-//! (`cgroup_dir`) of `pidmap::runtime::containerd::spec`: a spec is written
+//! (`cgroup_dir`) of `pidmap::testing::runtime::containerd::spec`: a spec is written
 //! by whoever creates the container.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pidmap::runtime::containerd::spec::{cgroup_dir, parse_spec};
+use pidmap::testing::runtime::containerd::spec::{cgroup_dir, parse_spec};
 
 fuzz_target!(|data: &[u8]| {
     let info = parse_spec(data);

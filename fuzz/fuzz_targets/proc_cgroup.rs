@@ -1,9 +1,9 @@
-//! `pidmap::cgroup::parse_proc_cgroup`: the text of `/proc/PID/cgroup`
+//! `pidmap::testing::cgroup::parse_proc_cgroup`: the text of `/proc/PID/cgroup`
 //! (cgroup names are chosen by whoever creates them).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pidmap::cgroup::parse_proc_cgroup;
+use pidmap::testing::cgroup::parse_proc_cgroup;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -333,7 +333,7 @@ impl TestAgent {
         self.agent.as_ref().expect("agent present until stop")
     }
 
-    pub fn state(&self) -> &pidmap::state::State {
+    pub fn state(&self) -> &pidmap::testing::state::State {
         self.agent().state()
     }
 

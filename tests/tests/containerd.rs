@@ -7,9 +7,9 @@ use std::{process::Command, time::Duration};
 
 use pidmap::{
     Config,
-    resolver::{Resolution, Resolved, Source, resolve},
-    state::State,
-    state::container::{ContainerKey, TaskStatus},
+    testing::resolver::{Resolution, Resolved, Source, resolve},
+    testing::state::State,
+    testing::state::container::{ContainerKey, TaskStatus},
 };
 use pidmap_tests::{
     TestAgent, children,

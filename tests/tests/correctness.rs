@@ -12,7 +12,7 @@ use std::{
 use pidmap::{
     Config,
     api::proto::{self, pidmap_client::PidmapClient, watch_event::Event},
-    resolver::{Source, resolve},
+    testing::resolver::{Source, resolve},
 };
 use pidmap_tests::{
     CgroupGuard, ChildGuard, PidGuard, TestAgent, cgroup2_path_of,

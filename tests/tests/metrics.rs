@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pidmap::{Agent, Config, Error, metrics::server::HEADER_TIMEOUT};
+use pidmap::{Agent, Config, Error, testing::metrics::server::HEADER_TIMEOUT};
 use pidmap_tests::{ChildGuard, TestAgent, init_logging, private_socket, require_root};
 use tokio_util::sync::CancellationToken;
 

@@ -5,8 +5,8 @@ use std::{process::Command, time::Duration};
 
 use pidmap::{
     Config,
-    state::ProcessState,
-    types::{CgroupId, ProcKey, StartTime},
+    testing::state::ProcessState,
+    testing::types::{CgroupId, ProcKey, StartTime},
 };
 use pidmap_tests::{CgroupGuard, ChildGuard, TestAgent, proc_start_time, wait_until};
 

@@ -14,7 +14,7 @@ use pidmap::{
     Config, Error,
     api::proto,
     faults::{Fault, Faults},
-    state::STALL_LIMIT,
+    testing::state::STALL_LIMIT,
 };
 use pidmap_tests::{TestAgent, containerd::Containerd, pidmap_bin, wait_until};
 
@@ -152,10 +152,10 @@ async fn periodic_work_keeps_running_while_the_ring_keeps_overflowing() {
             if started.elapsed() < Duration::from_secs(3) {
                 continue;
             }
-            let now = pidmap::util::monotonic_ns();
+            let now = pidmap::testing::util::monotonic_ns();
             let table = state.table();
             for p in table.exited() {
-                if let pidmap::state::ProcessState::Exited { at_ns, .. } = p.state {
+                if let pidmap::testing::state::ProcessState::Exited { at_ns, .. } = p.state {
                     worst = worst.max(Duration::from_nanos(now.saturating_sub(at_ns)));
                 }
             }

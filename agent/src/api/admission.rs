@@ -28,7 +28,7 @@ use crate::{metrics::Metrics, types::ProcKey};
 
 /// One allowance of connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PeerKey {
+pub(crate) enum PeerKey {
     /// A root process, as (pid, start time): a pid reused by another root
     /// process is another peer. A root peer whose start time could not be
     /// read has start time 0.
@@ -40,7 +40,7 @@ pub enum PeerKey {
 }
 
 impl PeerKey {
-    pub fn of(peer: Option<&Peer>) -> Self {
+    pub(crate) fn of(peer: Option<&Peer>) -> Self {
         match peer {
             Some(p) if p.is_root() => p
                 .process
@@ -71,7 +71,7 @@ impl std::fmt::Display for PeerKey {
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// The peer holds all the connections one peer may hold.
     PerPeer { key: PeerKey, held: usize },
     /// The API serves all the connections it may serve to this peer.
@@ -101,7 +101,8 @@ impl std::error::Error for Refused {}
 
 impl Refused {
     /// The label of `pidmap_api_connections_refused_total`.
-    pub fn reason(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::PerPeer { .. } => "per_peer",
             Self::Full { .. } => "full",
@@ -118,7 +119,7 @@ struct Counts {
 
 /// How many unread bytes the API holds for its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budgets {
+pub(crate) struct Budgets {
     /// For one peer's connections together.
     pub per_peer: usize,
     /// For every peer together.
@@ -136,7 +137,7 @@ impl Default for Budgets {
 
 /// The connection counts and limits.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     max: usize,
     per_peer: usize,
     reserved_for_root: usize,
@@ -152,7 +153,12 @@ pub struct Admission {
 impl Admission {
     /// At most `max` connections, `per_peer` per peer (both at least 1),
     /// holding at most `budgets` of unread bytes.
-    pub fn new(max: usize, per_peer: usize, budgets: Budgets, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(
+        max: usize,
+        per_peer: usize,
+        budgets: Budgets,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let max = max.max(1);
         Arc::new(Self {
             max,
@@ -166,7 +172,7 @@ impl Admission {
     }
 
     /// Counts a connection from `peer`, or says why it may not be served.
-    pub fn admit(self: &Arc<Self>, peer: Option<&Peer>) -> Result<Admitted, Refused> {
+    pub(crate) fn admit(self: &Arc<Self>, peer: Option<&Peer>) -> Result<Admitted, Refused> {
         let admitted = self.try_admit(PeerKey::of(peer));
         if let Err(refused) = &admitted {
             self.metrics
@@ -211,12 +217,14 @@ impl Admission {
     }
 
     /// Bytes held unread for every peer together.
-    pub fn unread(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn unread(&self) -> usize {
         self.unread_total.held()
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
         self.counts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -226,7 +234,7 @@ impl Admission {
 
 /// A connection being served; uncounted when dropped.
 #[derive(Debug)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     admission: Arc<Admission>,
     key: PeerKey,
     ledger: Arc<ConnLedger>,
@@ -234,7 +242,7 @@ pub struct Admitted {
 
 impl Admitted {
     /// The connection's ledger of unread bytes.
-    pub fn ledger(&self) -> &Arc<ConnLedger> {
+    pub(crate) fn ledger(&self) -> &Arc<ConnLedger> {
         &self.ledger
     }
 }

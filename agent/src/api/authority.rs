@@ -85,11 +85,11 @@ pub const MAX_BLOCK: usize = 64 * 1024;
 /// (SETTINGS_MAX_HEADER_LIST_SIZE: hyper's default, which the server sets
 /// explicitly to this), counted as h2 counts it: name, value and 32 bytes
 /// per field.
-pub const MAX_HEADER_LIST: usize = 16 * 1024;
+pub(crate) const MAX_HEADER_LIST: usize = 16 * 1024;
 /// The field a request's stream id is given in (see the module docs).
-pub const STREAM_TAG: &str = "x-pidmap-stream";
+pub(crate) const STREAM_TAG: &str = "x-pidmap-stream";
 /// What replaces an `:authority` h2 would refuse.
-pub const REPLACEMENT: &[u8] = b"localhost";
+pub(crate) const REPLACEMENT: &[u8] = b"localhost";
 
 /// What was reported already, once per agent: shared by its connections.
 #[derive(Debug, Default)]
@@ -122,7 +122,7 @@ impl From<RewriteError> for io::Error {
 /// A connection whose client bytes go through a [`Rewriter`]. See the
 /// module docs.
 #[derive(Debug)]
-pub struct AuthorityStream<IO> {
+pub(crate) struct AuthorityStream<IO> {
     io: IO,
     rewriter: Rewriter,
     /// What the server is given next.
@@ -143,7 +143,7 @@ impl<IO> AuthorityStream<IO> {
     /// Wraps an accepted connection; `reports` is shared by the server's
     /// connections. With a `ledger`, requests are tagged with their stream
     /// and the ledger is told what the server writes for each.
-    pub fn new(io: IO, reports: Arc<Reports>, ledger: Option<Arc<ConnLedger>>) -> Self {
+    pub(crate) fn new(io: IO, reports: Arc<Reports>, ledger: Option<Arc<ConnLedger>>) -> Self {
         Self {
             io,
             rewriter: if ledger.is_some() {

@@ -48,9 +48,9 @@ use crate::metrics::{CutOff as CutOffReason, Metrics};
 
 /// The default budget of one peer: unread response bytes of all its
 /// connections together.
-pub const DEFAULT_PER_PEER: usize = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_PER_PEER: usize = 16 * 1024 * 1024;
 /// The default budget of all peers together.
-pub const DEFAULT_TOTAL: usize = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_TOTAL: usize = 64 * 1024 * 1024;
 /// Streams reset by the client before their request reached the service,
 /// remembered per connection (so that their accounts start closed).
 const EARLY_RESETS: usize = 256;
@@ -59,7 +59,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A budget of unread bytes: one peer's, or every peer's together.
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     held: AtomicUsize,
     limit: usize,
     /// The part of `limit` only root peers may fill.
@@ -76,7 +76,7 @@ pub struct Pool {
     "{held} bytes of responses wait unread {whom}, the most allowed ({name} = {limit}); \
      read them, or close streams you do not read"
 )]
-pub struct Exhausted {
+pub(crate) struct Exhausted {
     pub held: usize,
     pub limit: usize,
     pub name: &'static str,
@@ -85,7 +85,7 @@ pub struct Exhausted {
 
 impl Pool {
     /// One peer's pool.
-    pub fn per_peer(limit: usize) -> Arc<Self> {
+    pub(crate) fn per_peer(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             held: AtomicUsize::new(0),
             limit,
@@ -96,7 +96,7 @@ impl Pool {
     }
 
     /// The pool of every peer together; its size goes to `metrics`.
-    pub fn total(limit: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn total(limit: usize, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             held: AtomicUsize::new(0),
             limit,
@@ -107,7 +107,7 @@ impl Pool {
     }
 
     /// Bytes held now.
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }
 
@@ -198,7 +198,7 @@ impl Pools {
 
 /// What one stream (or one HTTP/1.1 connection) holds unread.
 #[derive(Debug)]
-pub struct Account {
+pub(crate) struct Account {
     pools: Pools,
     /// Bytes charged and not yet written or dropped; `None` once closed.
     held: Mutex<Option<usize>>,
@@ -222,7 +222,7 @@ impl Account {
 
     /// Charges `n` bytes about to be handed to hyper. A closed account
     /// takes anything: those bytes go nowhere (their stream is gone).
-    pub fn charge(&self, n: usize) -> Result<(), Exhausted> {
+    pub(crate) fn charge(&self, n: usize) -> Result<(), Exhausted> {
         let mut held = self.held();
         let Some(held) = held.as_mut() else {
             return Ok(());
@@ -250,14 +250,15 @@ impl Account {
     }
 
     /// Bytes held now (0 once closed).
-    pub fn unread(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn unread(&self) -> usize {
         self.held().unwrap_or(0)
     }
 }
 
 /// One connection's accounts. See the module docs.
 #[derive(Debug)]
-pub struct ConnLedger {
+pub(crate) struct ConnLedger {
     pools: Pools,
     streams: Mutex<Streams>,
     http1: Arc<Account>,
@@ -272,7 +273,7 @@ struct Streams {
 
 impl ConnLedger {
     /// The ledger of a connection of a peer whose pool is `peer`.
-    pub fn new(peer: Arc<Pool>, total: Arc<Pool>, root: bool) -> Arc<Self> {
+    pub(crate) fn new(peer: Arc<Pool>, total: Arc<Pool>, root: bool) -> Arc<Self> {
         let pools = Pools { peer, total, root };
         Arc::new(Self {
             http1: Account::new(pools.clone(), false),
@@ -287,12 +288,12 @@ impl ConnLedger {
 
     /// Why a new request of this connection's peer is refused, if it is:
     /// its pool, or the total, is full.
-    pub fn full(&self) -> Option<Exhausted> {
+    pub(crate) fn full(&self) -> Option<Exhausted> {
         self.pools.full()
     }
 
     /// The account of HTTP/2 stream `stream`.
-    pub fn open(&self, stream: u32) -> Arc<Account> {
+    pub(crate) fn open(&self, stream: u32) -> Arc<Account> {
         let account = Account::new(self.pools.clone(), false);
         let mut streams = self.streams();
         if let Some(i) = streams.ended_early.iter().position(|&s| s == stream) {
@@ -306,17 +307,17 @@ impl ConnLedger {
 
     /// An account for a body whose stream the wire cannot follow (an
     /// HTTP/2 request without a stream tag): closed when the body goes.
-    pub fn untracked(&self) -> Arc<Account> {
+    pub(crate) fn untracked(&self) -> Arc<Account> {
         Account::new(self.pools.clone(), true)
     }
 
     /// The account of the connection's HTTP/1.1 responses.
-    pub fn http1(&self) -> Arc<Account> {
+    pub(crate) fn http1(&self) -> Arc<Account> {
         Arc::clone(&self.http1)
     }
 
     /// `n` bytes of stream `stream`'s DATA were written to the socket.
-    pub fn written(&self, stream: u32, n: usize) {
+    pub(crate) fn written(&self, stream: u32, n: usize) {
         let account = self.streams().open.get(&stream).cloned();
         if let Some(account) = account {
             account.credit(n);
@@ -324,13 +325,13 @@ impl ConnLedger {
     }
 
     /// `n` bytes of an HTTP/1.1 connection were written to the socket.
-    pub fn written_http1(&self, n: usize) {
+    pub(crate) fn written_http1(&self, n: usize) {
         self.http1.credit(n);
     }
 
     /// Stream `stream` ended: its last frame was written, or it was reset
     /// by either side.
-    pub fn ended(&self, stream: u32) {
+    pub(crate) fn ended(&self, stream: u32) {
         let mut streams = self.streams();
         match streams.open.remove(&stream) {
             Some(account) => {
@@ -347,7 +348,8 @@ impl ConnLedger {
     }
 
     /// Bytes held for this connection now.
-    pub fn unread(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn unread(&self) -> usize {
         let streams: usize = self.streams().open.values().map(|a| a.unread()).sum();
         streams + self.http1.unread()
     }
@@ -365,7 +367,7 @@ impl Drop for ConnLedger {
 
 /// How a body over its budget ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CutOff {
+pub(crate) enum CutOff {
     /// gRPC: trailers with `RESOURCE_EXHAUSTED`.
     Grpc,
     /// Newline-delimited JSON (`/v1/watch`): an error line.
@@ -377,7 +379,7 @@ pub enum CutOff {
 
 /// A response body whose chunks are charged to an [`Account`] before hyper
 /// is given them. See the module docs.
-pub struct Metered<B> {
+pub(crate) struct Metered<B> {
     /// `None` once it ended or was cut off.
     inner: Option<B>,
     account: Arc<Account>,
@@ -386,7 +388,7 @@ pub struct Metered<B> {
 }
 
 impl<B> Metered<B> {
-    pub fn new(inner: B, account: Arc<Account>, cut: CutOff, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(inner: B, account: Arc<Account>, cut: CutOff, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Some(inner),
             account,
@@ -405,7 +407,7 @@ impl<B> Drop for Metered<B> {
 }
 
 /// The JSON line that ends a `/v1/watch` stream cut off for `status`.
-pub fn ndjson_error_line(status: &Status) -> Bytes {
+pub(crate) fn ndjson_error_line(status: &Status) -> Bytes {
     let mut e = super::json::error(status.code(), status.message());
     e["event"] = "error".into();
     let mut line = e.to_string().into_bytes();

@@ -34,7 +34,7 @@ impl From<Source> for proto::Source {
 }
 
 /// The name of a record's state, as every output spells it.
-pub fn state_name(state: i32) -> Option<&'static str> {
+pub(crate) fn state_name(state: i32) -> Option<&'static str> {
     Some(match proto::ProcessState::try_from(state).ok()? {
         proto::ProcessState::Running => Resolved::Running.as_str(),
         proto::ProcessState::Exited => Resolved::Exited.as_str(),
@@ -45,7 +45,7 @@ pub fn state_name(state: i32) -> Option<&'static str> {
 }
 
 /// The name of a record's source, as every output spells it.
-pub fn source_name(source: i32) -> Option<&'static str> {
+pub(crate) fn source_name(source: i32) -> Option<&'static str> {
     Some(match proto::Source::try_from(source).ok()? {
         proto::Source::Containerd => Source::Containerd.as_str(),
         proto::Source::CgroupPath => Source::CgroupPath.as_str(),
@@ -55,7 +55,7 @@ pub fn source_name(source: i32) -> Option<&'static str> {
 }
 
 /// A resolver answer as an API record.
-pub fn record(r: &Resolution) -> proto::ProcessRecord {
+pub(crate) fn record(r: &Resolution) -> proto::ProcessRecord {
     let mut rec = proto::ProcessRecord {
         pid: r.pid,
         state: proto::ProcessState::from(r.state) as i32,
@@ -85,7 +85,7 @@ pub fn record(r: &Resolution) -> proto::ProcessRecord {
 }
 
 /// A container containerd reported, as an API message.
-pub fn container(c: &Container) -> proto::Container {
+pub(crate) fn container(c: &Container) -> proto::Container {
     let (cgroup_id, hierarchy) = match (c.cgroup_v2, c.cgroup_v1_memory) {
         (Some(id), _) => (Some(id), Some(crate::cgroup::Hierarchy::V2)),
         (None, Some(id)) => (Some(id), Some(crate::cgroup::Hierarchy::V1Memory)),
@@ -121,7 +121,7 @@ pub fn container(c: &Container) -> proto::Container {
 
 /// A container known only from its processes' cgroup paths, as an API
 /// message.
-pub fn path_container(e: &PathContainerEntry) -> proto::Container {
+pub(crate) fn path_container(e: &PathContainerEntry) -> proto::Container {
     let key = crate::resolver::path_container_key(&e.container);
     proto::Container {
         id: key.id,
@@ -140,7 +140,7 @@ pub fn path_container(e: &PathContainerEntry) -> proto::Container {
 
 /// The last word on a container known from cgroup paths whose processes
 /// are all gone.
-pub fn gone_path_container(key: &ContainerKey) -> proto::Container {
+pub(crate) fn gone_path_container(key: &ContainerKey) -> proto::Container {
     proto::Container {
         id: key.id.clone(),
         runtime_namespace: key.namespace.clone(),

@@ -39,7 +39,7 @@ use super::{
 };
 
 /// Response bodies (the gRPC routes' type, so both share one server).
-pub type Body = tonic::body::Body;
+pub(crate) type Body = tonic::body::Body;
 
 /// An HTTP request that is answered with an error.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ impl From<Status> for HttpError {
 }
 
 /// The HTTP status that answers a gRPC status code.
-pub fn http_status(code: Code) -> StatusCode {
+pub(crate) fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
         Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
@@ -468,7 +468,7 @@ impl Ask {
 }
 
 /// The HTTP side of the API.
-pub struct HttpApi {
+pub(crate) struct HttpApi {
     service: Arc<PidmapService>,
     policy: Policy,
     /// Longest request target (path and query) answered.
@@ -476,7 +476,11 @@ pub struct HttpApi {
 }
 
 impl HttpApi {
-    pub fn new(service: Arc<PidmapService>, policy: Policy, max_request_bytes: usize) -> Self {
+    pub(crate) fn new(
+        service: Arc<PidmapService>,
+        policy: Policy,
+        max_request_bytes: usize,
+    ) -> Self {
         Self {
             service,
             policy,
@@ -485,7 +489,7 @@ impl HttpApi {
     }
 
     /// Answers one request; every error is a JSON answer.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+    pub(crate) async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
         let started = Instant::now();
         // No endpoint takes a body: it is never read.
         let (req, _) = req.into_parts();

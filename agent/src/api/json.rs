@@ -14,7 +14,7 @@ use super::{
 };
 
 /// A process record, flat.
-pub fn record(r: &proto::ProcessRecord) -> Value {
+pub(crate) fn record(r: &proto::ProcessRecord) -> Value {
     let c = r.container.as_ref();
     let labels: BTreeMap<&str, &str> = c
         .map(|c| {
@@ -46,7 +46,7 @@ pub fn record(r: &proto::ProcessRecord) -> Value {
 }
 
 /// A container, flat.
-pub fn container(c: &proto::Container) -> Value {
+pub(crate) fn container(c: &proto::Container) -> Value {
     json!({
         "container_id": c.id,
         "runtime_namespace": c.runtime_namespace,
@@ -70,12 +70,12 @@ pub fn container(c: &proto::Container) -> Value {
 }
 
 /// The agent's readiness and counters.
-pub fn status(s: &proto::StatusResponse) -> Value {
+pub(crate) fn status(s: &proto::StatusResponse) -> Value {
     serde_json::to_value(s).unwrap_or_else(|e| error(tonic::Code::Internal, &e.to_string()))
 }
 
 /// A `Watch` event as one JSON line: `{"event": KIND, "record"|"container": …}`.
-pub fn watch_event(event: &Event) -> Value {
+pub(crate) fn watch_event(event: &Event) -> Value {
     match event {
         Event::Process(r) => json!({"event": "process", "record": record(r)}),
         Event::ProcessChanged(r) => json!({"event": "process_changed", "record": record(r)}),
@@ -92,14 +92,14 @@ pub fn watch_event(event: &Event) -> Value {
 
 /// An error: `{"error": {"code": "InvalidArgument", "message": …}}`, the
 /// code named as in the request metrics (grpc-go's names).
-pub fn error(code: tonic::Code, message: &str) -> Value {
+pub(crate) fn error(code: tonic::Code, message: &str) -> Value {
     json!({"error": {"code": crate::util::code_name(code), "message": message}})
 }
 
 /// A process record as OpenTelemetry resource attributes (semantic
 /// conventions: `process.*`, `container.*`, `k8s.*`); attributes that are
 /// not known are left out, as the conventions want.
-pub fn otel_record(r: &proto::ProcessRecord) -> Value {
+pub(crate) fn otel_record(r: &proto::ProcessRecord) -> Value {
     let mut attrs = Map::new();
     attrs.insert("process.pid".into(), r.pid.into());
     put(&mut attrs, "process.parent_pid", r.ppid);
@@ -117,7 +117,7 @@ pub fn otel_record(r: &proto::ProcessRecord) -> Value {
 }
 
 /// A container as OpenTelemetry resource attributes.
-pub fn otel_container(c: &proto::Container) -> Value {
+pub(crate) fn otel_container(c: &proto::Container) -> Value {
     let mut attrs = Map::new();
     container_attributes(&mut attrs, c);
     Value::Object(attrs)

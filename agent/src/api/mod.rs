@@ -11,17 +11,17 @@
 //! on the other end of one and [`admission`] which ones are served, and
 //! [`budget`] bounds the bytes of responses they leave unread.
 
-pub mod admission;
-pub mod authority;
-pub mod budget;
-pub mod convert;
-pub mod http;
-pub mod json;
-pub mod peer;
-pub mod policy;
-pub mod server;
-pub mod service;
-pub mod watch;
+pub(crate) mod admission;
+pub(crate) mod authority;
+pub(crate) mod budget;
+pub(crate) mod convert;
+pub(crate) mod http;
+pub(crate) mod json;
+pub(crate) mod peer;
+pub(crate) mod policy;
+pub(crate) mod server;
+pub(crate) mod service;
+pub(crate) mod watch;
 
 pub use pidmap_client::proto;
 

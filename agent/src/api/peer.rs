@@ -34,7 +34,7 @@ use crate::{proc, types::ProcKey};
 
 /// Credentials of a connected peer.
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub pid: Option<u32>,
     /// The process that connected, when its start time could be read while
     /// it was alive.
@@ -66,7 +66,7 @@ impl Eq for Peer {}
 impl Peer {
     /// A peer with these credentials and no process identity (tests, and
     /// peers whose process could not be pinned).
-    pub fn with_credentials(pid: Option<u32>, uid: u32, gid: u32, groups: &[u32]) -> Self {
+    pub(crate) fn with_credentials(pid: Option<u32>, uid: u32, gid: u32, groups: &[u32]) -> Self {
         Self {
             pid,
             process: None,
@@ -79,7 +79,7 @@ impl Peer {
 
     /// The credentials of the process that connected `stream`, and that
     /// process pinned (see the module docs); `proc_root` is procfs.
-    pub fn of(stream: &UnixStream, proc_root: &Path) -> io::Result<Self> {
+    pub(crate) fn of(stream: &UnixStream, proc_root: &Path) -> io::Result<Self> {
         let cred = stream.peer_cred()?;
         let fd = stream_fd(stream);
         let groups = peer_groups(fd)?;
@@ -111,17 +111,17 @@ impl Peer {
 
     /// Whether the process that connected has exited: `None` when that is
     /// not known (no pidfd could be taken).
-    pub fn has_exited(&self) -> Option<bool> {
+    pub(crate) fn has_exited(&self) -> Option<bool> {
         self.pidfd.as_deref().and_then(exited)
     }
 
-    pub fn is_root(&self) -> bool {
+    pub(crate) fn is_root(&self) -> bool {
         self.uid == 0
     }
 
     /// Whether the peer is in `gid`, as its primary group or a
     /// supplementary one: membership as the kernel checks it for files.
-    pub fn in_group(&self, gid: u32) -> bool {
+    pub(crate) fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
 }

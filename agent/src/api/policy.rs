@@ -81,7 +81,7 @@ impl Method {
 
 /// Who may call what, and when.
 #[derive(Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     state: Arc<State>,
     /// Peers other than root and `allowed_gid` get only the methods open
     /// to all.
@@ -90,7 +90,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(state: Arc<State>, restrict_peers: bool, allowed_gid: Option<u32>) -> Self {
+    pub(crate) fn new(state: Arc<State>, restrict_peers: bool, allowed_gid: Option<u32>) -> Self {
         Self {
             state,
             restrict_peers,
@@ -101,7 +101,7 @@ impl Policy {
     /// Whether a peer with credentials `peer` may call `method` now.
     /// `allowed_gid` admits its members as the kernel counts them: the
     /// primary group and every supplementary group.
-    pub fn check(&self, method: Method, peer: Option<&Peer>) -> Result<(), Status> {
+    pub(crate) fn check(&self, method: Method, peer: Option<&Peer>) -> Result<(), Status> {
         if self.restrict_peers && !method.open_to_all() {
             let allowed = peer.is_some_and(|p| {
                 p.is_root() || self.allowed_gid.is_some_and(|gid| p.in_group(gid))
@@ -123,7 +123,7 @@ impl Policy {
     }
 
     /// Counts a request to `method` that ended with `code`.
-    pub fn record(&self, method: Method, code: tonic::Code, started: Instant) {
+    pub(crate) fn record(&self, method: Method, code: tonic::Code, started: Instant) {
         self.state
             .metrics()
             .record_request(method.name(), code, started.elapsed());
@@ -132,12 +132,12 @@ impl Policy {
 
 /// Wraps the gRPC service in [`PolicyService`].
 #[derive(Clone)]
-pub struct PolicyLayer {
+pub(crate) struct PolicyLayer {
     policy: Policy,
 }
 
 impl PolicyLayer {
-    pub fn new(policy: Policy) -> Self {
+    pub(crate) fn new(policy: Policy) -> Self {
         Self { policy }
     }
 }
@@ -156,7 +156,7 @@ impl<S> tower::Layer<S> for PolicyLayer {
 /// The gRPC service behind the [`Policy`]: refused requests never reach
 /// it, and every request is counted by method and status code.
 #[derive(Clone)]
-pub struct PolicyService<S> {
+pub(crate) struct PolicyService<S> {
     inner: S,
     policy: Policy,
 }

@@ -65,7 +65,7 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Socket and connection limits.
 #[derive(Debug, Clone)]
-pub struct ServerSettings {
+pub(crate) struct ServerSettings {
     pub socket: PathBuf,
     /// File mode of the socket (default 0660).
     pub mode: u32,
@@ -104,7 +104,7 @@ pub enum ServerError {
 }
 
 /// Creates the listening socket. See the module docs.
-pub fn bind(settings: &ServerSettings) -> Result<UnixListener, ServerError> {
+pub(crate) fn bind(settings: &ServerSettings) -> Result<UnixListener, ServerError> {
     let path = &settings.socket;
     let err = |source| ServerError::Create {
         path: path.clone(),
@@ -159,7 +159,7 @@ pub fn bind(settings: &ServerSettings) -> Result<UnixListener, ServerError> {
 /// [`HttpApi`]. Every connection passes through an [`AuthorityStream`]
 /// first, so that stock gRPC clients that send a socket path as authority
 /// are served.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     state: Arc<State>,
     settings: ServerSettings,

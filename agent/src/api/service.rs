@@ -29,7 +29,7 @@ const PID_MAX_LIMIT: i64 = 4_194_304;
 
 /// What the service enforces.
 #[derive(Debug, Clone)]
-pub struct ServiceSettings {
+pub(crate) struct ServiceSettings {
     /// Most pids in one `ResolveBatch`.
     pub batch_limit: usize,
     /// Peers other than root and `allowed_gid` get only WhoAmI and Status.
@@ -41,7 +41,7 @@ pub struct ServiceSettings {
 }
 
 /// The service over the agent's state.
-pub struct PidmapService {
+pub(crate) struct PidmapService {
     state: Arc<State>,
     settings: ServiceSettings,
     /// Ends every `Watch` stream when the agent shuts down.
@@ -49,7 +49,11 @@ pub struct PidmapService {
 }
 
 impl PidmapService {
-    pub fn new(state: Arc<State>, settings: ServiceSettings, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(
+        state: Arc<State>,
+        settings: ServiceSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             state,
             settings,
@@ -64,7 +68,7 @@ impl PidmapService {
     /// Should the table not be confirmed current in time (a backlog, or
     /// lost events being repaired), what may have changed answers
     /// `pending`.
-    pub async fn resolve_all(
+    pub(crate) async fn resolve_all(
         &self,
         requests: &[proto::ResolveRequest],
     ) -> Result<Vec<proto::ProcessRecord>, Status> {
@@ -87,13 +91,13 @@ impl PidmapService {
     }
 
     /// Most pids in one batch.
-    pub fn batch_limit(&self) -> usize {
+    pub(crate) fn batch_limit(&self) -> usize {
         self.settings.batch_limit
     }
 
     /// The containers `req` asks for, sorted by namespace and id:
     /// containerd's, then those known only from cgroup paths.
-    pub fn containers(&self, req: &proto::ListContainersRequest) -> Vec<proto::Container> {
+    pub(crate) fn containers(&self, req: &proto::ListContainersRequest) -> Vec<proto::Container> {
         let mut out: Vec<proto::Container> = self
             .state
             .containers()
@@ -114,7 +118,7 @@ impl PidmapService {
     }
 
     /// The live processes of the container `req` names.
-    pub fn processes(
+    pub(crate) fn processes(
         &self,
         req: &proto::ListProcessesRequest,
     ) -> Result<Vec<proto::ProcessRecord>, Status> {
@@ -139,7 +143,7 @@ impl PidmapService {
     /// applied first, so that its comm and cgroup are current. Should that
     /// not find it, this waits a short while for its events, and answers
     /// `pending` rather than `unknown` for a process that still lives.
-    pub async fn who_is(&self, peer: Option<&Peer>) -> Result<proto::ProcessRecord, Status> {
+    pub(crate) async fn who_is(&self, peer: Option<&Peer>) -> Result<proto::ProcessRecord, Status> {
         let Some(peer) = peer.filter(|p| p.pid.is_some()) else {
             return Err(Status::failed_precondition(
                 "cannot tell who is calling: the connection carries no peer credentials",
@@ -194,7 +198,7 @@ impl PidmapService {
     }
 
     /// Readiness, counts and counters.
-    pub fn status(&self) -> proto::StatusResponse {
+    pub(crate) fn status(&self) -> proto::StatusResponse {
         let m = self.state.metrics().snapshot();
         let (processes, exited) = {
             let t = self.state.table();
@@ -221,7 +225,7 @@ impl PidmapService {
     /// client's reads, until the watcher goes away, falls behind
     /// (`RESOURCE_EXHAUSTED`) or the agent shuts down (`UNAVAILABLE`). See
     /// [`super::watch`].
-    pub fn watch(
+    pub(crate) fn watch(
         &self,
     ) -> impl Stream<Item = Result<proto::WatchEvent, Status>> + Send + 'static + use<> {
         super::watch::stream(
@@ -274,7 +278,7 @@ impl PidmapService {
 }
 
 /// Refuses a batch of more than `limit` pids.
-pub fn check_batch(pids: usize, limit: usize) -> Result<(), Status> {
+pub(crate) fn check_batch(pids: usize, limit: usize) -> Result<(), Status> {
     if pids > limit {
         return Err(Status::invalid_argument(format!(
             "batch of {pids} pids is over the limit of {limit}; split it"
@@ -284,7 +288,7 @@ pub fn check_batch(pids: usize, limit: usize) -> Result<(), Status> {
 }
 
 /// Checks a pid from a request.
-pub fn valid_pid(pid: i64) -> Result<u32, Status> {
+pub(crate) fn valid_pid(pid: i64) -> Result<u32, Status> {
     if pid <= 0 {
         return Err(Status::invalid_argument(format!(
             "pid must be a positive process id, got {pid}"

@@ -47,7 +47,7 @@ use crate::{
 const CHUNK: usize = 64;
 
 /// A watcher's stream: see the module docs. `buffer` is `watch_buffer`.
-pub fn stream(
+pub(crate) fn stream(
     state: Arc<State>,
     buffer: usize,
     shutdown: CancellationToken,

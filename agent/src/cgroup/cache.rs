@@ -112,7 +112,7 @@ impl CgroupPathCache {
 /// Walks `hierarchy` of `fs` (blocking I/O: call it off the async workers)
 /// and returns up to `cap` (id, path) pairs found breadth first, plus every
 /// id of `wanted` found anywhere in the tree.
-pub fn walk_hierarchy(
+pub(crate) fn walk_hierarchy(
     fs: &CgroupFs,
     hierarchy: Hierarchy,
     cap: usize,

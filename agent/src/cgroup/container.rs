@@ -49,7 +49,7 @@ pub struct PathContainer {
 /// # Examples
 ///
 /// ```
-/// use pidmap::cgroup::{container_from_path, PathRuntime};
+/// use pidmap::testing::cgroup::{container_from_path, PathRuntime};
 ///
 /// let path = "/kubepods.slice/kubepods-besteffort.slice/\
 ///     kubepods-besteffort-pod66154caf_d25f_4fba_ae7b_0615dab9b194.slice/\

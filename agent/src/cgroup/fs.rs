@@ -56,12 +56,12 @@ impl CgroupFs {
     /// # Examples
     ///
     /// ```no_run
-    /// use pidmap::cgroup::CgroupFs;
+    /// use pidmap::testing::cgroup::CgroupFs;
     ///
     /// let fs = CgroupFs::discover()?;
     /// let id = fs.v2_id_of("/")?;
     /// assert_eq!(id.0, 1);
-    /// # Ok::<(), pidmap::cgroup::CgroupError>(())
+    /// # Ok::<(), pidmap::testing::cgroup::CgroupError>(())
     /// ```
     pub fn discover() -> Result<Self, CgroupError> {
         let text = std::fs::read_to_string(MOUNTINFO).map_err(|source| CgroupError::MountInfo {

@@ -35,7 +35,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-pub use cache::{CgroupPathCache, walk_hierarchy};
+pub(crate) use cache::{CgroupPathCache, walk_hierarchy};
 pub use container::{PathContainer, PathRuntime, container_from_path};
 pub use fs::CgroupFs;
 pub(crate) use fs::{Scratch, proc_pid_dir, read_all};

@@ -25,7 +25,7 @@ pub struct CgroupPaths {
 /// # Examples
 ///
 /// ```
-/// use pidmap::cgroup::parse_proc_cgroup;
+/// use pidmap::testing::cgroup::parse_proc_cgroup;
 ///
 /// let paths = parse_proc_cgroup("4:memory:/default/web\n0::/default/web\n");
 /// assert_eq!(paths.v2.as_deref(), Some("/default/web"));

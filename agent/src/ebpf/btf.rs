@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use agent_common::KernelConfig;
 use btf_rs::{Backend, Btf, Type};
 
-pub use crate::config::VMLINUX_BTF;
+pub(crate) use crate::config::VMLINUX_BTF;
 
 /// Errors looking up kernel structure layouts.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,7 @@ pub enum BtfError {
 
 /// Where a member is and how wide it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemberLayout {
+pub(crate) struct MemberLayout {
     /// Byte offset in its struct.
     pub offset: u32,
     /// Width in bytes (for an array: the whole array).
@@ -80,7 +80,7 @@ pub struct MemberLayout {
 const POINTER: usize = 8;
 
 /// Parsed kernel BTF, for member offset look-ups.
-pub struct KernelBtf {
+pub(crate) struct KernelBtf {
     btf: Btf,
 }
 
@@ -89,7 +89,7 @@ impl KernelBtf {
     /// memory and parsed lazily where the kernel allows it (it does for
     /// sysfs BTF since 6.16), which keeps the agent's start-up peak low;
     /// read and parsed whole otherwise.
-    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, BtfError> {
         let btf = Btf::from_file_with_backend(path, Backend::Mmap)
             .or_else(|_| Btf::from_file_with_backend(path, Backend::Cache))
             .map_err(|source| BtfError::Read {
@@ -101,7 +101,8 @@ impl KernelBtf {
 
     /// Byte offset of `member` in `struct strukt`, searching through
     /// anonymous struct and union members.
-    pub fn member_offset(
+    #[cfg(test)]
+    pub(crate) fn member_offset(
         &self,
         strukt: &'static str,
         member: &'static str,
@@ -110,7 +111,7 @@ impl KernelBtf {
     }
 
     /// Offset and width of `member` in `struct strukt`.
-    pub fn member(
+    pub(crate) fn member(
         &self,
         strukt: &'static str,
         member: &'static str,
@@ -221,7 +222,7 @@ impl KernelBtf {
     }
 
     /// Value of enumerator `name` in `enum enum_name`, if both exist.
-    pub fn enum_value(&self, enum_name: &str, name: &str) -> Option<u32> {
+    pub(crate) fn enum_value(&self, enum_name: &str, name: &str) -> Option<u32> {
         let types = self.btf.resolve_types_by_name(enum_name).ok()?;
         types.iter().find_map(|t| match t {
             Type::Enum(e) => e
@@ -256,7 +257,7 @@ impl KernelBtf {
     /// Every offset the programs need, with `wakeup_bytes` as given. Each
     /// member's width is checked against what the programs read (`pid_t`
     /// and `int` 4 bytes, `u64` and pointers 8, `comm` 16, `atomic_t` 4).
-    pub fn kernel_config(&self, wakeup_bytes: u32) -> Result<KernelConfig, BtfError> {
+    pub(crate) fn kernel_config(&self, wakeup_bytes: u32) -> Result<KernelConfig, BtfError> {
         use agent_common::COMM_LEN;
         let task = |m, width| self.sized("task_struct", m, width);
         // css_set.subsys is an array of pointers, indexed by controller id.

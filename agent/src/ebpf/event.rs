@@ -100,7 +100,7 @@ fn attach_path(raw: &RawAttachEvent) -> Option<String> {
 }
 
 /// Converts a [`RawEvent`] into a [`KernelEvent`].
-pub fn from_raw(raw: &RawEvent) -> Result<KernelEvent, DecodeError> {
+pub(crate) fn from_raw(raw: &RawEvent) -> Result<KernelEvent, DecodeError> {
     let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::UnknownKind { kind: raw.kind })?;
     let memory = (raw.flags & FLAG_MEMORY_CGROUP != 0).then_some(CgroupId(raw.memory_cgroup_id));
     Ok(KernelEvent {

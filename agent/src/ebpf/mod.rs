@@ -10,18 +10,11 @@
 //!
 //! 5.8 (BPF ring buffer, BTF tracepoints, `bpf_probe_read_kernel`).
 //!
-//! # Examples
-//!
-//! ```no_run
-//! # async fn f() -> Result<(), pidmap::ebpf::LoadError> {
-//! let loaded = pidmap::ebpf::load(&pidmap::ebpf::EbpfSettings::default())?;
-//! // hand `loaded` to a RingReader …
-//! # drop(loaded); Ok(()) }
-//! ```
+//! `Agent::start` loads them and hands the ring to the tracker task.
 
-pub mod btf;
-pub mod event;
-pub mod ring;
+pub(crate) mod btf;
+pub(crate) mod event;
+pub(crate) mod ring;
 
 use std::path::PathBuf;
 
@@ -37,17 +30,17 @@ use aya::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use btf::{BtfError, VMLINUX_BTF};
+pub(crate) use btf::{BtfError, VMLINUX_BTF};
 
 /// The eBPF object built by aya-build (empty when built with AYA_BUILD_SKIP).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 /// Bytes one ring-buffer record takes: the event plus the 8-byte header.
-pub const RECORD_BYTES: u32 = agent_common::RAW_EVENT_SIZE as u32 + 8;
+pub(crate) const RECORD_BYTES: u32 = agent_common::RAW_EVENT_SIZE as u32 + 8;
 
 /// How the programs are loaded.
 #[derive(Debug, Clone)]
-pub struct EbpfSettings {
+pub(crate) struct EbpfSettings {
     /// Size of the event ring buffer in bytes (a power of two ≥ page size).
     pub ring_buffer_bytes: u32,
     /// Wake the reader once this many events wait (0: when the first event
@@ -127,7 +120,7 @@ pub enum LoadError {
 }
 
 /// Programs loaded and attached; dropping this detaches them.
-pub struct Loaded {
+pub(crate) struct Loaded {
     /// Keeps programs and links alive; dropping it detaches them.
     pub ebpf: Ebpf,
     /// The event ring buffer.
@@ -157,7 +150,7 @@ fn raise_memlock() {
 }
 
 /// Loads and attaches all programs. See the module docs.
-pub fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
+pub(crate) fn load(settings: &EbpfSettings) -> Result<Loaded, LoadError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NotEmbedded);
     }
@@ -281,7 +274,7 @@ where
 /// to tracing) until `shutdown`. Losing the programs' logs is not worth
 /// stopping the agent for: on a poll error it warns and idles until
 /// `shutdown`.
-pub async fn run_logger(
+pub(crate) async fn run_logger(
     logger: aya_log::EbpfLogger<&'static dyn log::Log>,
     shutdown: CancellationToken,
 ) {

@@ -15,7 +15,7 @@ use tokio::io::unix::AsyncFd;
 use super::event::{DecodeError, KernelEvent, decode};
 
 /// Reads the event ring buffer. Built from [`super::Loaded`].
-pub struct Ring {
+pub(crate) struct Ring {
     ring: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     positions: Positions,
@@ -24,7 +24,10 @@ pub struct Ring {
 impl Ring {
     /// Registers the ring buffer with the tokio reactor and maps its
     /// position pages read-only.
-    pub fn new(ring: RingBuf<MapData>, drops: PerCpuArray<MapData, u64>) -> io::Result<Self> {
+    pub(crate) fn new(
+        ring: RingBuf<MapData>,
+        drops: PerCpuArray<MapData, u64>,
+    ) -> io::Result<Self> {
         let positions = Positions::map(&ring)?;
         Ok(Self {
             ring: register(ring)?,
@@ -34,13 +37,13 @@ impl Ring {
     }
 
     /// The ring's positions, for [`Positions::producer`] reads elsewhere.
-    pub fn positions(&self) -> Positions {
+    pub(crate) fn positions(&self) -> Positions {
         self.positions.clone()
     }
 
     /// Waits until the kernel wakes the reader (records wait), and clears
     /// the readiness so the next call waits for the next wake-up.
-    pub async fn readable(&mut self) -> io::Result<()> {
+    pub(crate) async fn readable(&mut self) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         guard.clear_ready();
         Ok(())
@@ -49,7 +52,7 @@ impl Ring {
     /// Moves up to `max` waiting records, decoded, into `out`; records that
     /// do not decode go to `malformed`. Returns how many records were taken
     /// (decoded or not).
-    pub fn drain(
+    pub(crate) fn drain(
         &mut self,
         max: usize,
         out: &mut Vec<KernelEvent>,
@@ -70,7 +73,7 @@ impl Ring {
 
     /// Events the programs could not put into the full ring buffer since
     /// they were loaded (all CPUs).
-    pub fn dropped_total(&self) -> Result<u64, MapError> {
+    pub(crate) fn dropped_total(&self) -> Result<u64, MapError> {
         Ok(self.drops.get(&0, 0)?.iter().sum())
     }
 }

@@ -18,13 +18,13 @@ use prometheus_client::{
 use super::{CutOff, DockerLookup, Metrics, histogram::HistogramSample};
 
 /// The `Content-Type` of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The prefix of every metric name.
-pub const PREFIX: &str = "pidmap";
+pub(crate) const PREFIX: &str = "pidmap";
 
 /// What the exposition reads from the agent's state at scrape time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Gauges {
+pub(crate) struct Gauges {
     /// Live processes in the table.
     pub live_processes: usize,
     /// Exited processes kept for the grace window.
@@ -38,7 +38,7 @@ pub struct Gauges {
 }
 
 /// Reads the [`Gauges`] at scrape time.
-pub type GaugeSource = Box<dyn Fn() -> Gauges + Send + Sync>;
+pub(crate) type GaugeSource = Box<dyn Fn() -> Gauges + Send + Sync>;
 
 /// Renders a running agent's metrics at each scrape.
 struct AgentCollector {
@@ -60,14 +60,14 @@ impl Collector for AgentCollector {
 
 /// A registry holding every metric of an agent — its counters and the
 /// sizes `gauges` reads — with the [`PREFIX`].
-pub fn registry(metrics: Arc<Metrics>, gauges: GaugeSource) -> Registry {
+pub(crate) fn registry(metrics: Arc<Metrics>, gauges: GaugeSource) -> Registry {
     let mut registry = Registry::with_prefix(PREFIX);
     registry.register_collector(Box::new(AgentCollector { metrics, gauges }));
     registry
 }
 
 /// The OpenMetrics text of `registry`, `# EOF` included.
-pub fn render(registry: &Registry) -> Result<String, fmt::Error> {
+pub(crate) fn render(registry: &Registry) -> Result<String, fmt::Error> {
     let mut out = String::with_capacity(16 * 1024);
     text::encode(&mut out, registry)?;
     Ok(out)

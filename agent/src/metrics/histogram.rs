@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Bucket upper bounds, in nanoseconds, for API request handling: 10 µs
 /// (a table lookup) to 10 s in 1-2.5-5 steps.
-pub const REQUEST_BOUNDS_NS: &[u64] = &[
+pub(crate) const REQUEST_BOUNDS_NS: &[u64] = &[
     10_000,
     25_000,
     50_000,
@@ -32,7 +32,7 @@ pub const REQUEST_BOUNDS_NS: &[u64] = &[
 /// Bucket upper bounds, in nanoseconds, for latencies from a kernel or
 /// containerd event to the process or container being resolvable:
 /// 100 µs to 10 s in 1-2.5-5 steps (the request bounds from 100 µs on).
-pub const RESOLVABLE_BOUNDS_NS: &[u64] = REQUEST_BOUNDS_NS.split_at(3).1;
+pub(crate) const RESOLVABLE_BOUNDS_NS: &[u64] = REQUEST_BOUNDS_NS.split_at(3).1;
 
 /// Counts of observations per bucket (not cumulative), plus their sum.
 ///

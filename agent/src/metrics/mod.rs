@@ -6,9 +6,9 @@
 //! the exposition renders them, and the table sizes its
 //! [`GaugeSource`](exposition::GaugeSource) reads, at scrape time.
 
-pub mod exposition;
-pub mod histogram;
-pub mod server;
+pub(crate) mod exposition;
+pub(crate) mod histogram;
+pub(crate) mod server;
 
 use std::{
     collections::HashMap,
@@ -31,7 +31,7 @@ use histogram::{Buckets, REQUEST_BOUNDS_NS, RESOLVABLE_BOUNDS_NS};
 /// guards against a caller that makes them up.
 const MAX_REQUEST_SERIES: usize = 256;
 /// The method label of requests past the most series kept (256).
-pub const OTHER_METHOD: &str = "other";
+pub(crate) const OTHER_METHOD: &str = "other";
 
 /// A latency histogram in nanoseconds: fixed Prometheus buckets (100 µs to
 /// 10 s) for the metrics endpoint, on atomics, and an HDR histogram (two

@@ -7,20 +7,8 @@
 //! connection, and every connection closed after [`CONNECTION_TIMEOUT`]
 //! whatever the client does.
 //!
-//! # Examples
-//!
-//! ```no_run
-//! # async fn example(registry: std::sync::Arc<prometheus_client::registry::Registry>)
-//! #     -> Result<(), pidmap::metrics::server::MetricsError> {
-//! use pidmap::metrics::server::MetricsServer;
-//! use tokio_util::sync::CancellationToken;
-//!
-//! let server = MetricsServer::bind("127.0.0.1:9464".parse().unwrap()).await?;
-//! println!("metrics on http://{}/metrics", server.local_addr());
-//! server.serve(registry, CancellationToken::new()).await;
-//! # Ok(())
-//! # }
-//! ```
+//! `Agent::start` binds it (`MetricsServer::bind`) and runs it as one of its tasks;
+//! `tests/tests/metrics.rs` tries it from outside.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -57,21 +45,21 @@ pub enum MetricsError {
 }
 
 /// The one path served.
-pub const METRICS_PATH: &str = "/metrics";
+pub(crate) const METRICS_PATH: &str = "/metrics";
 /// Most connections served at once.
-pub const MAX_CONNECTIONS: usize = 16;
+pub(crate) const MAX_CONNECTIONS: usize = 16;
 /// Time a client has to send its request line and headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a connection may stay open, request and response included.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest request head accepted (hyper's smallest read buffer).
-pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Most request headers accepted.
 const MAX_HEADERS: usize = 32;
 
 /// The server's bounds; [`Limits::default`] holds the constants above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Most connections served at once.
     pub max_connections: usize,
     /// Time a client has to send its request head.
@@ -92,7 +80,7 @@ impl Default for Limits {
 
 /// A bound metrics listener, ready to [`run`](Self::run).
 #[derive(Debug)]
-pub struct MetricsServer {
+pub(crate) struct MetricsServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     limits: Limits,
@@ -100,7 +88,7 @@ pub struct MetricsServer {
 
 impl MetricsServer {
     /// Binds `addr` (port 0 picks a free port; see [`local_addr`](Self::local_addr)).
-    pub async fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
+    pub(crate) async fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| MetricsError::Bind { addr, source })?;
@@ -115,19 +103,20 @@ impl MetricsServer {
     }
 
     /// Replaces the default bounds.
-    pub fn with_limits(mut self, limits: Limits) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
     }
 
     /// The address actually bound.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// Serves `registry` until `shutdown`; open connections are closed
     /// then.
-    pub async fn serve(self, registry: Arc<Registry>, shutdown: CancellationToken) {
+    pub(crate) async fn serve(self, registry: Arc<Registry>, shutdown: CancellationToken) {
         info!(addr = %self.local_addr, path = METRICS_PATH, "serving metrics");
         let permits = Arc::new(Semaphore::new(self.limits.max_connections.max(1)));
         let mut connections = JoinSet::new();

@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// How long one lookup (connect, request, answer) may take.
-pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest answer read (an inspect answer is a few KiB).
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 /// Containers whose answer is kept.
@@ -48,7 +48,7 @@ const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
 /// What Docker knows about one of its containers that containerd does not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DockerInfo {
+pub(crate) struct DockerInfo {
     /// The image as the container was created from it (`Config.Image`, e.g.
     /// `nginx:1.27`), else the image id.
     pub image: String,
@@ -58,7 +58,7 @@ pub struct DockerInfo {
 
 /// A lookup that gave no answer.
 #[derive(Debug, thiserror::Error)]
-pub enum LookupError {
+pub(crate) enum LookupError {
     /// Nothing listens on the socket (no Docker on this node, or it is down).
     #[error("cannot connect to Docker at {socket}")]
     Unreachable {
@@ -104,7 +104,7 @@ struct InspectConfig {
 }
 
 /// Parses an inspect answer.
-pub fn parse_inspect(body: &[u8]) -> Result<DockerInfo, serde_json::Error> {
+pub(crate) fn parse_inspect(body: &[u8]) -> Result<DockerInfo, serde_json::Error> {
     let inspect: Inspect = serde_json::from_slice(body)?;
     let config = inspect.config;
     let configured = config.as_ref().and_then(|c| c.image.clone());
@@ -126,7 +126,7 @@ fn path_safe(id: &str) -> bool {
 }
 
 /// The Docker Engine API client of the containerd watcher; see the [module docs](self).
-pub struct Docker {
+pub(crate) struct Docker {
     socket: PathBuf,
     metrics: Arc<Metrics>,
     cache: Mutex<LruCache<String, Arc<DockerInfo>>>,
@@ -138,7 +138,7 @@ pub struct Docker {
 
 impl Docker {
     /// A client of the Docker Engine API at `socket` (it need not exist).
-    pub fn new(socket: &Path, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(socket: &Path, metrics: Arc<Metrics>) -> Self {
         Self {
             socket: socket.to_owned(),
             metrics,
@@ -152,7 +152,7 @@ impl Docker {
 
     /// Docker's image and labels for container `id`: cached, or asked for; `None` when
     /// Docker does not know it, cannot be reached or failed (counted and logged).
-    pub async fn info(&self, id: &str) -> Option<Arc<DockerInfo>> {
+    pub(crate) async fn info(&self, id: &str) -> Option<Arc<DockerInfo>> {
         if let Some(info) = lock(&self.cache).get(id) {
             return Some(Arc::clone(info));
         }
@@ -199,7 +199,7 @@ impl Docker {
     }
 
     /// Forgets a deleted container's answer.
-    pub fn forget(&self, id: &str) {
+    pub(crate) fn forget(&self, id: &str) {
         lock(&self.cache).pop(id);
     }
 

@@ -5,5 +5,5 @@
 //! the only writer of the container store. [`docker`] is no adapter but a
 //! metadata source the containerd watcher consults for Docker's containers.
 
-pub mod containerd;
-pub mod docker;
+pub(crate) mod containerd;
+pub(crate) mod docker;

@@ -136,38 +136,38 @@ impl Container {
 }
 
 /// containerd namespaces with a known owner.
-pub mod namespaces {
+pub(crate) mod namespaces {
     /// The CRI plugin's (kubelet's pods).
-    pub const KUBERNETES: &str = "k8s.io";
+    pub(crate) const KUBERNETES: &str = "k8s.io";
     /// Docker's.
-    pub const DOCKER: &str = "moby";
+    pub(crate) const DOCKER: &str = "moby";
     /// `ctr`'s and nerdctl's default.
-    pub const DEFAULT: &str = "default";
+    pub(crate) const DEFAULT: &str = "default";
 }
 
 /// CRI label keys (copied by the CRI plugin from kubelet's).
-pub mod labels {
-    pub const POD_NAME: &str = "io.kubernetes.pod.name";
-    pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-    pub const POD_UID: &str = "io.kubernetes.pod.uid";
-    pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+pub(crate) mod labels {
+    pub(crate) const POD_NAME: &str = "io.kubernetes.pod.name";
+    pub(crate) const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+    pub(crate) const POD_UID: &str = "io.kubernetes.pod.uid";
+    pub(crate) const CONTAINER_NAME: &str = "io.kubernetes.container.name";
     /// `sandbox` or `container`.
-    pub const CRI_KIND: &str = "io.cri-containerd.kind";
+    pub(crate) const CRI_KIND: &str = "io.cri-containerd.kind";
 }
 
 /// OCI spec annotation keys set by the CRI plugin.
-pub mod annotations {
-    pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
-    pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
-    pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
-    pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
-    pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+pub(crate) mod annotations {
+    pub(crate) const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+    pub(crate) const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+    pub(crate) const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
+    pub(crate) const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+    pub(crate) const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
     /// `sandbox` or `container`.
-    pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+    pub(crate) const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 }
 
 /// Kubernetes identity from labels, falling back to spec annotations.
-pub fn pod_identity(
+pub(crate) fn pod_identity(
     key: &ContainerKey,
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,

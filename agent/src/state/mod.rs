@@ -7,9 +7,9 @@
 //! tracker task's) and one [`ContainerWriter`] (the container store: the
 //! containerd watcher's). Nothing else can write.
 
-pub mod container;
-pub mod containers;
-pub mod table;
+pub(crate) mod container;
+pub(crate) mod containers;
+pub(crate) mod table;
 
 use std::{
     sync::{
@@ -21,7 +21,8 @@ use std::{
 
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
-pub use table::{Process, ProcessState, ProcessTable, ScanStats};
+pub use table::ProcessState;
+pub(crate) use table::{Process, ProcessTable};
 
 use container::ContainerKey;
 use containers::ContainerStore;
@@ -49,11 +50,11 @@ pub enum Change {
 /// Changes kept for the slowest API watcher (at least; more when
 /// `watch_buffer` is larger): a watcher this far behind is cut off, also
 /// during its snapshot.
-pub const CHANGE_BUFFER: usize = 8192;
+pub(crate) const CHANGE_BUFFER: usize = 8192;
 
 /// Catch-up requests that may wait for the tracker; callers beyond this do
 /// not wait (see [`State::catch_up`]).
-pub const CATCH_UP_QUEUE: usize = 1024;
+pub(crate) const CATCH_UP_QUEUE: usize = 1024;
 
 /// How long an API query waits for [`State::catch_up`] before it answers
 /// `pending` what may have changed (a backlog that long means the tracker is
@@ -63,7 +64,7 @@ pub const QUERY_CATCH_UP: Duration = Duration::from_millis(25);
 /// How long a query waits for the repair of the table after lost kernel
 /// events (a /proc rescan: milliseconds to a few hundred on large nodes)
 /// before it answers `pending` what may have changed.
-pub const REPAIR_WAIT: Duration = Duration::from_millis(250);
+pub(crate) const REPAIR_WAIT: Duration = Duration::from_millis(250);
 
 /// A tracker that has not ticked for this long is taken for hung: queries
 /// answer UNAVAILABLE and readiness fails, rather than serve a frozen table.
@@ -87,7 +88,7 @@ pub enum Applied {
 /// request was applied to the table, and every event lost before it
 /// repaired — or once the tracker could wait no longer (see
 /// [`State::catch_up`]).
-pub type CatchUpReply = oneshot::Sender<Applied>;
+pub(crate) type CatchUpReply = oneshot::Sender<Applied>;
 
 /// Whether the table is known to hold everything that happened before a
 /// query (see [`State::catch_up`]).

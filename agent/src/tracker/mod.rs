@@ -77,7 +77,7 @@ const PATH_RETRIES: u8 = 5;
 
 /// How the tracker runs.
 #[derive(Debug, Clone)]
-pub struct TrackerSettings {
+pub(crate) struct TrackerSettings {
     /// Period of the tick: drop-counter checks and ring polls.
     pub poll: Duration,
     /// How long records are collected after a wake-up before they are read.
@@ -89,7 +89,7 @@ pub struct TrackerSettings {
 }
 
 /// The tracker task. See the module docs.
-pub struct Tracker {
+pub(crate) struct Tracker {
     writer: TableWriter,
     ring: Ring,
     positions: Positions,
@@ -133,7 +133,7 @@ impl Tracker {
     /// # Errors
     ///
     /// The batch timer cannot be created.
-    pub fn new(
+    pub(crate) fn new(
         writer: TableWriter,
         ring: Ring,
         settings: TrackerSettings,
@@ -172,7 +172,7 @@ impl Tracker {
     /// Runs until `shutdown`. Starts the /proc seed at once: the ring buffer
     /// is already attached, so nothing that happens during the scan is
     /// lost.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         self.start_scan();
         let mut tick = tokio::time::interval(self.settings.poll);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

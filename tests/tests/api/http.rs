@@ -178,9 +178,10 @@ async fn http_json_keeps_the_same_peer_restrictions_and_readiness() {
     faults.tracker.trigger(Fault::Hang);
     let state = agent.state();
     assert!(
-        pidmap_tests::wait_until(pidmap::state::STALL_LIMIT + Duration::from_secs(5), || {
-            !state.is_ready()
-        })
+        pidmap_tests::wait_until(
+            pidmap::testing::state::STALL_LIMIT + Duration::from_secs(5),
+            || { !state.is_ready() }
+        )
         .await
     );
     let (status, body) = http(agent.socket(), &[], "/v1/processes/1");

@@ -6,24 +6,24 @@ use prost::Message as _;
 use crate::state::containers::ContainerEvent;
 
 /// Topics pidmap acts on, in one place.
-pub mod topics {
-    pub const TASK_START: &str = "/tasks/start";
-    pub const TASK_EXEC_STARTED: &str = "/tasks/exec-started";
-    pub const TASK_EXIT: &str = "/tasks/exit";
-    pub const TASK_DELETE: &str = "/tasks/delete";
-    pub const TASK_OOM: &str = "/tasks/oom";
-    pub const TASK_PAUSED: &str = "/tasks/paused";
-    pub const TASK_RESUMED: &str = "/tasks/resumed";
-    pub const CONTAINER_CREATE: &str = "/containers/create";
-    pub const CONTAINER_UPDATE: &str = "/containers/update";
-    pub const CONTAINER_DELETE: &str = "/containers/delete";
-    pub const NAMESPACE_CREATE: &str = "/namespaces/create";
-    pub const NAMESPACE_DELETE: &str = "/namespaces/delete";
+pub(crate) mod topics {
+    pub(crate) const TASK_START: &str = "/tasks/start";
+    pub(crate) const TASK_EXEC_STARTED: &str = "/tasks/exec-started";
+    pub(crate) const TASK_EXIT: &str = "/tasks/exit";
+    pub(crate) const TASK_DELETE: &str = "/tasks/delete";
+    pub(crate) const TASK_OOM: &str = "/tasks/oom";
+    pub(crate) const TASK_PAUSED: &str = "/tasks/paused";
+    pub(crate) const TASK_RESUMED: &str = "/tasks/resumed";
+    pub(crate) const CONTAINER_CREATE: &str = "/containers/create";
+    pub(crate) const CONTAINER_UPDATE: &str = "/containers/update";
+    pub(crate) const CONTAINER_DELETE: &str = "/containers/delete";
+    pub(crate) const NAMESPACE_CREATE: &str = "/namespaces/create";
+    pub(crate) const NAMESPACE_DELETE: &str = "/namespaces/delete";
     /// pidmap's own marker, published to confirm a subscription is live.
-    pub const SYNC: &str = "/pidmap/sync";
+    pub(crate) const SYNC: &str = "/pidmap/sync";
 
     /// The subscription filters: only the topics above.
-    pub fn filters() -> Vec<String> {
+    pub(crate) fn filters() -> Vec<String> {
         [
             TASK_START,
             TASK_EXEC_STARTED,
@@ -47,7 +47,7 @@ pub mod topics {
 
 /// An envelope pidmap could not decode.
 #[derive(Debug, thiserror::Error)]
-pub enum EventError {
+pub(crate) enum EventError {
     /// The envelope carries no event payload.
     #[error("event {topic} has no payload")]
     Empty { topic: String },
@@ -65,7 +65,7 @@ pub enum EventError {
 ///
 /// The payload is decoded by topic. containerd's `Any.type_url` lacks the
 /// leading `/` prost expects, so it is only used in error messages.
-pub fn decode(env: &Envelope) -> Result<Option<ContainerEvent>, EventError> {
+pub(crate) fn decode(env: &Envelope) -> Result<Option<ContainerEvent>, EventError> {
     let any = env.event.as_ref().ok_or_else(|| EventError::Empty {
         topic: env.topic.clone(),
     })?;

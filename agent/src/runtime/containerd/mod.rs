@@ -8,9 +8,9 @@
 //! exponential backoff and re-lists, which also reveals exits containerd
 //! never delivered. A slow periodic resync is the safety net.
 
-pub mod events;
-pub mod snapshot;
-pub mod spec;
+pub(crate) mod events;
+pub(crate) mod snapshot;
+pub(crate) mod spec;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -49,7 +49,7 @@ const SYNC_NAMESPACE: &str = "pidmap";
 
 /// Watcher settings.
 #[derive(Debug, Clone)]
-pub struct WatcherConfig {
+pub(crate) struct WatcherConfig {
     pub socket: PathBuf,
     /// The Docker Engine API's socket, asked for the image and labels of
     /// Docker's containers (namespace `moby`).
@@ -80,7 +80,7 @@ enum SessionEnd {
 /// How the first attempt to reach containerd went (for the agent's
 /// readiness: see `Agent::start`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FirstContact {
+pub(crate) enum FirstContact {
     /// Listed and reconciled: the container store is current.
     Synced,
     /// Nobody answers on the socket: there is no containerd (yet).
@@ -88,7 +88,7 @@ pub enum FirstContact {
 }
 
 /// The watcher task. See the module docs.
-pub struct Watcher {
+pub(crate) struct Watcher {
     config: WatcherConfig,
     writer: ContainerWriter,
     fs: Arc<CgroupFs>,
@@ -99,7 +99,7 @@ pub struct Watcher {
 impl Watcher {
     /// A watcher writing through `writer`; `first_contact` hears how the
     /// first attempt went.
-    pub fn new(
+    pub(crate) fn new(
         config: WatcherConfig,
         writer: ContainerWriter,
         fs: Arc<CgroupFs>,
@@ -126,7 +126,7 @@ impl Watcher {
     }
 
     /// Runs until `shutdown`, reconnecting whenever the session ends.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = BACKOFF_START;
         let mut said_absent = false;
         loop {

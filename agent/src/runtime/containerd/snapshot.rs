@@ -30,11 +30,11 @@ use crate::{
 
 /// Longest a single list call may take before the connection is deemed
 /// unhealthy.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A list that failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ListError {
+pub(crate) enum ListError {
     /// containerd answered with an error.
     #[error("containerd {call} failed")]
     Call {
@@ -74,7 +74,7 @@ async fn call<T>(
 }
 
 /// Lists every namespace, its containers and their tasks (with exec pids).
-pub async fn list_all(
+pub(crate) async fn list_all(
     channel: &Channel,
     fs: &CgroupFs,
     docker: &Docker,
@@ -177,7 +177,7 @@ async fn docker_info(docker: &Docker, ns: &str, id: &str) -> Option<std::sync::A
 }
 
 /// Fetches one container's metadata.
-pub async fn get_container(
+pub(crate) async fn get_container(
     channel: &Channel,
     docker: &Docker,
     key: &ContainerKey,
@@ -218,7 +218,7 @@ pub async fn get_container(
 /// what Docker knows of it: its image when containerd has none, and its
 /// labels (containerd's win where both have a key), from which its pod
 /// identity is read too (cri-dockerd's pods carry kubelet's labels there).
-pub fn convert(namespace: &str, r: CtrdContainer, docker: Option<&DockerInfo>) -> Container {
+pub(crate) fn convert(namespace: &str, r: CtrdContainer, docker: Option<&DockerInfo>) -> Container {
     let key = ContainerKey::new(namespace, r.id);
     let mut labels: BTreeMap<String, String> = r.labels.into_iter().collect();
     let mut image = r.image;
@@ -243,7 +243,7 @@ pub fn convert(namespace: &str, r: CtrdContainer, docker: Option<&DockerInfo>) -
 }
 
 /// Copies a listed task's state into `c`.
-pub fn apply_task(c: &mut Container, task: &Process) {
+pub(crate) fn apply_task(c: &mut Container, task: &Process) {
     // containerd.v1.types.Status: 1 created, 2 running, 3 stopped,
     // 4 paused, 5 pausing.
     c.status = match task.status {
@@ -264,7 +264,7 @@ pub fn apply_task(c: &mut Container, task: &Process) {
 
 /// Looks up the ids of the container's cgroup directory in each hierarchy
 /// (they exist once the task is created).
-pub fn resolve_cgroup_ids(c: &mut Container, fs: &CgroupFs) {
+pub(crate) fn resolve_cgroup_ids(c: &mut Container, fs: &CgroupFs) {
     let Some(path) = c.cgroup_path.as_deref() else {
         return;
     };

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use pidmap::{
     Agent, Config,
     api::proto::{self, pidmap_client::PidmapClient},
-    cgroup::{container_from_path, parse_proc_cgroup},
+    testing::cgroup::{container_from_path, parse_proc_cgroup},
 };
 use pidmap_tests::{ChildGuard, private_socket};
 use tokio_util::sync::CancellationToken;
@@ -229,7 +229,7 @@ impl BenchAgent {
     }
 
     /// The agent's shared state.
-    fn state(&self) -> Result<&Arc<pidmap::state::State>> {
+    fn state(&self) -> Result<&Arc<pidmap::testing::state::State>> {
         Ok(self.agent.as_ref().context("agent not running")?.state())
     }
 }

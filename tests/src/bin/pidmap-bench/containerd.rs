@@ -15,9 +15,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use pidmap::{
     Agent, Config,
-    resolver::{Source, resolve},
-    state::State,
-    state::container::ContainerKey,
+    testing::resolver::{Source, resolve},
+    testing::state::State,
+    testing::state::container::ContainerKey,
 };
 use pidmap_tests::{
     ChildGuard,

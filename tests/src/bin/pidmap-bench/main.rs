@@ -25,7 +25,7 @@ mod pinned;
 use std::io::BufRead as _;
 
 use anyhow::{Context as _, Result, bail};
-use pidmap::{Agent, Config, cgroup::CgroupFs};
+use pidmap::{Agent, Config, testing::cgroup::CgroupFs};
 use pidmap_tests::{ChildGuard, require_root};
 use tokio_util::sync::CancellationToken;
 
@@ -212,7 +212,7 @@ pub(crate) fn exec_storm(
                 while storming.load(std::sync::atomic::Ordering::Relaxed) {
                     let t = Instant::now();
                     if !rt
-                        .block_on(state.catch_up(pidmap::state::QUERY_CATCH_UP))
+                        .block_on(state.catch_up(pidmap::testing::state::QUERY_CATCH_UP))
                         .is_current()
                     {
                         gave_up += 1;
@@ -291,7 +291,7 @@ pub(crate) fn exec_storm(
             q(0.5),
             q(0.99),
             api::fmt_ns(latency.max() as f64),
-            pidmap::state::QUERY_CATCH_UP,
+            pidmap::testing::state::QUERY_CATCH_UP,
         );
     }
     shutdown.cancel();
@@ -328,7 +328,7 @@ fn seed_time(extra: usize) -> Result<()> {
     let mut scanned = 0;
     for _ in 0..runs {
         let t = Instant::now();
-        let result = pidmap::proc::scan(&fs, &root);
+        let result = pidmap::testing::proc::scan(&fs, &root);
         let e = t.elapsed();
         best = best.min(e);
         total += e;

@@ -14,7 +14,7 @@ use std::{
 use agent_common::containers::{ContainerRecord, STATE_CONTAINER};
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use pidmap::{Agent, Config, pinned};
+use pidmap::{Agent, Config, testing::pinned};
 use pidmap_tests::{
     CgroupGuard, PrivateBpfFs, consumer,
     containerd::{ContainerSpec, Containerd},
@@ -86,7 +86,7 @@ fn name_of(r: &ContainerRecord) -> String {
 /// Writes per container start and deletion, and task start → entry.
 fn container_events(
     ctrd: &Containerd,
-    state: &pidmap::state::State,
+    state: &pidmap::testing::state::State,
     map: &Arc<BpfHashMap<MapData, u64, ContainerRecord>>,
     n: usize,
 ) -> Result<()> {
@@ -154,7 +154,7 @@ fn container_events(
 
 /// The publisher's recompute (under the state's read locks) with `groups`
 /// more host cgroups holding a process each.
-fn recompute(state: &pidmap::state::State, groups: usize) -> Result<()> {
+fn recompute(state: &pidmap::testing::state::State, groups: usize) -> Result<()> {
     let cgroups: Vec<CgroupGuard> = (0..groups).map(|_| CgroupGuard::new_v2()).collect();
     let sleepers = crate::spawn_sleepers(groups)?;
     for (cgroup, sleeper) in cgroups.iter().zip(&sleepers) {
