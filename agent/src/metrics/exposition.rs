@@ -189,6 +189,13 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
     for (name, help, value) in gauges {
         value.encode(e.encode_descriptor(name, help, None, value.metric_type())?)?;
     }
+    let list = ConstGauge::new(s.containerd_list_us as f64 / 1e6);
+    list.encode(e.encode_descriptor(
+        "containerd_list_seconds",
+        "How long the last full list and reconcile with containerd took (at connect, reconnect or a periodic resync; 0 before the first)",
+        None,
+        list.metric_type(),
+    )?)?;
 
     let open = gauge(usize::try_from(s.api_connections).unwrap_or(usize::MAX));
     open.encode(e.encode_descriptor(

@@ -201,6 +201,8 @@ pub struct Metrics {
     containerd_events: AtomicU64,
     containerd_reconnects: AtomicU64,
     containerd_resyncs: AtomicU64,
+    /// The last full list and reconcile with containerd, in µs.
+    containerd_list_us: AtomicU64,
     catch_up_timeouts: AtomicU64,
     api_connections: AtomicU64,
     /// Refused API connections: per-peer limit, everything full.
@@ -253,6 +255,9 @@ pub struct MetricsSnapshot {
     pub containerd_reconnects: u64,
     /// Periodic full resyncs with containerd.
     pub containerd_resyncs: u64,
+    /// How long the last full list and reconcile with containerd took, in
+    /// µs (0 before the first).
+    pub containerd_list_us: u64,
     /// Queries answered without waiting for the ring buffer to be applied.
     pub catch_up_timeouts: u64,
     /// API connections open now.
@@ -355,6 +360,12 @@ impl Metrics {
         self.containerd_resyncs.fetch_add(1, Relaxed);
     }
 
+    /// Records how long a full list and reconcile with containerd took.
+    pub fn set_containerd_list(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.containerd_list_us.store(us, Relaxed);
+    }
+
     /// Counts one Docker Engine API lookup by how it ended.
     pub fn count_docker_lookup(&self, outcome: DockerLookup) {
         self.docker_lookups[outcome as usize].fetch_add(1, Relaxed);
@@ -441,6 +452,7 @@ impl Metrics {
             containerd_events: self.containerd_events.load(Relaxed),
             containerd_reconnects: self.containerd_reconnects.load(Relaxed),
             containerd_resyncs: self.containerd_resyncs.load(Relaxed),
+            containerd_list_us: self.containerd_list_us.load(Relaxed),
             catch_up_timeouts: self.catch_up_timeouts.load(Relaxed),
             api_connections: self.api_connections.load(Relaxed),
             api_connections_refused_per_peer: self.api_connections_refused[0].load(Relaxed),

@@ -93,8 +93,6 @@ pub struct Container {
     pub status: TaskStatus,
     /// Pid of the task's init process, while there is a task.
     pub task_pid: Option<u32>,
-    /// Pids of exec'd processes (exec id → pid) still running.
-    pub exec_pids: BTreeMap<String, u32>,
     /// Exit status of the init process, once stopped.
     pub exit_code: Option<u32>,
     /// Seconds since the epoch of the init process's exit.
@@ -123,7 +121,6 @@ impl Container {
             created_at: None,
             status: TaskStatus::Created,
             task_pid: None,
-            exec_pids: BTreeMap::new(),
             exit_code: None,
             exited_at: None,
             cgroup_path: None,

@@ -186,14 +186,6 @@ impl ContainerStore {
         self.by_path.get(path).and_then(|k| self.containers.get(k))
     }
 
-    /// The container whose task has `pid` as init or exec process.
-    pub fn by_task_pid(&self, namespace: &str, pid: u32) -> Option<&Container> {
-        self.containers.values().find(|c| {
-            c.key.namespace == namespace
-                && (c.task_pid == Some(pid) || c.exec_pids.values().any(|&p| p == pid))
-        })
-    }
-
     /// Inserts or replaces a container's metadata, keeping task state the
     /// metadata does not carry, and re-indexes it.
     pub fn upsert(&mut self, mut c: Container) {
@@ -206,7 +198,6 @@ impl ContainerStore {
             {
                 c.status = old.status;
                 c.task_pid = old.task_pid;
-                c.exec_pids = old.exec_pids.clone();
                 c.exit_code = old.exit_code;
                 c.exited_at = old.exited_at;
             }
@@ -288,16 +279,13 @@ impl ContainerStore {
                 c.exited_at = None;
                 fetch
             }
+            // An exec's processes are in the container's cgroup, which is
+            // what resolves them; the event only makes the container known.
             ContainerEvent::ExecStarted {
                 namespace,
                 container_id,
-                exec_id,
-                pid,
-            } => {
-                let (c, fetch) = self.entry(namespace, container_id);
-                c.exec_pids.insert(exec_id.clone(), *pid);
-                fetch
-            }
+                ..
+            } => self.entry(namespace, container_id).1,
             ContainerEvent::TaskExit {
                 namespace,
                 container_id,
@@ -307,12 +295,11 @@ impl ContainerStore {
                 exited_at,
             } => {
                 let (c, fetch) = self.entry(namespace, container_id);
+                // An exec's exit leaves the task as it was.
                 if exec_id == container_id || exec_id.is_empty() || c.task_pid == Some(*pid) {
                     c.status = TaskStatus::Stopped;
                     c.exit_code = Some(*exit_status);
                     c.exited_at = *exited_at;
-                } else {
-                    c.exec_pids.remove(exec_id);
                 }
                 fetch
             }
@@ -335,7 +322,6 @@ impl ContainerStore {
                     c.status = TaskStatus::Stopped;
                 }
                 c.task_pid = None;
-                c.exec_pids.clear();
                 fetch
             }
             ContainerEvent::TaskOom { .. } => None,
@@ -400,7 +386,6 @@ impl ContainerStore {
             c.deleted_at_ns = Some(now_ns);
             c.status = TaskStatus::Deleted;
             c.task_pid = None;
-            c.exec_pids.clear();
             self.deleted.push_back((key.clone(), now_ns));
         }
     }

@@ -86,6 +86,7 @@ fn known_state() -> Agent {
     m.count_containerd_reconnect();
     m.count_containerd_resync();
     m.count_containerd_resync();
+    m.set_containerd_list(std::time::Duration::from_micros(12_500));
     m.count_docker_lookup(DockerLookup::Found);
     m.count_docker_lookup(DockerLookup::Found);
     m.count_docker_lookup(DockerLookup::Unreachable);
@@ -158,6 +159,8 @@ fn gauges_are_read_from_the_state_at_scrape_time() {
             "# TYPE pidmap_containerd_connected gauge",
             "pidmap_containerd_connected 1",
             "pidmap_containerd_synced 1",
+            "# TYPE pidmap_containerd_list_seconds gauge",
+            "pidmap_containerd_list_seconds 0.0125",
         ],
     );
     // The same registry sees later changes.
@@ -282,10 +285,10 @@ fn every_family_has_help_and_type_and_the_text_ends_with_eof() {
         }
     }
     // events, 9 counters, docker lookups, processes, containers,
-    // containerd_connected, containerd_synced, api connections open and
+    // containerd_connected, containerd_synced, containerd_list_seconds, api connections open and
     // refused, unread bytes, cut-offs, pinned map writes, errors and
     // entries, api requests and durations, two latencies.
-    assert_eq!(families, 26, "{text}");
+    assert_eq!(families, 27, "{text}");
 }
 
 #[test]

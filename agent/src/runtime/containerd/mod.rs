@@ -330,13 +330,15 @@ impl Watcher {
         if rx.is_closed() && rx.is_empty() {
             return Err(SessionEnd::StreamEnded);
         }
+        let took = started.elapsed();
+        self.state().metrics().set_containerd_list(took);
         info!(
             added = stats.added,
             updated = stats.updated,
             deleted = stats.deleted,
             stopped_while_away = stats.stopped,
             replayed,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = took.as_millis() as u64,
             "containerd state reconciled"
         );
         Ok(())

@@ -11,14 +11,12 @@ use std::{
 use containerd_client::{
     services::v1::{
         Container as CtrdContainer, GetContainerRequest, ListContainersRequest,
-        ListNamespacesRequest, ListPidsRequest, ListTasksRequest,
-        containers_client::ContainersClient, namespaces_client::NamespacesClient,
-        tasks_client::TasksClient,
+        ListNamespacesRequest, ListTasksRequest, containers_client::ContainersClient,
+        namespaces_client::NamespacesClient, tasks_client::TasksClient,
     },
     tonic::{Request, Status, transport::Channel},
     types::v1::Process,
 };
-use prost::Message as _;
 
 use super::spec::{cgroup_dir, parse_spec};
 use crate::{
@@ -47,13 +45,6 @@ pub(crate) enum ListError {
     Timeout { call: &'static str },
 }
 
-/// runc's per-process details in `ListPids` answers.
-#[derive(Clone, PartialEq, prost::Message)]
-struct ProcessDetails {
-    #[prost(string, tag = "1")]
-    exec_id: String,
-}
-
 fn with_ns<T>(msg: T, namespace: &str) -> Request<T> {
     let mut req = Request::new(msg);
     if let Ok(value) = namespace.parse() {
@@ -73,7 +64,9 @@ async fn call<T>(
     }
 }
 
-/// Lists every namespace, its containers and their tasks (with exec pids).
+/// Lists every namespace, its containers and their tasks: three calls per namespace,
+/// whatever the number of containers (a call per container, such as `ListPids`, costs a
+/// round trip through the container's shim to runc, ~9 ms each).
 pub(crate) async fn list_all(
     channel: &Channel,
     fs: &CgroupFs,
@@ -134,31 +127,6 @@ async fn list_namespace(
         let mut c = convert(ns, record, from_docker.as_deref());
         if let Some(task) = tasks.get(&c.key.id) {
             apply_task(&mut c, task);
-            if c.status == TaskStatus::Running || c.status == TaskStatus::Paused {
-                // A task may exit between the two calls: then it has no pids.
-                let pids = call(
-                    "tasks list-pids",
-                    tasks_client.list_pids(with_ns(
-                        ListPidsRequest {
-                            container_id: c.key.id.clone(),
-                        },
-                        ns,
-                    )),
-                )
-                .await;
-                if let Ok(pids) = pids {
-                    for p in pids.processes {
-                        let exec_id = p
-                            .info
-                            .and_then(|any| ProcessDetails::decode(any.value.as_slice()).ok())
-                            .map(|d| d.exec_id)
-                            .filter(|id| !id.is_empty());
-                        if let Some(exec_id) = exec_id {
-                            c.exec_pids.insert(exec_id, p.pid);
-                        }
-                    }
-                }
-            }
         }
         resolve_cgroup_ids(&mut c, fs);
         out.push(c);

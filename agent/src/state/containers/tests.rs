@@ -52,8 +52,7 @@ fn reconcile_indexes_by_cgroup_and_keeps_namespaces_apart() {
     assert_eq!(s.by_cgroup_v2(CgroupId(100)).unwrap().key, key("a", "x"));
     assert_eq!(s.by_cgroup_v2(CgroupId(200)).unwrap().key, key("b", "x"));
     assert_eq!(s.by_cgroup_path("/b/x").unwrap().task_pid, Some(20));
-    assert_eq!(s.by_task_pid("a", 10).unwrap().key, key("a", "x"));
-    assert!(s.by_task_pid("a", 20).is_none());
+    assert_eq!(s.get(&key("a", "x")).unwrap().task_pid, Some(10));
     assert_eq!(s.namespaces().collect::<Vec<_>>(), ["a", "b"]);
 }
 
@@ -85,7 +84,7 @@ fn metadata_arriving_after_task_start_keeps_the_task_state() {
 }
 
 #[test]
-fn exec_exit_removes_the_exec_and_init_exit_stops_the_task() {
+fn an_exec_exit_leaves_the_task_running_and_the_init_exit_stops_it() {
     let mut s = ContainerStore::new();
     s.apply(&start("d", "c", 10), 0);
     s.apply(
@@ -97,11 +96,9 @@ fn exec_exit_removes_the_exec_and_init_exit_stops_the_task() {
         },
         0,
     );
-    assert_eq!(s.by_task_pid("d", 11).unwrap().key, key("d", "c"));
     s.apply(&exit("d", "c", "e1", 11, 0), 0);
     let c = s.get(&key("d", "c")).unwrap();
-    assert!(c.exec_pids.is_empty());
-    assert_eq!(c.status, TaskStatus::Running);
+    assert_eq!((c.status, c.task_pid), (TaskStatus::Running, Some(10)));
     s.apply(&exit("d", "c", "c", 10, 3), 0);
     let c = s.get(&key("d", "c")).unwrap();
     assert_eq!(c.status, TaskStatus::Stopped);
