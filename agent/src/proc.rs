@@ -153,8 +153,14 @@ impl ProcError {
     }
 }
 
+/// Below this many processes a scan reads /proc on the calling thread only.
+const PARALLEL_SCAN_MIN: usize = 4096;
+/// At most this many threads read /proc at once (the node's cores permitting).
+const MAX_SCAN_THREADS: usize = 4;
+
 /// Reads every thread-group leader under `root` (normally `/proc`), with
-/// its cgroups resolved through `fs`.
+/// its cgroups resolved through `fs`; on nodes with [`PARALLEL_SCAN_MIN`]
+/// processes or more, on up to [`MAX_SCAN_THREADS`] threads.
 ///
 /// Processes that exit meanwhile are counted in
 /// [`ScanResult::skipped_vanished`]; processes that fail otherwise are
@@ -209,13 +215,7 @@ fn try_scan_since(
         path: root.to_owned(),
         source,
     })?;
-    let mut result = ScanResult {
-        processes: Vec::new(),
-        skipped_vanished: 0,
-        started_at_monotonic_ns,
-        elapsed: Duration::ZERO,
-    };
-    let mut scratch = Scratch::default();
+    let mut pids = Vec::new();
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
@@ -224,24 +224,85 @@ fn try_scan_since(
                 continue;
             }
         };
-        let Some(pid) = parse_u64(entry.file_name().as_bytes()).and_then(|n| u32::try_from(n).ok())
-        else {
-            continue;
-        };
-        match read_with(fs, root, pid, &mut scratch) {
-            Ok(process) => result.processes.push(process),
-            Err(err) if err.is_vanished() => result.skipped_vanished += 1,
-            Err(err) => {
-                tracing::debug!(
-                    pid,
-                    error = &err as &(dyn std::error::Error + 'static),
-                    "skipping process"
-                );
-            }
+        if let Some(pid) =
+            parse_u64(entry.file_name().as_bytes()).and_then(|n| u32::try_from(n).ok())
+        {
+            pids.push(pid);
         }
+    }
+    // Reading /proc is the kernel formatting each process's stat and cgroup files: on a
+    // big node the seed is worth the node's cores (a CPU limit only slows the threads).
+    let threads = if pids.len() < PARALLEL_SCAN_MIN {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SCAN_THREADS))
+    };
+    let parts = read_pids(fs, root, &pids, threads);
+    let mut result = ScanResult {
+        processes: Vec::with_capacity(pids.len()),
+        skipped_vanished: 0,
+        started_at_monotonic_ns,
+        elapsed: Duration::ZERO,
+    };
+    for (processes, vanished) in parts {
+        result.processes.extend(processes);
+        result.skipped_vanished += vanished;
     }
     result.elapsed = started.elapsed();
     Ok(result)
+}
+
+/// Reads `pids` under `root` on `threads` threads (contiguous parts, in order): per part,
+/// the processes read and how many vanished meanwhile.
+fn read_pids(
+    fs: &CgroupFs,
+    root: &Path,
+    pids: &[u32],
+    threads: usize,
+) -> Vec<(Vec<ScannedProcess>, usize)> {
+    let read_all = |pids: &[u32]| {
+        let mut scratch = Scratch::default();
+        let mut part = (Vec::with_capacity(pids.len()), 0);
+        for &pid in pids {
+            match read_with(fs, root, pid, &mut scratch) {
+                Ok(process) => part.0.push(process),
+                Err(err) if err.is_vanished() => part.1 += 1,
+                Err(err) => {
+                    tracing::debug!(
+                        pid,
+                        error = &err as &(dyn std::error::Error + 'static),
+                        "skipping process"
+                    );
+                }
+            }
+        }
+        part
+    };
+    if threads <= 1 || pids.len() < 2 {
+        return vec![read_all(pids)];
+    }
+    let chunk = pids.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pids
+            .chunks(chunk)
+            .map(|pids| {
+                std::thread::Builder::new()
+                    .name("pidmap-scan".into())
+                    .spawn_scoped(s, || read_all(pids))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(pids.chunks(chunk))
+            .map(|(handle, pids)| match handle {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to be had: this part on the calling thread.
+                Err(_) => read_all(pids),
+            })
+            .collect()
+    })
 }
 
 /// Reads one process from the procfs at `root`. `pid` should be a thread
@@ -577,6 +638,24 @@ mod tests {
                 .unwrap_err()
                 .is_vanished()
         );
+
+        // Read in parallel parts, the same processes in the same order.
+        let pids = [100, 101, 102, 103, 9999];
+        let serial = read_pids(&fs, &proc_root, &pids, 1);
+        for threads in [2, 3, 8] {
+            let parts = read_pids(&fs, &proc_root, &pids, threads);
+            assert_eq!(
+                parts.len(),
+                pids.len().div_ceil(pids.len().div_ceil(threads))
+            );
+            let processes: Vec<_> = parts.iter().flat_map(|p| p.0.clone()).collect();
+            let vanished: usize = parts.iter().map(|p| p.1).sum();
+            assert_eq!(
+                (processes, vanished),
+                (serial[0].0.clone(), 3),
+                "{threads} threads"
+            );
+        }
 
         let missing = tmp.path().join("no-proc");
         let err = try_scan(&fs, &missing).unwrap_err();
