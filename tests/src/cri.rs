@@ -41,6 +41,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`Cri::wait_for_image`] waits for CRI to learn an imported image.
 const IMAGE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the fixture's cleanup waits for CRI to finish recovering its pods after a
+/// containerd restart.
+const CRI_RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Seconds StopContainer gives a container after SIGTERM before SIGKILL.
 const STOP_TIMEOUT_SECONDS: i64 = 2;
 
@@ -330,11 +333,25 @@ impl<'a> Cri<'a> {
     /// says what went wrong.
     pub(crate) fn remove_everything(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        let pods = self.try_call(|channel| async move {
-            RuntimeServiceClient::new(channel)
-                .list_pod_sandbox(api::ListPodSandboxRequest::default())
-                .await
-        });
+        // Right after a containerd restart CRI answers "server is not initialized yet"
+        // while it recovers its pods (seconds with hundreds of them): wait for it.
+        let deadline = std::time::Instant::now() + CRI_RECOVERY_TIMEOUT;
+        let pods = loop {
+            let pods = self.try_call(|channel| async move {
+                RuntimeServiceClient::new(channel)
+                    .list_pod_sandbox(api::ListPodSandboxRequest::default())
+                    .await
+            });
+            match pods {
+                Err(e)
+                    if format!("{e:#}").contains("not initialized")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => break other,
+            }
+        };
         let pods = match pods {
             Ok(list) => list.items,
             Err(e) => return vec![format!("CRI ListPodSandbox: {e:#}")],

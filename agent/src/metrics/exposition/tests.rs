@@ -86,7 +86,7 @@ fn known_state() -> Agent {
     m.count_containerd_reconnect();
     m.count_containerd_resync();
     m.count_containerd_resync();
-    m.set_containerd_list(std::time::Duration::from_micros(12_500));
+    m.set_containerd_list(Duration::from_micros(12_500));
     m.count_docker_lookup(DockerLookup::Found);
     m.count_docker_lookup(DockerLookup::Found);
     m.count_docker_lookup(DockerLookup::Unreachable);

@@ -7,7 +7,9 @@
 //! processes; query API Resolve/ResolveBatch latency and throughput next to
 //! the /proc/PID/cgroup baseline (`--api-only`); container start to
 //! resolvable (`--containerd-only`); the pinned containers map's costs
-//! (`--pinned-only`). `--storm-only` runs the exec storms alone. The node's
+//! (`--pinned-only`); a big node, made and removed (`--scale-only`,
+//! `--scale-processes N` default 30,000, `--scale-pods P` default 250, 0 skips
+//! either; not in the default run). `--storm-only` runs the exec storms alone. The node's
 //! own pin (/sys/fs/bpf/pidmap) is never touched.
 
 use std::{
@@ -21,6 +23,7 @@ mod alloc;
 mod api;
 mod containerd;
 mod pinned;
+mod scale;
 
 use std::io::BufRead as _;
 
@@ -37,8 +40,15 @@ static ALLOCATOR: alloc::Counting = alloc::Counting;
 const AGENT_THREADS: &str = "pidmap-agent";
 
 fn main() -> Result<()> {
-    require_root();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(scale::FORK_SLEEPERS) {
+        let n = args
+            .get(1)
+            .and_then(|n| n.parse().ok())
+            .context("how many sleepers")?;
+        return scale::fork_sleepers(n);
+    }
+    require_root();
     let storm: usize = arg(&args, "--storm").unwrap_or(20_000);
     let spawners: usize = arg(&args, "--spawners").unwrap_or(2);
     let extra: usize = arg(&args, "--extra-processes").unwrap_or(2_000);
@@ -48,6 +58,9 @@ fn main() -> Result<()> {
     let only_rss = args.iter().any(|a| a == "--rss-only");
     let only_storm = args.iter().any(|a| a == "--storm-only");
     let only_pinned = args.iter().any(|a| a == "--pinned-only");
+    let only_scale = args.iter().any(|a| a == "--scale-only");
+    let scale_processes: usize = arg(&args, "--scale-processes").unwrap_or(30_000);
+    let scale_pods: usize = arg(&args, "--scale-pods").unwrap_or(250);
     let groups: usize = arg(&args, "--cgroups").unwrap_or(500);
     let api_pids: usize = arg(&args, "--api-pids").unwrap_or(1_000);
     let agent_bin = args
@@ -63,6 +76,10 @@ fn main() -> Result<()> {
     }
     if only_api {
         return api::run(api_pids);
+    }
+    if only_scale {
+        let bin = scale::agent_bin(agent_bin)?;
+        return scale::run(&bin, scale_processes, scale_pods);
     }
     if only_pinned {
         return pinned::run(containers, groups, storm, spawners);
@@ -314,7 +331,7 @@ pub(crate) fn spawn_sleepers(n: usize) -> Result<Vec<ChildGuard>> {
         .collect()
 }
 
-fn count_processes() -> usize {
+pub(crate) fn count_processes() -> usize {
     pidmap_tests::proc_pids().map_or(0, |pids| pids.len())
 }
 
