@@ -2,14 +2,28 @@
 //!
 //! The image's contents are defined once, in `oci_image::pidmap` (shared with the
 //! end-to-end test); `deploy/Containerfile` is the Docker/Buildah equivalent.
+//!
+//! The same commit gives the same archive from any checkout directory: the agent is built
+//! into `<target dir>/image` with xtask itself as `RUSTC_WRAPPER`, which adds
+//! `--remap-path-prefix` for the checkout, the target directory, `CARGO_HOME` and
+//! `RUSTUP_HOME` to every rustc run — the eBPF object's too, which `aya-build` builds with
+//! flags of its own (a wrapper is the one thing it passes through). Without it the binary
+//! embeds paths such as `…/target/release/build/…/out/pidmap.v1.rs` and the eBPF object's
+//! line info. `--check-reproducible` proves it with two clones.
 
-use std::{env, path::PathBuf, time::Instant};
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
     setup,
-    util::{cargo, fmt_duration, output, run_shown},
+    util::{cargo, fmt_duration, output, repo_root, run_shown},
 };
 
 #[derive(clap::Args)]
@@ -18,17 +32,96 @@ pub(crate) struct Args {
     /// `<target dir>/pidmap-image.tar`.
     #[arg(long, value_name = "PATH")]
     out: Option<PathBuf>,
+    /// Instead: clone the committed HEAD twice, into directories of different names and
+    /// depths, build the image in each (its own target directory) and require the two
+    /// archives to be byte-identical. Takes two clean release builds.
+    #[arg(long, conflicts_with = "out")]
+    check_reproducible: bool,
+}
+
+/// With this variable set, xtask runs as a `RUSTC_WRAPPER`: `xtask RUSTC ARGS…` runs
+/// `RUSTC ARGS… --remap-path-prefix=FROM=TO…`, one per line of the variable.
+const REMAP_ENV: &str = "PIDMAP_XTASK_REMAP_PATH_PREFIXES";
+
+/// If xtask was started as the image build's rustc wrapper, runs rustc and returns its exit
+/// status; else `None`.
+pub(crate) fn rustc_wrapper() -> Option<ExitCode> {
+    let remaps = env::var_os(REMAP_ENV)?;
+    let mut args = env::args_os().skip(1);
+    let Some(rustc) = args.next() else {
+        eprintln!("xtask: {REMAP_ENV} is set but no rustc was given");
+        return Some(ExitCode::FAILURE);
+    };
+    let mut cmd = Command::new(rustc);
+    cmd.args(args);
+    for remap in remaps.to_string_lossy().lines().filter(|l| !l.is_empty()) {
+        cmd.arg(format!("--remap-path-prefix={remap}"));
+    }
+    Some(match cmd.status() {
+        Ok(status) => ExitCode::from(status.code().map_or(1, |c| c as u8)),
+        Err(err) => {
+            eprintln!("xtask: cannot run rustc as the image build's wrapper: {err}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// The `FROM=TO` prefixes the image build remaps, general before specific (rustc applies
+/// the last one that matches).
+fn remaps(workspace: &Path, target_dir: &Path) -> Result<OsString> {
+    let home = env::var_os("HOME").map(PathBuf::from);
+    let under_home = |var: &str, dir: &str| {
+        env::var_os(var)
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(dir)))
+    };
+    let mut pairs = Vec::new();
+    if let Some(cargo_home) = under_home("CARGO_HOME", ".cargo") {
+        pairs.push((cargo_home, "/cargo"));
+    }
+    if let Some(rustup_home) = under_home("RUSTUP_HOME", ".rustup") {
+        pairs.push((rustup_home, "/rustup"));
+    }
+    pairs.push((workspace.to_path_buf(), "/pidmap"));
+    pairs.push((target_dir.to_path_buf(), "/pidmap/target"));
+    let mut lines = OsString::new();
+    for (from, to) in pairs {
+        let from = from.canonicalize().unwrap_or(from);
+        if from.to_string_lossy().contains(['=', '\n']) {
+            bail!(
+                "cannot remap {}: its path holds `=` or a newline",
+                from.display()
+            );
+        }
+        lines.push(from.as_os_str());
+        lines.push(format!("={to}\n"));
+    }
+    Ok(lines)
 }
 
 /// Runs setup, builds the release agent, writes the archive and prints its reference and
 /// manifest digest. Timestamps are `SOURCE_DATE_EPOCH` if set, else 0.
 pub(crate) fn run(args: &Args) -> Result<()> {
+    if args.check_reproducible {
+        return check_reproducible();
+    }
     setup::run(&setup::Options { for_tests: false })?;
-    run_shown(cargo().args(["build", "--release", "-p", "pidmap"]))
-        .context("building the agent failed")?;
-    let start = Instant::now();
     let (target_dir, version) = target_dir_and_agent_version()?;
-    let binary = target_dir.join("release").join("pidmap");
+    let image_target = target_dir.join("image");
+    let workspace = repo_root()
+        .canonicalize()
+        .context("cannot resolve the checkout's path")?;
+    let wrapper = env::current_exe().context("cannot find xtask's own binary")?;
+    run_shown(
+        cargo()
+            .args(["build", "--release", "-p", "pidmap", "--target-dir"])
+            .arg(&image_target)
+            .env("RUSTC_WRAPPER", wrapper)
+            .env(REMAP_ENV, remaps(&workspace, &image_target)?),
+    )
+    .context("building the agent failed")?;
+    let start = Instant::now();
+    let binary = image_target.join("release").join("pidmap");
     let out = args
         .out
         .clone()
@@ -51,12 +144,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 }
 
 /// Writes the pidmap image of `binary` (with the shared objects it loads on this host).
-fn write(
-    binary: &std::path::Path,
-    version: &str,
-    created: u64,
-    out: &std::path::Path,
-) -> Result<oci_image::Written> {
+fn write(binary: &Path, version: &str, created: u64, out: &Path) -> Result<oci_image::Written> {
     let libraries = oci_image::pidmap::shared_libraries(binary)?;
     for lib in &libraries {
         println!(
@@ -70,6 +158,87 @@ fn write(
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     Ok(image.write_archive(out)?)
+}
+
+/// `--check-reproducible`: two clones of HEAD in different directories, one image each.
+fn check_reproducible() -> Result<()> {
+    let head = output(
+        Command::new("git")
+            .arg("-C")
+            .arg(repo_root())
+            .args(["rev-parse", "HEAD"]),
+    )
+    .context("the check clones the committed HEAD: is this a git checkout?")?;
+    let dirty = output(Command::new("git").arg("-C").arg(repo_root()).args([
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+    ]))?;
+    if !dirty.trim().is_empty() {
+        eprintln!("xtask: warning: uncommitted changes are not in the clones; checking {head}");
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("pidmap-reproducible-")
+        .tempdir()
+        .context("create a temp dir")?;
+    let clones = [
+        tmp.path().join("a").join("pidmap"),
+        tmp.path()
+            .join("second-checkout")
+            .join("deeper")
+            .join("pidmap-elsewhere"),
+    ];
+    let mut archives = Vec::new();
+    for (i, clone) in clones.iter().enumerate() {
+        run_shown(
+            Command::new("git")
+                .args(["clone", "--quiet", "--no-hardlinks"])
+                .arg(repo_root())
+                .arg(clone),
+        )?;
+        run_shown(Command::new("git").arg("-C").arg(clone).args([
+            "checkout",
+            "--quiet",
+            head.trim(),
+        ]))?;
+        let archive = tmp.path().join(format!("image-{i}.tar"));
+        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        run_shown(
+            Command::new(cargo)
+                .current_dir(clone)
+                .args(["xtask", "image", "--out"])
+                .arg(&archive)
+                // Each clone builds in its own target directory, xtask included.
+                .env_remove("CARGO_TARGET_DIR")
+                .env_remove(REMAP_ENV),
+        )
+        .with_context(|| format!("the image build in {} failed", clone.display()))?;
+        archives.push(archive);
+    }
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let (a, b) = (read(&archives[0])?, read(&archives[1])?);
+    let digest = |bytes: &[u8]| oci_image::digest(bytes);
+    println!(
+        "image: {} ({} bytes) from {}\nimage: {} ({} bytes) from {}",
+        digest(&a),
+        a.len(),
+        clones[0].display(),
+        digest(&b),
+        b.len(),
+        clones[1].display()
+    );
+    if a != b {
+        let keep = tmp.keep();
+        bail!(
+            "the two archives differ: the build depends on its directory (kept in {} to compare)",
+            keep.display()
+        );
+    }
+    println!(
+        "image: byte-identical from two checkouts of {}",
+        head.trim()
+    );
+    Ok(())
 }
 
 /// The target directory and the `pidmap` package's version, from `cargo metadata`.
@@ -109,7 +278,7 @@ mod tests {
     use super::*;
 
     /// A fake binary and fake shared objects, so the test needs no build and no ldd.
-    fn inputs(dir: &std::path::Path) -> (PathBuf, Vec<Library>) {
+    fn inputs(dir: &Path) -> (PathBuf, Vec<Library>) {
         let binary = dir.join("pidmap");
         fs::write(&binary, b"\x7fELF not really").expect("write fake binary");
         let libc = dir.join("libc.so.6.real");
@@ -123,11 +292,7 @@ mod tests {
         (binary, libs)
     }
 
-    fn build(
-        binary: &std::path::Path,
-        libs: &[Library],
-        out: &std::path::Path,
-    ) -> oci_image::Written {
+    fn build(binary: &Path, libs: &[Library], out: &Path) -> oci_image::Written {
         oci_image::pidmap::image(binary, libs, "0.1.0", 0)
             .expect("image")
             .write_archive(out)

@@ -112,6 +112,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `cargo xtask image` builds with xtask as rustc's wrapper.
+    if let Some(code) = image::rustc_wrapper() {
+        return code;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup(args) => setup::run(&args.into()),
