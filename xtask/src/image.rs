@@ -161,7 +161,7 @@ fn write(binary: &Path, version: &str, created: u64, out: &Path) -> Result<oci_i
 }
 
 /// `--check-reproducible`: two clones of HEAD in different directories, one image each.
-fn check_reproducible() -> Result<()> {
+pub(crate) fn check_reproducible() -> Result<()> {
     let head = output(
         Command::new("git")
             .arg("-C")

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use anyhow::{Result, bail};
 
 use crate::{
-    fuzz, lint, load, matrix, privileged, setup,
+    fuzz, image, lint, load, matrix, privileged, setup,
     stages::Stages,
     util::{cargo, is_root, run_shown},
 };
@@ -36,6 +36,7 @@ const FUZZ_SECONDS: u64 = 10;
 const PRIVILEGED: &str = "privileged tests";
 const LOADED: &str = "ground truth and faults, with load";
 const MATRIX: &str = "matrix --ci";
+const IMAGE: &str = "image from two checkouts";
 
 /// The test files run a second time with the load beside them: the ground truth and the
 /// fault tests, whose answers must stay right on a busy node.
@@ -59,7 +60,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     }) {
         for name in lint::STAGES
             .into_iter()
-            .chain([UNIT, FUZZ, PRIVILEGED, LOADED, MATRIX])
+            .chain([UNIT, FUZZ, PRIVILEGED, LOADED, MATRIX, IMAGE])
         {
             stages.skip(name, "setup failed");
         }
@@ -116,6 +117,9 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             "cargo xtask matrix --ci (from cargo xtask test)",
         )
     });
+    // Two clones of HEAD in different directories build byte-identical image archives
+    // (two clean release builds: 6–7 minutes here).
+    stages.run(IMAGE, image::check_reproducible);
     stages.finish()
 }
 
