@@ -18,8 +18,8 @@ const _ = grpc.SupportPackageIsVersion7
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type PidmapClient interface {
 	// One process. An unknown pid is not an error: it answers a record with
-	// state UNKNOWN. pid 0 or negative is INVALID_ARGUMENT. Answers Resolve,
-	// ResolveBatch and WhoAmI give include every kernel event recorded before
+	// state UNKNOWN. pid 0 or negative is INVALID_ARGUMENT. The answers of
+	// Resolve, ResolveBatch and WhoAmI include every kernel event recorded before
 	// the request arrived (a process that started or exec'd a moment ago is
 	// there, with its new comm), unless the agent is over 25 ms behind.
 	Resolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (*ProcessRecord, error)
@@ -142,8 +142,8 @@ func (c *pidmapClient) Status(ctx context.Context, in *StatusRequest, opts ...gr
 // for forward compatibility
 type PidmapServer interface {
 	// One process. An unknown pid is not an error: it answers a record with
-	// state UNKNOWN. pid 0 or negative is INVALID_ARGUMENT. Answers Resolve,
-	// ResolveBatch and WhoAmI give include every kernel event recorded before
+	// state UNKNOWN. pid 0 or negative is INVALID_ARGUMENT. The answers of
+	// Resolve, ResolveBatch and WhoAmI include every kernel event recorded before
 	// the request arrived (a process that started or exec'd a moment ago is
 	// there, with its new comm), unless the agent is over 25 ms behind.
 	Resolve(context.Context, *ResolveRequest) (*ProcessRecord, error)
