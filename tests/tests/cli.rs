@@ -17,7 +17,7 @@ use pidmap_tests::{
 use serde_json::Value;
 
 /// Every key `-o json` promises, always present.
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 17] = [
     "pid",
     "start_time",
     "state",
@@ -33,6 +33,7 @@ const KEYS: [&str; 16] = [
     "cgroup_path",
     "ppid",
     "comm",
+    "exit_status",
     "labels",
 ];
 

@@ -41,6 +41,7 @@ pub(crate) fn record(r: &proto::ProcessRecord) -> Value {
         "cgroup_path": r.cgroup_path,
         "ppid": r.ppid,
         "comm": r.comm,
+        "exit_status": r.exit_status,
         "labels": labels,
     })
 }
@@ -54,6 +55,8 @@ pub(crate) fn container(c: &proto::Container) -> Value {
         "status": c.status,
         "task_pid": c.task_pid,
         "exit_code": c.exit_code,
+        "created_at": c.created_at,
+        "deleted": c.deleted,
         "pod_name": c.pod_name,
         "pod_namespace": c.pod_namespace,
         "pod_uid": c.pod_uid,
@@ -263,7 +266,33 @@ mod tests {
         assert_eq!(v["container_id"], "3f1a");
         assert_eq!(v["state"], "running");
         assert_eq!(v["cgroup_id"], Value::Null);
-        assert_eq!(v.as_object().map(Map::len), Some(17));
+        assert_eq!(v["exit_status"], Value::Null, "running");
+        assert_eq!(v.as_object().map(Map::len), Some(18));
+        let exited = record(&proto::ProcessRecord {
+            state: proto::ProcessState::Exited as i32,
+            exit_status: Some(256),
+            ..k8s_record()
+        });
+        assert_eq!(exited["exit_status"], 256);
+    }
+
+    #[test]
+    fn containers_say_when_they_were_created_and_whether_deleted() {
+        let c = proto::Container {
+            id: "3f1a".into(),
+            created_at: Some(1_700_000_000),
+            deleted: true,
+            ..Default::default()
+        };
+        let v = container(&c);
+        assert_eq!(
+            (&v["created_at"], &v["deleted"]),
+            (&json!(1_700_000_000), &json!(true))
+        );
+        assert_eq!(
+            container(&proto::Container::default())["created_at"],
+            Value::Null
+        );
     }
 
     #[test]

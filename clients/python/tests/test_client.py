@@ -11,7 +11,7 @@ import pidmap
 RECORD_KEYS = {
     "pid", "start_time", "state", "source", "container_id", "runtime_namespace", "image",
     "pod_name", "pod_namespace", "pod_uid", "container_name", "cgroup_id",
-    "cgroup_hierarchy", "cgroup_path", "ppid", "comm", "labels",
+    "cgroup_hierarchy", "cgroup_path", "ppid", "comm", "exit_status", "labels",
 }
 
 
