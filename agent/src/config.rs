@@ -69,7 +69,8 @@ pub struct Config {
     #[arg(long, default_value = "65536", value_name = "N")]
     pub max_exited: NonZeroUsize,
     /// Size of the kernel event ring buffer in bytes: a power of two from
-    /// 4096 to 268435456 (256 MiB).
+    /// the page size (4096; 16384 or 65536 on some arm64 kernels) to
+    /// 268435456 (256 MiB).
     #[arg(long, default_value = "4194304", value_name = "BYTES")]
     pub ring_buffer_bytes: u32,
     /// When the kernel wakes the event reader: 0 wakes it for the first
@@ -288,13 +289,16 @@ impl Config {
     /// Checks ranges the types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
+        // The kernel wants a power of two and a whole number of pages: arm64 kernels may
+        // use 16 or 64 KiB pages, where a 4 KiB ring would fail only when the map is made.
+        let page = u32::try_from(rustix::param::page_size()).unwrap_or(u32::MAX);
         if !self.ring_buffer_bytes.is_power_of_two()
-            || self.ring_buffer_bytes < 4096
+            || self.ring_buffer_bytes < page.max(4096)
             || self.ring_buffer_bytes > MAX_RING_BUFFER_BYTES
         {
             return invalid(
                 "ring_buffer_bytes",
-                "must be a power of two from 4096 to 268435456 (256 MiB)",
+                "must be a power of two from the page size (4096, 16384 or 65536) to 268435456 (256 MiB)",
             );
         }
         if self.ring_batch_us > 100_000 {

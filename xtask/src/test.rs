@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use anyhow::{Result, bail};
 
 use crate::{
-    fuzz, image, lint, load, matrix, privileged, setup,
+    fuzz, image, lint, load, matrix, privileged, run, setup,
     stages::Stages,
     util::{cargo, is_root, run_shown},
 };
@@ -37,6 +37,7 @@ const PRIVILEGED: &str = "privileged tests";
 const LOADED: &str = "ground truth and faults, with load";
 const MATRIX: &str = "matrix --ci";
 const IMAGE: &str = "image from two checkouts";
+const ARM64: &str = "arm64 build";
 
 /// The test files run a second time with the load beside them: the ground truth and the
 /// fault tests, whose answers must stay right on a busy node.
@@ -60,7 +61,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     }) {
         for name in lint::STAGES
             .into_iter()
-            .chain([UNIT, FUZZ, PRIVILEGED, LOADED, MATRIX, IMAGE])
+            .chain([UNIT, FUZZ, PRIVILEGED, LOADED, MATRIX, IMAGE, ARM64])
         {
             stages.skip(name, "setup failed");
         }
@@ -120,6 +121,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     // Two clones of HEAD in different directories build byte-identical image archives
     // (two clean release builds: 6–7 minutes here).
     stages.run(IMAGE, image::check_reproducible);
+    // The agent cross-built for arm64 nodes, started under user-mode QEMU (2–3 minutes).
+    stages.run(ARM64, run::arm64_check);
     stages.finish()
 }
 

@@ -134,6 +134,41 @@ fn require_tool(tool: &str) -> Result<()> {
     }
 }
 
+/// The Rust target of arm64 nodes.
+pub(crate) const ARM64_TARGET: &str = "aarch64-unknown-linux-gnu";
+/// The linker of [`ARM64_TARGET`] builds (Debian's `gcc-aarch64-linux-gnu`).
+pub(crate) const ARM64_LINKER: &str = "aarch64-linux-gnu-gcc";
+
+/// What a cross-build for arm64 nodes needs, beyond [`run`]: the Rust target
+/// `aarch64-unknown-linux-gnu` (rustup) and Debian's cross gcc with arm64 glibc headers
+/// and libraries (`gcc-aarch64-linux-gnu`, `libc6-dev-arm64-cross`) as its linker.
+pub(crate) fn arm64_cross() -> Result<()> {
+    step("arm64 Rust target", || {
+        let installed = output(rustup().args(["target", "list", "--installed"]))?;
+        if installed.lines().any(|l| l.trim() == ARM64_TARGET) {
+            say(format!("{ARM64_TARGET} present"));
+            return Ok(());
+        }
+        let mut add = rustup();
+        add.args(["target", "add", ARM64_TARGET]);
+        say(format!(
+            "installing {ARM64_TARGET} ({})…",
+            util::display(&add)
+        ));
+        util::run(&mut add)
+    })?;
+    step("arm64 linker", || {
+        // The cross glibc's start files: without them the link fails late and obscurely.
+        let crt = Path::new("/usr/aarch64-linux-gnu/lib/crt1.o");
+        if let (Probe::Works(version), true) = (probe(ARM64_LINKER, &["--version"]), crt.exists()) {
+            say(format!("{version} and the arm64 glibc present"));
+            return Ok(());
+        }
+        Apt::default().install(&["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"])?;
+        require_tool(ARM64_LINKER)
+    })
+}
+
 /// Installs Debian `packages` with the system's apt-get (`update` first); for tools that
 /// only some subcommands need (`cargo xtask matrix`: QEMU, gcc).
 pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
