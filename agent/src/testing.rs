@@ -56,8 +56,18 @@ pub mod resolver {
     pub use crate::resolver::{Resolution, Resolved, Source, resolve};
 }
 
-/// containerd's OCI specs.
+/// containerd's OCI specs, NRI's wire.
 pub mod runtime {
+    /// NRI.
+    pub mod nri {
+        pub use crate::runtime::nri::{Update, answer};
+        /// Its framing and messages.
+        pub mod wire {
+            pub use crate::runtime::nri::wire::{
+                Decoder, MAX_MUX_PAYLOAD, MAX_TTRPC_MESSAGE, Message, Response, WireError,
+            };
+        }
+    }
     /// containerd.
     pub mod containerd {
         /// The OCI spec parser.

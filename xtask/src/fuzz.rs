@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Every fuzz target (a `[[bin]]` of `fuzz/Cargo.toml`), in the order they run.
-pub(crate) const TARGETS: [&str; 10] = [
+pub(crate) const TARGETS: [&str; 11] = [
     "cgroup_path",
     "proc_stat",
     "proc_cgroup",
@@ -32,11 +32,12 @@ pub(crate) const TARGETS: [&str; 10] = [
     "authority",
     "mountinfo",
     "cgroup_join",
+    "nri_wire",
 ];
 
 /// Targets run with a malloc limit (MiB): one allocation over it is a crash. The authority
 /// rewriter must hold what a peer sends within a few MiB, whatever it decodes to.
-const MALLOC_LIMIT_MB: [(&str, u32); 1] = [("authority", 64)];
+const MALLOC_LIMIT_MB: [(&str, u32); 2] = [("authority", 64), ("nri_wire", 64)];
 
 /// Seconds per target when neither `--runs` nor `--seconds` is given.
 const DEFAULT_SECONDS: u64 = 60;

@@ -7,3 +7,4 @@
 
 pub(crate) mod containerd;
 pub(crate) mod docker;
+pub(crate) mod nri;
