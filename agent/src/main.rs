@@ -1,7 +1,10 @@
 //! The `pidmap` binary: parses the command line, sets up logging and
 //! signals, and hands over to the library.
 
-use std::{io::IsTerminal as _, process::ExitCode};
+use std::{
+    io::{IsTerminal as _, Write as _},
+    process::ExitCode,
+};
 
 use pidmap::cli::{Cli, Command, client};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +21,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written is dropped. By default tracing-subscriber says
+        // so with `eprintln!`, which panics when stderr is a closed pipe (a collector that
+        // died, `| head`): the task that logged died, and with it the signal task.
+        .log_internal_errors(false)
         .finish()
         .init();
     let socket_of = |c: &pidmap::cli::Conn| c.socket.clone();
@@ -95,7 +102,12 @@ fn main() -> ExitCode {
 
 /// Prints an error with its causes, the way a person reads them.
 fn fail(error: &dyn std::error::Error, code: u8) -> ExitCode {
-    eprintln!("pidmap: error: {}", pidmap::error::chain(error));
+    // Not eprintln!: it panics when stderr is closed, and the exit status says it anyway.
+    let _ = writeln!(
+        std::io::stderr(),
+        "pidmap: error: {}",
+        pidmap::error::chain(error)
+    );
     ExitCode::from(code)
 }
 

@@ -21,6 +21,7 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => "SIGINT",
         () = shutdown.cancelled() => return,
     };
-    info!(signal = name, "shutting down");
+    // Cancel first: nothing the log does may keep the agent from stopping.
     shutdown.cancel();
+    info!(signal = name, "shutting down");
 }

@@ -223,3 +223,64 @@ async fn a_taken_or_impossible_socket_fails_before_any_program_is_loaded() {
         "no agent can serve it: {stderr}"
     );
 }
+
+/// An agent whose log nobody reads any more (the pipe's reader gone: a log collector that
+/// died, `pidmap agent 2>&1 | head`) keeps serving and still stops cleanly on SIGTERM.
+/// tracing-subscriber used to report its own failed writes with `eprintln!`, which panics
+/// on a closed stderr: the panic killed the task that logged — the signal task's "shutting
+/// down" among them — and the agent then ignored SIGTERM for good.
+#[test]
+fn an_agent_whose_log_pipe_closed_still_stops_on_sigterm() {
+    use std::io::BufRead as _;
+
+    let socket = pidmap_tests::private_socket();
+    let mut agent = pidmap_tests::ChildGuard::spawn(
+        Command::new(pidmap_bin())
+            .args(["agent", "--no-pin", "--socket"])
+            .arg(&socket)
+            // Debug: it logs on every API connection, so the next log line comes soon.
+            .env("RUST_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let stderr = agent.0.stderr.take().expect("the agent's stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("agent ready"))),
+        "the agent never became ready"
+    );
+    // The reader is gone: every write to the agent's stderr fails with EPIPE from now on.
+    drop(lines);
+    let status = || {
+        Command::new(pidmap_bin())
+            .args(["status", "--socket"])
+            .arg(&socket)
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    for _ in 0..3 {
+        assert!(
+            status(),
+            "the agent stopped serving once its log pipe closed"
+        );
+    }
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child, not reaped.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + EVENTUALLY;
+    let exit = loop {
+        if let Some(exit) = agent.0.try_wait().expect("wait for the agent") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent ignored SIGTERM with its log pipe closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "the agent ended with {exit}");
+    if let Some(dir) = socket.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
