@@ -70,6 +70,12 @@ pub(crate) const REPAIR_WAIT: Duration = Duration::from_millis(250);
 /// answer UNAVAILABLE and readiness fails, rather than serve a frozen table.
 pub const STALL_LIMIT: Duration = Duration::from_secs(5);
 
+/// How long a heartbeat older than [`STALL_LIMIT`] must have been seen before it counts as a
+/// stall. A process that was stopped (SIGSTOP, a paused VM) resumes with every clock ahead,
+/// and its API may answer before the tracker's next tick: the first sight of a stale
+/// heartbeat is not yet a hung tracker.
+pub(crate) const STALL_CONFIRM: Duration = Duration::from_secs(1);
+
 /// What the tracker answers a catch-up with: whether everything recorded
 /// before the request is applied (and every event lost before it
 /// repaired), or its wait for a record still being written ran out first
@@ -150,6 +156,8 @@ pub struct State {
     inputs_changed: Notify,
     /// CLOCK_MONOTONIC ns of the tracker's last tick (0: not started).
     heartbeat_ns: AtomicU64,
+    /// When a stale heartbeat was first seen (0: not seen since the last tick).
+    stale_since_ns: AtomicU64,
     /// Longest the tracker may go without a tick.
     stall_limit_ns: u64,
     changes: broadcast::Sender<Change>,
@@ -193,6 +201,7 @@ impl State {
             containers_epoch: AtomicU64::new(0),
             inputs_changed: Notify::new(),
             heartbeat_ns: AtomicU64::new(0),
+            stale_since_ns: AtomicU64::new(0),
             stall_limit_ns: duration_ns(STALL_LIMIT),
             changes: broadcast::channel(changes.max(1)).0,
             catch_up: OnceLock::new(),
@@ -353,7 +362,23 @@ impl State {
     /// Whether the tracker has not ticked for longer than its limit.
     pub fn stalled(&self) -> bool {
         let last = self.heartbeat_ns.load(Ordering::Acquire);
-        last != 0 && monotonic_ns().saturating_sub(last) > self.stall_limit_ns
+        let now = monotonic_ns();
+        if last == 0 || now.saturating_sub(last) <= self.stall_limit_ns {
+            return false;
+        }
+        // Stale: a stall once it has been seen so for STALL_CONFIRM. A sighting older than
+        // the last heartbeat belongs to an earlier staleness and starts over.
+        let seen = self.stale_since_ns.load(Ordering::Acquire);
+        if seen == 0 || seen < last {
+            let _ = self.stale_since_ns.compare_exchange(
+                seen,
+                now,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            return false;
+        }
+        now.saturating_sub(seen) > duration_ns(STALL_CONFIRM)
     }
 
     /// Marks the agent ready (once its table is seeded and containerd was
@@ -447,6 +472,10 @@ impl TableWriter {
         self.state
             .heartbeat_ns
             .store(monotonic_ns(), Ordering::Release);
+        // A tick ends any staleness seen; the next one is confirmed afresh.
+        if self.state.stale_since_ns.load(Ordering::Relaxed) != 0 {
+            self.state.stale_since_ns.store(0, Ordering::Release);
+        }
     }
 }
 
@@ -657,7 +686,23 @@ mod tests {
             monotonic_ns() - duration_ns(STALL_LIMIT) - 1,
             Ordering::Release,
         );
+        assert!(
+            !state.stalled() && state.is_ready(),
+            "first seen stale: perhaps the whole process was stopped"
+        );
+        writer.state.stale_since_ns.store(
+            monotonic_ns() - duration_ns(STALL_CONFIRM) - 1,
+            Ordering::Release,
+        );
         assert!(state.stalled() && !state.is_ready());
+        writer.heartbeat();
+        assert!(!state.stalled() && state.is_ready(), "it ticked again");
+        // The next staleness is confirmed afresh, not by the old sighting.
+        writer.state.heartbeat_ns.store(
+            monotonic_ns() - duration_ns(STALL_LIMIT) - 1,
+            Ordering::Release,
+        );
+        assert!(!state.stalled());
 
         assert!(!state.containerd_seen());
         assert_eq!(

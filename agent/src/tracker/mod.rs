@@ -324,6 +324,8 @@ impl Tracker {
             });
             if !events.is_empty() {
                 self.apply(&events);
+                // A long drain (a full ring after a pause) is progress, not a hang.
+                self.writer.heartbeat();
             }
             events.clear();
             self.buffer = events;
