@@ -233,7 +233,18 @@ async fn a_taken_or_impossible_socket_fails_before_any_program_is_loaded() {
 fn an_agent_whose_log_pipe_closed_still_stops_on_sigterm() {
     use std::io::BufRead as _;
 
+    /// Removes the socket's private directory, also when an assertion fails.
+    struct SocketDir(std::path::PathBuf);
+    impl Drop for SocketDir {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
     let socket = pidmap_tests::private_socket();
+    let _dir = SocketDir(socket.clone());
+    // Dropped before `_dir`: SIGKILL, if the test fails with the agent still running.
     let mut agent = pidmap_tests::ChildGuard::spawn(
         Command::new(pidmap_bin())
             .args(["agent", "--no-pin", "--socket"])
@@ -280,7 +291,4 @@ fn an_agent_whose_log_pipe_closed_still_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "the agent ended with {exit}");
-    if let Some(dir) = socket.parent() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
 }
