@@ -27,20 +27,49 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{agent_runtime, alloc};
 
+/// An in-process agent beside a containerd, on a private socket, unpinned.
+pub(crate) struct BenchAgent {
+    pub(crate) agent: Agent,
+    pub(crate) socket: std::path::PathBuf,
+    shutdown: CancellationToken,
+}
+
+impl BenchAgent {
+    /// Starts it (returns once it is ready) on `rt`.
+    pub(crate) fn start(rt: &tokio::runtime::Runtime, ctrd: &Containerd) -> Result<Self> {
+        let shutdown = CancellationToken::new();
+        let socket = pidmap_tests::private_socket();
+        let config = Config {
+            socket: socket.clone(),
+            containerd_socket: ctrd.socket().to_path_buf(),
+            no_pin: true,
+            ..Config::default()
+        };
+        let agent = rt.block_on(Agent::start(config, shutdown.clone()))?;
+        Ok(Self {
+            agent,
+            socket,
+            shutdown,
+        })
+    }
+
+    /// Stops it, waits for its tasks and removes its socket's directory.
+    pub(crate) fn stop(self, rt: &tokio::runtime::Runtime) -> Result<()> {
+        self.shutdown.cancel();
+        rt.block_on(self.agent.wait())?;
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+}
+
 /// Runs every containerd measurement with `containers` containers.
 pub(crate) fn run(containers: usize) -> Result<()> {
     let ctrd = Containerd::start();
     let rt = agent_runtime()?;
-    let shutdown = CancellationToken::new();
-    let socket = pidmap_tests::private_socket();
-    let config = Config {
-        socket: socket.clone(),
-        containerd_socket: ctrd.socket().to_path_buf(),
-        no_pin: true,
-        ..Config::default()
-    };
-    let agent = rt.block_on(Agent::start(config, shutdown.clone()))?;
-    let state = Arc::clone(agent.state());
+    let agent = BenchAgent::start(&rt, &ctrd)?;
+    let state = Arc::clone(agent.agent.state());
     wait(Duration::from_secs(15), || state.containerd_synced()).context("connect")?;
     settle();
 
@@ -67,12 +96,7 @@ pub(crate) fn run(containers: usize) -> Result<()> {
         heap_procs.saturating_sub(heap_before_procs) as f64 / sleepers as f64,
     );
     drop(guards);
-    shutdown.cancel();
-    rt.block_on(agent.wait())?;
-    if let Some(dir) = socket.parent() {
-        let _ = std::fs::remove_dir(dir);
-    }
-    Ok(())
+    agent.stop(&rt)
 }
 
 /// Lets the agent apply what is in flight before a heap measurement.

@@ -20,7 +20,6 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use pidmap::{
-    Agent, Config,
     api::proto::{self, pidmap_client::PidmapClient},
     testing::resolver::{Source, resolve},
 };
@@ -29,9 +28,11 @@ use pidmap_tests::{
     containerd::{CRI_IMAGE, Containerd},
     cri::PodSpec,
 };
-use tokio_util::sync::CancellationToken;
 
-use crate::{agent_runtime, containerd::wait};
+use crate::{
+    agent_runtime,
+    containerd::{BenchAgent, wait},
+};
 
 /// The argument that makes this binary the sleeper-forking helper.
 pub(crate) const FORK_SLEEPERS: &str = "--fork-sleepers";
@@ -316,35 +317,23 @@ fn many_containers(agent_bin: &Path, pods: usize) -> Result<()> {
     let mut first = Vec::new();
     let mut start_ms = Vec::new();
     for _ in 0..RUNS {
-        let shutdown = CancellationToken::new();
-        let socket = pidmap_tests::private_socket();
-        let config = Config {
-            socket: socket.clone(),
-            containerd_socket: ctrd.socket().to_path_buf(),
-            no_pin: true,
-            ..Config::default()
-        };
         let t = Instant::now();
-        let agent = rt.block_on(Agent::start(config, shutdown.clone()))?;
+        let agent = BenchAgent::start(&rt, &ctrd)?;
         start_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        let state = Arc::clone(agent.state());
+        let state = Arc::clone(agent.agent.state());
         wait(Duration::from_secs(30), || state.containerd_synced()).context("first list")?;
         first.push(state.metrics().snapshot().containerd_list_us as f64 / 1e3);
         check_pods(&state, &made)?;
         if first.len() == 1 {
-            let (took, lines) = pidmap_ls(agent_bin, &socket)?;
-            let (batch, pids, _) = resolve_everything(&socket)?;
+            let (took, lines) = pidmap_ls(agent_bin, &agent.socket)?;
+            let (batch, pids, _) = resolve_everything(&agent.socket)?;
             println!(
                 "scale: pidmap ls: {lines} lines in {:.0} ms; ResolveBatch of every pid ({pids}): {:.0} ms",
                 ms(took),
                 ms(batch)
             );
         }
-        shutdown.cancel();
-        rt.block_on(agent.wait())?;
-        if let Some(dir) = socket.parent() {
-            let _ = std::fs::remove_dir(dir);
-        }
+        agent.stop(&rt)?;
     }
     let per = |ms: &[f64]| {
         ms.iter()
@@ -360,16 +349,8 @@ fn many_containers(agent_bin: &Path, pods: usize) -> Result<()> {
     );
 
     // The re-list after containerd restarts, on one agent.
-    let shutdown = CancellationToken::new();
-    let socket = pidmap_tests::private_socket();
-    let config = Config {
-        socket: socket.clone(),
-        containerd_socket: ctrd.socket().to_path_buf(),
-        no_pin: true,
-        ..Config::default()
-    };
-    let agent = rt.block_on(Agent::start(config, shutdown.clone()))?;
-    let state = Arc::clone(agent.state());
+    let agent = BenchAgent::start(&rt, &ctrd)?;
+    let state = Arc::clone(agent.agent.state());
     wait(Duration::from_secs(30), || state.containerd_synced()).context("synced")?;
     let (mut relist, mut back) = (Vec::new(), Vec::new());
     for _ in 0..RESTARTS {
@@ -390,11 +371,7 @@ fn many_containers(agent_bin: &Path, pods: usize) -> Result<()> {
         list(&per(&relist), 0),
         list(&back, 0)
     );
-    shutdown.cancel();
-    rt.block_on(agent.wait())?;
-    if let Some(dir) = socket.parent() {
-        let _ = std::fs::remove_dir(dir);
-    }
+    agent.stop(&rt)?;
     let t = Instant::now();
     drop(ctrd); // Removes every pod through CRI, then stops containerd.
     println!(
