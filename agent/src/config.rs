@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 pub use pidmap_client::{DEFAULT_SOCKET, MAX_SOCKET_PATH};
 /// Default containerd socket.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// Default NRI socket (containerd's and CRI-O's).
+pub const DEFAULT_NRI_SOCKET: &str = "/var/run/nri/nri.sock";
 /// Default Docker Engine API socket.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker.sock";
 /// Where the running kernel exposes its BTF.
@@ -113,10 +115,22 @@ pub struct Config {
     /// lists Docker's containers without them when it does not.
     #[arg(long, default_value = DEFAULT_DOCKER_SOCKET, value_name = "PATH")]
     pub docker_socket: PathBuf,
+    /// The runtime's NRI socket (containerd 2.x has NRI on by default, 1.7
+    /// with `[plugins."io.containerd.nri.v1.nri"] disable = false`, CRI-O
+    /// with `enable_nri`). The agent registers there as plugin `99-pidmap`
+    /// and reads every pod and container — with its Kubernetes identity,
+    /// before runc starts it — without ever adjusting or delaying one.
+    /// Where the socket does not exist the agent keeps retrying quietly.
+    #[arg(long, default_value = DEFAULT_NRI_SOCKET, value_name = "PATH", conflicts_with = "no_nri")]
+    pub nri_socket: PathBuf,
+    /// Do not register with the runtime's NRI socket.
+    #[arg(long)]
+    pub no_nri: bool,
     /// At start, how long readiness waits for containerd's first list to be
-    /// reconciled (when containerd answers at all); after that the agent
-    /// goes ready anyway, with a warning, and container processes answer
-    /// `pending` until containerd is synced.
+    /// reconciled and NRI's first `Synchronize` to be applied (for each
+    /// that answers at all); after that the agent goes ready anyway, with a
+    /// warning, and container processes answer `pending` until containerd
+    /// is synced.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub containerd_sync_timeout_seconds: u64,
     /// The API's Unix socket, speaking gRPC and HTTP/1.1 + JSON (`curl

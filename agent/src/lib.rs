@@ -60,6 +60,7 @@ mod task {
     pub(crate) const METRICS: &str = "metrics server";
     pub(crate) const EBPF_LOG: &str = "eBPF log";
     pub(crate) const PINNED_MAP: &str = "containers map publisher";
+    pub(crate) const NRI: &str = "NRI plugin";
 }
 
 /// A running agent.
@@ -193,6 +194,24 @@ impl Agent {
             );
         }
 
+        let nri_contact = if config.no_nri {
+            info!("NRI is off (--no-nri)");
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            let plugin = runtime::nri::plugin::Plugin::new(
+                runtime::nri::plugin::PluginConfig {
+                    socket: config.nri_socket.clone(),
+                    max_backoff: config.containerd_max_backoff(),
+                    grace: config.exit_grace(),
+                },
+                container_writer.for_nri(),
+                Arc::clone(&cgroupfs),
+                tx,
+            );
+            agent.spawn(task::NRI, plugin.run(agent.shutdown.clone()));
+            Some(rx)
+        };
         let (contact_tx, first_contact) = oneshot::channel();
         let watcher = runtime::containerd::Watcher::new(
             runtime::containerd::WatcherConfig {
@@ -233,7 +252,9 @@ impl Agent {
             );
         }
 
-        agent.until_ready(seeded, first_contact, &config).await?;
+        agent
+            .until_ready(seeded, first_contact, nri_contact, &config)
+            .await?;
         // Published once ready: an entry written before containerd's first
         // list would turn a container (from an agent before) into pending.
         if let (Some(pin), Some(keyed)) = (containers_pin, keyed) {
@@ -244,13 +265,14 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Waits for the seed, then for containerd's first contact (bounded),
-    /// then marks the agent ready. A task that dies meanwhile fails the
-    /// start.
+    /// Waits for the seed, then for containerd's and NRI's first contact
+    /// (bounded together), then marks the agent ready. A task that dies
+    /// meanwhile fails the start.
     async fn until_ready(
         &mut self,
         seeded: oneshot::Receiver<()>,
         first_contact: oneshot::Receiver<FirstContact>,
+        nri_contact: Option<oneshot::Receiver<FirstContact>>,
         config: &Config,
     ) -> Result<(), Error> {
         let shutdown = self.shutdown.clone();
@@ -261,8 +283,9 @@ impl Agent {
         }
         warn_if_all_at_the_root(&self.state);
         let wait = config.containerd_sync_timeout();
+        let deadline = tokio::time::Instant::now() + wait;
         tokio::select! {
-            contact = tokio::time::timeout(wait, first_contact) => match contact {
+            contact = tokio::time::timeout_at(deadline, first_contact) => match contact {
                 Ok(Ok(FirstContact::Synced)) => {}
                 Ok(Ok(FirstContact::Unreachable)) => info!(
                     socket = %config.containerd_socket.display(),
@@ -279,11 +302,31 @@ impl Agent {
             () = shutdown.cancelled() => return Err(Error::NotSeeded),
             died = self.next_death() => return Err(died),
         }
+        if let Some(nri_contact) = nri_contact {
+            tokio::select! {
+                contact = tokio::time::timeout_at(deadline, nri_contact) => match contact {
+                    Ok(Ok(FirstContact::Synced)) => {}
+                    Ok(Ok(FirstContact::Unreachable)) => info!(
+                        socket = %config.nri_socket.display(),
+                        "no NRI socket at start; ready without it (it is retried in the background)"
+                    ),
+                    Ok(Err(_)) => {}
+                    Err(_) => warn!(
+                        socket = %config.nri_socket.display(),
+                        waited_s = wait.as_secs(),
+                        "the runtime's NRI did not synchronize in time; ready anyway"
+                    ),
+                },
+                () = shutdown.cancelled() => return Err(Error::NotSeeded),
+                died = self.next_death() => return Err(died),
+            }
+        }
         self.state.set_ready();
         info!(
             processes = self.state.table().live_len(),
             containers = self.state.containers().len(),
             containerd_synced = self.state.containerd_synced(),
+            nri_synced = self.state.nri_link() == state::NriLink::Synced,
             "agent ready"
         );
         Ok(())
@@ -592,5 +635,7 @@ pub(crate) fn gauges(state: &State) -> metrics::exposition::Gauges {
         containers: state.containers().len(),
         containerd_connected: state.containerd_connected(),
         containerd_synced: state.containerd_synced(),
+        nri_connected: state.nri_link() != state::NriLink::Down,
+        nri_synced: state.nri_link() == state::NriLink::Synced,
     }
 }

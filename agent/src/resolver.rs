@@ -26,7 +26,7 @@ use crate::{
     cgroup::{CgroupPathCache, Hierarchy, PathContainer, PathRuntime, container_from_path},
     state::{
         Process, ProcessState, State,
-        container::{Container, ContainerKey, TaskStatus, namespaces},
+        container::{Container, ContainerKey, Sources, TaskStatus, namespaces},
         containers::ContainerStore,
     },
     types::{CgroupId, CgroupIds, ProcKey, StartTime},
@@ -64,6 +64,8 @@ impl Resolved {
 pub enum Source {
     /// containerd's metadata, matched by cgroup.
     Containerd,
+    /// The runtime's NRI account only (no containerd record), matched by cgroup.
+    Nri,
     /// Recognised in the cgroup path only (a runtime pidmap does not watch,
     /// or containerd is not reachable).
     CgroupPath,
@@ -76,9 +78,21 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Containerd => "containerd",
+            Self::Nri => "nri",
             Self::CgroupPath => "cgroup-path",
             Self::Host => "host",
         }
+    }
+}
+
+/// The source of a store record's answer: containerd's when containerd knows it (NRI may have
+/// added to it), NRI's when only NRI does.
+pub(crate) fn runtime_source(c: Option<&Container>) -> Source {
+    match c {
+        Some(c) if c.sources.contains(Sources::NRI) && !c.sources.contains(Sources::CONTAINERD) => {
+            Source::Nri
+        }
+        _ => Source::Containerd,
     }
 }
 
@@ -351,12 +365,10 @@ pub(crate) fn resolve_in(view: &View<'_>, process: Process) -> Resolution {
         ProcessState::Exited { .. } => Resolved::Exited,
     };
     let (state, source, container, path_container) = match member {
-        Membership::Runtime(key) => (
-            lifecycle,
-            Source::Containerd,
-            view.store.get(&key).cloned(),
-            None,
-        ),
+        Membership::Runtime(key) => {
+            let c = view.store.get(&key).cloned();
+            (lifecycle, runtime_source(c.as_ref()), c, None)
+        }
         Membership::Path(pc) => (lifecycle, Source::CgroupPath, None, Some(pc)),
         Membership::Pending(pc) => (Resolved::Pending, Source::CgroupPath, None, pc),
         Membership::Host => (lifecycle, Source::Host, None, None),

@@ -146,6 +146,15 @@ const CRI_SANDBOX_V3: &str = r#"
 [plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "SANDBOX"
 "#;
+/// NRI on, with its socket and plugin directories in the temp dir (containerd 1.7 and 2.x;
+/// 1.6 has no such plugin).
+const NRI_CONFIG: &str = r#"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = false
+  socket_path = "DIR/nri.sock"
+  plugin_path = "DIR/nri/plugins"
+  plugin_config_path = "DIR/nri/conf.d"
+"#;
 /// The plugins that make up CRI (1.x: the first; 2.x: all three), disabled unless asked for.
 const CRI_PLUGINS: [&str; 3] = [
     "io.containerd.grpc.v1.cri",
@@ -153,13 +162,24 @@ const CRI_PLUGINS: [&str; 3] = [
     "io.containerd.cri.v1.runtime",
 ];
 
-/// The config for this containerd's major version, with or without CRI; `DIR` stands for
-/// the temp dir.
-fn config(major: u32, cri: bool) -> String {
+/// The config for this containerd's major version, with or without CRI and NRI; `DIR`
+/// stands for the temp dir.
+fn config(major: u32, cri: bool, nri: bool) -> String {
     let template = if major >= 2 { CONFIG_V3 } else { CONFIG };
-    if !cri {
-        return template.to_owned();
+    let mut text = if cri {
+        cri_config(major, template)
+    } else {
+        template.to_owned()
+    };
+    if nri {
+        text = text.replace("  \"io.containerd.nri.v1.nri\",\n", "");
+        text.push_str(NRI_CONFIG);
     }
+    text
+}
+
+/// `template` with the CRI plugin on.
+fn cri_config(major: u32, template: &str) -> String {
     let mut text: String = template
         .lines()
         .filter(|line| {
@@ -207,7 +227,7 @@ impl Containerd {
     ///
     /// Panics with the daemon's log if it does not come up.
     pub fn start() -> Self {
-        Self::launch_new(false)
+        Self::launch_new(false, false)
     }
 
     /// Like [`Self::start`], with the CRI plugin: imports [`CRI_SANDBOX_IMAGE`] and
@@ -216,10 +236,23 @@ impl Containerd {
     ///
     /// Panics with [`CRI_MISSING`] if the CRI client was not built.
     pub fn start_cri() -> Self {
+        Self::start_cri_with(false)
+    }
+
+    /// Like [`Self::start_cri`], with NRI on: its socket is [`Self::nri_socket`]. Panics on
+    /// containerd 1.6, which has no NRI.
+    pub fn start_cri_nri() -> Self {
+        Self::start_cri_with(true)
+    }
+
+    fn start_cri_with(nri: bool) -> Self {
         if cfg!(not(cri_api)) {
             panic!("{CRI_MISSING}");
         }
-        let ctrd = Self::launch_new(true);
+        let ctrd = Self::launch_new(true, nri);
+        if nri {
+            ctrd.wait_for_nri_socket();
+        }
         ctrd.import_busybox_image_running(
             CRI_NAMESPACE,
             CRI_SANDBOX_IMAGE,
@@ -243,7 +276,7 @@ impl Containerd {
         crate::cri::Cri::new(self)
     }
 
-    fn launch_new(cri: bool) -> Self {
+    fn launch_new(cri: bool, nri: bool) -> Self {
         crate::require_root();
         let dir = tempfile::Builder::new()
             .prefix("pidmap-ctrd-")
@@ -251,7 +284,7 @@ impl Containerd {
             .expect("create the containerd temp dir");
         let path = dir.path().to_path_buf();
         let major = containerd_major().unwrap_or_else(|e| panic!("{e:#}"));
-        let config = config(major, cri).replace("DIR", &path.to_string_lossy());
+        let config = config(major, cri, nri).replace("DIR", &path.to_string_lossy());
         fs::write(path.join("config.toml"), config).expect("write config.toml");
         fs::create_dir(path.join("exec-logs")).expect("create exec-logs");
         rootfs::build_rootfs(&path.join("rootfs")).unwrap_or_else(|e| {
@@ -282,6 +315,30 @@ impl Containerd {
     /// The daemon's gRPC socket, `<dir>/containerd.sock`.
     pub fn socket(&self) -> &Path {
         &self.ctr.socket
+    }
+
+    /// Waits (at most 20 s) for NRI's socket; panics if it does not come (containerd 1.6
+    /// has no NRI).
+    fn wait_for_nri_socket(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !self.nri_socket().exists() {
+            if Instant::now() >= deadline {
+                panic!(
+                    "containerd made no NRI socket at {} in {READY_TIMEOUT:?} (NRI needs \
+                     containerd 1.7 or later; `cargo xtask test` and `cargo xtask matrix` \
+                     give this file one); log tail:\n{}",
+                    self.nri_socket().display(),
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// NRI's socket, `<dir>/nri.sock` (there while the daemon runs, with
+    /// [`Self::start_cri_nri`]).
+    pub fn nri_socket(&self) -> PathBuf {
+        self.path.join("nri.sock")
     }
 
     /// The temp dir holding everything of this instance.

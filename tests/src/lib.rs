@@ -262,6 +262,11 @@ impl TestAgent {
         if config.pin_dir.is_none() {
             config.no_pin = true;
         }
+        // Never the node's NRI socket: a test that wants NRI gives its
+        // containerd's private one.
+        if config.nri_socket == Config::default().nri_socket {
+            config.no_nri = true;
+        }
         let socket = config.socket.clone();
         let shutdown = CancellationToken::new();
         let agent = Agent::start_with_faults(config, shutdown.clone(), faults)

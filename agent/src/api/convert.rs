@@ -27,6 +27,7 @@ impl From<Source> for proto::Source {
     fn from(s: Source) -> Self {
         match s {
             Source::Containerd => Self::Containerd,
+            Source::Nri => Self::Nri,
             Source::CgroupPath => Self::CgroupPath,
             Source::Host => Self::Host,
         }
@@ -48,6 +49,7 @@ pub(crate) fn state_name(state: i32) -> Option<&'static str> {
 pub(crate) fn source_name(source: i32) -> Option<&'static str> {
     Some(match proto::Source::try_from(source).ok()? {
         proto::Source::Containerd => Source::Containerd.as_str(),
+        proto::Source::Nri => Source::Nri.as_str(),
         proto::Source::CgroupPath => Source::CgroupPath.as_str(),
         proto::Source::Host => Source::Host.as_str(),
         proto::Source::Unspecified => return None,
@@ -84,7 +86,7 @@ pub(crate) fn record(r: &Resolution) -> proto::ProcessRecord {
     rec
 }
 
-/// A container containerd reported, as an API message.
+/// A container a runtime reported (containerd, NRI), as an API message.
 pub(crate) fn container(c: &Container) -> proto::Container {
     let (cgroup_id, hierarchy) = match (c.cgroup_v2, c.cgroup_v1_memory) {
         (Some(id), _) => (Some(id), Some(crate::cgroup::Hierarchy::V2)),
@@ -115,7 +117,7 @@ pub(crate) fn container(c: &Container) -> proto::Container {
         cgroup_hierarchy: hierarchy.map(|h| hierarchy_name(h).to_owned()),
         created_at: c.created_at,
         deleted: c.deleted_at_ns.is_some(),
-        source: proto::Source::Containerd as i32,
+        source: proto::Source::from(crate::resolver::runtime_source(Some(c))) as i32,
     }
 }
 

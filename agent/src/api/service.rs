@@ -218,6 +218,9 @@ impl PidmapService {
             containerd_synced: self.state.containerd_synced(),
             repairing: self.state.repairing(),
             catch_up_timeouts: m.catch_up_timeouts,
+            nri_connected: self.state.nri_link() != crate::state::NriLink::Down,
+            nri_synced: self.state.nri_link() == crate::state::NriLink::Synced,
+            nri_runtime: self.state.nri_runtime(),
         }
     }
 

@@ -307,6 +307,19 @@ pub async fn status(socket: &Path, output: Output) -> Result<u8, Failure> {
             );
             println!("containerd synced:     {}", s.containerd_synced);
             println!(
+                "NRI:                   {}{}",
+                match (s.nri_connected, s.nri_synced) {
+                    (_, true) => "synchronized",
+                    (true, false) => "registered, synchronizing",
+                    (false, _) => "not connected",
+                },
+                if s.nri_runtime.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.nri_runtime)
+                }
+            );
+            println!(
                 "/proc rescans:         {}{}",
                 s.rescans,
                 if s.repairing {

@@ -35,6 +35,10 @@ pub(crate) struct Gauges {
     pub containerd_connected: bool,
     /// Whether the container store is synced with containerd.
     pub containerd_synced: bool,
+    /// Whether the NRI plugin is registered with the runtime.
+    pub nri_connected: bool,
+    /// Whether the NRI plugin is synchronized and following events.
+    pub nri_synced: bool,
 }
 
 /// Reads the [`Gauges`] at scrape time.
@@ -141,6 +145,16 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
             "Periodic full re-lists of containerd",
             s.containerd_resyncs,
         ),
+        (
+            "nri_events",
+            "NRI updates from the runtime applied to the container store (Synchronize parts and lifecycle events)",
+            s.nri_events,
+        ),
+        (
+            "nri_reconnects",
+            "Times a registered NRI connection was lost",
+            s.nri_reconnects,
+        ),
     ];
     for (name, help, value) in counters {
         let c = ConstCounter::new(value);
@@ -184,6 +198,16 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
             "containerd_synced",
             "1 while the container store reflects containerd (listed, reconciled, following events), else 0",
             ConstGauge::new(i64::from(g.containerd_synced)),
+        ),
+        (
+            "nri_connected",
+            "1 while the NRI plugin is registered with the runtime, else 0",
+            ConstGauge::new(i64::from(g.nri_connected)),
+        ),
+        (
+            "nri_synced",
+            "1 while the container store reflects the runtime's NRI account (synchronized, following events), else 0",
+            ConstGauge::new(i64::from(g.nri_synced)),
         ),
     ];
     for (name, help, value) in gauges {

@@ -201,6 +201,8 @@ pub struct Metrics {
     containerd_events: AtomicU64,
     containerd_reconnects: AtomicU64,
     containerd_resyncs: AtomicU64,
+    nri_events: AtomicU64,
+    nri_reconnects: AtomicU64,
     /// The last full list and reconcile with containerd, in µs.
     containerd_list_us: AtomicU64,
     catch_up_timeouts: AtomicU64,
@@ -255,6 +257,10 @@ pub struct MetricsSnapshot {
     pub containerd_reconnects: u64,
     /// Periodic full resyncs with containerd.
     pub containerd_resyncs: u64,
+    /// NRI updates applied (Synchronize parts and lifecycle events).
+    pub nri_events: u64,
+    /// Times a working NRI connection was lost.
+    pub nri_reconnects: u64,
     /// How long the last full list and reconcile with containerd took, in
     /// µs (0 before the first).
     pub containerd_list_us: u64,
@@ -355,6 +361,16 @@ impl Metrics {
         self.containerd_reconnects.fetch_add(1, Relaxed);
     }
 
+    /// Counts one NRI update applied.
+    pub fn count_nri_event(&self) {
+        self.nri_events.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one lost NRI connection.
+    pub fn count_nri_reconnect(&self) {
+        self.nri_reconnects.fetch_add(1, Relaxed);
+    }
+
     /// Counts one periodic containerd resync.
     pub fn count_containerd_resync(&self) {
         self.containerd_resyncs.fetch_add(1, Relaxed);
@@ -452,6 +468,8 @@ impl Metrics {
             containerd_events: self.containerd_events.load(Relaxed),
             containerd_reconnects: self.containerd_reconnects.load(Relaxed),
             containerd_resyncs: self.containerd_resyncs.load(Relaxed),
+            nri_events: self.nri_events.load(Relaxed),
+            nri_reconnects: self.nri_reconnects.load(Relaxed),
             containerd_list_us: self.containerd_list_us.load(Relaxed),
             catch_up_timeouts: self.catch_up_timeouts.load(Relaxed),
             api_connections: self.api_connections.load(Relaxed),

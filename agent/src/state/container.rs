@@ -60,6 +60,34 @@ impl TaskStatus {
     }
 }
 
+/// The runtime sources that know a container: each one's list retires only the records it
+/// knows (see docs/architecture.md, "One container, several sources").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sources(u8);
+
+impl Sources {
+    /// containerd's events and lists (Docker's containers included: they are containerd's).
+    pub const CONTAINERD: Self = Self(1);
+    /// The runtime's NRI plugin connection (containerd's or CRI-O's).
+    pub const NRI: Self = Self(2);
+
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+
+    pub fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
 /// Kubernetes identity of a container, from CRI labels or annotations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodIdentity {
@@ -77,6 +105,21 @@ impl PodIdentity {
     /// True when nothing Kubernetes-specific is known.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// Fills what this identity lacks from `other` (this one wins where both know).
+    pub(crate) fn fill_from(&mut self, other: &Self) {
+        let fill = |mine: &mut Option<String>, theirs: &Option<String>| {
+            if mine.is_none() {
+                mine.clone_from(theirs);
+            }
+        };
+        fill(&mut self.pod_name, &other.pod_name);
+        fill(&mut self.pod_namespace, &other.pod_namespace);
+        fill(&mut self.pod_uid, &other.pod_uid);
+        fill(&mut self.container_name, &other.container_name);
+        fill(&mut self.sandbox_id, &other.sandbox_id);
+        self.is_sandbox |= other.is_sandbox;
     }
 }
 
@@ -108,6 +151,8 @@ pub struct Container {
     /// CLOCK_MONOTONIC ns when containerd deleted it; kept for the grace
     /// window after that.
     pub deleted_at_ns: Option<u64>,
+    /// Which runtime sources know it (the store sets this).
+    pub sources: Sources,
 }
 
 impl Container {
@@ -128,6 +173,7 @@ impl Container {
             cgroup_v1_memory: None,
             pod: PodIdentity::default(),
             deleted_at_ns: None,
+            sources: Sources::default(),
         }
     }
 }

@@ -1,11 +1,17 @@
-//! The container store: every container the runtime reported, indexed by
-//! the cgroups its processes live in. Pure, runtime-neutral logic; the
-//! containerd watcher is its only writer (through
-//! [`ContainerWriter`](super::ContainerWriter)).
+//! The container store: every container the runtimes reported, indexed by
+//! the cgroups its processes live in. Pure, runtime-neutral logic; its
+//! writers are the containerd watcher and the NRI plugin (each through its
+//! own [`ContainerWriter`](super::ContainerWriter)).
+//!
+//! One record per container, whichever sources know it ([`Sources`]): each
+//! source's full list retires only the records that source knows, and a
+//! record is deleted when no source knows it any more. Where containerd and
+//! NRI both know a container, containerd's record wins and NRI fills what
+//! it lacks (docs/architecture.md, "One container, several sources").
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use super::container::{Container, ContainerKey, TaskStatus};
+use super::container::{Container, ContainerKey, Sources, TaskStatus};
 use crate::types::CgroupId;
 
 /// What a container runtime reports about its containers, in the runtime's
@@ -186,11 +192,17 @@ impl ContainerStore {
         self.by_path.get(path).and_then(|k| self.containers.get(k))
     }
 
-    /// Inserts or replaces a container's metadata, keeping task state the
-    /// metadata does not carry, and re-indexes it.
+    /// Inserts or replaces a container's metadata from containerd, keeping
+    /// task state the metadata does not carry (and what only NRI told), and
+    /// re-indexes it.
     pub fn upsert(&mut self, mut c: Container) {
         self.namespaces.insert(c.key.namespace.clone());
+        c.sources = Sources::CONTAINERD;
         if let Some(old) = self.containers.get(&c.key) {
+            if old.deleted_at_ns.is_none() {
+                c.sources = old.sources.with(Sources::CONTAINERD);
+                c.pod.fill_from(&old.pod);
+            }
             // A container deleted and created again starts afresh.
             if c.task_pid.is_none()
                 && c.status == TaskStatus::Created
@@ -349,8 +361,9 @@ impl ContainerStore {
                 namespace,
                 container_id,
             } => {
-                self.mark_deleted(
+                self.retire(
                     &ContainerKey::new(namespace.clone(), container_id.clone()),
+                    Sources::CONTAINERD,
                     now_ns,
                 );
                 None
@@ -376,7 +389,25 @@ impl ContainerStore {
             .containers
             .entry(key.clone())
             .or_insert_with(|| Container::placeholder(key));
+        c.sources = c.sources.with(Sources::CONTAINERD);
         (c, fetch)
+    }
+
+    /// `source` no longer knows the container; it is deleted when no source
+    /// does. Returns whether it was deleted now.
+    pub fn retire(&mut self, key: &ContainerKey, source: Sources, now_ns: u64) -> bool {
+        let Some(c) = self.containers.get_mut(key) else {
+            return false;
+        };
+        if c.deleted_at_ns.is_some() {
+            return false;
+        }
+        c.sources = c.sources.without(source);
+        if !c.sources.is_empty() {
+            return false;
+        }
+        self.mark_deleted(key, now_ns);
+        true
     }
 
     fn mark_deleted(&mut self, key: &ContainerKey, now_ns: u64) {
@@ -390,25 +421,17 @@ impl ContainerStore {
         }
     }
 
-    /// Replaces the view with a full list taken after the event stream was
-    /// opened. Containers missing from it were deleted; running tasks it
-    /// shows stopped exited (perhaps while the runtime was down and its exit
-    /// event was lost). Events buffered during the list are applied after.
+    /// Replaces containerd's view with a full list taken after the event
+    /// stream was opened. Containers containerd knew and does not list were
+    /// deleted (unless NRI still knows them); running tasks it shows stopped
+    /// exited (perhaps while the runtime was down and its exit event was
+    /// lost). Events buffered during the list are applied after.
     pub fn reconcile(&mut self, snap: Snapshot, now_ns: u64) -> ReconcileStats {
         let mut stats = ReconcileStats::default();
         self.namespaces = snap.namespaces.into_iter().collect();
         let listed: BTreeSet<ContainerKey> =
             snap.containers.iter().map(|c| c.key.clone()).collect();
-        let gone: Vec<ContainerKey> = self
-            .containers
-            .values()
-            .filter(|c| c.deleted_at_ns.is_none() && !listed.contains(&c.key))
-            .map(|c| c.key.clone())
-            .collect();
-        for key in gone {
-            self.mark_deleted(&key, now_ns);
-            stats.deleted += 1;
-        }
+        stats.deleted = self.retire_unlisted(&listed, Sources::CONTAINERD, now_ns);
         for c in snap.containers {
             match self.containers.get(&c.key) {
                 None => stats.added += 1,
@@ -425,10 +448,107 @@ impl ContainerStore {
         stats
     }
 
+    /// Retires `source` from every live record it knows that `listed` lacks;
+    /// returns how many were deleted.
+    fn retire_unlisted(
+        &mut self,
+        listed: &BTreeSet<ContainerKey>,
+        source: Sources,
+        now_ns: u64,
+    ) -> usize {
+        let gone: Vec<ContainerKey> = self
+            .containers
+            .values()
+            .filter(|c| {
+                c.deleted_at_ns.is_none() && c.sources.contains(source) && !listed.contains(&c.key)
+            })
+            .map(|c| c.key.clone())
+            .collect();
+        gone.iter()
+            .filter(|key| self.retire(key, source, now_ns))
+            .count()
+    }
+
+    /// NRI's account of a container (or pod sandbox). Where containerd knows
+    /// it too, containerd's record wins and this fills only what it lacks;
+    /// otherwise NRI's record replaces the last one, keeping the cgroup ids
+    /// already found.
+    pub fn upsert_nri(&mut self, mut c: Container) {
+        c.sources = Sources::NRI;
+        if let Some(old) = self
+            .containers
+            .get(&c.key)
+            .filter(|old| old.deleted_at_ns.is_none())
+        {
+            if old.sources.contains(Sources::CONTAINERD) {
+                let mut merged = old.clone();
+                merged.pod.fill_from(&c.pod);
+                if merged.cgroup_path.is_none() {
+                    merged.cgroup_path = c.cgroup_path.take();
+                }
+                if merged.image.is_empty() {
+                    merged.image = std::mem::take(&mut c.image);
+                }
+                if merged.labels.is_empty() {
+                    merged.labels = std::mem::take(&mut c.labels);
+                }
+                merged.created_at = merged.created_at.or(c.created_at);
+                c = merged;
+            } else {
+                c.cgroup_v2 = c.cgroup_v2.or(old.cgroup_v2);
+                c.cgroup_v1_memory = c.cgroup_v1_memory.or(old.cgroup_v1_memory);
+                if c.cgroup_path.is_none() {
+                    c.cgroup_path.clone_from(&old.cgroup_path);
+                }
+                c.pod.fill_from(&old.pod);
+                if c.image.is_empty() {
+                    c.image.clone_from(&old.image);
+                }
+                c.created_at = c.created_at.or(old.created_at);
+                if c.status.is_live() {
+                    c.task_pid = c.task_pid.or(old.task_pid);
+                }
+            }
+            c.sources = old.sources.with(Sources::NRI);
+        }
+        c.deleted_at_ns = None;
+        self.unindex(&c.key);
+        self.index(&c);
+        self.containers.insert(c.key.clone(), c);
+    }
+
+    /// Replaces NRI's view with its full list (`Synchronize`): what NRI knew
+    /// and does not list any more is retired; the listed are upserted.
+    pub fn reconcile_nri(&mut self, listed: Vec<Container>, now_ns: u64) -> ReconcileStats {
+        let keys: BTreeSet<ContainerKey> = listed.iter().map(|c| c.key.clone()).collect();
+        let mut stats = ReconcileStats {
+            deleted: self.retire_unlisted(&keys, Sources::NRI, now_ns),
+            ..ReconcileStats::default()
+        };
+        for c in listed {
+            match self.containers.get(&c.key) {
+                Some(old) if old.deleted_at_ns.is_none() => {
+                    stats.updated += 1;
+                    if old.status.is_live() && !c.status.is_live() {
+                        stats.stopped += 1;
+                    }
+                }
+                _ => stats.added += 1,
+            }
+            self.upsert_nri(c);
+        }
+        stats
+    }
+
     /// Like [`upsert`](Self::upsert) but the list's task state wins. A
     /// listed container without a task that had one stays stopped.
     fn upsert_listed(&mut self, mut c: Container) {
+        c.sources = Sources::CONTAINERD;
         if let Some(old) = self.containers.get(&c.key) {
+            if old.deleted_at_ns.is_none() {
+                c.sources = old.sources.with(Sources::CONTAINERD);
+                c.pod.fill_from(&old.pod);
+            }
             if c.status == TaskStatus::Created
                 && c.task_pid.is_none()
                 && matches!(

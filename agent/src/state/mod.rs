@@ -139,6 +139,28 @@ impl ContainerdLink {
     }
 }
 
+/// The agent's link to the runtime's NRI socket, as the NRI plugin reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NriLink {
+    /// Not registered: no socket (yet), or the connection was lost.
+    Down = 0,
+    /// Registered; the runtime's `Synchronize` is not applied yet.
+    Registered = 1,
+    /// Synchronized and following events.
+    Synced = 2,
+}
+
+impl NriLink {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Registered,
+            2 => Self::Synced,
+            _ => Self::Down,
+        }
+    }
+}
+
 /// Shared agent state. See the module docs.
 pub struct State {
     table: RwLock<ProcessTable>,
@@ -148,6 +170,9 @@ pub struct State {
     ready: AtomicBool,
     containerd: AtomicU8,
     containerd_seen: AtomicBool,
+    /// [`NriLink`], and the runtime on the other end (`containerd 2.1.9`).
+    nri: AtomicU8,
+    nri_runtime: std::sync::Mutex<String>,
     /// Moves on with every write to the container store and every change
     /// of the containerd link.
     containers_epoch: AtomicU64,
@@ -198,6 +223,8 @@ impl State {
             ready: AtomicBool::new(false),
             containerd: AtomicU8::new(ContainerdLink::Down as u8),
             containerd_seen: AtomicBool::new(false),
+            nri: AtomicU8::new(NriLink::Down as u8),
+            nri_runtime: std::sync::Mutex::new(String::new()),
             containers_epoch: AtomicU64::new(0),
             inputs_changed: Notify::new(),
             heartbeat_ns: AtomicU64::new(0),
@@ -336,6 +363,20 @@ impl State {
     }
 
     /// Whether a containerd session is up (listing or synced).
+    /// The NRI plugin's link to the runtime.
+    pub fn nri_link(&self) -> NriLink {
+        NriLink::from_u8(self.nri.load(Ordering::Acquire))
+    }
+
+    /// The runtime the NRI plugin is (or was last) registered with, as it
+    /// named itself (`containerd 2.1.9`); empty before the first.
+    pub fn nri_runtime(&self) -> String {
+        self.nri_runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn containerd_connected(&self) -> bool {
         self.containerd_link() != ContainerdLink::Down
     }
@@ -566,8 +607,8 @@ impl Drop for StoreWriteGuard<'_> {
     }
 }
 
-/// The only writer of the container store: the containerd watcher's. Not
-/// `Clone`; [`State::new`] makes exactly one.
+/// A writer of the container store: the containerd watcher's, and (through
+/// [`ContainerWriter::for_nri`]) the NRI plugin's. Not `Clone`.
 pub struct ContainerWriter {
     state: Arc<State>,
 }
@@ -594,6 +635,29 @@ impl ContainerWriter {
     /// Tells watchers that something changed.
     pub fn notify(&self, change: impl FnOnce() -> Change) {
         self.state.notify(change);
+    }
+
+    /// The NRI plugin's writer: each source writes through its own.
+    pub(crate) fn for_nri(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    /// Records the link to the NRI socket (and the runtime's name, when
+    /// given); returns the previous one.
+    pub(crate) fn set_nri_link(&self, link: NriLink, runtime: Option<String>) -> NriLink {
+        if let Some(runtime) = runtime {
+            *self
+                .state
+                .nri_runtime
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = runtime;
+        }
+        let old = self.state.nri.swap(link as u8, Ordering::AcqRel);
+        self.state.containers_epoch.fetch_add(1, Ordering::AcqRel);
+        self.state.inputs_changed.notify_one();
+        NriLink::from_u8(old)
     }
 
     /// Records the link to containerd; returns the previous one.

@@ -7,7 +7,7 @@ use crate::{
     cgroup::CgroupPathCache,
     ebpf::event::KernelEvent,
     state::{
-        ContainerWriter, ContainerdLink, ProcessTable, State, TableWriter,
+        ContainerWriter, ContainerdLink, NriLink, ProcessTable, State, TableWriter,
         container::{Container, ContainerKey},
     },
     types::{CgroupIds, Comm, ProcKey, StartTime},
@@ -67,6 +67,8 @@ fn known_state() -> Agent {
         .store()
         .upsert(Container::placeholder(ContainerKey::new("k8s.io", "web")));
     a.containers.set_link(ContainerdLink::Synced);
+    a.containers
+        .set_nri_link(NriLink::Registered, Some("containerd 2.1.9".into()));
 
     let m = a.state.metrics();
     for kind in [
@@ -86,6 +88,10 @@ fn known_state() -> Agent {
     m.count_containerd_reconnect();
     m.count_containerd_resync();
     m.count_containerd_resync();
+    m.count_nri_event();
+    m.count_nri_event();
+    m.count_nri_event();
+    m.count_nri_reconnect();
     m.set_containerd_list(Duration::from_micros(12_500));
     m.count_docker_lookup(DockerLookup::Found);
     m.count_docker_lookup(DockerLookup::Found);
@@ -135,6 +141,8 @@ fn counters_have_their_values_kinds_and_help() {
             "pidmap_containerd_events_total 1",
             "pidmap_containerd_reconnects_total 1",
             "pidmap_containerd_resyncs_total 2",
+            "pidmap_nri_events_total 3",
+            "pidmap_nri_reconnects_total 1",
             "# TYPE pidmap_docker_lookups counter",
             r#"pidmap_docker_lookups_total{result="found"} 2"#,
             r#"pidmap_docker_lookups_total{result="not_found"} 0"#,
@@ -159,6 +167,8 @@ fn gauges_are_read_from_the_state_at_scrape_time() {
             "# TYPE pidmap_containerd_connected gauge",
             "pidmap_containerd_connected 1",
             "pidmap_containerd_synced 1",
+            "pidmap_nri_connected 1",
+            "pidmap_nri_synced 0",
             "# TYPE pidmap_containerd_list_seconds gauge",
             "pidmap_containerd_list_seconds 0.0125",
         ],
@@ -166,6 +176,7 @@ fn gauges_are_read_from_the_state_at_scrape_time() {
     // The same registry sees later changes.
     let registry = registry_of(&s);
     s.containers.set_link(ContainerdLink::Down);
+    s.containers.set_nri_link(NriLink::Synced, None);
     s.table.table().apply_event(&event(EventKind::Exec, 13));
     let text = render(&registry).unwrap();
     assert_lines(
@@ -173,6 +184,8 @@ fn gauges_are_read_from_the_state_at_scrape_time() {
         &[
             "pidmap_containerd_connected 0",
             "pidmap_containerd_synced 0",
+            "pidmap_nri_connected 1",
+            "pidmap_nri_synced 1",
             r#"pidmap_processes{state="live"} 3"#,
         ],
     );
@@ -284,11 +297,11 @@ fn every_family_has_help_and_type_and_the_text_ends_with_eof() {
             assert!(line.starts_with("pidmap_"), "unprefixed sample: {line}");
         }
     }
-    // events, 9 counters, docker lookups, processes, containers,
-    // containerd_connected, containerd_synced, containerd_list_seconds, api connections open and
-    // refused, unread bytes, cut-offs, pinned map writes, errors and
-    // entries, api requests and durations, two latencies.
-    assert_eq!(families, 27, "{text}");
+    // events, 11 counters (NRI's two included), docker lookups, processes, containers,
+    // containerd_connected, containerd_synced, nri_connected, nri_synced,
+    // containerd_list_seconds, api connections open and refused, unread bytes, cut-offs,
+    // pinned map writes, errors and entries, api requests and durations, two latencies.
+    assert_eq!(families, 31, "{text}");
 }
 
 #[test]

@@ -408,26 +408,8 @@ impl Watcher {
         }
     }
 
-    /// Finds a running container's cgroup ids: from its cgroup directory,
-    /// or else from its init process in the process table.
     fn refresh_ids(&self, key: &ContainerKey) {
-        let Some(mut c) = self.state().containers().get(key).cloned() else {
-            return;
-        };
-        if !c.status.is_live() {
-            return;
-        }
-        snapshot::resolve_cgroup_ids(&mut c, &self.fs);
-        if c.cgroup_v2.is_none()
-            && c.cgroup_v1_memory.is_none()
-            && let Some(p) = c.task_pid.and_then(|pid| self.state().process(pid))
-        {
-            c.cgroup_v2 = p.cgroups.v2.filter(|id| id.0 != 1);
-            c.cgroup_v1_memory = p.cgroups.v1_memory.filter(|id| id.0 != 1);
-        }
-        self.writer
-            .store()
-            .set_cgroup_ids(key, c.cgroup_v2, c.cgroup_v1_memory);
+        crate::runtime::refresh_cgroup_ids(&self.writer, &self.fs, key);
     }
 
     /// For running containers whose cgroup directory could not be found,

@@ -1,16 +1,14 @@
-//! pidmap as an NRI plugin (issue 18, in progress): the runtime's own account of every pod
-//! and container, from containerd 2.x (on by default), containerd 1.7 (on request) and
-//! CRI-O, before runc creates the container.
+//! pidmap as an NRI plugin: the runtime's own account of every pod and container, from
+//! containerd 2.x (on by default), containerd 1.7 (on request) and CRI-O, before runc
+//! creates the container.
 //!
 //! [`wire`] is the protocol; [`session`] one connection: register, answer `Configure` with
 //! the lifecycle events pidmap reads, take `Synchronize` and then every event, and answer
 //! each at once without adjusting anything — a slow or failed plugin must never delay or
-//! fail a pod. Not wired into the agent yet: the container store still has one source
-//! (containerd's events and lists); NRI's records need their own (see the session note).
+//! fail a pod. [`plugin`] is the agent's task: it keeps a session up and writes what the
+//! runtime tells into the container store.
 
-// The plugin is not started by the agent yet (its tests use all of it).
-#![cfg_attr(not(test), allow(dead_code))]
-
+pub(crate) mod plugin;
 pub(crate) mod wire;
 
 use std::path::Path;

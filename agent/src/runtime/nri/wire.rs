@@ -349,6 +349,19 @@ pub struct Container {
     pub linux: Option<LinuxContainer>,
     #[prost(uint32, tag = "12")]
     pub pid: u32,
+    /// Nanoseconds since the epoch (NRI 0.10 and later; 0 before).
+    #[prost(int64, tag = "14")]
+    pub created_at: i64,
+    /// NRI 0.12.2 and later.
+    #[prost(message, optional, tag = "22")]
+    pub image: Option<Image>,
+}
+
+/// A container's image (NRI 0.12.2 and later).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Image {
+    #[prost(string, tag = "1")]
+    pub name: String,
 }
 
 /// A container's Linux details.

@@ -238,3 +238,152 @@ fn lifecycle_follows_containerd_created_running_stopped_deleted() {
     let c = s.get(&key("d", "c")).unwrap();
     assert_eq!((c.status, c.deleted_at_ns), (TaskStatus::Created, None));
 }
+
+/// What NRI tells of a container: its pod's identity, its cgroup path, no image.
+fn from_nri(id: &str, status: TaskStatus, pid: Option<u32>) -> Container {
+    let mut c = Container::placeholder(key("k8s.io", id));
+    c.status = status;
+    c.task_pid = pid;
+    c.runtime = "containerd".into();
+    c.cgroup_path = Some(format!("/kubepods/besteffort/poduid/{id}"));
+    c.pod.pod_name = Some("web-0".into());
+    c.pod.pod_namespace = Some("shop".into());
+    c.pod.container_name = Some("app".into());
+    c
+}
+
+fn snapshot(containers: Vec<Container>) -> Snapshot {
+    Snapshot {
+        namespaces: vec!["k8s.io".into()],
+        containers,
+    }
+}
+
+#[test]
+fn nri_alone_makes_a_resolvable_record_before_the_cgroup_exists() {
+    let mut s = ContainerStore::new();
+    s.upsert_nri(from_nri("c1", TaskStatus::Created, None));
+    let c = s.by_cgroup_path("/kubepods/besteffort/poduid/c1").unwrap();
+    assert_eq!(c.sources, Sources::NRI);
+    assert_eq!(c.pod.pod_name.as_deref(), Some("web-0"));
+    // Started: the pid and the cgroup id found then are kept by later updates.
+    s.upsert_nri(from_nri("c1", TaskStatus::Running, Some(7)));
+    s.set_cgroup_ids(&key("k8s.io", "c1"), Some(CgroupId(70)), None);
+    s.upsert_nri(from_nri("c1", TaskStatus::Running, None));
+    let c = s.by_cgroup_v2(CgroupId(70)).unwrap();
+    assert_eq!((c.status, c.task_pid), (TaskStatus::Running, Some(7)));
+    assert_eq!(s.len(), 1);
+}
+
+#[test]
+fn containerd_wins_where_both_know_a_container_and_nri_fills_in() {
+    let mut s = ContainerStore::new();
+    s.upsert_nri(from_nri("c1", TaskStatus::Created, None));
+    // containerd's record has the image and the task, but (say) no pod labels.
+    let mut ctrd = listed("k8s.io", "c1", TaskStatus::Running, Some(9), 90);
+    ctrd.cgroup_path = Some("/kubepods/besteffort/poduid/c1".into());
+    s.reconcile(snapshot(vec![ctrd]), 0);
+    let c = s.get(&key("k8s.io", "c1")).unwrap();
+    assert_eq!(c.sources, Sources::CONTAINERD.with(Sources::NRI));
+    assert_eq!(c.image, "img/c1");
+    assert_eq!((c.status, c.task_pid), (TaskStatus::Running, Some(9)));
+    assert_eq!(
+        c.pod.pod_name.as_deref(),
+        Some("web-0"),
+        "NRI's identity kept"
+    );
+    // NRI's later word does not overwrite containerd's task state.
+    s.upsert_nri(from_nri("c1", TaskStatus::Stopped, None));
+    let c = s.get(&key("k8s.io", "c1")).unwrap();
+    assert_eq!((c.status, c.task_pid), (TaskStatus::Running, Some(9)));
+    assert_eq!(s.len(), 1);
+}
+
+#[test]
+fn each_sources_list_retires_only_its_own_records() {
+    let mut s = ContainerStore::new();
+    s.upsert_nri(from_nri("nri-only", TaskStatus::Running, Some(5)));
+    s.reconcile(
+        snapshot(vec![listed(
+            "k8s.io",
+            "ctrd-only",
+            TaskStatus::Running,
+            Some(6),
+            60,
+        )]),
+        0,
+    );
+    // containerd's next list lacks the NRI-only container: it stays.
+    let stats = s.reconcile(snapshot(vec![]), SEC);
+    assert_eq!(stats.deleted, 1);
+    assert!(
+        s.get(&key("k8s.io", "nri-only"))
+            .unwrap()
+            .deleted_at_ns
+            .is_none()
+    );
+    assert!(
+        s.get(&key("k8s.io", "ctrd-only"))
+            .unwrap()
+            .deleted_at_ns
+            .is_some()
+    );
+    // NRI's Synchronize without it retires it.
+    let stats = s.reconcile_nri(vec![], 2 * SEC);
+    assert_eq!(stats.deleted, 1);
+    assert!(
+        s.get(&key("k8s.io", "nri-only"))
+            .unwrap()
+            .deleted_at_ns
+            .is_some()
+    );
+}
+
+#[test]
+fn a_container_both_know_is_deleted_when_the_last_source_lets_go() {
+    let mut s = ContainerStore::new();
+    s.upsert_nri(from_nri("c1", TaskStatus::Running, Some(5)));
+    s.reconcile(
+        snapshot(vec![listed(
+            "k8s.io",
+            "c1",
+            TaskStatus::Running,
+            Some(5),
+            50,
+        )]),
+        0,
+    );
+    // NRI's RemoveContainer first: containerd still has it.
+    assert!(!s.retire(&key("k8s.io", "c1"), Sources::NRI, SEC));
+    assert!(s.get(&key("k8s.io", "c1")).unwrap().deleted_at_ns.is_none());
+    // Then containerd's delete.
+    s.apply(
+        &ContainerEvent::ContainerDelete {
+            namespace: "k8s.io".into(),
+            container_id: "c1".into(),
+        },
+        2 * SEC,
+    );
+    let c = s.get(&key("k8s.io", "c1")).unwrap();
+    assert_eq!(c.deleted_at_ns, Some(2 * SEC));
+    // Re-synchronizing NRI with it gone changes nothing; a deleted record is not counted.
+    assert_eq!(s.reconcile_nri(vec![], 3 * SEC).deleted, 0);
+    assert_eq!(s.expire(2 * SEC + 10 * SEC, 10 * SEC), 1);
+    assert!(s.is_empty());
+}
+
+#[test]
+fn a_repeated_synchronize_adds_nothing_twice() {
+    let mut s = ContainerStore::new();
+    let all = || {
+        vec![
+            from_nri("a", TaskStatus::Running, Some(1)),
+            from_nri("b", TaskStatus::Created, None),
+        ]
+    };
+    let first = s.reconcile_nri(all(), 0);
+    assert_eq!((first.added, first.updated, first.deleted), (2, 0, 0));
+    let again = s.reconcile_nri(all(), SEC);
+    assert_eq!((again.added, again.updated, again.deleted), (0, 2, 0));
+    assert_eq!(s.len(), 2);
+}

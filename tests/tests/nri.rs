@@ -1,0 +1,372 @@
+//! NRI as the only runtime source, standing in for CRI-O: pods and containers made through
+//! containerd's CRI plugin as kubelet makes them, with containerd's NRI on (its socket in
+//! the fixture's temp dir) and **pidmap given no containerd socket**. Everything pidmap
+//! knows of a container comes from the runtime's NRI plugin connection.
+//!
+//! Needs containerd 1.7 or later (1.6 has no NRI): `cargo xtask test` runs this file
+//! against containerd 2.1 (Debian sid's, unpacked privately), `cargo xtask matrix` against
+//! 1.7 and 2.1 (its `nri` column). Run as root with `--test-threads=1`, after `cargo xtask
+//! setup --for-tests` (which fetches the CRI API the client is compiled from).
+
+#[cfg(not(cri_api))]
+mod nri {
+    #[test]
+    fn containers_resolve_with_their_pod_from_nri_alone() {
+        panic!("{}", pidmap_tests::containerd::CRI_MISSING);
+    }
+}
+
+#[cfg(cri_api)]
+mod nri {
+    use std::{
+        collections::BTreeSet,
+        path::{Path, PathBuf},
+        time::{Duration, Instant},
+    };
+
+    use pidmap::{
+        Config,
+        api::proto::{
+            self, ListContainersRequest, ResolveRequest, StatusRequest, StatusResponse,
+            pidmap_client::PidmapClient,
+        },
+    };
+    use pidmap_tests::{
+        TestAgent,
+        containerd::{CRI_IMAGE, CRI_NAMESPACE, Containerd, process_alive},
+        cri::{Cri, Pod, PodSpec},
+        eventually,
+    };
+    use tonic::transport::Channel;
+
+    const WAIT: Duration = Duration::from_secs(20);
+    const POD_NAMESPACE: &str = "shop";
+    /// How often the first process of a starting container is looked for in its cgroup.
+    const POLL: Duration = Duration::from_micros(200);
+
+    /// An agent whose only runtime source is `ctrd`'s NRI socket: its containerd socket is a
+    /// path where nothing listens.
+    fn nri_only_config(ctrd: &Containerd) -> Config {
+        Config {
+            containerd_socket: ctrd.dir().join("no-containerd-here.sock"),
+            nri_socket: ctrd.nri_socket(),
+            containerd_max_backoff_ms: 200,
+            ..Config::default()
+        }
+    }
+
+    async fn status(client: &PidmapClient<Channel>) -> StatusResponse {
+        client
+            .clone()
+            .status(StatusRequest {})
+            .await
+            .expect("Status")
+            .into_inner()
+    }
+
+    /// Waits until Status says NRI is synchronized; panics with the last Status if not.
+    async fn wait_nri_synced(client: &PidmapClient<Channel>) -> StatusResponse {
+        eventually(WAIT, || async {
+            let s = status(client).await;
+            if s.nri_synced { Ok(s) } else { Err(s) }
+        })
+        .await
+        .unwrap_or_else(|s| panic!("NRI never synchronized: {s:?}"))
+    }
+
+    fn uid(i: usize) -> String {
+        format!("6c2d0e1f-7a3b-4c5d-8e9f-{i:012x}")
+    }
+
+    /// The files a container's first process shows up in: its cgroup's `cgroup.procs` in
+    /// each hierarchy runc may use on this host (v2, hybrid's unified, v1 memory).
+    fn procs_files(cgroup: &str) -> Vec<PathBuf> {
+        [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup/memory",
+        ]
+        .iter()
+        .map(|root| {
+            Path::new(root)
+                .join(cgroup.trim_start_matches('/'))
+                .join("cgroup.procs")
+        })
+        .collect()
+    }
+
+    /// The first pid to appear in any of `files`, looked for every [`POLL`].
+    fn first_pid(files: &[PathBuf], within: Duration) -> Option<u32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            for f in files {
+                if let Some(pid) = std::fs::read_to_string(f)
+                    .ok()
+                    .and_then(|s| s.lines().next()?.trim().parse().ok())
+                {
+                    return Some(pid);
+                }
+            }
+            std::thread::sleep(POLL);
+        }
+        None
+    }
+
+    async fn resolve(client: &PidmapClient<Channel>, pid: u32) -> proto::ProcessRecord {
+        client
+            .clone()
+            .resolve(ResolveRequest {
+                pid: i64::from(pid),
+                start_time: None,
+            })
+            .await
+            .expect("Resolve")
+            .into_inner()
+    }
+
+    /// What is wrong with `record` as the answer for a process of container `id` in `pod`
+    /// (nothing: `None`). A process that is gone after the answer may have been answered
+    /// `exited` (runc's own first stages exit within a millisecond); one that still runs
+    /// must have been `running`.
+    fn wrong(record: &proto::ProcessRecord, pod: &Pod, id: &str, name: &str) -> Option<String> {
+        let Some(c) = record.container.as_ref() else {
+            return Some(format!("no container: {record:?}"));
+        };
+        let exited_ok =
+            record.state == proto::ProcessState::Exited as i32 && !process_alive(record.pid);
+        let ok = (record.state == proto::ProcessState::Running as i32 || exited_ok)
+            && record.source == proto::Source::Nri as i32
+            && c.id == id
+            && c.runtime_namespace == CRI_NAMESPACE
+            && c.pod_name.as_deref() == Some(pod.spec.name.as_str())
+            && c.pod_namespace.as_deref() == Some(POD_NAMESPACE)
+            && c.pod_uid.as_deref() == Some(pod.spec.uid.as_str())
+            && c.container_name.as_deref() == Some(name)
+            && c.sandbox_id.as_deref() == Some(pod.id.as_str());
+        (!ok).then(|| format!("{record:?}"))
+    }
+
+    /// Creates a container in `pod` and starts it while its cgroup is watched; asks pidmap
+    /// about the first process the moment it appears (runc's init, before the command runs).
+    /// Returns the container's id and that first answer.
+    async fn start_and_ask_first(
+        cri: &Cri<'_>,
+        client: &PidmapClient<Channel>,
+        pod: &Pod,
+        name: &str,
+    ) -> (String, u32, proto::ProcessRecord) {
+        let id = cri.create_container(pod, name, CRI_IMAGE, &["/bin/sleep", "1000"]);
+        let files = procs_files(&format!("{}/{id}", pod.spec.cgroup_parent()));
+        let handle = tokio::runtime::Handle::current();
+        let (pid, record) = tokio::task::block_in_place(|| {
+            std::thread::scope(|s| {
+                let starter = s.spawn(|| cri.start_container(&id));
+                let pid = first_pid(&files, WAIT)
+                    .unwrap_or_else(|| panic!("no process of {id} appeared in {files:?}"));
+                let record = handle.block_on(resolve(client, pid));
+                starter
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (pid, record)
+            })
+        });
+        (id, pid, record)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn containers_resolve_with_their_pod_from_nri_alone() {
+        let ctrd = Containerd::start_cri_nri();
+        let agent = TestAgent::start(nri_only_config(&ctrd)).await;
+        let client = agent.client().await;
+        let s = wait_nri_synced(&client).await;
+        assert!(s.nri_connected && !s.containerd_connected, "{s:?}");
+        assert!(s.nri_runtime.starts_with("containerd "), "{s:?}");
+        let cri = ctrd.cri();
+
+        // Each container's very first process answers with its pod, not `pending`: NRI's
+        // CreateContainer came before runc made the cgroup.
+        const PODS: usize = 12;
+        let mut wrong_answers = Vec::new();
+        let mut made = Vec::new();
+        for i in 0..PODS {
+            let pod = cri.run_pod(&PodSpec::new(&format!("web-{i}"), POD_NAMESPACE, &uid(i)));
+            let (id, pid, first) = start_and_ask_first(&cri, &client, &pod, "app").await;
+            if let Some(w) = wrong(&first, &pod, &id, "app") {
+                wrong_answers.push(format!("first process {pid} of {id}: {w}"));
+            }
+            // The pause process is the pod's sandbox.
+            let pause = resolve(&client, cri.pod_pid(&pod)).await;
+            let sandbox = pause.container.clone().unwrap_or_default();
+            if !(sandbox.id == pod.id
+                && sandbox.is_sandbox
+                && sandbox.pod_name.as_deref() == Some(pod.spec.name.as_str()))
+            {
+                wrong_answers.push(format!("pause of {}: {pause:?}", pod.id));
+            }
+            made.push((pod, id));
+        }
+        assert!(
+            wrong_answers.is_empty(),
+            "{} of {} answers wrong: {wrong_answers:#?}",
+            wrong_answers.len(),
+            2 * PODS
+        );
+
+        // The store holds each pod's sandbox and container once, running.
+        let listed = list(&client, false).await;
+        let want: BTreeSet<String> = made
+            .iter()
+            .flat_map(|(pod, id)| [pod.id.clone(), id.clone()])
+            .collect();
+        assert_eq!(ids(&listed), want, "ListContainers: {listed:?}");
+        assert!(listed.iter().all(|c| c.source == proto::Source::Nri as i32));
+
+        // Kubelet's teardown: RemoveContainer and RemovePodSandbox delete them.
+        for (pod, id) in &made {
+            cri.stop_container(id);
+            cri.remove_container(id);
+            cri.stop_pod(pod);
+            cri.remove_pod(pod);
+        }
+        let gone = eventually(WAIT, || async {
+            let live = list(&client, false).await;
+            if live.is_empty() { Ok(()) } else { Err(live) }
+        })
+        .await;
+        assert!(gone.is_ok(), "still listed after removal: {gone:?}");
+        let deleted = list(&client, true).await;
+        assert!(
+            deleted.len() == want.len() && deleted.iter().all(|c| c.deleted),
+            "{deleted:?}"
+        );
+        agent.stop().await;
+    }
+
+    async fn list(client: &PidmapClient<Channel>, include_deleted: bool) -> Vec<proto::Container> {
+        client
+            .clone()
+            .list_containers(ListContainersRequest {
+                include_deleted,
+                ..Default::default()
+            })
+            .await
+            .expect("ListContainers")
+            .into_inner()
+            .containers
+            .into_iter()
+            .filter(|c| c.pod_namespace.as_deref() == Some(POD_NAMESPACE))
+            .collect()
+    }
+
+    fn ids(containers: &[proto::Container]) -> BTreeSet<String> {
+        containers.iter().map(|c| c.id.clone()).collect()
+    }
+
+    /// A containerd restart ends the NRI connection; the plugin reconnects, synchronizes
+    /// again, and every container is still there once, not deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runtime_restart_is_survived_without_loss_or_duplicates() {
+        let ctrd = Containerd::start_cri_nri();
+        let agent = TestAgent::start(nri_only_config(&ctrd)).await;
+        let client = agent.client().await;
+        wait_nri_synced(&client).await;
+        let cri = ctrd.cri();
+        let pod = cri.run_pod(&PodSpec::new("db-0", POD_NAMESPACE, &uid(100)));
+        let id = cri.create_container(&pod, "db", CRI_IMAGE, &["/bin/sleep", "1000"]);
+        cri.start_container(&id);
+        let pid = cri.container_pid(&id);
+        let want: BTreeSet<String> = [pod.id.clone(), id.clone()].into();
+        eventually(WAIT, || async {
+            let l = list(&client, false).await;
+            if ids(&l) == want { Ok(()) } else { Err(l) }
+        })
+        .await
+        .expect("both listed");
+
+        for round in 0..2 {
+            ctrd.restart();
+            let s = wait_nri_synced(&client).await;
+            let listed = list(&client, true).await;
+            assert_eq!(ids(&listed), want, "round {round}: {listed:?}");
+            assert_eq!(listed.len(), 2, "round {round}: duplicates: {listed:?}");
+            assert!(listed.iter().all(|c| !c.deleted), "{listed:?}");
+            let record = resolve(&client, pid).await;
+            assert!(
+                wrong(&record, &pod, &id, "db").is_none(),
+                "round {round}: {record:?}"
+            );
+            assert!(s.nri_connected, "{s:?}");
+        }
+        let metrics = agent.state().metrics().snapshot();
+        assert!(metrics.nri_reconnects >= 2, "{metrics:?}");
+
+        cri.stop_container(&id);
+        cri.remove_container(&id);
+        cri.remove_pod(&pod);
+        agent.stop().await;
+    }
+
+    /// The agent stopped and started again while pods come and go: what it finds after the
+    /// restart (NRI's Synchronize) is exactly what the runtime runs — a pod made while it
+    /// was away included, none removed meanwhile left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_restarted_mid_churn_finds_exactly_what_runs() {
+        let ctrd = Containerd::start_cri_nri();
+        let cri = ctrd.cri();
+        let mut running: Vec<(Pod, String)> = Vec::new();
+        let mut next = 200;
+        let mut churn = |running: &mut Vec<(Pod, String)>, n: usize| {
+            for _ in 0..n {
+                // Remove the oldest of three, add one.
+                if running.len() >= 3 {
+                    let (pod, id) = running.remove(0);
+                    cri.stop_container(&id);
+                    cri.remove_container(&id);
+                    cri.stop_pod(&pod);
+                    cri.remove_pod(&pod);
+                }
+                let pod = cri.run_pod(&PodSpec::new(
+                    &format!("job-{next}"),
+                    POD_NAMESPACE,
+                    &uid(next),
+                ));
+                let id = cri.create_container(&pod, "job", CRI_IMAGE, &["/bin/sleep", "1000"]);
+                cri.start_container(&id);
+                running.push((pod, id));
+                next += 1;
+            }
+        };
+        let config = nri_only_config(&ctrd);
+        let agent = TestAgent::start(config.clone()).await;
+        wait_nri_synced(&agent.client().await).await;
+        churn(&mut running, 4);
+        agent.stop().await;
+        // Away: two pods removed, two made.
+        churn(&mut running, 2);
+        let agent = TestAgent::start(config).await;
+        let client = agent.client().await;
+        wait_nri_synced(&client).await;
+        churn(&mut running, 2);
+        let want: BTreeSet<String> = running
+            .iter()
+            .flat_map(|(pod, id)| [pod.id.clone(), id.clone()])
+            .collect();
+        let listed = eventually(WAIT, || async {
+            let l = list(&client, false).await;
+            if ids(&l) == want { Ok(l) } else { Err(l) }
+        })
+        .await
+        .unwrap_or_else(|l| panic!("listed {:?}, running {want:?}", ids(&l)));
+        assert_eq!(listed.len(), want.len(), "duplicates: {listed:?}");
+        for (pod, id) in &running {
+            let record = resolve(&client, cri.container_pid(id)).await;
+            assert!(wrong(&record, pod, id, "job").is_none(), "{record:?}");
+        }
+        for (pod, id) in running.drain(..) {
+            cri.stop_container(&id);
+            cri.remove_container(&id);
+            cri.remove_pod(&pod);
+        }
+        agent.stop().await;
+    }
+}
