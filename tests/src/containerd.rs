@@ -69,6 +69,10 @@ const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 /// The variable naming a directory with the `containerd`, `ctr` and
 /// `containerd-shim-runc-v2` to test (unset: those on `PATH`).
 pub const BIN_DIR_ENV: &str = "PIDMAP_TEST_CONTAINERD_BIN_DIR";
+/// Like [`BIN_DIR_ENV`], for [`Containerd::start_cri_nri`] only (it wins there): how the
+/// whole suite gives the NRI tests a containerd with NRI (2.1) while every other test runs
+/// the system's (1.6, which has none).
+pub const NRI_BIN_DIR_ENV: &str = "PIDMAP_TEST_NRI_CONTAINERD_BIN_DIR";
 /// containerd 1.x's config: everything under the dir, no CRI, no exotic snapshotters.
 const CONFIG: &str = r#"version = 2
 root = "DIR/root"
@@ -278,12 +282,16 @@ impl Containerd {
 
     fn launch_new(cri: bool, nri: bool) -> Self {
         crate::require_root();
+        let bin_dir = nri
+            .then(|| env_dir(NRI_BIN_DIR_ENV))
+            .flatten()
+            .or_else(|| env_dir(BIN_DIR_ENV));
         let dir = tempfile::Builder::new()
             .prefix("pidmap-ctrd-")
             .tempdir_in("/tmp")
             .expect("create the containerd temp dir");
         let path = dir.path().to_path_buf();
-        let major = containerd_major().unwrap_or_else(|e| panic!("{e:#}"));
+        let major = containerd_major(bin_dir.as_deref()).unwrap_or_else(|e| panic!("{e:#}"));
         let config = config(major, cri, nri).replace("DIR", &path.to_string_lossy());
         fs::write(path.join("config.toml"), config).expect("write config.toml");
         fs::create_dir(path.join("exec-logs")).expect("create exec-logs");
@@ -299,6 +307,7 @@ impl Containerd {
             dir: Some(dir),
             ctr: Ctr {
                 socket: path.join("containerd.sock"),
+                bin_dir: bin_dir.clone(),
             },
             path,
             daemon: Mutex::new(None),
@@ -491,7 +500,7 @@ impl Containerd {
             .append(true)
             .open(self.path.join("containerd.log"))
             .context("open containerd.log")?;
-        let child = tool("containerd")
+        let child = tool("containerd", self.ctr.bin_dir.as_deref())
             .arg("--config")
             .arg(self.path.join("config.toml"))
             .stdin(Stdio::null())
@@ -600,6 +609,8 @@ impl Drop for Containerd {
 #[derive(Clone, Debug)]
 pub(crate) struct Ctr {
     socket: PathBuf,
+    /// Where `containerd` and `ctr` come from (`None`: `PATH`).
+    bin_dir: Option<PathBuf>,
 }
 
 impl Ctr {
@@ -609,7 +620,7 @@ impl Ctr {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = tool("ctr");
+        let mut cmd = tool("ctr", self.bin_dir.as_deref());
         cmd.args(["--connect-timeout", "5s", "--timeout", "60s", "-a"])
             .arg(&self.socket)
             .args(args)
@@ -636,28 +647,34 @@ impl Ctr {
     }
 }
 
-/// `program` from [`BIN_DIR_ENV`]'s directory, with that directory first on
-/// `PATH` (containerd looks its shim up there, the shim finds runc after it);
-/// plain `program` from `PATH` when the variable is unset.
-fn tool(program: &str) -> Command {
-    let Some(dir) = std::env::var_os(BIN_DIR_ENV).filter(|d| !d.is_empty()) else {
+/// The directory an environment variable names, if set and not empty.
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `program` from `dir` (from [`BIN_DIR_ENV`] or [`NRI_BIN_DIR_ENV`]), with that directory
+/// first on `PATH` (containerd looks its shim up there, the shim finds runc after it);
+/// plain `program` from `PATH` without one.
+fn tool(program: &str, dir: Option<&Path>) -> Command {
+    let Some(dir) = dir.map(Path::to_path_buf) else {
         return Command::new(program);
     };
-    let dir = PathBuf::from(dir);
     let path = std::env::var_os("PATH").unwrap_or_default();
     let paths = std::iter::once(dir.clone()).chain(std::env::split_paths(&path));
     let mut cmd = Command::new(dir.join(program));
     match std::env::join_paths(paths) {
         Ok(path) => cmd.env("PATH", path),
-        Err(e) => panic!("{BIN_DIR_ENV}={}: {e}", dir.display()),
+        Err(e) => panic!("{}: {e}", dir.display()),
     };
     cmd
 }
 
 /// The major version `containerd --version` reports
 /// (`containerd github.com/containerd/containerd/v2 2.1.9+ds1 …`).
-fn containerd_major() -> anyhow::Result<u32> {
-    let out = tool("containerd")
+fn containerd_major(bin_dir: Option<&Path>) -> anyhow::Result<u32> {
+    let out = tool("containerd", bin_dir)
         .arg("--version")
         .stdin(Stdio::null())
         .output()

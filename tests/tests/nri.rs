@@ -4,8 +4,9 @@
 //! knows of a container comes from the runtime's NRI plugin connection.
 //!
 //! Needs containerd 1.7 or later (1.6 has no NRI): `cargo xtask test` runs this file
-//! against containerd 2.1 (Debian sid's, unpacked privately), `cargo xtask matrix` against
-//! 1.7 and 2.1 (its `nri` column). Run as root with `--test-threads=1`, after `cargo xtask
+//! against containerd 2.1 (Debian sid's, unpacked privately, named by
+//! `PIDMAP_TEST_NRI_CONTAINERD_BIN_DIR`), `cargo xtask matrix` against 1.7 and 2.1 (its
+//! `nri` column; `skip` on 1.6). Run as root with `--test-threads=1`, after `cargo xtask
 //! setup --for-tests` (which fetches the CRI API the client is compiled from).
 
 #[cfg(not(cri_api))]

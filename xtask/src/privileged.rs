@@ -20,6 +20,26 @@ pub(crate) fn build_prerequisites() -> Result<()> {
     run_shown(cargo().args(["build", "-p", "pidmap-client", "--examples"]))
 }
 
+/// The test file that needs a containerd with NRI (1.7 or later), which the matrix marks
+/// `skip` on containerd 1.6.
+pub(crate) const NRI_FILE: &str = "nri";
+/// The fixture's variable for the containerd its NRI tests run (`pidmap_tests::containerd::
+/// NRI_BIN_DIR_ENV`).
+const NRI_BIN_DIR_ENV: &str = "PIDMAP_TEST_NRI_CONTAINERD_BIN_DIR";
+
+/// Every privileged test file, the NRI tests given containerd 2.1 (Debian sid's, unpacked
+/// privately) whatever the system's containerd is. Fails if any test failed.
+pub(crate) fn run_suite(title: &str, args: &[OsString]) -> Result<Summary> {
+    let dir = crate::matrix::containerd_with_nri()
+        .context("containerd 2.1 for the NRI tests (tests/tests/nri.rs)")?;
+    run(
+        title,
+        &[],
+        args,
+        &[(NRI_BIN_DIR_ENV, dir.display().to_string())],
+    )
+}
+
 /// How one test file (one test binary) went.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct FileOutcome {

@@ -90,7 +90,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         }
         privileged::build_prerequisites()?;
         let (ran, _) = load::beside(args.load, || {
-            privileged::run(PRIVILEGED, &[], &args.test_args, &[])
+            privileged::run_suite(PRIVILEGED, &args.test_args)
         });
         ran.map(drop)
     });
@@ -138,9 +138,8 @@ fn privileged_runs(args: &Args, runs: u32) -> Result<()> {
     for run in 1..=runs {
         let title = format!("privileged run {run} of {runs}");
         let started = std::time::Instant::now();
-        let (ran, load) = load::beside(args.load, || {
-            privileged::run(&title, &[], &args.test_args, &[])
-        });
+        let (ran, load) =
+            load::beside(args.load, || privileged::run_suite(&title, &args.test_args));
         let verdict = match &ran {
             Ok(s) => format!("{} tests passed, 0 failed", s.passed()),
             Err(e) => {

@@ -264,6 +264,25 @@ fn cache_dir(target: &Path) -> PathBuf {
     target.join(debian::CACHE)
 }
 
+/// The directory of a containerd with NRI (2.1, Debian sid's, unpacked into the matrix
+/// cache once) for the test file that needs one whatever the system's containerd is.
+pub(crate) fn containerd_with_nri() -> Result<PathBuf> {
+    let target = Metadata::load()?.target_dir()?;
+    let mut debian = LazyDebian::new(debian::apt_dir(&target));
+    let runtime = containerd::prepare(Containerd::V2_1, &cache_dir(&target), &mut debian)?;
+    match runtime.bin_dir {
+        Some(dir) => Ok(dir),
+        // The system's containerd is 2.1 itself.
+        None => {
+            let path = output(Command::new("sh").args(["-c", "command -v containerd"]))?;
+            Ok(PathBuf::from(path.trim())
+                .parent()
+                .context("containerd's directory")?
+                .to_path_buf())
+        }
+    }
+}
+
 /// Runs `plan` (started by `command`, which the report names), prints the table and writes
 /// `target/matrix-last.md`; fails if a cell failed.
 pub(crate) fn run_plan(plan: &Plan, command: &str) -> Result<()> {
