@@ -33,7 +33,7 @@ mod nri {
         },
     };
     use pidmap_tests::{
-        TestAgent,
+        AgentProcess, TestAgent,
         containerd::{CRI_IMAGE, CRI_NAMESPACE, Containerd, process_alive},
         cri::{Cri, Pod, PodSpec},
         eventually,
@@ -307,47 +307,77 @@ mod nri {
         agent.stop().await;
     }
 
-    /// The agent stopped and started again while pods come and go: what it finds after the
-    /// restart (NRI's Synchronize) is exactly what the runtime runs — a pod made while it
-    /// was away included, none removed meanwhile left behind.
+    /// One step of churn: the oldest of three pods removed, one pod made (and its container
+    /// started). `running` holds what runs.
+    fn churn_once(cri: &Cri<'_>, running: &mut Vec<(Pod, String)>, n: usize) {
+        if running.len() >= 3 {
+            let (pod, id) = running.remove(0);
+            cri.stop_container(&id);
+            cri.remove_container(&id);
+            cri.stop_pod(&pod);
+            cri.remove_pod(&pod);
+        }
+        let pod = cri.run_pod(&PodSpec::new(&format!("job-{n}"), POD_NAMESPACE, &uid(n)));
+        let id = cri.create_container(&pod, "job", CRI_IMAGE, &["/bin/sleep", "1000"]);
+        cri.start_container(&id);
+        running.push((pod, id));
+    }
+
+    /// The agent killed (SIGKILL, as the OOM killer would) and started again while pods come
+    /// and go: what it holds afterwards (NRI's Synchronize, then events) is exactly what the
+    /// runtime runs — pods made while it was away included, none removed meanwhile left
+    /// behind, none twice.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_agent_restarted_mid_churn_finds_exactly_what_runs() {
+    async fn an_agent_killed_and_restarted_mid_churn_finds_exactly_what_runs() {
         let ctrd = Containerd::start_cri_nri();
         let cri = ctrd.cri();
-        let mut running: Vec<(Pod, String)> = Vec::new();
-        let mut next = 200;
-        let mut churn = |running: &mut Vec<(Pod, String)>, n: usize| {
-            for _ in 0..n {
-                // Remove the oldest of three, add one.
-                if running.len() >= 3 {
-                    let (pod, id) = running.remove(0);
-                    cri.stop_container(&id);
-                    cri.remove_container(&id);
-                    cri.stop_pod(&pod);
-                    cri.remove_pod(&pod);
-                }
-                let pod = cri.run_pod(&PodSpec::new(
-                    &format!("job-{next}"),
-                    POD_NAMESPACE,
-                    &uid(next),
-                ));
-                let id = cri.create_container(&pod, "job", CRI_IMAGE, &["/bin/sleep", "1000"]);
-                cri.start_container(&id);
-                running.push((pod, id));
-                next += 1;
-            }
-        };
-        let config = nri_only_config(&ctrd);
-        let agent = TestAgent::start(config.clone()).await;
-        wait_nri_synced(&agent.client().await).await;
-        churn(&mut running, 4);
-        agent.stop().await;
-        // Away: two pods removed, two made.
-        churn(&mut running, 2);
-        let agent = TestAgent::start(config).await;
-        let client = agent.client().await;
+        let socket = pidmap_tests::private_socket();
+        let (absent, nri) = (
+            ctrd.dir().join("no-containerd-here.sock"),
+            ctrd.nri_socket(),
+        );
+        let args = [
+            "--containerd-socket",
+            absent.to_str().expect("utf-8"),
+            "--nri-socket",
+            nri.to_str().expect("utf-8"),
+            "--containerd-max-backoff-ms",
+            "200",
+        ];
+        let running = std::sync::Mutex::new(Vec::new());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let first = AgentProcess::start(&socket, &args);
+        let (agent, steps) = tokio::task::block_in_place(|| {
+            std::thread::scope(|s| {
+                let churn = s.spawn(|| {
+                    let mut n = 200;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        churn_once(&cri, &mut running.lock().expect("running"), n);
+                        n += 1;
+                    }
+                    n - 200
+                });
+                std::thread::sleep(Duration::from_millis(1500));
+                first.kill();
+                std::thread::sleep(Duration::from_millis(1500));
+                let second = AgentProcess::start(&socket, &args);
+                std::thread::sleep(Duration::from_millis(1500));
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let steps = churn
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (second, steps)
+            })
+        });
+        let mut running = running.into_inner().expect("running");
+        assert!(
+            steps >= 4,
+            "only {steps} churn steps: the test proves little"
+        );
+        let client = pidmap::cli::client::connect(agent.socket())
+            .await
+            .unwrap_or_else(|f| panic!("connect: {}", f.message));
         wait_nri_synced(&client).await;
-        churn(&mut running, 2);
         let want: BTreeSet<String> = running
             .iter()
             .flat_map(|(pod, id)| [pod.id.clone(), id.clone()])
@@ -368,6 +398,76 @@ mod nri {
             cri.remove_container(&id);
             cri.remove_pod(&pod);
         }
+        drop(agent);
+    }
+
+    /// containerd's socket and NRI's both given (a containerd 2.x node as deployed): each
+    /// container is one record, containerd's (source `containerd`, with its image and task)
+    /// carrying the pod identity, from its first process on; removed, it is deleted once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_containerd_and_nri_each_container_is_one_record() {
+        let ctrd = Containerd::start_cri_nri();
+        let agent = TestAgent::start_synced(Config {
+            nri_socket: ctrd.nri_socket(),
+            ..TestAgent::containerd_config(&ctrd)
+        })
+        .await;
+        let client = agent.client().await;
+        let s = wait_nri_synced(&client).await;
+        assert!(s.containerd_synced, "{s:?}");
+        let cri = ctrd.cri();
+        let mut made = Vec::new();
+        let mut wrong_answers = Vec::new();
+        for i in 0..6 {
+            let pod = cri.run_pod(&PodSpec::new(
+                &format!("api-{i}"),
+                POD_NAMESPACE,
+                &uid(300 + i),
+            ));
+            let (id, pid, mut first) = start_and_ask_first(&cri, &client, &pod, "api").await;
+            // Either source may answer first; both must carry the whole identity.
+            if first.source == proto::Source::Containerd as i32 {
+                first.source = proto::Source::Nri as i32;
+            }
+            if let Some(w) = wrong(&first, &pod, &id, "api") {
+                wrong_answers.push(format!("first process {pid} of {id}: {w}"));
+            }
+            made.push((pod, id));
+        }
+        assert!(wrong_answers.is_empty(), "{wrong_answers:#?}");
+        let want: BTreeSet<String> = made
+            .iter()
+            .flat_map(|(pod, id)| [pod.id.clone(), id.clone()])
+            .collect();
+        let listed = eventually(WAIT, || async {
+            let l = list(&client, false).await;
+            let merged = ids(&l) == want
+                && l.iter().all(|c| {
+                    c.source == proto::Source::Containerd as i32
+                        && c.runtime == "io.containerd.runc.v2"
+                        && c.pod_name.is_some()
+                });
+            if merged { Ok(l) } else { Err(l) }
+        })
+        .await
+        .unwrap_or_else(|l| panic!("not one containerd record each: {l:?}"));
+        assert_eq!(listed.len(), want.len(), "duplicates: {listed:?}");
+        for (pod, id) in &made {
+            cri.stop_container(id);
+            cri.remove_container(id);
+            cri.stop_pod(pod);
+            cri.remove_pod(pod);
+        }
+        let deleted = eventually(WAIT, || async {
+            let all = list(&client, true).await;
+            if all.len() == want.len() && all.iter().all(|c| c.deleted) {
+                Ok(())
+            } else {
+                Err(all)
+            }
+        })
+        .await;
+        assert!(deleted.is_ok(), "{deleted:?}");
         agent.stop().await;
     }
 }
