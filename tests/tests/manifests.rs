@@ -483,11 +483,14 @@ fn agent_runs_with_its_config_and_volumes_match_it() {
             .expect("the agent subcommand"),
     );
     assert!(!given.contains(&"socket") && !given.contains(&"containerd_socket"));
+    assert!(!given.contains(&"nri_socket") && !given.contains(&"no_nri"));
     assert!(!given.contains(&"btf_path") && !given.contains(&"proc_root"));
 
     let defaults = Config::default();
     assert_eq!(config.socket, defaults.socket);
     assert_eq!(config.containerd_socket, defaults.containerd_socket);
+    assert_eq!(config.nri_socket, defaults.nri_socket);
+    assert!(!config.no_nri, "NRI is on in the DaemonSet");
     assert_eq!(config.btf_path, defaults.btf_path);
     assert_eq!(config.proc_root, defaults.proc_root);
 
@@ -510,6 +513,20 @@ fn agent_runs_with_its_config_and_volumes_match_it() {
                 config.containerd_socket,
                 "mount /run/containerd, not the socket file (it goes stale on restart)"
             );
+        }
+    }
+
+    // NRI's directory, read-only, never the socket file itself.
+    let nri_dir = config.nri_socket.parent().expect("NRI dir");
+    assert_eq!(nri_dir, Path::new("/var/run/nri"));
+    assert_eq!(
+        assert_host_dir(pod, agent, nri_dir, true),
+        "DirectoryOrCreate",
+        "a node without NRI must still run the agent"
+    );
+    for v in pod.volumes.iter().flatten() {
+        if let Some(host) = &v.host_path {
+            assert_ne!(Path::new(&host.path), config.nri_socket, "mount the NRI directory");
         }
     }
 
