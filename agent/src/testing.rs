@@ -79,7 +79,7 @@ pub mod runtime {
 
 /// The agent's state.
 pub mod state {
-    pub use crate::state::{ProcessState, QUERY_CATCH_UP, STALL_LIMIT, State};
+    pub use crate::state::{NriLink, ProcessState, QUERY_CATCH_UP, STALL_LIMIT, State};
     /// Containers.
     pub mod container {
         pub use crate::state::container::{ContainerKey, TaskStatus};

@@ -526,7 +526,11 @@ fn agent_runs_with_its_config_and_volumes_match_it() {
     );
     for v in pod.volumes.iter().flatten() {
         if let Some(host) = &v.host_path {
-            assert_ne!(Path::new(&host.path), config.nri_socket, "mount the NRI directory");
+            assert_ne!(
+                Path::new(&host.path),
+                config.nri_socket,
+                "mount the NRI directory"
+            );
         }
     }
 

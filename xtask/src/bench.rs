@@ -56,8 +56,15 @@ fn agent_bench(args: &Args) -> Result<()> {
     if !is_root() {
         eprintln!("xtask: warning: not running as root: the benchmarks load eBPF programs");
     }
+    // The NRI figures need a containerd with NRI (the system's 1.6 has none).
+    let nri_dir =
+        crate::matrix::containerd_with_nri().context("containerd 2.1 for the NRI figures")?;
     run_shown(
         cargo()
+            .env(
+                crate::privileged::NRI_BIN_DIR_ENV,
+                nri_dir.display().to_string(),
+            )
             .args([
                 "run",
                 "--release",

@@ -25,7 +25,7 @@ pub(crate) fn build_prerequisites() -> Result<()> {
 pub(crate) const NRI_FILE: &str = "nri";
 /// The fixture's variable for the containerd its NRI tests run (`pidmap_tests::containerd::
 /// NRI_BIN_DIR_ENV`).
-const NRI_BIN_DIR_ENV: &str = "PIDMAP_TEST_NRI_CONTAINERD_BIN_DIR";
+pub(crate) const NRI_BIN_DIR_ENV: &str = "PIDMAP_TEST_NRI_CONTAINERD_BIN_DIR";
 
 /// Every privileged test file, the NRI tests given containerd 2.1 (Debian sid's, unpacked
 /// privately) whatever the system's containerd is. Fails if any test failed.

@@ -324,6 +324,11 @@ fn encode(mut e: DescriptorEncoder, m: &Metrics, g: Gauges) -> fmt::Result {
             "From a containerd task start to the container being resolvable",
             &m.container_start_to_resolvable,
         ),
+        (
+            "nri_answer",
+            "How long the NRI plugin took to answer a request of the runtime, the container store updated first (the runtime waits for it)",
+            &m.nri_answer,
+        ),
     ];
     for (name, help, latency) in latencies {
         let enc = e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;

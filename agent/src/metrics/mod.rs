@@ -225,6 +225,9 @@ pub struct Metrics {
     /// From containerd's task start to the container being resolvable
     /// (recorded by the containerd watcher).
     pub container_start_to_resolvable: Latency,
+    /// How long the NRI plugin took to answer a runtime's request, from its last byte read
+    /// to the answer written (the store updated in between).
+    pub nri_answer: Latency,
     requests: Requests,
 }
 

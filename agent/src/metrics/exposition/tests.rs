@@ -300,8 +300,8 @@ fn every_family_has_help_and_type_and_the_text_ends_with_eof() {
     // events, 11 counters (NRI's two included), docker lookups, processes, containers,
     // containerd_connected, containerd_synced, nri_connected, nri_synced,
     // containerd_list_seconds, api connections open and refused, unread bytes, cut-offs,
-    // pinned map writes, errors and entries, api requests and durations, two latencies.
-    assert_eq!(families, 31, "{text}");
+    // pinned map writes, errors and entries, api requests and durations, three latencies.
+    assert_eq!(families, 32, "{text}");
 }
 
 #[test]

@@ -87,9 +87,14 @@ pub(crate) enum SessionEnd {
 }
 
 /// Runs one NRI session on `socket`: registers, then hands every update to `sink` and
-/// answers the runtime at once. Returns when the connection ends; the caller reconnects.
-/// `sink` must not block: the runtime waits for the answer, which comes after it.
-pub(crate) async fn session(socket: &Path, mut sink: impl FnMut(Update)) -> Result<(), SessionEnd> {
+/// answers the runtime at once, telling `answered` how long each answer took (from the
+/// request decoded to the answer written). Returns when the connection ends; the caller
+/// reconnects. `sink` must not block: the runtime waits for the answer, which comes after it.
+pub(crate) async fn session(
+    socket: &Path,
+    mut sink: impl FnMut(Update),
+    mut answered: impl FnMut(std::time::Duration),
+) -> Result<(), SessionEnd> {
     let mut stream = UnixStream::connect(socket)
         .await
         .map_err(|source| SessionEnd::Connect {
@@ -135,6 +140,7 @@ pub(crate) async fn session(socket: &Path, mut sink: impl FnMut(Update)) -> Resu
                     }
                 }
                 (PLUGIN_SERVICE_CONN, TYPE_REQUEST) => {
+                    let started = std::time::Instant::now();
                     let (reply, end) = answer(&message.data, &mut sink);
                     stream
                         .write_all(&wire::encode(
@@ -144,6 +150,7 @@ pub(crate) async fn session(socket: &Path, mut sink: impl FnMut(Update)) -> Resu
                             &reply.encode_to_vec(),
                         )?)
                         .await?;
+                    answered(started.elapsed());
                     if end {
                         return Err(SessionEnd::Shutdown);
                     }
@@ -396,10 +403,16 @@ mod tests {
             replies
         });
         let mut seen = Vec::new();
-        let end = session(&path, |u| {
-            seen.push(u);
-        })
+        let mut answers = 0;
+        let end = session(
+            &path,
+            |u| {
+                seen.push(u);
+            },
+            |_| answers += 1,
+        )
         .await;
+        assert_eq!(answers, 3, "Configure, CreateContainer, Shutdown");
         assert!(matches!(end, Err(SessionEnd::Shutdown)), "{end:?}");
         let replies = runtime.await.expect("runtime");
         assert!(replies.iter().all(|r| r.status.is_none()));

@@ -152,7 +152,12 @@ impl Plugin {
 
     /// One session, with deleted containers expired every second meanwhile.
     async fn session(&self) -> SessionEnd {
-        let run = session(&self.config.socket, |update| self.applier().apply(update));
+        let metrics = self.applier().writer.state().metrics_handle();
+        let run = session(
+            &self.config.socket,
+            |update| self.applier().apply(update),
+            |took| metrics.nri_answer.record(duration_ns(took)),
+        );
         tokio::pin!(run);
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         let grace = duration_ns(self.config.grace);

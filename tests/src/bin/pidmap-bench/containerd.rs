@@ -35,15 +35,26 @@ pub(crate) struct BenchAgent {
 }
 
 impl BenchAgent {
-    /// Starts it (returns once it is ready) on `rt`.
+    /// Starts it (returns once it is ready) on `rt`, watching `ctrd`'s containerd socket.
     pub(crate) fn start(rt: &tokio::runtime::Runtime, ctrd: &Containerd) -> Result<Self> {
+        Self::start_with(
+            rt,
+            Config {
+                containerd_socket: ctrd.socket().to_path_buf(),
+                no_nri: true,
+                ..Config::default()
+            },
+        )
+    }
+
+    /// Starts it with `config`'s runtime sources (returns once it is ready) on `rt`.
+    pub(crate) fn start_with(rt: &tokio::runtime::Runtime, config: Config) -> Result<Self> {
         let shutdown = CancellationToken::new();
         let socket = pidmap_tests::private_socket();
         let config = Config {
             socket: socket.clone(),
-            containerd_socket: ctrd.socket().to_path_buf(),
             no_pin: true,
-            ..Config::default()
+            ..config
         };
         let agent = rt.block_on(Agent::start(config, shutdown.clone()))?;
         Ok(Self {

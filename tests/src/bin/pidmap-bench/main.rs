@@ -7,7 +7,9 @@
 //! processes; query API Resolve/ResolveBatch latency and throughput next to
 //! the /proc/PID/cgroup baseline (`--api-only`); container start to
 //! resolvable (`--containerd-only`); the pinned containers map's costs
-//! (`--pinned-only`); a big node, made and removed (`--scale-only`,
+//! (`--pinned-only`); container start to resolvable with pod identity through CRI with NRI
+//! only, containerd only and both (`--nri-only`, `--nri-pods N` default 30; needs a
+//! containerd with NRI: `cargo xtask bench` gives it 2.1); a big node, made and removed (`--scale-only`,
 //! `--scale-processes N` default 30,000, `--scale-pods P` default 250, 0 skips
 //! either; not in the default run). `--storm-only` runs the exec storms alone. The node's
 //! own pin (/sys/fs/bpf/pidmap) is never touched.
@@ -22,6 +24,7 @@ use std::{
 mod alloc;
 mod api;
 mod containerd;
+mod nri;
 mod pinned;
 mod scale;
 
@@ -59,6 +62,8 @@ fn main() -> Result<()> {
     let only_storm = args.iter().any(|a| a == "--storm-only");
     let only_pinned = args.iter().any(|a| a == "--pinned-only");
     let only_scale = args.iter().any(|a| a == "--scale-only");
+    let only_nri = args.iter().any(|a| a == "--nri-only");
+    let nri_pods: usize = arg(&args, "--nri-pods").unwrap_or(30);
     let scale_processes: usize = arg(&args, "--scale-processes").unwrap_or(30_000);
     let scale_pods: usize = arg(&args, "--scale-pods").unwrap_or(250);
     let groups: usize = arg(&args, "--cgroups").unwrap_or(500);
@@ -73,6 +78,9 @@ fn main() -> Result<()> {
     println!("machine: {}", machine());
     if only_containerd {
         return containerd::run(containers);
+    }
+    if only_nri {
+        return nri::run(nri_pods);
     }
     if only_api {
         return api::run(api_pids);
@@ -140,6 +148,7 @@ fn main() -> Result<()> {
     }
     api::run(api_pids)?;
     containerd::run(containers)?;
+    nri::run(nri_pods)?;
     pinned::run(containers, groups, storm, spawners)
 }
 
