@@ -83,8 +83,8 @@ enum Command {
     Image(image::Args),
     /// Prove pidmap on other kernels, cgroup layouts and containerd versions; print a table.
     ///
-    /// The kernel matrix boots Debian's cloud kernels 5.10 (bullseye), 6.1 (bookworm) and
-    /// 6.12 (trixie) under QEMU (TCG) with pure cgroup v2, hybrid and pure v1 layouts, and
+    /// The kernel matrix boots Debian's cloud kernels 5.10 (bullseye), 6.1 (bookworm), 6.12
+    /// (trixie) and 7.2 (sid) under QEMU (TCG) with pure cgroup v2, hybrid and pure v1 layouts, and
     /// runs the kernel-path checks (ready, cgroup, exited, pidns, storm, rename, orphan,
     /// overflow) in each guest; the `host` row runs them natively on this machine. The
     /// containerd matrix runs the privileged containerd tests against containerd 1.6

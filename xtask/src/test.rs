@@ -107,7 +107,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             ran.map(drop)
         });
     }
-    // Debian's 5.10, 6.1 and 6.12 kernels with pure cgroup v2 under QEMU, and the containerd
+    // Debian's 5.10, 6.1, 6.12 and 7.2 kernels with pure cgroup v2 under QEMU, and the containerd
     // tests against containerd 1.6 and 2.1: what fits CI's time (4–6 minutes here).
     stages.run(MATRIX, || {
         if !is_root() {

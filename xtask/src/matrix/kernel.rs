@@ -51,6 +51,7 @@ impl Kernel {
             Self::V5_10 => Some("bullseye"),
             Self::V6_1 => Some("bookworm"),
             Self::V6_12 => Some("trixie"),
+            Self::V7_2 => Some("sid"),
             Self::Host => None,
         }
     }
@@ -85,6 +86,13 @@ pub(super) fn fetch(debian: &mut Debian, cache: &Path, kernel: Kernel) -> Result
         let package = image_package(&depends)
             .with_context(|| format!("{meta} {meta_version} depends on no image: {depends}"))?;
         let version = d.version_in(&package, suite)?;
+        // Since Linux 7.x Debian's `linux-image-*` holds no kernel: it depends on a
+        // `linux-binary-*` package that does.
+        let image_depends = d.field(&package, &version, "Depends").unwrap_or_default();
+        if let Some(binary) = binary_package(&image_depends) {
+            let version = d.version_in(&binary, suite)?;
+            return Ok((binary, version));
+        }
         Ok((package, version))
     })?;
     let dir = cache.join("kernels").join(format!("{package}_{version}"));
@@ -121,6 +129,20 @@ pub(super) fn fetch(debian: &mut Debian, cache: &Path, kernel: Kernel) -> Result
         suite,
         vmlinuz,
     })
+}
+
+/// `linux-binary-…-cloud-amd64` (the signed one, not `linux-binary-unsigned-…`) from an
+/// image package's `Depends:` line, where the kernel is in such a package.
+fn binary_package(depends: &str) -> Option<String> {
+    depends
+        .split([',', '|'])
+        .filter_map(|item| item.split_whitespace().next())
+        .find(|name| {
+            name.starts_with("linux-binary-")
+                && !name.starts_with("linux-binary-unsigned-")
+                && name.ends_with("-cloud-amd64")
+        })
+        .map(str::to_owned)
 }
 
 /// `linux-image-…-cloud-amd64` from a `Depends:` line such as
@@ -582,6 +604,20 @@ mod tests {
         assert_eq!(
             image_package("linux-image-6.1.0-50-cloud-amd64 (= 6.1.176-1)").as_deref(),
             Some("linux-image-6.1.0-50-cloud-amd64")
+        );
+        assert_eq!(
+            binary_package(
+                "dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
+                 linux-base-7.2.13+deb14-cloud-amd64 (= 7.2.13-1), \
+                 linux-binary-7.2.13+deb14-cloud-amd64 (= 7.2.13-1), \
+                 linux-modules-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)"
+            )
+            .as_deref(),
+            Some("linux-binary-7.2.13+deb14-cloud-amd64")
+        );
+        assert_eq!(
+            binary_package("linux-image-6.1.0-50-cloud-amd64 (= 6.1.176-1)"),
+            None
         );
         assert_eq!(
             image_package("initramfs-tools, linux-image-6.12.57+deb13-cloud-amd64 (= 6.12.57-1)")

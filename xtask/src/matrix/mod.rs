@@ -42,19 +42,23 @@ pub(crate) enum Kernel {
     /// Linux 6.12, Debian trixie's.
     #[value(name = "6.12")]
     V6_12,
+    /// Linux 7.2, Debian sid's: the newest.
+    #[value(name = "7.2")]
+    V7_2,
     /// This host's own kernel, natively (no QEMU), in its own cgroup layout.
     #[value(name = "host")]
     Host,
 }
 
 impl Kernel {
-    const DEBIAN: [Self; 3] = [Self::V5_10, Self::V6_1, Self::V6_12];
+    const DEBIAN: [Self; 4] = [Self::V5_10, Self::V6_1, Self::V6_12, Self::V7_2];
 
     fn series(self) -> &'static str {
         match self {
             Self::V5_10 => "5.10",
             Self::V6_1 => "6.1",
             Self::V6_12 => "6.12",
+            Self::V7_2 => "7.2",
             Self::Host => "host",
         }
     }
@@ -128,7 +132,7 @@ pub(crate) struct Args {
     /// Skip the containerd matrix.
     #[arg(long, conflicts_with = "containerds")]
     no_containerd: bool,
-    /// The subset CI runs: the three Debian kernels with pure cgroup v2, and containerd
+    /// The subset CI runs: the four Debian kernels with pure cgroup v2, and containerd
     /// 1.6 and 2.1.
     #[arg(long, conflicts_with_all = ["kernels", "layouts", "containerds", "no_kernel", "no_containerd"])]
     ci: bool,
@@ -504,20 +508,21 @@ mod tests {
     #[test]
     fn no_options_is_everything_and_the_host_in_its_layout() {
         let p = plan(&[], Some(Layout::Hybrid));
-        assert_eq!(p.vms.len(), 9);
+        assert_eq!(p.vms.len(), 12);
         assert!(p.host);
         assert_eq!(p.containerds, Containerd::ALL);
     }
 
     #[test]
-    fn ci_is_three_kernels_on_v2_and_two_containerds() {
+    fn ci_is_four_kernels_on_v2_and_two_containerds() {
         let p = plan(&["--ci"], Some(Layout::Hybrid));
         assert_eq!(
             p.vms,
             [
                 (Kernel::V5_10, Layout::V2),
                 (Kernel::V6_1, Layout::V2),
-                (Kernel::V6_12, Layout::V2)
+                (Kernel::V6_12, Layout::V2),
+                (Kernel::V7_2, Layout::V2)
             ]
         );
         assert!(!p.host);

@@ -20,7 +20,8 @@ use crate::{
     runtime::containerd::{FirstContact, spec::cgroup_dir},
     state::{
         Change, ContainerWriter, NriLink,
-        container::{Container, ContainerKey, PodIdentity, TaskStatus, namespaces},
+        container::{Container, ContainerKey, PodIdentity, Sources, TaskStatus, namespaces},
+        containers::ReconcileStats,
     },
     util::{chain, duration_ns, monotonic_ns},
 };
@@ -28,9 +29,12 @@ use crate::{
 /// First reconnect delay; doubles up to the configured cap.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Pods NRI's `Synchronize` and events may make the plugin remember (a node runs at most a
-/// few hundred); beyond it the oldest knowledge is not kept, and a container whose pod is
-/// not remembered takes its identity from its own labels.
+/// few hundred); beyond it further pods are not remembered, and a container whose pod is
+/// not takes its identity from its own labels and annotations.
 const MAX_PODS: usize = 16_384;
+/// Pods and containers one `Synchronize` may hand over (its parts together); beyond it the
+/// rest is not kept (and logged): a runtime cannot make the agent hold more.
+const MAX_SYNC: usize = 1 << 17;
 /// Annotations naming a container's image: containerd's CRI, CRI-O.
 const IMAGE_ANNOTATIONS: [&str; 2] = [
     "io.kubernetes.cri.image-name",
@@ -63,6 +67,8 @@ struct Applier {
     pods: HashMap<String, wire::PodSandbox>,
     /// `Synchronize` parts received so far.
     sync: Vec<Container>,
+    /// Parts were dropped (over [`MAX_SYNC`]): the list is not whole, so it retires nothing.
+    sync_truncated: bool,
     /// Registered in this session (`Configure` came).
     registered: bool,
 }
@@ -83,6 +89,7 @@ impl Plugin {
                 runtime: String::new(),
                 pods: HashMap::new(),
                 sync: Vec::new(),
+                sync_truncated: false,
                 registered: false,
             }),
         }
@@ -107,7 +114,10 @@ impl Plugin {
             let (was, registered) = {
                 let mut a = self.applier();
                 let registered = std::mem::take(&mut a.registered);
+                // The next session's Synchronize tells everything again.
                 a.sync.clear();
+                a.sync_truncated = false;
+                a.pods.clear();
                 (a.writer.set_nri_link(NriLink::Down, None), registered)
             };
             if registered {
@@ -194,21 +204,39 @@ impl Applier {
                 self.writer.set_nri_link(NriLink::Registered, Some(name));
             }
             Update::Synchronize(part) => {
-                for pod in &part.pods {
-                    self.sync.push(pod_record(&self.runtime, pod, None));
-                    self.remember(pod);
-                }
-                for c in &part.containers {
-                    let pod = self.pods.get(&c.pod_sandbox_id);
-                    self.sync
-                        .push(container_record(&self.runtime, c, pod, None));
+                if self.sync.len() + part.pods.len() + part.containers.len() > MAX_SYNC {
+                    if !std::mem::replace(&mut self.sync_truncated, true) {
+                        warn!(
+                            held = self.sync.len(),
+                            limit = MAX_SYNC,
+                            "NRI Synchronize larger than the agent keeps; the rest of it is dropped"
+                        );
+                    }
+                } else {
+                    for pod in &part.pods {
+                        self.sync.push(pod_record(&self.runtime, pod, None));
+                        self.remember(pod);
+                    }
+                    for c in &part.containers {
+                        let pod = self.pods.get(&c.pod_sandbox_id);
+                        self.sync
+                            .push(container_record(&self.runtime, c, pod, None));
+                    }
                 }
                 if part.more {
                     return;
                 }
                 let listed = std::mem::take(&mut self.sync);
                 let keys: Vec<ContainerKey> = listed.iter().map(|c| c.key.clone()).collect();
-                let stats = self.writer.store().reconcile_nri(listed, monotonic_ns());
+                let stats = if std::mem::take(&mut self.sync_truncated) {
+                    let mut store = self.writer.store();
+                    for c in listed {
+                        store.upsert_nri(c);
+                    }
+                    ReconcileStats::default()
+                } else {
+                    self.writer.store().reconcile_nri(listed, monotonic_ns())
+                };
                 for key in &keys {
                     crate::runtime::refresh_cgroup_ids(&self.writer, &self.fs, key);
                     self.writer.notify(|| Change::Container(key.clone()));
@@ -254,17 +282,13 @@ impl Applier {
         let key = match (event, container, pod) {
             (E::RemoveContainer, Some(c), _) => {
                 let key = key_of(&c.id);
-                self.writer
-                    .store()
-                    .retire(&key, crate::state::container::Sources::NRI, now);
+                self.writer.store().retire(&key, Sources::NRI, now);
                 key
             }
             (E::RemovePodSandbox, None, Some(p)) => {
                 self.pods.remove(&p.id);
                 let key = key_of(&p.id);
-                self.writer
-                    .store()
-                    .retire(&key, crate::state::container::Sources::NRI, now);
+                self.writer.store().retire(&key, Sources::NRI, now);
                 key
             }
             (_, Some(c), pod) => {
@@ -482,6 +506,116 @@ mod tests {
         assert_eq!(c.pod.pod_name.as_deref(), Some("web-1"));
         assert_eq!(c.pod.pod_namespace.as_deref(), Some("shop"));
         assert_eq!((c.status, c.task_pid), (TaskStatus::Running, Some(77)));
+    }
+
+    /// An applier writing into a fresh state, with no cgroup hierarchy.
+    fn applier() -> (std::sync::Arc<crate::state::State>, Applier) {
+        let (state, _table, writer) = crate::state::State::new(
+            crate::state::ProcessTable::new(1, std::num::NonZeroUsize::new(10).unwrap()),
+            crate::cgroup::CgroupPathCache::new(100),
+            std::sync::Arc::new(crate::metrics::Metrics::default()),
+        );
+        let applier = Applier {
+            writer,
+            fs: std::sync::Arc::new(CgroupFs::from_roots(None, None)),
+            first_contact: None,
+            runtime: String::new(),
+            pods: HashMap::new(),
+            sync: Vec::new(),
+            sync_truncated: false,
+            registered: false,
+        };
+        (state, applier)
+    }
+
+    fn live(state: &crate::state::State) -> Vec<String> {
+        let mut ids: Vec<String> = state
+            .containers()
+            .iter()
+            .filter(|c| c.deleted_at_ns.is_none())
+            .map(|c| c.key.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn synchronize_in_parts_then_events_then_synchronize_again() {
+        let (state, mut a) = applier();
+        a.apply(Update::Configured {
+            runtime: "containerd".into(),
+            version: "2.1.9".into(),
+        });
+        assert_eq!(state.nri_link(), NriLink::Registered);
+        assert_eq!(state.nri_runtime(), "containerd 2.1.9");
+        // Two parts: the pod first, its container in the last.
+        a.apply(Update::Synchronize(wire::SynchronizeRequest {
+            pods: vec![pod()],
+            containers: vec![],
+            more: true,
+        }));
+        assert!(
+            live(&state).is_empty(),
+            "nothing applied before the last part"
+        );
+        a.apply(Update::Synchronize(wire::SynchronizeRequest {
+            pods: vec![],
+            containers: vec![container()],
+            more: false,
+        }));
+        assert_eq!(state.nri_link(), NriLink::Synced);
+        assert_eq!(live(&state), ["c1", "sb1"]);
+        let c1 = state
+            .containers()
+            .get(&ContainerKey::new("k8s.io", "c1"))
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            c1.pod.pod_name.as_deref(),
+            Some("web-0"),
+            "the pod of an earlier part"
+        );
+        // A second container made, then the first removed.
+        let mut c2 = container();
+        c2.id = "c2".into();
+        a.apply(Update::Event {
+            event: wire::Event::CreateContainer,
+            pod: Some(Box::new(pod())),
+            container: Some(Box::new(c2.clone())),
+        });
+        a.apply(Update::Event {
+            event: wire::Event::RemoveContainer,
+            pod: None,
+            container: Some(Box::new(container())),
+        });
+        assert_eq!(live(&state), ["c2", "sb1"]);
+        // A new session's Synchronize without the pod retires it and its container.
+        a.apply(Update::Synchronize(wire::SynchronizeRequest {
+            pods: vec![],
+            containers: vec![],
+            more: false,
+        }));
+        assert!(live(&state).is_empty());
+        assert_eq!(state.metrics().snapshot().nri_events, 6);
+    }
+
+    #[test]
+    fn an_oversized_synchronize_is_cut_and_retires_nothing() {
+        let (state, mut a) = applier();
+        a.apply(Update::Synchronize(wire::SynchronizeRequest {
+            pods: vec![pod()],
+            containers: vec![],
+            more: false,
+        }));
+        assert_eq!(live(&state), ["sb1"]);
+        let many = vec![container(); MAX_SYNC + 1];
+        a.apply(Update::Synchronize(wire::SynchronizeRequest {
+            pods: vec![],
+            containers: many,
+            more: false,
+        }));
+        assert_eq!(live(&state), ["sb1"], "a cut list retires nothing");
+        assert!(a.sync.is_empty() && !a.sync_truncated);
     }
 
     #[test]
