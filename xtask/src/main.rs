@@ -93,7 +93,7 @@ enum Command {
     /// downloaded with a private apt state into target/matrix-cache/ (never installed, except
     /// qemu-system-x86 and gcc with the system's apt when missing). Logs go to
     /// target/matrix-logs/, the table also to target/matrix-last.md. Exits non-zero if any
-    /// cell fails. Needs root. A full run takes 8–13 minutes on 2 cores, --ci 4–6.
+    /// cell fails. Needs root. A full run takes about 20 minutes on 2 cores, --ci 10–11.
     Matrix(matrix::Args),
     /// Run setup, time a clean release build of the agent, run `pidmap-bench`, then fuzz.
     ///

@@ -106,17 +106,15 @@ pub(super) fn fetch(debian: &mut Debian, cache: &Path, kernel: Kernel) -> Result
         say(format!("downloading {package} {version} ({suite})"));
         let deb = debian.with_fresh_retry(|d| d.download(&package, &version))?;
         let unpacked = dir.join("unpacked");
-        debian::extract_matching(&deb, "./boot/vmlinuz-*", &unpacked)?;
-        let boot = unpacked.join("boot");
-        let image = fs::read_dir(&boot)
-            .with_context(|| format!("{} has no boot/", deb.display()))?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-            })
-            .with_context(|| format!("{} has no boot/vmlinuz-*", deb.display()))?;
+        // linux-image-*: /boot/vmlinuz-VERSION; linux-binary-* (7.x): /usr/lib/modules/VERSION/vmlinuz.
+        let (pattern, parent) = if package.starts_with("linux-binary-") {
+            ("./usr/lib/modules/*/vmlinuz", "usr/lib/modules")
+        } else {
+            ("./boot/vmlinuz-*", "boot")
+        };
+        debian::extract_matching(&deb, pattern, &unpacked)?;
+        let image = find_vmlinuz(&unpacked.join(parent))
+            .with_context(|| format!("{} has no {pattern}", deb.display()))?;
         fs::rename(&image, &vmlinuz)
             .with_context(|| format!("cannot move {} into place", image.display()))?;
         let _ = fs::remove_dir_all(&unpacked);
@@ -128,6 +126,31 @@ pub(super) fn fetch(debian: &mut Debian, cache: &Path, kernel: Kernel) -> Result
         version,
         suite,
         vmlinuz,
+    })
+}
+
+/// The kernel image under `dir`: a file named `vmlinuz` or `vmlinuz-*`, at most one level
+/// down.
+fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
+    let is_vmlinuz = |p: &Path| {
+        p.is_file()
+            && p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n == "vmlinuz" || n.starts_with("vmlinuz-")
+            })
+    };
+    let entries: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.iter().find(|p| is_vmlinuz(p)).cloned().or_else(|| {
+        entries
+            .iter()
+            .filter(|p| p.is_dir())
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flat_map(|r| r.flatten().map(|e| e.path()))
+            .find(|p| is_vmlinuz(p))
     })
 }
 
