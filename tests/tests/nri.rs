@@ -332,18 +332,8 @@ mod nri {
         let ctrd = Containerd::start_cri_nri();
         let cri = ctrd.cri();
         let socket = pidmap_tests::private_socket();
-        let (absent, nri) = (
-            ctrd.dir().join("no-containerd-here.sock"),
-            ctrd.nri_socket(),
-        );
-        let args = [
-            "--containerd-socket",
-            absent.to_str().expect("utf-8"),
-            "--nri-socket",
-            nri.to_str().expect("utf-8"),
-            "--containerd-max-backoff-ms",
-            "200",
-        ];
+        let args = nri_only_args(&ctrd);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let running = std::sync::Mutex::new(Vec::new());
         let stop = std::sync::atomic::AtomicBool::new(false);
         let first = AgentProcess::start(&socket, &args);
@@ -398,6 +388,70 @@ mod nri {
             cri.remove_container(&id);
             cri.remove_pod(&pod);
         }
+        drop(agent);
+    }
+
+    /// The agent's arguments for an NRI-only agent process on `ctrd`.
+    fn nri_only_args(ctrd: &Containerd) -> Vec<String> {
+        vec![
+            "--containerd-socket".into(),
+            ctrd.dir()
+                .join("no-containerd-here.sock")
+                .display()
+                .to_string(),
+            "--nri-socket".into(),
+            ctrd.nri_socket().display().to_string(),
+            "--containerd-max-backoff-ms".into(),
+            "200".into(),
+        ]
+    }
+
+    /// A hung agent (SIGSTOP: it reads nothing, answers nothing) costs a pod at most the
+    /// runtime's plugin timeout (2 s, after which containerd drops the plugin), never its
+    /// creation; resumed, the agent reconnects, synchronizes and knows the pod.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_agent_never_fails_a_pod() {
+        let ctrd = Containerd::start_cri_nri();
+        let cri = ctrd.cri();
+        let socket = pidmap_tests::private_socket();
+        let args = nri_only_args(&ctrd);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent = AgentProcess::start(&socket, &args);
+        let client = pidmap::cli::client::connect(agent.socket())
+            .await
+            .unwrap_or_else(|f| panic!("connect: {}", f.message));
+        wait_nri_synced(&client).await;
+        agent.signal(libc::SIGSTOP);
+        let started = Instant::now();
+        let made = tokio::task::block_in_place(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let pod = cri.run_pod(&PodSpec::new("hung-0", POD_NAMESPACE, &uid(400)));
+                let id = cri.create_container(&pod, "app", CRI_IMAGE, &["/bin/sleep", "1000"]);
+                cri.start_container(&id);
+                (pod, id)
+            }))
+        });
+        let took = started.elapsed();
+        agent.signal(libc::SIGCONT);
+        let (pod, id) = made.unwrap_or_else(|p| std::panic::resume_unwind(p));
+        assert!(
+            took < Duration::from_secs(10),
+            "the pod took {took:?} with the agent stopped (containerd waits 2 s, then drops it)"
+        );
+        wait_nri_synced(&client).await;
+        let pid = cri.container_pid(&id);
+        let record = eventually(WAIT, || async {
+            let r = resolve(&client, pid).await;
+            match wrong(&r, &pod, &id, "app") {
+                None => Ok(r),
+                Some(w) => Err(w),
+            }
+        })
+        .await;
+        assert!(record.is_ok(), "after SIGCONT: {record:?}");
+        cri.stop_container(&id);
+        cri.remove_container(&id);
+        cri.remove_pod(&pod);
         drop(agent);
     }
 

@@ -5,9 +5,10 @@
 //!
 //! One record per container, whichever sources know it ([`Sources`]): each
 //! source's full list retires only the records that source knows, and a
-//! record is deleted when no source knows it any more. Where containerd and
-//! NRI both know a container, containerd's record wins and NRI fills what
-//! it lacks (docs/architecture.md, "One container, several sources").
+//! record is deleted when no source knows it any more — or when containerd
+//! lets go of one it knows. Where containerd and NRI both know a container,
+//! containerd's word wins and NRI fills what its record lacks
+//! (docs/architecture.md, "One container, several sources").
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -394,7 +395,9 @@ impl ContainerStore {
     }
 
     /// `source` no longer knows the container; it is deleted when no source
-    /// does. Returns whether it was deleted now.
+    /// does, or at once when containerd let go of it (containerd's word wins:
+    /// an NRI that stays away, say a runtime restarted without it, must not
+    /// keep a container containerd deleted). Returns whether it was deleted now.
     pub fn retire(&mut self, key: &ContainerKey, source: Sources, now_ns: u64) -> bool {
         let Some(c) = self.containers.get_mut(key) else {
             return false;
@@ -402,8 +405,10 @@ impl ContainerStore {
         if c.deleted_at_ns.is_some() {
             return false;
         }
+        let containerd_lets_go =
+            source == Sources::CONTAINERD && c.sources.contains(Sources::CONTAINERD);
         c.sources = c.sources.without(source);
-        if !c.sources.is_empty() {
+        if !c.sources.is_empty() && !containerd_lets_go {
             return false;
         }
         self.mark_deleted(key, now_ns);

@@ -18,6 +18,7 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::UnixStream,
 };
+use tracing::debug;
 
 use wire::{
     ConfigureRequest, ConfigureResponse, Decoder, Empty, Event, PLUGIN_SERVICE,
@@ -34,7 +35,7 @@ pub(crate) const PLUGIN_INDEX: &str = "99";
 const READ_CHUNK: usize = 64 * 1024;
 /// The stream id of pidmap's one call (RegisterPlugin); a ttRPC client's ids are odd.
 const REGISTER_STREAM: u32 = 1;
-/// gRPC's UNIMPLEMENTED, for methods pidmap does not serve.
+/// gRPC's UNIMPLEMENTED, for calls to another service than the plugin's.
 const UNIMPLEMENTED: i32 = 12;
 
 /// The events pidmap subscribes to: pods and containers coming and going, and the init
@@ -163,13 +164,21 @@ pub(crate) async fn session(
 }
 
 /// The answer to one request of the runtime, and whether the session ends after it.
+///
+/// NRI fails a container's creation when a plugin answers `CreateContainer` with an error
+/// status (a timeout or a closed connection only drops the plugin), so no request that may
+/// be part of a container's life is ever answered with an error: what pidmap cannot decode,
+/// or does not serve, gets an empty answer — "no adjustment" — and is logged. Only a
+/// malformed `Synchronize` is refused (the runtime then drops the plugin, which reconnects),
+/// and a call to another service than the plugin's.
 pub fn answer(data: &[u8], sink: &mut impl FnMut(Update)) -> (Response, bool) {
     let ok = |payload: Vec<u8>| Response {
         status: None,
         payload: payload.into(),
     };
     let Ok(request) = Request::decode(data) else {
-        return (error(3, "malformed ttRPC request"), false);
+        debug!("malformed ttRPC request from the runtime; answered empty");
+        return (ok(Vec::new()), false);
     };
     if request.service != PLUGIN_SERVICE {
         return (error(UNIMPLEMENTED, "unknown service"), false);
@@ -208,10 +217,16 @@ pub fn answer(data: &[u8], sink: &mut impl FnMut(Update)) -> (Response, bool) {
                 }
                 (ok(Empty {}.encode_to_vec()), false)
             }
-            Err(_) => (error(3, "malformed StateChangeEvent"), false),
+            Err(_) => {
+                debug!("malformed NRI StateChange; answered empty");
+                (ok(Empty {}.encode_to_vec()), false)
+            }
         },
         "Shutdown" => (ok(Empty {}.encode_to_vec()), true),
-        _ => (error(UNIMPLEMENTED, "method not served by pidmap"), false),
+        method => {
+            debug!(method, "NRI method pidmap does not serve; answered empty");
+            (ok(Vec::new()), false)
+        }
     }
 }
 
@@ -237,7 +252,13 @@ fn event(event: Event, payload: &[u8], sink: &mut impl FnMut(Update)) -> Respons
                 payload: Default::default(),
             }
         }
-        Err(_) => error(3, "malformed request"),
+        Err(_) => {
+            debug!(?event, "malformed NRI request; answered empty");
+            Response {
+                status: None,
+                payload: Default::default(),
+            }
+        }
     }
 }
 
@@ -432,20 +453,46 @@ mod tests {
         ));
     }
 
+    /// NRI fails a container's creation on an error status: nothing that may be part of a
+    /// container's life gets one, whatever the runtime sends.
     #[test]
-    fn unknown_methods_and_garbage_get_errors_not_panics() {
+    fn unknown_methods_and_garbage_are_answered_empty_never_with_an_error() {
+        let mut seen = Vec::new();
+        let mut sink = |u| seen.push(u);
+        for data in [
+            request("ValidateContainerAdjustment", Vec::new()),
+            request("CreateContainer", b"\x0a\xff\xff".to_vec()),
+            request("StopContainer", b"\x12\x05ab".to_vec()),
+            request("StateChange", b"\xff".to_vec()),
+            b"\xff\xff\xff".to_vec(),
+        ] {
+            let (reply, end) = answer(&data, &mut sink);
+            assert!(reply.status.is_none(), "{data:?}: {reply:?}");
+            assert!(!end);
+        }
+        assert!(seen.is_empty(), "nothing malformed is handed on: {seen:?}");
+        // A malformed Synchronize is refused (the runtime drops the plugin, which
+        // reconnects), and so is another service.
         let mut sink = |_| {};
+        assert!(
+            answer(&request("Synchronize", b"\xff".to_vec()), &mut sink)
+                .0
+                .status
+                .is_some()
+        );
+        let other = Request {
+            service: "other.Service".into(),
+            method: "CreateContainer".into(),
+            payload: Default::default(),
+            timeout_nano: 0,
+        };
         assert_eq!(
-            answer(
-                &request("ValidateContainerAdjustment", Vec::new()),
-                &mut sink
-            )
-            .0
-            .status
-            .map(|s| s.code),
+            answer(&other.encode_to_vec(), &mut sink)
+                .0
+                .status
+                .map(|s| s.code),
             Some(UNIMPLEMENTED)
         );
-        assert!(answer(b"\xff\xff\xff", &mut sink).0.status.is_some());
         assert!(answer(&request("Shutdown", Vec::new()), &mut sink).1);
     }
 }

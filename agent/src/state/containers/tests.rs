@@ -373,6 +373,41 @@ fn a_container_both_know_is_deleted_when_the_last_source_lets_go() {
 }
 
 #[test]
+fn containerd_letting_go_deletes_what_nri_still_knows() {
+    // NRI stays away (the runtime restarted without it): containerd's list, and its delete
+    // event, are the word.
+    let mut s = ContainerStore::new();
+    for id in ["listed", "deleted"] {
+        s.upsert_nri(from_nri(id, TaskStatus::Running, Some(5)));
+    }
+    s.reconcile(
+        snapshot(vec![
+            listed("k8s.io", "listed", TaskStatus::Running, Some(5), 50),
+            listed("k8s.io", "deleted", TaskStatus::Running, Some(6), 60),
+        ]),
+        0,
+    );
+    s.apply(
+        &ContainerEvent::ContainerDelete {
+            namespace: "k8s.io".into(),
+            container_id: "deleted".into(),
+        },
+        SEC,
+    );
+    assert_eq!(
+        s.get(&key("k8s.io", "deleted")).unwrap().deleted_at_ns,
+        Some(SEC)
+    );
+    assert_eq!(s.reconcile(snapshot(vec![]), 2 * SEC).deleted, 1);
+    assert!(
+        s.get(&key("k8s.io", "listed"))
+            .unwrap()
+            .deleted_at_ns
+            .is_some()
+    );
+}
+
+#[test]
 fn a_repeated_synchronize_adds_nothing_twice() {
     let mut s = ContainerStore::new();
     let all = || {
