@@ -224,10 +224,7 @@ mod nri {
 
         // Kubelet's teardown: RemoveContainer and RemovePodSandbox delete them.
         for (pod, id) in &made {
-            cri.stop_container(id);
-            cri.remove_container(id);
-            cri.stop_pod(pod);
-            cri.remove_pod(pod);
+            tear_down(&cri, pod, id);
         }
         let gone = eventually(WAIT, || async {
             let live = list(&client, false).await;
@@ -301,10 +298,16 @@ mod nri {
         let metrics = agent.state().metrics().snapshot();
         assert!(metrics.nri_reconnects >= 2, "{metrics:?}");
 
-        cri.stop_container(&id);
-        cri.remove_container(&id);
-        cri.remove_pod(&pod);
+        tear_down(&cri, &pod, &id);
         agent.stop().await;
+    }
+
+    /// Kubelet's teardown of a pod with one container.
+    fn tear_down(cri: &Cri<'_>, pod: &Pod, id: &str) {
+        cri.stop_container(id);
+        cri.remove_container(id);
+        cri.stop_pod(pod);
+        cri.remove_pod(pod);
     }
 
     /// One step of churn: the oldest of three pods removed, one pod made (and its container
@@ -312,10 +315,7 @@ mod nri {
     fn churn_once(cri: &Cri<'_>, running: &mut Vec<(Pod, String)>, n: usize) {
         if running.len() >= 3 {
             let (pod, id) = running.remove(0);
-            cri.stop_container(&id);
-            cri.remove_container(&id);
-            cri.stop_pod(&pod);
-            cri.remove_pod(&pod);
+            tear_down(cri, &pod, &id);
         }
         let pod = cri.run_pod(&PodSpec::new(&format!("job-{n}"), POD_NAMESPACE, &uid(n)));
         let id = cri.create_container(&pod, "job", CRI_IMAGE, &["/bin/sleep", "1000"]);
@@ -384,9 +384,7 @@ mod nri {
             assert!(wrong(&record, pod, id, "job").is_none(), "{record:?}");
         }
         for (pod, id) in running.drain(..) {
-            cri.stop_container(&id);
-            cri.remove_container(&id);
-            cri.remove_pod(&pod);
+            tear_down(&cri, &pod, &id);
         }
         drop(agent);
     }
@@ -449,9 +447,7 @@ mod nri {
         })
         .await;
         assert!(record.is_ok(), "after SIGCONT: {record:?}");
-        cri.stop_container(&id);
-        cri.remove_container(&id);
-        cri.remove_pod(&pod);
+        tear_down(&cri, &pod, &id);
         drop(agent);
     }
 
@@ -507,10 +503,7 @@ mod nri {
         .unwrap_or_else(|l| panic!("not one containerd record each: {l:?}"));
         assert_eq!(listed.len(), want.len(), "duplicates: {listed:?}");
         for (pod, id) in &made {
-            cri.stop_container(id);
-            cri.remove_container(id);
-            cri.stop_pod(pod);
-            cri.remove_pod(pod);
+            tear_down(&cri, pod, id);
         }
         let deleted = eventually(WAIT, || async {
             let all = list(&client, true).await;
