@@ -20,7 +20,11 @@
 //! cri.remove_pod(&pod);
 //! ```
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use containerd_client::tonic::transport::Channel;
@@ -147,7 +151,7 @@ impl<'a> Cri<'a> {
     /// Waits (at most 20 s) until CRI's image service knows `image` (it learns of
     /// images imported with ctr from containerd's events).
     pub fn wait_for_image(&self, image: &str) {
-        let deadline = std::time::Instant::now() + IMAGE_TIMEOUT;
+        let deadline = Instant::now() + IMAGE_TIMEOUT;
         loop {
             let request = api::ImageStatusRequest {
                 image: Some(api::ImageSpec {
@@ -161,7 +165,7 @@ impl<'a> Cri<'a> {
             });
             match status {
                 Ok(status) if status.image.is_some() => return,
-                Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                Ok(_) | Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Ok(_) => panic!("CRI does not know image {image} after {IMAGE_TIMEOUT:?}"),
@@ -294,6 +298,15 @@ impl<'a> Cri<'a> {
         });
     }
 
+    /// Kubelet's teardown of a pod with one container: StopContainer, RemoveContainer,
+    /// StopPodSandbox, RemovePodSandbox.
+    pub fn tear_down(&self, pod: &Pod, id: &str) {
+        self.stop_container(id);
+        self.remove_container(id);
+        self.stop_pod(pod);
+        self.remove_pod(pod);
+    }
+
     /// RemovePodSandbox (stopping it first, as kubelet always does).
     pub fn remove_pod(&self, pod: &Pod) {
         self.stop_pod(pod);
@@ -335,7 +348,7 @@ impl<'a> Cri<'a> {
         let mut errors = Vec::new();
         // Right after a containerd restart CRI answers "server is not initialized yet"
         // while it recovers its pods (seconds with hundreds of them): wait for it.
-        let deadline = std::time::Instant::now() + CRI_RECOVERY_TIMEOUT;
+        let deadline = Instant::now() + CRI_RECOVERY_TIMEOUT;
         let pods = loop {
             let pods = self.try_call(|channel| async move {
                 RuntimeServiceClient::new(channel)
@@ -345,7 +358,7 @@ impl<'a> Cri<'a> {
             match pods {
                 Err(e)
                     if format!("{e:#}").contains("not initialized")
-                        && std::time::Instant::now() < deadline =>
+                        && Instant::now() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -389,4 +402,41 @@ impl<'a> Cri<'a> {
 fn pid_from_info(info: &std::collections::HashMap<String, String>) -> Option<u32> {
     let info: serde_json::Value = serde_json::from_str(info.get("info")?).ok()?;
     info.get("pid")?.as_u64()?.try_into().ok()
+}
+
+/// The files the first process of container `id` in `pod` shows up in: its cgroup's
+/// `cgroup.procs` in each hierarchy runc may use on this host (v2, hybrid's unified, v1
+/// memory).
+pub fn procs_files(pod: &Pod, id: &str) -> Vec<PathBuf> {
+    let cgroup = format!("{}/{id}", pod.spec.cgroup_parent());
+    [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/memory",
+    ]
+    .iter()
+    .map(|root| {
+        Path::new(root)
+            .join(cgroup.trim_start_matches('/'))
+            .join("cgroup.procs")
+    })
+    .collect()
+}
+
+/// The first pid to appear in any of `files`, looked for every `poll` for at most `within`,
+/// and when it was seen.
+pub fn first_pid(files: &[PathBuf], within: Duration, poll: Duration) -> Option<(u32, Instant)> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        for f in files {
+            if let Some(pid) = std::fs::read_to_string(f)
+                .ok()
+                .and_then(|s| s.lines().next()?.trim().parse().ok())
+            {
+                return Some((pid, Instant::now()));
+            }
+        }
+        std::thread::sleep(poll);
+    }
+    None
 }

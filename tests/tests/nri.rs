@@ -21,7 +21,6 @@ mod nri {
 mod nri {
     use std::{
         collections::BTreeSet,
-        path::{Path, PathBuf},
         time::{Duration, Instant},
     };
 
@@ -35,7 +34,7 @@ mod nri {
     use pidmap_tests::{
         AgentProcess, TestAgent,
         containerd::{CRI_IMAGE, CRI_NAMESPACE, Containerd, process_alive},
-        cri::{Cri, Pod, PodSpec},
+        cri::{Cri, Pod, PodSpec, first_pid, procs_files},
         eventually,
     };
     use tonic::transport::Channel;
@@ -77,40 +76,6 @@ mod nri {
 
     fn uid(i: usize) -> String {
         format!("6c2d0e1f-7a3b-4c5d-8e9f-{i:012x}")
-    }
-
-    /// The files a container's first process shows up in: its cgroup's `cgroup.procs` in
-    /// each hierarchy runc may use on this host (v2, hybrid's unified, v1 memory).
-    fn procs_files(cgroup: &str) -> Vec<PathBuf> {
-        [
-            "/sys/fs/cgroup",
-            "/sys/fs/cgroup/unified",
-            "/sys/fs/cgroup/memory",
-        ]
-        .iter()
-        .map(|root| {
-            Path::new(root)
-                .join(cgroup.trim_start_matches('/'))
-                .join("cgroup.procs")
-        })
-        .collect()
-    }
-
-    /// The first pid to appear in any of `files`, looked for every [`POLL`].
-    fn first_pid(files: &[PathBuf], within: Duration) -> Option<u32> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            for f in files {
-                if let Some(pid) = std::fs::read_to_string(f)
-                    .ok()
-                    .and_then(|s| s.lines().next()?.trim().parse().ok())
-                {
-                    return Some(pid);
-                }
-            }
-            std::thread::sleep(POLL);
-        }
-        None
     }
 
     async fn resolve(client: &PidmapClient<Channel>, pid: u32) -> proto::ProcessRecord {
@@ -157,12 +122,12 @@ mod nri {
         name: &str,
     ) -> (String, u32, proto::ProcessRecord) {
         let id = cri.create_container(pod, name, CRI_IMAGE, &["/bin/sleep", "1000"]);
-        let files = procs_files(&format!("{}/{id}", pod.spec.cgroup_parent()));
+        let files = procs_files(pod, &id);
         let handle = tokio::runtime::Handle::current();
         let (pid, record) = tokio::task::block_in_place(|| {
             std::thread::scope(|s| {
                 let starter = s.spawn(|| cri.start_container(&id));
-                let pid = first_pid(&files, WAIT)
+                let (pid, _) = first_pid(&files, WAIT, POLL)
                     .unwrap_or_else(|| panic!("no process of {id} appeared in {files:?}"));
                 let record = handle.block_on(resolve(client, pid));
                 starter
@@ -224,7 +189,7 @@ mod nri {
 
         // Kubelet's teardown: RemoveContainer and RemovePodSandbox delete them.
         for (pod, id) in &made {
-            tear_down(&cri, pod, id);
+            cri.tear_down(pod, id);
         }
         let gone = eventually(WAIT, || async {
             let live = list(&client, false).await;
@@ -298,16 +263,8 @@ mod nri {
         let metrics = agent.state().metrics().snapshot();
         assert!(metrics.nri_reconnects >= 2, "{metrics:?}");
 
-        tear_down(&cri, &pod, &id);
+        cri.tear_down(&pod, &id);
         agent.stop().await;
-    }
-
-    /// Kubelet's teardown of a pod with one container.
-    fn tear_down(cri: &Cri<'_>, pod: &Pod, id: &str) {
-        cri.stop_container(id);
-        cri.remove_container(id);
-        cri.stop_pod(pod);
-        cri.remove_pod(pod);
     }
 
     /// One step of churn: the oldest of three pods removed, one pod made (and its container
@@ -315,7 +272,7 @@ mod nri {
     fn churn_once(cri: &Cri<'_>, running: &mut Vec<(Pod, String)>, n: usize) {
         if running.len() >= 3 {
             let (pod, id) = running.remove(0);
-            tear_down(cri, &pod, &id);
+            cri.tear_down(&pod, &id);
         }
         let pod = cri.run_pod(&PodSpec::new(&format!("job-{n}"), POD_NAMESPACE, &uid(n)));
         let id = cri.create_container(&pod, "job", CRI_IMAGE, &["/bin/sleep", "1000"]);
@@ -384,7 +341,7 @@ mod nri {
             assert!(wrong(&record, pod, id, "job").is_none(), "{record:?}");
         }
         for (pod, id) in running.drain(..) {
-            tear_down(&cri, &pod, &id);
+            cri.tear_down(&pod, &id);
         }
         drop(agent);
     }
@@ -447,7 +404,7 @@ mod nri {
         })
         .await;
         assert!(record.is_ok(), "after SIGCONT: {record:?}");
-        tear_down(&cri, &pod, &id);
+        cri.tear_down(&pod, &id);
         drop(agent);
     }
 
@@ -503,7 +460,7 @@ mod nri {
         .unwrap_or_else(|l| panic!("not one containerd record each: {l:?}"));
         assert_eq!(listed.len(), want.len(), "duplicates: {listed:?}");
         for (pod, id) in &made {
-            tear_down(&cri, pod, id);
+            cri.tear_down(pod, id);
         }
         let deleted = eventually(WAIT, || async {
             let all = list(&client, true).await;

@@ -9,7 +9,6 @@
 //! containers whose very first question was answered whole.
 
 use std::{
-    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -123,7 +122,10 @@ fn measure(
     state: &Arc<State>,
     pods: usize,
 ) -> Result<(Vec<f64>, usize)> {
-    use pidmap_tests::{containerd::CRI_IMAGE, cri::PodSpec};
+    use pidmap_tests::{
+        containerd::CRI_IMAGE,
+        cri::{PodSpec, first_pid, procs_files},
+    };
     let cri = ctrd.cri();
     let mut ms = Vec::with_capacity(pods);
     let mut first_look = 0;
@@ -135,11 +137,11 @@ fn measure(
             &format!("7d3e1f20-8b4c-4d6e-9fa0-{i:012x}"),
         ));
         let id = cri.create_container(&pod, "app", CRI_IMAGE, &["/bin/sleep", "1000"]);
-        let files = procs_files(&format!("{}/{id}", pod.spec.cgroup_parent()));
+        let files = procs_files(&pod, &id);
         let (waited, at_once) = std::thread::scope(|s| {
             let starter = s.spawn(|| cri.start_container(&id));
-            let result =
-                first_pid(&files).map(|(pid, seen)| until_whole(rt, state, pid, &id, seen));
+            let result = first_pid(&files, Duration::from_secs(20), POLL)
+                .map(|(pid, seen)| until_whole(rt, state, pid, &id, seen));
             starter
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -151,45 +153,9 @@ fn measure(
         made.push((pod, id));
     }
     for (pod, id) in made {
-        cri.stop_container(&id);
-        cri.remove_container(&id);
-        cri.stop_pod(&pod);
-        cri.remove_pod(&pod);
+        cri.tear_down(&pod, &id);
     }
     Ok((ms, first_look))
-}
-
-/// `cgroup.procs` of `cgroup` in each hierarchy runc may use here.
-fn procs_files(cgroup: &str) -> Vec<PathBuf> {
-    [
-        "/sys/fs/cgroup",
-        "/sys/fs/cgroup/unified",
-        "/sys/fs/cgroup/memory",
-    ]
-    .iter()
-    .map(|root| {
-        Path::new(root)
-            .join(cgroup.trim_start_matches('/'))
-            .join("cgroup.procs")
-    })
-    .collect()
-}
-
-/// The first pid in any of `files` and when it was seen (at most 20 s).
-fn first_pid(files: &[PathBuf]) -> Option<(u32, Instant)> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        for f in files {
-            if let Some(pid) = std::fs::read_to_string(f)
-                .ok()
-                .and_then(|s| s.lines().next()?.trim().parse().ok())
-            {
-                return Some((pid, Instant::now()));
-            }
-        }
-        std::thread::sleep(POLL);
-    }
-    None
 }
 
 /// Asks about `pid` as the API does until the answer is container `id` with a pod name;
