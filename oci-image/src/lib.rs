@@ -9,6 +9,11 @@
 //! is stored uncompressed (`application/vnd.oci.image.layer.v1.tar`, so its digest is also
 //! its diff id and no gzip header can carry a timestamp).
 //!
+//! [`write_index_archive`] writes several such images of one reference, one per platform
+//! (`linux/amd64`, `linux/arm64`), as one archive whose `index.json` points at an image index
+//! that lists each platform's manifest: what `docker buildx` writes for a multi-platform image,
+//! and what containerd, skopeo and podman pick their own platform from.
+//!
 //! [`pidmap`] is the one definition of what goes into the agent's image, shared by
 //! `cargo xtask image` (release binary) and the end-to-end test (debug binary).
 //!
@@ -84,6 +89,9 @@ pub enum Error {
         #[source]
         source: oci_spec::OciSpecError,
     },
+    /// The images given for a multi-platform archive do not make one.
+    #[error("cannot write a multi-platform archive: {detail}")]
+    Platforms { detail: String },
     /// `ldd` could not tell the shared objects a binary needs.
     #[error("cannot list the shared objects of {}: {detail}", binary.display())]
     Ldd { binary: PathBuf, detail: String },
@@ -122,19 +130,24 @@ enum Entry {
 #[derive(Clone, Debug)]
 pub struct Image {
     reference: String,
+    /// The OCI architecture (`amd64`, `arm64`): this machine's unless set.
+    architecture: String,
     created: u64,
     config: ImageConfig,
     /// Keyed by path without the leading `/`: a parent sorts before its children.
     entries: BTreeMap<String, Entry>,
 }
 
-/// What [`Image::write_archive`] wrote.
+/// What [`Image::write_archive`] or [`write_index_archive`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
     /// The full reference, e.g. `localhost/pidmap:0.1.0`.
     pub reference: String,
-    /// `sha256:…` of the manifest: the image's identity.
+    /// `sha256:…` of what `index.json` points at, the image's identity: the manifest of a
+    /// one-platform archive, the image index of a multi-platform one.
     pub manifest_digest: String,
+    /// Each platform's architecture and manifest digest, in the order written.
+    pub platforms: Vec<(String, String)>,
     /// Size of the archive in bytes.
     pub archive_bytes: u64,
 }
@@ -145,6 +158,7 @@ impl Image {
     pub fn new(reference: impl Into<String>, created: u64, config: ImageConfig) -> Self {
         Self {
             reference: reference.into(),
+            architecture: oci_arch().to_owned(),
             created,
             config,
             entries: BTreeMap::new(),
@@ -154,6 +168,18 @@ impl Image {
     /// The full reference.
     pub fn reference(&self) -> &str {
         &self.reference
+    }
+
+    /// Makes this the image of OCI architecture `arch` (`amd64`, `arm64`) instead of this
+    /// machine's: its config and platform say so; its files are the caller's to match.
+    pub fn set_architecture(&mut self, arch: &str) -> &mut Self {
+        arch.clone_into(&mut self.architecture);
+        self
+    }
+
+    /// The OCI architecture.
+    pub fn architecture(&self) -> &str {
+        &self.architecture
     }
 
     /// The tag part of the reference (`latest` when it has none).
@@ -222,27 +248,21 @@ impl Image {
 
     /// Writes the OCI layout archive to `out` (replacing it) and says what it wrote.
     pub fn write_archive(&self, out: &Path) -> Result<Written, Error> {
-        let bytes = self.archive_bytes()?;
-        let manifest_digest = bytes.1;
-        let write_err = |source| Error::Write {
-            path: out.to_path_buf(),
-            source,
-        };
-        // Write next to `out`, then rename: a reader never sees half an archive.
-        let tmp = out.with_extension("tar.partial");
-        fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(&bytes.0).and_then(|()| f.sync_all()))
-            .and_then(|()| fs::rename(&tmp, out))
-            .map_err(write_err)?;
+        let (blobs, manifest) = self.blobs()?;
+        let index = index_json(&manifest, &self.reference, self.tag())?;
+        let bytes = layout_archive(self.created, blobs, &index)?;
+        write_file(out, &bytes)?;
         Ok(Written {
             reference: self.reference.clone(),
-            manifest_digest,
-            archive_bytes: bytes.0.len() as u64,
+            manifest_digest: manifest.digest().to_string(),
+            platforms: vec![(self.architecture.clone(), manifest.digest().to_string())],
+            archive_bytes: bytes.len() as u64,
         })
     }
 
-    /// The archive's bytes and the manifest digest.
-    fn archive_bytes(&self) -> Result<(Vec<u8>, String), Error> {
+    /// The layer, config and manifest blobs (path in the layout, bytes), and the manifest's
+    /// descriptor with its platform.
+    fn blobs(&self) -> Result<(Vec<Blob>, Descriptor), Error> {
         let layer = self.layer()?;
         let layer_digest = digest(&layer); // Uncompressed: the diff id is the digest.
         let config = self.config_json(&layer_digest)?;
@@ -268,56 +288,17 @@ impl Image {
             descriptor(MediaType::ImageManifest, &manifest_digest, manifest.len())?;
         manifest_desc.set_platform(Some(
             PlatformBuilder::default()
-                .architecture(Arch::from(oci_arch()))
+                .architecture(Arch::from(self.architecture.as_str()))
                 .os(Os::Linux)
                 .build()
                 .map_err(spec_err("platform"))?,
         ));
-        manifest_desc.set_annotations(Some(
-            [
-                (ANNOTATION_CONTAINERD_NAME, self.reference.as_str()),
-                (ANNOTATION_REF_NAME, self.tag()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-        ));
-        let index = ImageIndexBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageIndex)
-            .manifests(vec![manifest_desc])
-            .build()
-            .map_err(spec_err("index"))?;
-        let index = to_vec("index", &index)?;
-
-        let mut archive = tar::Builder::new(Vec::new());
-        let blob_path = |digest: &str| digest.replacen("sha256:", "blobs/sha256/", 1);
-        let mut blobs = [
-            (blob_path(&layer_digest), &layer),
-            (blob_path(&config_digest), &config),
-            (blob_path(&manifest_digest), &manifest),
+        let blobs = vec![
+            (blob_path(&layer_digest), layer),
+            (blob_path(&config_digest), config),
+            (blob_path(&manifest_digest), manifest),
         ];
-        blobs.sort_by(|a, b| a.0.cmp(&b.0));
-        let result: io::Result<()> = (|| {
-            for dir in ["blobs", "blobs/sha256"] {
-                let mut h = header(tar::EntryType::Directory, 0o755, 0, self.created);
-                archive.append_data(&mut h, dir, io::empty())?;
-            }
-            let mut add = add_regular(&mut archive, self.created);
-            for (path, blob) in blobs {
-                add(path, blob)?;
-            }
-            add("index.json".into(), &index)?;
-            add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-            Ok(())
-        })();
-        let bytes = result
-            .and_then(|()| archive.into_inner())
-            .map_err(|source| Error::Write {
-                path: PathBuf::from("(archive in memory)"),
-                source,
-            })?;
-        Ok((bytes, manifest_digest))
+        Ok((blobs, manifest_desc))
     }
 
     /// The layer tar: every entry in path order.
@@ -379,7 +360,7 @@ impl Image {
         }
         let config = ImageConfigurationBuilder::default()
             .created(rfc3339(self.created))
-            .architecture(Arch::from(oci_arch()))
+            .architecture(Arch::from(self.architecture.as_str()))
             .os(Os::Linux)
             .config(runtime.build().map_err(spec_err("config"))?)
             .rootfs(
@@ -393,6 +374,128 @@ impl Image {
             .map_err(spec_err("config"))?;
         to_vec("config", &config)
     }
+}
+
+/// Writes one archive holding `images`, one per platform, all of one reference and
+/// creation time: `index.json` points at an image index listing each image's manifest with
+/// its platform (see the [crate docs](crate)). Two images of one architecture are refused.
+pub fn write_index_archive(images: &[Image], out: &Path) -> Result<Written, Error> {
+    let first = images.first().ok_or(Error::Platforms {
+        detail: "no image given".into(),
+    })?;
+    let mut blobs = Vec::new();
+    let mut manifests = Vec::new();
+    let mut platforms: Vec<(String, String)> = Vec::new();
+    for image in images {
+        if image.reference != first.reference || image.created != first.created {
+            return Err(Error::Platforms {
+                detail: format!(
+                    "{} (created {}) and {} (created {}) differ",
+                    first.reference, first.created, image.reference, image.created
+                ),
+            });
+        }
+        if platforms
+            .iter()
+            .any(|(arch, _)| *arch == image.architecture)
+        {
+            return Err(Error::Platforms {
+                detail: format!("two images for linux/{}", image.architecture),
+            });
+        }
+        let (image_blobs, manifest) = image.blobs()?;
+        platforms.push((image.architecture.clone(), manifest.digest().to_string()));
+        blobs.extend(image_blobs);
+        manifests.push(manifest);
+    }
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .map_err(spec_err("image index"))?;
+    let index = to_vec("image index", &index)?;
+    let index_digest = digest(&index);
+    let index_desc = descriptor(MediaType::ImageIndex, &index_digest, index.len())?;
+    blobs.push((blob_path(&index_digest), index));
+    let index_json = index_json(&index_desc, &first.reference, first.tag())?;
+    let bytes = layout_archive(first.created, blobs, &index_json)?;
+    write_file(out, &bytes)?;
+    Ok(Written {
+        reference: first.reference.clone(),
+        manifest_digest: index_digest,
+        platforms,
+        archive_bytes: bytes.len() as u64,
+    })
+}
+
+/// `index.json`: the one descriptor `target` (a manifest or an image index), named
+/// `reference` for containerd and `tag` for the OCI layout.
+fn index_json(target: &Descriptor, reference: &str, tag: &str) -> Result<Vec<u8>, Error> {
+    let mut target = target.clone();
+    target.set_annotations(Some(
+        [
+            (ANNOTATION_CONTAINERD_NAME, reference),
+            (ANNOTATION_REF_NAME, tag),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    ));
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![target])
+        .build()
+        .map_err(spec_err("index"))?;
+    to_vec("index", &index)
+}
+
+/// A blob of the layout: its path (`blobs/sha256/<hex>`) and bytes.
+type Blob = (String, Vec<u8>);
+
+/// `blobs/sha256/<hex>` of `digest`.
+fn blob_path(digest: &str) -> String {
+    digest.replacen("sha256:", "blobs/sha256/", 1)
+}
+
+/// The OCI layout tar: `blobs/` (sorted, each once), `index.json`, `oci-layout`.
+fn layout_archive(created: u64, mut blobs: Vec<Blob>, index: &[u8]) -> Result<Vec<u8>, Error> {
+    blobs.sort_by(|a, b| a.0.cmp(&b.0));
+    // Platforms may share a blob (an identical layer): stored once.
+    blobs.dedup_by(|a, b| a.0 == b.0);
+    let mut archive = tar::Builder::new(Vec::new());
+    let result: io::Result<()> = (|| {
+        for dir in ["blobs", "blobs/sha256"] {
+            let mut h = header(tar::EntryType::Directory, 0o755, 0, created);
+            archive.append_data(&mut h, dir, io::empty())?;
+        }
+        let mut add = add_regular(&mut archive, created);
+        for (path, blob) in &blobs {
+            add(path.clone(), blob)?;
+        }
+        add("index.json".into(), index)?;
+        add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        Ok(())
+    })();
+    result
+        .and_then(|()| archive.into_inner())
+        .map_err(|source| Error::Write {
+            path: PathBuf::from("(archive in memory)"),
+            source,
+        })
+}
+
+/// Writes `bytes` next to `out`, then renames: a reader never sees half an archive.
+fn write_file(out: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = out.with_extension("tar.partial");
+    fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, out))
+        .map_err(|source| Error::Write {
+            path: out.to_path_buf(),
+            source,
+        })
 }
 
 fn add_regular(
@@ -511,6 +614,91 @@ pub fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The archive's files by path.
+    fn files(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        for entry in tar::Archive::new(archive).entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let path = entry.path().expect("path").display().to_string();
+            let mut data = Vec::new();
+            io::Read::read_to_end(&mut entry, &mut data).expect("read");
+            files.insert(path, data);
+        }
+        files
+    }
+
+    #[test]
+    fn a_multi_platform_archive_indexes_one_manifest_per_platform() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = |arch: &str, content: &str| {
+            let source = dir.path().join(arch);
+            fs::write(&source, content).expect("write");
+            let mut image = Image::new("localhost/x:1", 0, ImageConfig::default());
+            image
+                .set_architecture(arch)
+                .add_file("/bin/x", &source, 0o755)
+                .expect("file");
+            image
+        };
+        let images = [image("amd64", "x86 code"), image("arm64", "arm code")];
+        let out = dir.path().join("index.tar");
+        let written = write_index_archive(&images, &out).expect("write");
+        let again = write_index_archive(&images, &dir.path().join("again.tar")).expect("again");
+        assert_eq!(written, again);
+        assert_eq!(
+            fs::read(&out).expect("read"),
+            fs::read(dir.path().join("again.tar")).expect("read")
+        );
+
+        let all = files(&fs::read(&out).expect("read"));
+        let json = |path: &str| -> Value {
+            serde_json::from_slice(&all[path]).unwrap_or_else(|e| panic!("{path}: {e}"))
+        };
+        let top = json("index.json");
+        let pointer = &top["manifests"][0];
+        assert_eq!(top["manifests"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            pointer["mediaType"],
+            "application/vnd.oci.image.index.v1+json"
+        );
+        assert_eq!(pointer["digest"], written.manifest_digest.as_str());
+        assert_eq!(
+            pointer["annotations"][ANNOTATION_CONTAINERD_NAME],
+            "localhost/x:1"
+        );
+        let index = json(&blob_path(&written.manifest_digest));
+        let manifests = index["manifests"].as_array().expect("manifests");
+        assert_eq!(manifests.len(), 2);
+        for (desc, (arch, content)) in manifests
+            .iter()
+            .zip([("amd64", "x86 code"), ("arm64", "arm code")])
+        {
+            assert_eq!(desc["platform"]["architecture"], arch);
+            assert_eq!(desc["platform"]["os"], "linux");
+            let manifest = json(&blob_path(desc["digest"].as_str().expect("digest")));
+            let config = json(&blob_path(
+                manifest["config"]["digest"].as_str().expect("config"),
+            ));
+            assert_eq!(config["architecture"], arch);
+            let layer = &all[&blob_path(manifest["layers"][0]["digest"].as_str().expect("layer"))];
+            assert_eq!(files(layer)["bin/x"], content.as_bytes());
+        }
+        assert_eq!(
+            written
+                .platforms
+                .iter()
+                .map(|(a, _)| a.as_str())
+                .collect::<Vec<_>>(),
+            ["amd64", "arm64"]
+        );
+
+        // One image per platform, one reference.
+        assert!(write_index_archive(&[image("arm64", "a"), image("arm64", "b")], &out).is_err());
+        let other = Image::new("localhost/y:1", 0, ImageConfig::default());
+        assert!(write_index_archive(&[image("amd64", "a"), other], &out).is_err());
+        assert!(write_index_archive(&[], &out).is_err());
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

@@ -144,12 +144,14 @@ fn the_agent_image_runs_like_the_daemonset_and_resolves_containers() {
     let socket = api_dir.join("pidmap.sock");
     let log = work.path().join("agent.log");
 
-    // The image, from the same recipe as `cargo xtask image`.
+    // The image, from the same recipe and in the same multi-platform form (an image
+    // index, from which containerd picks this node's platform) as `cargo xtask image`.
     let binary = pidmap_bin();
     let libraries = oci_image::pidmap::shared_libraries(&binary).expect("ldd pidmap");
-    let image = oci_image::pidmap::image(&binary, &libraries, "e2e", 0).expect("image");
+    let image = oci_image::pidmap::image_for(oci_image::oci_arch(), &binary, &libraries, "e2e", 0)
+        .expect("image");
     let archive = work.path().join("pidmap-image.tar");
-    let written = image.write_archive(&archive).expect("write archive");
+    let written = oci_image::write_index_archive(&[image], &archive).expect("write archive");
     let built = started.elapsed();
 
     let ctrd = Containerd::start();

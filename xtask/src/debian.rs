@@ -23,9 +23,42 @@ use crate::util::{self, output};
 /// private apt state).
 pub(crate) const CACHE: &str = "matrix-cache";
 
-/// The private apt state (sources list, package lists, `.deb` cache), under [`CACHE`].
-pub(crate) fn apt_dir(target: &Path) -> PathBuf {
-    target.join(CACHE).join("apt")
+/// The private apt state (sources list, package lists, `.deb` cache) of `arch`'s packages,
+/// under [`CACHE`]: `apt/` for amd64, `apt-arm64/` for arm64 (apt keeps one set of lists per
+/// architecture setting, so each has its own).
+fn apt_dir(target: &Path, arch: Arch) -> PathBuf {
+    match arch {
+        Arch::Amd64 => target.join(CACHE).join("apt"),
+        Arch::Arm64 => target.join(CACHE).join("apt-arm64"),
+    }
+}
+
+/// A Debian architecture whose packages the private apt state holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub(crate) enum Arch {
+    /// x86_64.
+    Amd64,
+    /// aarch64.
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's (and OCI's) name: `amd64`, `arm64`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Amd64 => "amd64",
+            Self::Arm64 => "arm64",
+        }
+    }
+
+    /// The suites taken from: every matrix suite for amd64; for arm64 the ones its guests
+    /// and image need (bookworm's glibc matches the cross toolchain's; trixie's 6.12).
+    fn suites(self) -> &'static [&'static str] {
+        match self {
+            Self::Amd64 => &SUITES,
+            Self::Arm64 => &["bookworm", "trixie"],
+        }
+    }
 }
 
 /// Where the system's Debian sources are (deb822 format).
@@ -34,18 +67,21 @@ const SYSTEM_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
 const SUITES: [&str; 4] = ["bullseye", "bookworm", "trixie", "sid"];
 /// Package lists older than this are fetched again.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// The file an `update` touches when it succeeds, in the apt state directory.
+const UPDATED_STAMP: &str = "lists-updated";
 
 /// A private view of Debian's suites (see the [module docs](self)).
 pub(crate) struct Debian {
     dir: PathBuf,
+    arch: Arch,
     mirror: String,
     updated_now: bool,
 }
 
 impl Debian {
-    /// Prepares `dir` (the sources list names the system's mirror) and fetches the package
-    /// lists unless they are less than a day old.
-    pub(crate) fn open(dir: &Path) -> Result<Self> {
+    /// Prepares `dir` (the sources list names the system's mirror) for `arch`'s packages and
+    /// fetches the package lists unless they are less than a day old.
+    pub(crate) fn open(dir: &Path, arch: Arch) -> Result<Self> {
         let sources = fs::read_to_string(SYSTEM_SOURCES)
             .with_context(|| format!("cannot read {SYSTEM_SOURCES} to find the Debian mirror"))?;
         let mirror = mirror_from_deb822(&sources).with_context(|| {
@@ -58,14 +94,16 @@ impl Debian {
             fs::create_dir_all(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
         }
-        let list: String = SUITES
+        let list: String = arch
+            .suites()
             .iter()
-            .map(|suite| format!("deb {mirror} {suite} main\n"))
+            .map(|suite| format!("deb [arch={}] {mirror} {suite} main\n", arch.name()))
             .collect();
         fs::write(dir.join("sources.list"), list)
             .context("cannot write the private sources.list")?;
         let mut debian = Self {
             dir: dir.to_path_buf(),
+            arch,
             mirror,
             updated_now: false,
         };
@@ -73,8 +111,9 @@ impl Debian {
             debian.update()?;
         } else {
             say(format!(
-                "package lists of {} in {} are less than a day old",
-                SUITES.join(", "),
+                "package lists of {} ({}) in {} are less than a day old",
+                arch.suites().join(", "),
+                arch.name(),
                 debian.dir.join("lists").display()
             ));
         }
@@ -84,30 +123,29 @@ impl Debian {
     /// `apt-get update` on the private lists.
     pub(crate) fn update(&mut self) -> Result<()> {
         say(format!(
-            "fetching the package lists of {} from {}",
-            SUITES.join(", "),
+            "fetching the package lists of {} ({}) from {}",
+            self.arch.suites().join(", "),
+            self.arch.name(),
             self.mirror
         ));
         let mut update = self.apt("apt-get");
         update.args(["-q", "update"]);
         util::run_shown(&mut update)?;
         self.updated_now = true;
-        Ok(())
+        let stamp = self.dir.join(UPDATED_STAMP);
+        fs::write(&stamp, b"").with_context(|| format!("cannot write {}", stamp.display()))
     }
 
+    /// Whether the last `update` here is more than [`LISTS_MAX_AGE`] ago (or never was).
+    /// Its own stamp, not the lists' times: apt dates a list by the mirror's `Last-Modified`,
+    /// which for a quiet suite (bookworm's arm64) is weeks back however fresh the fetch.
     fn lists_are_stale(&self) -> bool {
-        let newest = fs::read_dir(self.dir.join("lists"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
-            .filter_map(|e| e.metadata().ok()?.modified().ok())
-            .max();
-        match newest {
-            Some(time) => SystemTime::now()
+        let updated = fs::metadata(self.dir.join(UPDATED_STAMP)).and_then(|m| m.modified());
+        match updated {
+            Ok(time) => SystemTime::now()
                 .duration_since(time)
                 .is_ok_and(|age| age > LISTS_MAX_AGE),
-            None => true,
+            Err(_) => true,
         }
     }
 
@@ -124,7 +162,12 @@ impl Debian {
             .arg("-o")
             .arg(opt("Dir::Cache", &self.dir.join("cache")))
             // The cache is root's own directory: no sandbox user needs to reach it.
-            .args(["-o", "APT::Sandbox::User=root"]);
+            .args(["-o", "APT::Sandbox::User=root"])
+            // Only this architecture's packages, whatever the host's.
+            .arg("-o")
+            .arg(format!("APT::Architecture={}", self.arch.name()))
+            .arg("-o")
+            .arg(format!("APT::Architectures={}", self.arch.name()));
         // AppStream metadata (DEP-11) is for software centres; skip it.
         for target in [
             "DEP-11",
@@ -212,18 +255,24 @@ impl Debian {
 /// no package never touches the mirror.
 pub(crate) struct LazyDebian {
     dir: PathBuf,
+    arch: Arch,
     opened: Option<Debian>,
 }
 
 impl LazyDebian {
-    pub(crate) fn new(dir: PathBuf) -> Self {
-        Self { dir, opened: None }
+    /// `arch`'s packages, with the private apt state in [`apt_dir`] of `target`.
+    pub(crate) fn new(target: &Path, arch: Arch) -> Self {
+        Self {
+            dir: apt_dir(target, arch),
+            arch,
+            opened: None,
+        }
     }
 
     pub(crate) fn get(&mut self) -> Result<&mut Debian> {
         let debian = match self.opened.take() {
             Some(debian) => debian,
-            None => Debian::open(&self.dir)?,
+            None => Debian::open(&self.dir, self.arch)?,
         };
         Ok(self.opened.insert(debian))
     }

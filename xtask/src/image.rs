@@ -1,7 +1,12 @@
-//! `cargo xtask image`: build the release agent and write its OCI image archive.
+//! `cargo xtask image`: build the release agent for amd64 and arm64 and write one OCI
+//! image archive holding both platforms (an image index of two manifests).
 //!
 //! The image's contents are defined once, in `oci_image::pidmap` (shared with the
-//! end-to-end test); `deploy/Containerfile` is the Docker/Buildah equivalent.
+//! end-to-end test); `deploy/Containerfile` is the Docker/Buildah equivalent. Each platform
+//! carries the glibc shared objects its binary loads: this host's for amd64 (what `ldd`
+//! names), Debian bookworm's arm64 packages for arm64 ([`crate::arm64`]) — dynamic, not
+//! static, so both are the same glibc build Debian ships and patches, found by the
+//! same loader a node's own binaries use.
 //!
 //! The same commit gives the same archive from any checkout directory: the agent is built
 //! into `<target dir>/image` with xtask itself as `RUSTC_WRAPPER`, which adds
@@ -22,6 +27,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    arm64,
+    debian::{Arch, LazyDebian},
     setup,
     util::{cargo, fmt_duration, output, repo_root, run_shown},
 };
@@ -32,6 +39,10 @@ pub(crate) struct Args {
     /// `<target dir>/pidmap-image.tar`.
     #[arg(long, value_name = "PATH")]
     out: Option<PathBuf>,
+    /// A platform to put in the archive (repeatable; default: amd64 and arm64). arm64 is
+    /// cross-built (Debian's cross gcc links it) and takes Debian's arm64 glibc.
+    #[arg(long = "arch", value_enum, value_name = "ARCH")]
+    arches: Vec<Arch>,
     /// Instead: clone the committed HEAD twice, into directories of different names and
     /// depths, build the image in each (its own target directory) and require the two
     /// archives to be byte-identical. Takes two clean release builds.
@@ -99,35 +110,59 @@ fn remaps(workspace: &Path, target_dir: &Path) -> Result<OsString> {
     Ok(lines)
 }
 
-/// Runs setup, builds the release agent, writes the archive and prints its reference and
-/// manifest digest. Timestamps are `SOURCE_DATE_EPOCH` if set, else 0.
+/// Runs setup, builds the release agent for each platform, writes the archive and prints
+/// its reference and digests. Timestamps are `SOURCE_DATE_EPOCH` if set, else 0.
 pub(crate) fn run(args: &Args) -> Result<()> {
     if args.check_reproducible {
         return check_reproducible();
     }
     setup::run(&setup::Options { for_tests: false })?;
+    let arches = if args.arches.is_empty() {
+        vec![Arch::Amd64, Arch::Arm64]
+    } else {
+        let mut arches = args.arches.clone();
+        arches.sort_unstable();
+        arches.dedup();
+        arches
+    };
     let (target_dir, version) = target_dir_and_agent_version()?;
     let image_target = target_dir.join("image");
-    let workspace = repo_root()
-        .canonicalize()
-        .context("cannot resolve the checkout's path")?;
-    let wrapper = env::current_exe().context("cannot find xtask's own binary")?;
-    run_shown(
-        cargo()
-            .args(["build", "--release", "-p", "pidmap", "--target-dir"])
-            .arg(&image_target)
-            .env("RUSTC_WRAPPER", wrapper)
-            .env(REMAP_ENV, remaps(&workspace, &image_target)?),
-    )
-    .context("building the agent failed")?;
+    let created = source_date_epoch()?;
+    let mut images = Vec::new();
+    for &arch in &arches {
+        let binary = build(arch, &image_target)?;
+        let libraries = match arch {
+            Arch::Amd64 => oci_image::pidmap::shared_libraries(&binary)?,
+            Arch::Arm64 => {
+                let mut debian = LazyDebian::new(&target_dir, Arch::Arm64);
+                arm64::Root::prepare(&target_dir, &mut debian)?.libraries(&binary)?
+            }
+        };
+        for lib in &libraries {
+            println!(
+                "image: {} {} (from {})",
+                arch.name(),
+                lib.path.display(),
+                lib.source.display()
+            );
+        }
+        images.push(oci_image::pidmap::image_for(
+            arch.name(),
+            &binary,
+            &libraries,
+            &version,
+            created,
+        )?);
+    }
     let start = Instant::now();
-    let binary = image_target.join("release").join("pidmap");
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| target_dir.join("pidmap-image.tar"));
-    let created = source_date_epoch()?;
-    let written = write(&binary, &version, created, &out)?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let written = oci_image::write_index_archive(&images, &out)?;
     println!(
         "image: wrote {} ({} MiB) in {}",
         out.display(),
@@ -135,29 +170,111 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         fmt_duration(start.elapsed())
     );
     println!("image: reference {}", written.reference);
-    println!("image: manifest  {}", written.manifest_digest);
+    println!("image: index     {}", written.manifest_digest);
+    for (arch, digest) in &written.platforms {
+        println!("image: linux/{arch:5} {digest}");
+    }
+    if arches.contains(&Arch::Arm64) {
+        run_arm64_layer(&out, &written)?;
+    }
     println!(
-        "image: load it with `ctr -n k8s.io images import {}`",
+        "image: load it with `ctr -n k8s.io images import {}` (this node's platform)",
         out.display()
     );
     Ok(())
 }
 
-/// Writes the pidmap image of `binary` (with the shared objects it loads on this host).
-fn write(binary: &Path, version: &str, created: u64, out: &Path) -> Result<oci_image::Written> {
-    let libraries = oci_image::pidmap::shared_libraries(binary)?;
-    for lib in &libraries {
-        println!(
-            "image: {} (from {})",
-            lib.path.display(),
-            lib.source.display()
-        );
+/// Reads the linux/arm64 manifest's layer back out of the written archive and runs the agent
+/// in it under user-mode QEMU with that layer as `/`: it must print its version, so the
+/// layer holds a binary and every shared object it loads, at the paths the arm64 loader
+/// uses. (The amd64 platform is run for real by `tests/tests/image.rs`; the arm64 agent's
+/// kernel side by the matrix's arm64 guests.)
+fn run_arm64_layer(archive: &Path, written: &oci_image::Written) -> Result<()> {
+    let manifest = written
+        .platforms
+        .iter()
+        .find(|(arch, _)| arch == "arm64")
+        .map(|(_, digest)| digest)
+        .context("the archive has no linux/arm64 manifest")?;
+    let tmp = tempfile::Builder::new()
+        .prefix("pidmap-image-arm64-")
+        .tempdir()
+        .context("create a temp dir")?;
+    let (layout, root) = (tmp.path().join("layout"), tmp.path().join("root"));
+    for dir in [&layout, &root] {
+        std::fs::create_dir(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    let image = oci_image::pidmap::image(binary, &libraries, version, created)?;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    run_shown(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(&layout),
+    )?;
+    let blob = |digest: &str| layout.join(digest.replacen("sha256:", "blobs/sha256/", 1));
+    let text = std::fs::read(blob(manifest)).context("read the arm64 manifest")?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&text).context("parse the arm64 manifest")?;
+    let layer = json["layers"][0]["digest"]
+        .as_str()
+        .context("the arm64 manifest has no layer")?;
+    run_shown(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(blob(layer))
+            .arg("-C")
+            .arg(&root),
+    )?;
+    arm64::require_qemu_user()?;
+    let mut agent = Command::new(arm64::QEMU_USER);
+    agent
+        .arg("-L")
+        .arg(&root)
+        .arg(root.join(oci_image::pidmap::BINARY.trim_start_matches('/')))
+        .arg("--version");
+    println!("$ {}", crate::util::display(&agent));
+    let version = output(&mut agent).context("the arm64 layer's agent does not run")?;
+    if !version.starts_with("pidmap ") {
+        bail!("the arm64 layer's agent printed {version:?}, not its version");
     }
-    Ok(image.write_archive(out)?)
+    println!(
+        "image: linux/arm64 layer runs under {}: {}",
+        arm64::QEMU_USER,
+        version.trim()
+    );
+    Ok(())
+}
+
+/// Builds the release agent for `arch` into `image_target` with xtask as the rustc wrapper
+/// that remaps the build paths; returns the binary.
+fn build(arch: Arch, image_target: &Path) -> Result<PathBuf> {
+    let workspace = repo_root()
+        .canonicalize()
+        .context("cannot resolve the checkout's path")?;
+    let wrapper = env::current_exe().context("cannot find xtask's own binary")?;
+    let mut build = cargo();
+    build
+        .args(["build", "--release", "-p", "pidmap", "--target-dir"])
+        .arg(image_target)
+        .env("RUSTC_WRAPPER", wrapper)
+        .env(REMAP_ENV, remaps(&workspace, image_target)?);
+    let binary = match arch {
+        Arch::Amd64 => image_target.join("release").join("pidmap"),
+        Arch::Arm64 => {
+            setup::arm64_cross()?;
+            build.args(["--target", setup::ARM64_TARGET]).env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+                setup::ARM64_LINKER,
+            );
+            image_target
+                .join(setup::ARM64_TARGET)
+                .join("release")
+                .join("pidmap")
+        }
+    };
+    run_shown(&mut build)
+        .with_context(|| format!("building the agent for {} failed", arch.name()))?;
+    Ok(binary)
 }
 
 /// `--check-reproducible`: two clones of HEAD in different directories, one image each.

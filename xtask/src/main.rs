@@ -3,6 +3,7 @@
 //! Every subcommand is a thin sequence of ordinary commands (`rustup`, `cargo`, `apt-get`),
 //! printed before they run and run with their output visible. See `docs/development.md`.
 
+mod arm64;
 mod bench;
 mod debian;
 mod fuzz;
@@ -63,9 +64,10 @@ enum Command {
     /// with a busy loop on every core and an exec storm beside them (started and stopped by
     /// xtask); --load runs the whole privileged stage that way instead. Arguments after `--`
     /// go to the privileged test binaries, e.g. a test name filter: `cargo xtask test --
-    /// forked_and_execed_child`. The last stage is `cargo xtask matrix --ci` (three Debian
-    /// kernels under QEMU with cgroup v2, containerd 1.6 and 2.1). Prints a summary of every
-    /// stage.
+    /// forked_and_execed_child`. Then `cargo xtask matrix --ci` (Debian's four amd64 kernels
+    /// and 6.12 on arm64 under QEMU with cgroup v2, and the containerd tests on containerd 2.1),
+    /// the image built from two checkouts, and the arm64 agent started under user-mode QEMU.
+    /// Prints a summary of every stage.
     Test(test::Args),
     /// Run the ground-truth checker with load beside it for as long as asked.
     ///
@@ -74,24 +76,29 @@ enum Command {
     /// containerd) for --minutes, with a busy loop on every core and an exec storm beside it.
     /// Fails on any wrong answer. Needs root.
     Soak(soak::Args),
-    /// Run setup, build the release agent, write its OCI image archive.
+    /// Run setup, build the release agent for amd64 and arm64, write one OCI image archive.
     ///
-    /// The archive (an OCI image layout tar, reference `localhost/pidmap:<version>`) holds the
-    /// binary, the shared objects it loads and a few empty dirs; the same inputs always give
-    /// the same manifest digest (timestamps: SOURCE_DATE_EPOCH, else 0). Load it with
-    /// `ctr -n k8s.io images import`. deploy/Containerfile is the Docker/Buildah equivalent.
+    /// The archive (an OCI image layout tar, reference `localhost/pidmap:<version>`) is an
+    /// image index with a linux/amd64 and a linux/arm64 manifest, each holding that
+    /// platform's binary, the glibc shared objects it loads (this host's for amd64, Debian
+    /// bookworm's arm64 packages for arm64) and a few empty dirs; the same commit gives the
+    /// same bytes from any checkout (timestamps: SOURCE_DATE_EPOCH, else 0). Load it with
+    /// `ctr -n k8s.io images import` (each node takes its platform). deploy/Containerfile is
+    /// the Docker/Buildah equivalent.
     Image(image::Args),
     /// Prove pidmap on other kernels, cgroup layouts and containerd versions; print a table.
     ///
     /// The kernel matrix boots Debian's cloud kernels 5.10 (bullseye), 6.1 (bookworm), 6.12
-    /// (trixie) and 7.2 (sid) under QEMU (TCG) with pure cgroup v2, hybrid and pure v1 layouts, and
+    /// (trixie) and 7.2 (sid) for amd64, and 6.1 and 6.12 for arm64 (the agent cross-built,
+    /// under qemu-system-aarch64), under QEMU (TCG) with pure cgroup v2, hybrid and pure v1 layouts, and
     /// runs the kernel-path checks (ready, cgroup, exited, pidns, storm, rename, orphan,
     /// overflow) in each guest; the `host` row runs them natively on this machine. The
     /// containerd matrix runs the privileged containerd tests against containerd 1.6
     /// (bookworm), 1.7 (trixie) and 2.1 (sid), all with the system's runc. Exact package
     /// versions are looked up at run time from the mirror the system's apt uses; packages are
     /// downloaded with a private apt state into target/matrix-cache/ (never installed, except
-    /// qemu-system-x86 and gcc with the system's apt when missing). Logs go to
+    /// qemu-system-x86, qemu-system-arm, gcc and the arm64 cross toolchain with the system's
+    /// apt when missing). Logs go to
     /// target/matrix-logs/, the table also to target/matrix-last.md. Exits non-zero if any
     /// cell fails. Needs root. A full run takes about 20 minutes on 2 cores, --ci 10–11.
     Matrix(matrix::Args),

@@ -5,7 +5,7 @@ use std::{ffi::OsString, os::unix::process::CommandExt as _, process::Command};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    setup,
+    arm64, setup,
     util::{self, Metadata, cargo, is_root, run_shown},
 };
 
@@ -39,24 +39,15 @@ pub(crate) struct RunArgs {
 /// Runs setup (without the test tools), then builds the `pidmap` package.
 pub(crate) fn build(args: &BuildArgs) -> Result<()> {
     setup::run(&setup::Options { for_tests: false })?;
-    let arm64 = matches!(args.target.as_deref(), Some("aarch64" | "arm64"));
-    if arm64 {
-        setup::arm64_cross()?;
-    }
-    run_shown(&mut build_command(args.debug, arm64)).context("building the agent failed")?;
-    if arm64 {
-        let profile = if args.debug { "debug" } else { "release" };
-        let binary = Metadata::load()?
-            .target_dir()?
-            .join(setup::ARM64_TARGET)
-            .join(profile)
-            .join("pidmap");
+    if matches!(args.target.as_deref(), Some("aarch64" | "arm64")) {
+        let binary = arm64::build_agent(args.debug)?;
         println!("build: {}", binary.display());
         if args.check {
             start_under_qemu(&binary)?;
         }
+        return Ok(());
     }
-    Ok(())
+    run_shown(&mut build_command(args.debug, false)).context("building the agent failed")
 }
 
 /// Cross-builds the release agent for arm64 and runs it under `qemu-aarch64-static` (Debian's
@@ -72,10 +63,8 @@ pub(crate) fn arm64_check() -> Result<()> {
 }
 
 fn start_under_qemu(binary: &std::path::Path) -> Result<()> {
-    const QEMU: &str = "qemu-aarch64-static";
-    if Command::new(QEMU).arg("--version").output().is_err() {
-        setup::apt_install(&["qemu-user-static"])?;
-    }
+    const QEMU: &str = arm64::QEMU_USER;
+    arm64::require_qemu_user()?;
     let run = |args: &[&str]| {
         let mut cmd = Command::new(QEMU);
         cmd.args(["-L", "/usr/aarch64-linux-gnu"])

@@ -1,9 +1,12 @@
 //! The kernel matrix: Debian's cloud kernels under QEMU (TCG), each with three cgroup
 //! layouts, and the host's own kernel natively.
 //!
-//! Every guest boots the same initramfs: a static busybox, the release `pidmap` with the
-//! shared objects `ldd` names, a static `true`, [`init.sh`](init.sh) as `/init` and
-//! [`checks.sh`](checks.sh). `/init` mounts the layout named on the kernel command line
+//! Every guest of an architecture boots the same initramfs: a static busybox, the release
+//! `pidmap` with the shared objects it loads, a static `true`, [`init.sh`](init.sh) as
+//! `/init` and [`checks.sh`](checks.sh). For amd64 guests those are this host's (the
+//! libraries `ldd` names); for arm64 guests (`qemu-system-aarch64 -M virt`, Debian's
+//! `cloud-arm64` kernels) the agent is cross-built and busybox and the libraries are Debian's
+//! arm64 packages ([`crate::arm64`]). `/init` mounts the layout named on the kernel command line
 //! (`pidmap.cgroup=v2|v1|hybrid`), runs the checks and powers off; the checks print
 //! `PIDMAP-CHECK name pass|fail|skip message` lines on the serial console, which
 //! [`follow`] reads. The host row runs the same checks script with busybox applets first
@@ -22,12 +25,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use oci_image::pidmap::Library;
+
 use super::{
     Kernel, Layout, cpio,
     report::{Cell, Row, Verdict},
     say,
 };
-use crate::debian::{self, Debian};
+use crate::debian::{self, Arch, Debian};
 use crate::util::{self, display, fmt_duration, output};
 
 /// The checks, in the order `checks.sh` runs them (its `CHECKS`).
@@ -45,7 +50,7 @@ const BUSYBOX: &str = "/bin/busybox";
 const GUEST_MEMORY_MIB: u32 = 1024;
 
 impl Kernel {
-    /// The Debian suite whose `linux-image-cloud-amd64` is this kernel.
+    /// The Debian suite whose `linux-image-cloud-<arch>` is this kernel.
     fn suite(self) -> Option<&'static str> {
         match self {
             Self::V5_10 => Some("bullseye"),
@@ -65,15 +70,22 @@ pub(super) struct DebianKernel {
     pub vmlinuz: PathBuf,
 }
 
-/// Finds the image package `linux-image-cloud-amd64` of `kernel`'s suite depends on (the
+/// Finds the image package `linux-image-cloud-<arch>` of `kernel`'s suite depends on (the
 /// newest in that suite, so the exact name and version are looked up, never fixed here),
 /// downloads it and unpacks its `vmlinuz` into `cache/kernels/`, unless already there.
-pub(super) fn fetch(debian: &mut Debian, cache: &Path, kernel: Kernel) -> Result<DebianKernel> {
+/// `debian` holds `arch`'s packages.
+pub(super) fn fetch(
+    debian: &mut Debian,
+    cache: &Path,
+    kernel: Kernel,
+    arch: Arch,
+) -> Result<DebianKernel> {
     let suite = kernel
         .suite()
         .context("the host kernel is not a Debian package")?;
     let (package, version) = debian.with_fresh_retry(|d| {
-        let meta = "linux-image-cloud-amd64";
+        let meta = format!("linux-image-cloud-{}", arch.name());
+        let meta = meta.as_str();
         let meta_version = d.version_in(meta, suite)?;
         if !meta_version.starts_with(&format!("{}.", kernel.series())) {
             bail!(
@@ -83,13 +95,13 @@ pub(super) fn fetch(debian: &mut Debian, cache: &Path, kernel: Kernel) -> Result
             );
         }
         let depends = d.field(meta, &meta_version, "Depends")?;
-        let package = image_package(&depends)
+        let package = image_package(&depends, arch)
             .with_context(|| format!("{meta} {meta_version} depends on no image: {depends}"))?;
         let version = d.version_in(&package, suite)?;
         // Since Linux 7.x Debian's `linux-image-*` holds no kernel: it depends on a
         // `linux-binary-*` package that does.
         let image_depends = d.field(&package, &version, "Depends").unwrap_or_default();
-        if let Some(binary) = binary_package(&image_depends) {
+        if let Some(binary) = binary_package(&image_depends, arch) {
             let version = d.version_in(&binary, suite)?;
             return Ok((binary, version));
         }
@@ -154,48 +166,82 @@ fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
     })
 }
 
-/// `linux-binary-…-cloud-amd64` (the signed one, not `linux-binary-unsigned-…`) from an
+/// `linux-binary-…-cloud-<arch>` (the signed one, not `linux-binary-unsigned-…`) from an
 /// image package's `Depends:` line, where the kernel is in such a package.
-fn binary_package(depends: &str) -> Option<String> {
+fn binary_package(depends: &str, arch: Arch) -> Option<String> {
+    let suffix = format!("-cloud-{}", arch.name());
     depends
         .split([',', '|'])
         .filter_map(|item| item.split_whitespace().next())
         .find(|name| {
             name.starts_with("linux-binary-")
                 && !name.starts_with("linux-binary-unsigned-")
-                && name.ends_with("-cloud-amd64")
+                && name.ends_with(&suffix)
         })
         .map(str::to_owned)
 }
 
-/// `linux-image-…-cloud-amd64` from a `Depends:` line such as
+/// `linux-image-…-cloud-<arch>` from a `Depends:` line such as
 /// `linux-image-6.1.0-50-cloud-amd64 (= 6.1.176-1)`.
-fn image_package(depends: &str) -> Option<String> {
+fn image_package(depends: &str, arch: Arch) -> Option<String> {
+    let suffix = format!("-cloud-{}", arch.name());
     depends
         .split([',', '|'])
         .filter_map(|item| item.split_whitespace().next())
-        .find(|name| name.starts_with("linux-image-") && name.ends_with("-cloud-amd64"))
+        .find(|name| name.starts_with("linux-image-") && name.ends_with(&suffix))
         .map(str::to_owned)
 }
 
-/// Compiles [`STATIC_TRUE_C`] with `gcc -static` into `work/static-true`.
-pub(super) fn build_static_true(work: &Path) -> Result<PathBuf> {
+/// The compiler of `arch`'s static programs: the host's gcc, or Debian's cross gcc.
+fn c_compiler(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "gcc",
+        Arch::Arm64 => crate::setup::ARM64_LINKER,
+    }
+}
+
+/// Compiles [`STATIC_TRUE_C`] for `arch` with `gcc -static` into `work/static-true-<arch>`.
+pub(super) fn build_static_true(work: &Path, arch: Arch) -> Result<PathBuf> {
     let source = work.join("static-true.c");
-    let binary = work.join("static-true");
+    let binary = work.join(format!("static-true-{}", arch.name()));
     fs::write(&source, STATIC_TRUE_C).context("cannot write static-true.c")?;
+    let compiler = c_compiler(arch);
     util::run_shown(
-        Command::new("gcc")
+        Command::new(compiler)
             .args(["-static", "-O2", "-s", "-o"])
             .arg(&binary)
             .arg(&source),
     )
-    .context("cannot build a static `true` (Debian: gcc and libc6-dev)")?;
+    .with_context(|| {
+        format!(
+            "cannot build a static `true` for {} with {compiler}",
+            arch.name()
+        )
+    })?;
     Ok(binary)
 }
 
-/// Writes the guests' initramfs (an uncompressed `newc` cpio) to `work/initramfs.cpio`.
-pub(super) fn build_initramfs(work: &Path, pidmap: &Path, static_true: &Path) -> Result<PathBuf> {
-    let path = work.join("initramfs.cpio");
+/// What the guests of one architecture run: the agent, the shared objects it loads (`path`
+/// in the guest, `source` here), a static busybox and a static `true`.
+pub(super) struct Userland {
+    pub arch: Arch,
+    pub pidmap: PathBuf,
+    pub libraries: Vec<Library>,
+    pub busybox: PathBuf,
+    pub static_true: PathBuf,
+}
+
+/// Writes the guests' initramfs (an uncompressed `newc` cpio) to
+/// `work/initramfs-<arch>.cpio`.
+pub(super) fn build_initramfs(work: &Path, userland: &Userland) -> Result<PathBuf> {
+    let Userland {
+        arch,
+        pidmap,
+        libraries,
+        busybox,
+        static_true,
+    } = userland;
+    let path = work.join(format!("initramfs-{}.cpio", arch.name()));
     let file =
         fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut cpio = cpio::Writer::new(std::io::BufWriter::new(file));
@@ -210,7 +256,6 @@ pub(super) fn build_initramfs(work: &Path, pidmap: &Path, static_true: &Path) ->
         "sys",
         "tmp",
     ];
-    let libraries = oci_image::pidmap::shared_libraries(pidmap)?;
     let library_dirs: Vec<String> = libraries
         .iter()
         .filter_map(|lib| lib.path.parent())
@@ -228,13 +273,13 @@ pub(super) fn build_initramfs(work: &Path, pidmap: &Path, static_true: &Path) ->
     }
     // The kernel opens /dev/console for /init before anything is mounted.
     cpio.char_dev("dev/console", 0o600, 5, 1)?;
-    cpio.file("bin/busybox", 0o755, &read(Path::new(BUSYBOX))?)?;
+    cpio.file("bin/busybox", 0o755, &read(busybox)?)?;
     cpio.symlink("bin/sh", "busybox")?;
     cpio.file("bin/pidmap", 0o755, &read(pidmap)?)?;
     cpio.file("bin/static-true", 0o755, &read(static_true)?)?;
     cpio.file("init", 0o755, INIT_SH.as_bytes())?;
     cpio.file("etc/pidmap/checks.sh", 0o644, CHECKS_SH.as_bytes())?;
-    for lib in &libraries {
+    for lib in libraries {
         let inside = lib.path.to_string_lossy();
         cpio.file(inside.trim_start_matches('/'), 0o755, &read(&lib.source)?)?;
     }
@@ -243,25 +288,54 @@ pub(super) fn build_initramfs(work: &Path, pidmap: &Path, static_true: &Path) ->
         .with_context(|| format!("cannot write {}", path.display()))?;
     let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     say(format!(
-        "initramfs {} ({} MiB): busybox, pidmap, static-true, {} shared objects, /init, checks.sh",
+        "initramfs {} ({} MiB, {}): busybox, pidmap, static-true, {} shared objects, /init, \
+         checks.sh",
         path.display(),
         size >> 20,
+        arch.name(),
         libraries.len()
     ));
     Ok(path)
 }
 
-/// Boots `kernel` with `layout` under QEMU and runs the checks; every failure (QEMU not
-/// starting, a timeout) ends up in the row's cells.
+/// The host's own userland for amd64 guests: the release agent built here, the shared
+/// objects `ldd` names, Debian's static busybox installed here.
+pub(super) fn host_userland(pidmap: &Path, static_true: &Path) -> Result<Userland> {
+    Ok(Userland {
+        arch: Arch::Amd64,
+        pidmap: pidmap.to_path_buf(),
+        libraries: oci_image::pidmap::shared_libraries(pidmap)?,
+        busybox: PathBuf::from(BUSYBOX),
+        static_true: static_true.to_path_buf(),
+    })
+}
+
+/// The QEMU system emulator of `arch` and the package that has it.
+pub(super) fn qemu_system(arch: Arch) -> (&'static str, &'static str) {
+    match arch {
+        Arch::Amd64 => ("qemu-system-x86_64", "qemu-system-x86"),
+        Arch::Arm64 => ("qemu-system-aarch64", "qemu-system-arm"),
+    }
+}
+
+/// A row's name: `6.1 v2` for amd64 (as ever), `6.1 arm64 v2` for arm64.
+pub(super) fn row_name(release: Kernel, arch: Arch, layout: Layout) -> String {
+    match arch {
+        Arch::Amd64 => format!("{} {}", release.series(), layout.name()),
+        Arch::Arm64 => format!("{} {} {}", release.series(), arch.name(), layout.name()),
+    }
+}
+
+/// Boots `kernel` (of `arch`) with `layout` under QEMU and runs the checks; every failure
+/// (QEMU not starting, a timeout) ends up in the row's cells.
 pub(super) fn run_vm(
     kernel: &DebianKernel,
-    release: Kernel,
-    layout: Layout,
+    (release, arch, layout): (Kernel, Arch, Layout),
     initramfs: &Path,
     timeout: Duration,
     log: &Path,
 ) -> Row {
-    let name = format!("{} {}", release.series(), layout.name());
+    let name = row_name(release, arch, layout);
     let label = format!(
         "{} {} ({}), cgroup {}",
         kernel.package,
@@ -269,8 +343,14 @@ pub(super) fn run_vm(
         kernel.suite,
         layout.name()
     );
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+    let (console, machine): (&str, &[&str]) = match arch {
+        Arch::Amd64 => ("ttyS0", &[]),
+        // The virt board's PL011 UART; Debian's arm64 cloud kernels have its driver built in.
+        Arch::Arm64 => ("ttyAMA0", &["-M", "virt"]),
+    };
+    let mut qemu = Command::new(qemu_system(arch).0);
+    qemu.args(machine)
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
         .args(["-m", &GUEST_MEMORY_MIB.to_string()])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-serial", "stdio", "-no-reboot"])
@@ -280,7 +360,7 @@ pub(super) fn run_vm(
         .arg(initramfs)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 rdinit=/init panic=-1 loglevel=4 pidmap.cgroup={}",
+            "console={console} rdinit=/init panic=-1 loglevel=4 pidmap.cgroup={}",
             layout.name()
         ));
     say(format!(
@@ -625,7 +705,11 @@ mod tests {
     #[test]
     fn the_image_package_comes_from_the_metapackage_depends() {
         assert_eq!(
-            image_package("linux-image-6.1.0-50-cloud-amd64 (= 6.1.176-1)").as_deref(),
+            image_package(
+                "linux-image-6.1.0-50-cloud-amd64 (= 6.1.176-1)",
+                Arch::Amd64
+            )
+            .as_deref(),
             Some("linux-image-6.1.0-50-cloud-amd64")
         );
         assert_eq!(
@@ -633,21 +717,43 @@ mod tests {
                 "dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
                  linux-base-7.2.13+deb14-cloud-amd64 (= 7.2.13-1), \
                  linux-binary-7.2.13+deb14-cloud-amd64 (= 7.2.13-1), \
-                 linux-modules-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)"
+                 linux-modules-7.2.13+deb14-cloud-amd64 (= 7.2.13-1)",
+                Arch::Amd64
             )
             .as_deref(),
             Some("linux-binary-7.2.13+deb14-cloud-amd64")
         );
         assert_eq!(
-            binary_package("linux-image-6.1.0-50-cloud-amd64 (= 6.1.176-1)"),
+            binary_package(
+                "linux-image-6.1.0-50-cloud-amd64 (= 6.1.176-1)",
+                Arch::Amd64
+            ),
             None
         );
         assert_eq!(
-            image_package("initramfs-tools, linux-image-6.12.57+deb13-cloud-amd64 (= 6.12.57-1)")
-                .as_deref(),
+            image_package(
+                "initramfs-tools, linux-image-6.12.57+deb13-cloud-amd64 (= 6.12.57-1)",
+                Arch::Amd64
+            )
+            .as_deref(),
             Some("linux-image-6.12.57+deb13-cloud-amd64")
         );
-        assert_eq!(image_package("linux-headers-6.1.0-50-cloud-amd64"), None);
+        assert_eq!(
+            image_package("linux-headers-6.1.0-50-cloud-amd64", Arch::Amd64),
+            None
+        );
+        // arm64: the same metapackage scheme, the arch's own suffix.
+        let arm64 = "linux-image-6.12.57+deb13-cloud-arm64 (= 6.12.57-1)";
+        assert_eq!(
+            image_package(arm64, Arch::Arm64).as_deref(),
+            Some("linux-image-6.12.57+deb13-cloud-arm64")
+        );
+        assert_eq!(image_package(arm64, Arch::Amd64), None);
+        assert_eq!(
+            row_name(Kernel::V6_12, Arch::Arm64, Layout::Hybrid),
+            "6.12 arm64 hybrid"
+        );
+        assert_eq!(row_name(Kernel::V6_1, Arch::Amd64, Layout::V2), "6.1 v2");
     }
 
     #[test]

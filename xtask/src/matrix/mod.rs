@@ -2,7 +2,8 @@
 //! versions people run, and print one table.
 //!
 //! Two matrices: [`kernel`] boots Debian's cloud kernels under QEMU with each cgroup
-//! layout (plus the host's own kernel, natively) and runs the kernel-path checks of
+//! layout — amd64, and arm64 for 6.1 and 6.12 with the agent cross-built — (plus the host's
+//! own kernel, natively) and runs the kernel-path checks of
 //! `checks.sh`; [`containerd`] runs the privileged containerd tests against each
 //! containerd version. Downloads are cached in `target/matrix-cache/` (kept between runs),
 //! console and test logs go to `target/matrix-logs/`, the table also to
@@ -25,7 +26,8 @@ use anyhow::{Context as _, Result, bail};
 
 use self::report::{Report, Row, Section};
 use crate::{
-    debian::{self, LazyDebian},
+    arm64,
+    debian::{self, Arch, LazyDebian},
     setup,
     util::{Metadata, Probe, cargo, fmt_duration, is_root, output, probe, run_shown},
 };
@@ -52,6 +54,16 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     const DEBIAN: [Self; 4] = [Self::V5_10, Self::V6_1, Self::V6_12, Self::V7_2];
+
+    /// The architectures this kernel has rows for: amd64 for every Debian kernel, arm64
+    /// (Debian's `cloud-arm64`, 4 KiB pages) for 6.1 and 6.12.
+    fn arches(self) -> &'static [Arch] {
+        match self {
+            Self::V6_1 | Self::V6_12 => &[Arch::Amd64, Arch::Arm64],
+            Self::V5_10 | Self::V7_2 => &[Arch::Amd64],
+            Self::Host => &[],
+        }
+    }
 
     fn series(self) -> &'static str {
         match self {
@@ -123,18 +135,24 @@ pub(crate) struct Args {
     /// --kernel, the host row runs only if its own layout is selected.
     #[arg(long = "cgroup", value_enum, value_name = "LAYOUT")]
     layouts: Vec<Layout>,
+    /// An architecture of the Debian guests (repeatable; default: all). arm64 guests (6.1
+    /// and 6.12) run the agent cross-built for arm64 under `qemu-system-aarch64` (TCG);
+    /// the host row is amd64.
+    #[arg(long = "arch", value_enum, value_name = "ARCH")]
+    arches: Vec<Arch>,
     /// A containerd version to run the containerd tests against (repeatable; default: all).
     #[arg(long = "containerd", value_enum, value_name = "VERSION")]
     containerds: Vec<Containerd>,
     /// Skip the kernel matrix.
-    #[arg(long, conflicts_with_all = ["kernels", "layouts"])]
+    #[arg(long, conflicts_with_all = ["kernels", "layouts", "arches"])]
     no_kernel: bool,
     /// Skip the containerd matrix.
     #[arg(long, conflicts_with = "containerds")]
     no_containerd: bool,
-    /// The subset CI runs: the four Debian kernels with pure cgroup v2, and containerd
-    /// 1.6 and 2.1.
-    #[arg(long, conflicts_with_all = ["kernels", "layouts", "containerds", "no_kernel", "no_containerd"])]
+    /// The subset CI runs: the four Debian kernels with pure cgroup v2 (amd64, and 6.12 on
+    /// arm64), and containerd 2.1 (`cargo xtask test` runs the same tests against the
+    /// system's containerd, 1.6, in its privileged stage).
+    #[arg(long, conflicts_with_all = ["kernels", "layouts", "arches", "containerds", "no_kernel", "no_containerd"])]
     ci: bool,
     /// How long one VM (or the host run) may take before it is stopped and its missing
     /// checks fail.
@@ -145,8 +163,8 @@ pub(crate) struct Args {
 /// What one run does.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Plan {
-    /// Debian kernels and the layouts each boots with.
-    vms: Vec<(Kernel, Layout)>,
+    /// Debian kernels, the architecture and the layout each boots with.
+    vms: Vec<(Kernel, Arch, Layout)>,
     host: bool,
     containerds: Vec<Containerd>,
     vm_timeout: Duration,
@@ -156,9 +174,13 @@ impl Plan {
     /// The subset `cargo xtask test` runs (and `--ci` selects).
     pub(crate) fn ci() -> Self {
         Self {
-            vms: Kernel::DEBIAN.iter().map(|&k| (k, Layout::V2)).collect(),
+            vms: Kernel::DEBIAN
+                .iter()
+                .map(|&k| (k, Arch::Amd64, Layout::V2))
+                .chain([(Kernel::V6_12, Arch::Arm64, Layout::V2)])
+                .collect(),
             host: false,
-            containerds: vec![Containerd::V1_6, Containerd::V2_1],
+            containerds: vec![Containerd::V2_1],
             vm_timeout: Duration::from_secs(600),
         }
     }
@@ -183,13 +205,22 @@ impl Plan {
             } else {
                 sorted(&args.kernels)
             };
-            let vms = kernels
-                .iter()
-                .filter(|&&k| k != Kernel::Host)
-                .flat_map(|&k| layouts.iter().map(move |&l| (k, l)))
-                .collect();
+            let arches = if args.arches.is_empty() {
+                vec![Arch::Amd64, Arch::Arm64]
+            } else {
+                sorted(&args.arches)
+            };
+            // Amd64 rows first, then arm64 (one agent build and initramfs each).
+            let mut vms = Vec::new();
+            for &a in &arches {
+                for &k in kernels.iter().filter(|k| k.arches().contains(&a)) {
+                    vms.extend(layouts.iter().map(|&l| (k, a, l)));
+                }
+            }
+            // The host row is amd64: an `--arch arm64` run leaves it out unless named.
             let host = args.kernels.contains(&Kernel::Host)
                 || (args.kernels.is_empty()
+                    && arches.contains(&Arch::Amd64)
                     && host_layout
                         .is_some_and(|l| args.layouts.is_empty() || args.layouts.contains(&l)));
             (vms, host)
@@ -215,7 +246,7 @@ impl Plan {
             let vms: Vec<String> = self
                 .vms
                 .iter()
-                .map(|(k, l)| format!("{} {}", k.series(), l.name()))
+                .map(|&(k, a, l)| kernel::row_name(k, a, l))
                 .collect();
             parts.push(format!("QEMU guests: {}", vms.join(", ")));
         }
@@ -272,7 +303,7 @@ fn cache_dir(target: &Path) -> PathBuf {
 /// cache once) for the test file that needs one whatever the system's containerd is.
 pub(crate) fn containerd_with_nri() -> Result<PathBuf> {
     let target = Metadata::load()?.target_dir()?;
-    let mut debian = LazyDebian::new(debian::apt_dir(&target));
+    let mut debian = LazyDebian::new(&target, Arch::Amd64);
     let runtime = containerd::prepare(Containerd::V2_1, &cache_dir(&target), &mut debian)?;
     match runtime.bin_dir {
         Some(dir) => Ok(dir),
@@ -311,7 +342,7 @@ pub(crate) fn run_plan(plan: &Plan, command: &str) -> Result<()> {
         .prefix("pidmap-matrix-")
         .tempdir()
         .context("cannot create a temp dir")?;
-    let mut debian = LazyDebian::new(debian::apt_dir(&target));
+    let mut debian = LazyDebian::new(&target, Arch::Amd64);
 
     let mut report = Report::default();
     if !plan.vms.is_empty() || plan.host {
@@ -372,39 +403,58 @@ fn kernel_section(
     run_shown(cargo().args(["build", "--release", "-p", "pidmap"]))?;
     let pidmap = target.join("release/pidmap");
     require_tool("gcc", &["gcc", "libc6-dev"])?;
-    let static_true = kernel::build_static_true(work)?;
+    let static_true = kernel::build_static_true(work, Arch::Amd64)?;
     let mut rows = Vec::new();
-    if !plan.vms.is_empty() {
-        require_tool("qemu-system-x86_64", &["qemu-system-x86"])?;
-        let initramfs = kernel::build_initramfs(work, &pidmap, &static_true)?;
-        let mut kernels: Vec<Kernel> = plan.vms.iter().map(|(k, _)| *k).collect();
+    let mut arches: Vec<Arch> = plan.vms.iter().map(|&(_, a, _)| a).collect();
+    arches.dedup();
+    let mut debian_arm64 = LazyDebian::new(target, Arch::Arm64);
+    for arch in arches {
+        let vms: Vec<(Kernel, Arch, Layout)> =
+            plan.vms.iter().filter(|v| v.1 == arch).copied().collect();
+        let (qemu, qemu_package) = kernel::qemu_system(arch);
+        // A guest userland that cannot be built fails its rows, not the whole matrix.
+        let initramfs = require_tool(qemu, &[qemu_package])
+            .and_then(|()| match arch {
+                Arch::Amd64 => kernel::host_userland(&pidmap, &static_true),
+                Arch::Arm64 => arm64_userland(target, work, &mut debian_arm64),
+            })
+            .and_then(|userland| kernel::build_initramfs(work, &userland))
+            .map_err(|err| format!("cannot prepare the {} guests: {err:#}", arch.name()));
+        let debian = match arch {
+            Arch::Amd64 => &mut *debian,
+            Arch::Arm64 => &mut debian_arm64,
+        };
+        let mut kernels: Vec<Kernel> = vms.iter().map(|v| v.0).collect();
         kernels.dedup();
         for release in kernels {
-            let layouts = plan
-                .vms
-                .iter()
-                .filter(|(k, _)| *k == release)
-                .map(|(_, l)| *l);
-            let image = debian.get().and_then(|d| kernel::fetch(d, cache, release));
-            for layout in layouts {
-                let row = match &image {
-                    Ok(image) => kernel::run_vm(
+            let image = match &initramfs {
+                Ok(_) => debian
+                    .get()
+                    .and_then(|d| kernel::fetch(d, cache, release, arch))
+                    .map_err(|err| format!("cannot get the kernel: {err:#}")),
+                Err(err) => Err(err.clone()),
+            };
+            for &vm in vms.iter().filter(|v| v.0 == release) {
+                let (_, _, layout) = vm;
+                let name = kernel::row_name(release, arch, layout);
+                let row = match (&initramfs, &image) {
+                    (Ok(initramfs), Ok(image)) => kernel::run_vm(
                         image,
-                        release,
-                        layout,
-                        &initramfs,
+                        vm,
+                        initramfs,
                         plan.vm_timeout,
-                        &logs.join(format!("kernel-{}-{}.log", release.series(), layout.name())),
+                        &logs.join(format!("kernel-{}.log", name.replace(' ', "-"))),
                     ),
-                    Err(err) => Row::failed(
-                        format!("{} {}", release.series(), layout.name()),
+                    (Err(err), _) | (_, Err(err)) => Row::failed(
+                        name,
                         format!(
-                            "Linux {} (Debian), cgroup {}",
+                            "Linux {} (Debian, {}), cgroup {}",
                             release.series(),
+                            arch.name(),
                             layout.name()
                         ),
                         &kernel::CHECKS,
-                        &format!("cannot get the kernel: {err:#}"),
+                        err,
                     ),
                 };
                 rows.push(row);
@@ -424,6 +474,23 @@ fn kernel_section(
         title: "kernel × cgroup layout",
         columns: kernel::CHECKS.map(str::to_owned).to_vec(),
         rows,
+    })
+}
+
+/// The arm64 guests' userland: the release agent cross-built for arm64, a static `true` from
+/// the cross gcc, and Debian's arm64 busybox and the shared objects the agent loads.
+fn arm64_userland(target: &Path, work: &Path, debian: &mut LazyDebian) -> Result<kernel::Userland> {
+    say("cross-building the release agent for the arm64 guests");
+    let pidmap = arm64::build_agent(false)?;
+    let static_true = kernel::build_static_true(work, Arch::Arm64)?;
+    let root = arm64::Root::prepare(target, debian)?;
+    let libraries = root.libraries(&pidmap)?;
+    Ok(kernel::Userland {
+        arch: Arch::Arm64,
+        pidmap,
+        libraries,
+        busybox: root.busybox(),
+        static_true,
     })
 }
 
@@ -508,25 +575,28 @@ mod tests {
     #[test]
     fn no_options_is_everything_and_the_host_in_its_layout() {
         let p = plan(&[], Some(Layout::Hybrid));
-        assert_eq!(p.vms.len(), 12);
+        // Four amd64 kernels and two arm64 ones, three layouts each.
+        assert_eq!(p.vms.len(), 18);
+        assert_eq!(p.vms[12], (Kernel::V6_1, Arch::Arm64, Layout::V2));
         assert!(p.host);
         assert_eq!(p.containerds, Containerd::ALL);
     }
 
     #[test]
-    fn ci_is_four_kernels_on_v2_and_two_containerds() {
+    fn ci_is_four_kernels_and_one_arm64_on_v2_and_containerd_2_1() {
         let p = plan(&["--ci"], Some(Layout::Hybrid));
         assert_eq!(
             p.vms,
             [
-                (Kernel::V5_10, Layout::V2),
-                (Kernel::V6_1, Layout::V2),
-                (Kernel::V6_12, Layout::V2),
-                (Kernel::V7_2, Layout::V2)
+                (Kernel::V5_10, Arch::Amd64, Layout::V2),
+                (Kernel::V6_1, Arch::Amd64, Layout::V2),
+                (Kernel::V6_12, Arch::Amd64, Layout::V2),
+                (Kernel::V7_2, Arch::Amd64, Layout::V2),
+                (Kernel::V6_12, Arch::Arm64, Layout::V2)
             ]
         );
         assert!(!p.host);
-        assert_eq!(p.containerds, [Containerd::V1_6, Containerd::V2_1]);
+        assert_eq!(p.containerds, [Containerd::V2_1]);
         assert!(Cli::try_parse_from(["matrix", "--ci", "--kernel", "6.1"]).is_err());
     }
 
@@ -536,7 +606,31 @@ mod tests {
             &["--kernel", "6.1", "--cgroup", "v2", "--no-containerd"],
             Some(Layout::Hybrid),
         );
-        assert_eq!(p.vms, [(Kernel::V6_1, Layout::V2)]);
+        assert_eq!(
+            p.vms,
+            [
+                (Kernel::V6_1, Arch::Amd64, Layout::V2),
+                (Kernel::V6_1, Arch::Arm64, Layout::V2)
+            ]
+        );
+        let arm = plan(
+            &["--arch", "arm64", "--cgroup", "hybrid", "--no-containerd"],
+            None,
+        );
+        assert_eq!(
+            arm.vms,
+            [
+                (Kernel::V6_1, Arch::Arm64, Layout::Hybrid),
+                (Kernel::V6_12, Arch::Arm64, Layout::Hybrid)
+            ]
+        );
+        assert!(!plan(&["--arch", "arm64"], Some(Layout::Hybrid)).host);
+        // 5.10 has no arm64 row.
+        assert!(
+            plan(&["--kernel", "5.10", "--arch", "arm64"], None)
+                .vms
+                .is_empty()
+        );
         assert!(!p.host);
         assert!(p.containerds.is_empty());
 

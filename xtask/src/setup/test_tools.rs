@@ -145,7 +145,7 @@ pub(super) fn cri_api() -> Result<()> {
         "CRI API not found ({}): fetching Debian's {CRI_PACKAGE}",
         proto.display()
     ));
-    let mut debian = LazyDebian::new(debian::apt_dir(&target));
+    let mut debian = LazyDebian::new(&target, debian::Arch::Amd64);
     let debian = debian.get()?;
     let (suite, version) = debian.with_fresh_retry(|d| {
         CRI_SUITES
