@@ -523,6 +523,20 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_is_at_least_one_page() {
+        // This node's page size (4 KiB here; 16 or 64 KiB on some arm64 kernels): a ring of
+        // one page is taken, half a page refused at start rather than at map creation.
+        let page = u32::try_from(rustix::param::page_size()).unwrap();
+        let ring = |bytes: u32| Config {
+            ring_buffer_bytes: bytes,
+            ..Config::default()
+        };
+        assert!(ring(page.max(4096)).validate().is_ok());
+        let err = ring(page.max(4096) / 2).validate().unwrap_err();
+        assert!(err.to_string().contains("ring_buffer_bytes"), "{err}");
+    }
+
+    #[test]
     fn metrics_addr_is_off_unless_given() {
         let c: Config = toml::from_str(r#"metrics_addr = "127.0.0.1:9464""#).unwrap();
         assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
