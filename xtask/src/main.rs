@@ -65,7 +65,7 @@ enum Command {
     /// xtask); --load runs the whole privileged stage that way instead. Arguments after `--`
     /// go to the privileged test binaries, e.g. a test name filter: `cargo xtask test --
     /// forked_and_execed_child`. Then `cargo xtask matrix --ci` (Debian's four amd64 kernels
-    /// and 6.12 on arm64 under QEMU with cgroup v2, and the containerd tests on containerd 2.1),
+    /// under QEMU with cgroup v2, and the containerd tests on containerd 2.1),
     /// the image built from two checkouts, and the arm64 agent started under user-mode QEMU.
     /// Prints a summary of every stage.
     Test(test::Args),
@@ -100,7 +100,7 @@ enum Command {
     /// qemu-system-x86, qemu-system-arm, gcc and the arm64 cross toolchain with the system's
     /// apt when missing). Logs go to
     /// target/matrix-logs/, the table also to target/matrix-last.md. Exits non-zero if any
-    /// cell fails. Needs root. A full run takes about 20 minutes on 2 cores, --ci 10–11.
+    /// cell fails. Needs root. A full run takes about 32 minutes on 2 cores, --ci about 9.
     Matrix(matrix::Args),
     /// Run setup, time a clean release build of the agent, run `pidmap-bench`, then fuzz.
     ///

@@ -149,9 +149,9 @@ pub(crate) struct Args {
     /// Skip the containerd matrix.
     #[arg(long, conflicts_with = "containerds")]
     no_containerd: bool,
-    /// The subset CI runs: the four Debian kernels with pure cgroup v2 (amd64, and 6.12 on
-    /// arm64), and containerd 2.1 (`cargo xtask test` runs the same tests against the
-    /// system's containerd, 1.6, in its privileged stage).
+    /// The subset CI runs: the four Debian amd64 kernels with pure cgroup v2, and containerd
+    /// 2.1 (`cargo xtask test` runs the same tests against the system's containerd, 1.6, in
+    /// its privileged stage). No arm64 guest: with one, CI took 45.9 minutes, over its 45.
     #[arg(long, conflicts_with_all = ["kernels", "layouts", "arches", "containerds", "no_kernel", "no_containerd"])]
     ci: bool,
     /// How long one VM (or the host run) may take before it is stopped and its missing
@@ -177,7 +177,6 @@ impl Plan {
             vms: Kernel::DEBIAN
                 .iter()
                 .map(|&k| (k, Arch::Amd64, Layout::V2))
-                .chain([(Kernel::V6_12, Arch::Arm64, Layout::V2)])
                 .collect(),
             host: false,
             containerds: vec![Containerd::V2_1],
@@ -583,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn ci_is_four_kernels_and_one_arm64_on_v2_and_containerd_2_1() {
+    fn ci_is_four_kernels_on_v2_and_containerd_2_1() {
         let p = plan(&["--ci"], Some(Layout::Hybrid));
         assert_eq!(
             p.vms,
@@ -591,8 +590,7 @@ mod tests {
                 (Kernel::V5_10, Arch::Amd64, Layout::V2),
                 (Kernel::V6_1, Arch::Amd64, Layout::V2),
                 (Kernel::V6_12, Arch::Amd64, Layout::V2),
-                (Kernel::V7_2, Arch::Amd64, Layout::V2),
-                (Kernel::V6_12, Arch::Arm64, Layout::V2)
+                (Kernel::V7_2, Arch::Amd64, Layout::V2)
             ]
         );
         assert!(!p.host);
