@@ -252,29 +252,25 @@ fn build(arch: Arch, image_target: &Path) -> Result<PathBuf> {
         .canonicalize()
         .context("cannot resolve the checkout's path")?;
     let wrapper = env::current_exe().context("cannot find xtask's own binary")?;
-    let mut build = cargo();
+    let arm64 = arch == Arch::Arm64;
+    if arm64 {
+        setup::arm64_cross()?;
+    }
+    // `cargo xtask build`'s command (the cross target and linker for arm64), here.
+    let mut build = crate::run::build_command(false, arm64);
     build
-        .args(["build", "--release", "-p", "pidmap", "--target-dir"])
+        .arg("--target-dir")
         .arg(image_target)
         .env("RUSTC_WRAPPER", wrapper)
         .env(REMAP_ENV, remaps(&workspace, image_target)?);
-    let binary = match arch {
-        Arch::Amd64 => image_target.join("release").join("pidmap"),
-        Arch::Arm64 => {
-            setup::arm64_cross()?;
-            build.args(["--target", setup::ARM64_TARGET]).env(
-                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
-                setup::ARM64_LINKER,
-            );
-            image_target
-                .join(setup::ARM64_TARGET)
-                .join("release")
-                .join("pidmap")
-        }
+    let out = if arm64 {
+        image_target.join(setup::ARM64_TARGET)
+    } else {
+        image_target.to_path_buf()
     };
     run_shown(&mut build)
         .with_context(|| format!("building the agent for {} failed", arch.name()))?;
-    Ok(binary)
+    Ok(out.join("release").join("pidmap"))
 }
 
 /// `--check-reproducible`: two clones of HEAD in different directories, one image each.
